@@ -1,0 +1,39 @@
+"""Shared fixtures.  ``--update-golden`` regenerates golden files (review the diff)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", help="rewrite golden files from current output")
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    return request.config.getoption("--update-golden")
+
+
+def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = None, module: str = "meshctl",
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``python -m meshctl ARGS`` as a user would, capturing stdout and stderr as text."""
+    full_env = {**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1", "COLUMNS": "200"}
+    full_env.update(env or {})
+    if isinstance(input, str):
+        input = input.encode()
+    proc = subprocess.run([sys.executable, "-m", module, *args], input=input, capture_output=True,
+                          env=full_env, timeout=timeout, cwd=ROOT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+@pytest.fixture
+def cli():
+    return run_cli

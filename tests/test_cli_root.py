@@ -1,0 +1,71 @@
+"""The CLI root: conventions every command shares."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SRC, run_cli
+
+
+def test_help_lists_commands_and_global_flags():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for word in ("--kubeconfig", "--context", "--mesh-namespace", "-L", "--verbose", "version", "completion"):
+        assert word in r.stdout
+
+
+def test_version_client_works_offline():
+    from meshctl import __version__
+
+    r = run_cli("version", "--client", env={"KUBECONFIG": "/nonexistent"})
+    assert r.returncode == 0
+    assert r.stdout == f"Client version: {__version__}\n"
+
+
+def test_version_without_cluster_fails_cleanly():
+    r = run_cli("version", env={"KUBECONFIG": "/nonexistent/kubeconfig"})
+    assert r.returncode == 1
+    assert "Server version: unavailable" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_command_is_usage_error():
+    r = run_cli("frobnicate")
+    assert r.returncode == 2
+    assert "No such command" in r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("shell,marker", [("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete --no-files")])
+def test_completion_scripts(shell, marker):
+    r = run_cli("completion", shell)
+    assert r.returncode == 0
+    assert marker in r.stdout
+    assert "_MESHCTL_COMPLETE" in r.stdout
+
+
+HEAVY = ("kubernetes", "openapi_spec_validator")
+
+
+def _modules_after(args: list[str], stdin: str = "") -> set[str]:
+    """Run the CLI in-process in a fresh interpreter and report which heavy modules got imported."""
+    code = (
+        "import sys, json\n"
+        f"sys.argv = ['meshctl', *{args!r}]\n"
+        "from meshctl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], input=stdin.encode(), capture_output=True,
+                          env={"PYTHONPATH": str(SRC), "NO_COLOR": "1", "PATH": "/usr/bin:/bin"}, timeout=60)
+    last = proc.stderr.decode().strip().splitlines()[-1]
+    return set(json.loads(last))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["version", "--client"], ["inject", "-"], ["uninject", "-"]])
+def test_startup_does_not_import_heavy_modules(args):
+    assert _modules_after(args, stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n") == set()
