@@ -36,20 +36,15 @@ def root(
 
 
 def _register() -> None:
-    # Importing a command module only defines its typer function; the module
-    # keeps its own heavy imports inside the function body.
-    from meshctl.cli import completion, version
+    # Every public module of this package is a command module exposing
+    # register(app).  Importing one only defines its typer function; each
+    # module keeps its heavy imports inside the function body.
+    import importlib
+    import pkgutil
 
-    for module in (version, completion):
-        module.register(app)
-    for optional in ("inject", "profile", "proxy_init"):
-        try:
-            mod = __import__(f"meshctl.cli.{optional}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"meshctl.cli.{optional}":
-                raise
-            continue
-        mod.register(app)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}").register(app)
 
 
 _register()
