@@ -40,12 +40,21 @@ def test_unknown_command_is_usage_error():
     assert r.stdout == ""
 
 
-@pytest.mark.parametrize("shell,marker", [("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete --no-files")])
+@pytest.mark.parametrize("shell,marker", [("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete --command meshctl")])
 def test_completion_scripts(shell, marker):
     r = run_cli("completion", shell)
     assert r.returncode == 0
     assert marker in r.stdout
-    assert "_MESHCTL_COMPLETE" in r.stdout
+    assert f"_MESHCTL_COMPLETE=complete_{shell}" in r.stdout
+
+
+def test_completion_protocol_answers_what_the_script_asks():
+    # What the bash script sends when the user types `meshctl ver<TAB>`.
+    r = run_cli(env={"_MESHCTL_COMPLETE": "complete_bash", "COMP_WORDS": "meshctl ver", "COMP_CWORD": "1"})
+    assert r.returncode == 0
+    assert r.stdout.split() == ["version"]
+    r = run_cli(env={"_MESHCTL_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "meshctl --kube"})
+    assert "--kubeconfig" in r.stdout
 
 
 HEAVY = ("kubernetes", "openapi_spec_validator")

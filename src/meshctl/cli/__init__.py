@@ -51,8 +51,17 @@ _register()
 
 
 def main() -> None:
+    import os
+
+    if "_MESHCTL_COMPLETE" in os.environ:
+        # add_completion=False keeps typer's --install-completion flags out of
+        # our help, but also skips registering its shell classes: do it here,
+        # only when a shell asks for completions.
+        from typer._completion_classes import completion_init
+
+        completion_init()
     try:
-        app()
+        app(prog_name="meshctl")
     except MeshctlError as exc:
         _common.err_console().print(f"Error: {exc}", markup=False)
         sys.exit(exc.exit_code)

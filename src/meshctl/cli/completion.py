@@ -17,8 +17,9 @@ def register(app: typer.Typer) -> None:
     @app.command("completion")
     def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish")) -> None:
         """Print the shell completion script, e.g. `source <(meshctl completion bash)`."""
-        from click.shell_completion import get_completion_class
+        # typer vendors its own click (typer._click) and answers the
+        # _MESHCTL_COMPLETE protocol itself; its script generator is the one
+        # that matches that protocol, so we print what it generates.
+        from typer._completion_shared import get_completion_script
 
-        cls = get_completion_class(shell.value)
-        command = typer.main.get_command(app)
-        print(cls(command, {}, "meshctl", "_MESHCTL_COMPLETE").source())
+        print(get_completion_script(prog_name="meshctl", complete_var="_MESHCTL_COMPLETE", shell=shell.value))
