@@ -37,3 +37,12 @@ def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = Non
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def netns_lab():
+    """A :class:`netns.Lab` (test pods in network namespaces), removed after the test."""
+    from netns import Lab
+
+    with Lab() as lab:
+        yield lab
