@@ -255,15 +255,26 @@ while True:
             conn.sendall(json.dumps(report).encode() + b"\\n")
 """
 
-# Connects to argv[1]:argv[2] and prints what came back (or the error).
+# For each HOST PORT pair in argv: connect, and print what came back (or the
+# error) as one JSON line.  One interpreter start for many probes.
 PROBE = """
 import json, socket, sys
-try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as c:
-        data = b""
-        while chunk := c.recv(4096):
-            data += chunk
-    print(data.decode().strip() or json.dumps({"error": "empty reply"}))
-except OSError as exc:
-    print(json.dumps({"error": type(exc).__name__}))
+for host, port in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        with socket.create_connection((host, int(port)), timeout=3) as c:
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
+        print(data.decode().strip() or json.dumps({"error": "empty reply"}))
+    except OSError as exc:
+        print(json.dumps({"error": type(exc).__name__}))
 """
+
+
+def probe(ns: Namespace, *targets: tuple[str, int], user: int | None = None) -> list[dict]:
+    """Connect from inside *ns* (as *user*) to each target; the REPORTER replies, parsed."""
+    import json
+
+    args = [str(x) for target in targets for x in target]
+    out = ns.python(PROBE, *args, user=user).stdout
+    return [json.loads(line) for line in out.splitlines()]

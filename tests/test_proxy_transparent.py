@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 
 import pytest
 
 from meshctl_proxy.transparent import original_dst, parse_sockaddr
-from netns import PROBE, REPORTER, wait_for_listener
+from netns import REPORTER, probe, wait_for_listener
 
 
 def test_parse_sockaddr_in():
@@ -59,14 +58,15 @@ def test_redirected_connections_report_original_destination(netns_lab):
     wait_for_listener(server, 4143)
     wait_for_listener(client, 4140)
 
-    def probe(host: str, port: int) -> dict:
-        return json.loads(client.python(PROBE, host, str(port)).stdout)
-
-    assert probe(server.ip, 8080) == {"port": 4143, "orig_dst": [server.ip, 8080], "peer": f"::ffff:{client.ip}"}
-    assert probe(server.ip6, 8080) == {"port": 4143, "orig_dst": [server.ip6, 8080], "peer": client.ip6}
-    # REDIRECT in OUTPUT rewrites the destination to loopback; the source
-    # was chosen before NAT and stays the pod's address.
-    assert probe(server.ip, 9090) == {"port": 4140, "orig_dst": [server.ip, 9090], "peer": f"::ffff:{client.ip}"}
-    assert probe(server.ip6, 9090) == {"port": 4140, "orig_dst": [server.ip6, 9090], "peer": client.ip6}
-    # Straight to the listener, no NAT on the way: not redirected.
-    assert probe(server.ip, 4143)["orig_dst"] is None
+    replies = probe(client, (server.ip, 8080), (server.ip6, 8080), (server.ip, 9090), (server.ip6, 9090),
+                    (server.ip, 4143))
+    assert replies == [
+        {"port": 4143, "orig_dst": [server.ip, 8080], "peer": f"::ffff:{client.ip}"},
+        {"port": 4143, "orig_dst": [server.ip6, 8080], "peer": client.ip6},
+        # REDIRECT in OUTPUT rewrites the destination to loopback; the source
+        # was chosen before NAT and stays the pod's address.
+        {"port": 4140, "orig_dst": [server.ip, 9090], "peer": f"::ffff:{client.ip}"},
+        {"port": 4140, "orig_dst": [server.ip6, 9090], "peer": client.ip6},
+        # Straight to the listener, no NAT on the way: not redirected.
+        {"port": 4143, "orig_dst": None, "peer": f"::ffff:{client.ip}"},
+    ]

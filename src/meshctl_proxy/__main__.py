@@ -12,6 +12,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"meshctl-proxy {__version__}")
         return 0
+    if args[:1] == ["init"]:
+        from meshctl_proxy.iptables import main as init_main
+
+        return init_main(args[1:])
     if args[:1] in (["-h"], ["--help"]):
         print("usage: meshctl-proxy [--version | init [flags]]\n"
               "Runs the sidecar proxy, configured by MESHCTL_PROXY_* variables (docs/proxy.md).")
