@@ -10,15 +10,7 @@ from cryptography import x509
 from meshctl.identity import certs
 from meshctl.identity.certs import CertificateError
 
-
-@pytest.fixture(scope="module")
-def anchor():
-    return certs.generate_trust_anchor()
-
-
-@pytest.fixture(scope="module")
-def issuer(anchor):
-    return certs.generate_issuer(anchor)
+from helpers_identity import anchor, issuer  # noqa: F401 (fixtures)
 
 
 def test_anchor_and_issuer_are_p256_cas_with_defaults(anchor, issuer):

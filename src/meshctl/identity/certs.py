@@ -104,6 +104,12 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _leaf_subject(identity: str) -> x509.Name:
+    # The identity lives in the DNS SAN; CN (at most 64 characters, RFC 5280
+    # ub-common-name) repeats it only when it fits, for humans reading certs.
+    return _name(identity) if len(identity) <= 64 else x509.Name([])
+
+
 def _ca_extensions(builder: x509.CertificateBuilder, *, public_key, issuer_key, path_length: int | None):
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     return (
@@ -166,7 +172,7 @@ def issue_leaf(issuer: KeyPair, *, public_key, dns_name: str, lifetime: dt.timed
     issuer_cert, issuer_key = issuer.certificate, issuer.private_key
     not_after = min(now + lifetime, issuer_cert.not_valid_after_utc)
     builder = (x509.CertificateBuilder()
-               .subject_name(_name(dns_name)).issuer_name(issuer_cert.subject)
+               .subject_name(_leaf_subject(dns_name)).issuer_name(issuer_cert.subject)
                .public_key(public_key).serial_number(_serial())
                .not_valid_before(now - backdate).not_valid_after(not_after)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
