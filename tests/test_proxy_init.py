@@ -43,7 +43,7 @@ def test_ports_sorted_and_overlaps_merged():
     (["--outbound-ports-to-ignore", "80,http"], "--outbound-ports-to-ignore: bad port or range 'http'"),
     (["--inbound-ports-to-ignore", "0"], "--inbound-ports-to-ignore: port range '0' outside 1..65535"),
     (["--inbound-ports-to-ignore", "90-80"], "outside 1..65535"),
-    (["--subnets-to-ignore", "10.0.0.0/33"], "--subnets-to-ignore: bad subnet '10.0.0.0/33'"),
+    (["--subnets-to-ignore", "10.0.0.0/33"], "--subnets-to-ignore: bad network '10.0.0.0/33'"),
     (["--incoming-proxy-port", "70000"], "--incoming-proxy-port: port 70000 outside 1..65535"),
     (["--incoming-proxy-port", "4140"], "must differ"),
     (["--proxy-uid", "-1"], "--proxy-uid: -1 is not a uid"),
@@ -58,7 +58,7 @@ def test_bad_flags(argv, message):
 def test_bad_flag_is_one_line_and_exit_2(cli):
     proc = cli("init", "--subnets-to-ignore", "nope", module="meshctl_proxy")
     assert proc.returncode == 2
-    assert proc.stderr == "meshctl-proxy init: --subnets-to-ignore: bad subnet 'nope' (expected CIDR like 10.0.0.0/8)\n"
+    assert proc.stderr == "meshctl-proxy init: --subnets-to-ignore: bad network 'nope' (expected CIDR like 10.0.0.0/8)\n"
     assert proc.stdout == ""
 
 

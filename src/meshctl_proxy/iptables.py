@@ -36,7 +36,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
-from meshctl_proxy.config import ADMIN_PORT, CONTROL_PORT, InitConfig
+from meshctl_proxy.config import ADMIN_PORT, CONTROL_PORT, InitConfig, parse_networks
 
 REDIRECT_CHAIN = "PROXY_INIT_REDIRECT"
 OUTPUT_CHAIN = "PROXY_INIT_OUTPUT"
@@ -105,14 +105,10 @@ def parse_port_ranges(items: Sequence[str], *, flag: str) -> tuple[tuple[int, in
 
 
 def parse_subnets(items: Sequence[str], *, flag: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    nets = []
-    for item in items:
-        for part in (p.strip() for p in item.split(",")):
-            if part:
-                try:
-                    nets.append(ipaddress.ip_network(part, strict=False))
-                except ValueError:
-                    raise UsageError(f"{flag}: bad subnet {part!r} (expected CIDR like 10.0.0.0/8)") from None
+    try:
+        nets = parse_networks(",".join(items))
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc} (expected CIDR like 10.0.0.0/8)") from None
     return tuple(dict.fromkeys(nets))
 
 
