@@ -9,7 +9,9 @@ and has no timeout.
 
 Responses are classified by the route's response classes (first matching
 class decides); when none matches, 5xx is a failure and everything else a
-success (Linkerd's default classifier).
+success (Linkerd's default classifier): ``route.is_failure(status)`` of the
+ServiceProfile model.  Profile routes without a ``timeout`` get Linkerd's
+10 s; the default route has none.
 """
 
 from __future__ import annotations
@@ -19,39 +21,14 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from meshctl_proxy import profile as model
 from meshctl_proxy.retry import (DEFAULT_MIN_RETRIES_PER_SECOND, DEFAULT_RETRY_RATIO, DEFAULT_TTL,
                                  RetryBudget)
 
 DEFAULT_ROUTE_NAME = "[DEFAULT]"
-
-
-def default_is_failure(status: int) -> bool:
-    """Linkerd's default response classifier: a 5xx is a failure."""
-    return status >= 500
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ResponseClassRule:
-    matches: Callable[[int], bool]
-    is_failure: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Route:
-    name: str
-    matches: Callable[[str, str], bool]  # (method, path) -> bool
-    response_classes: tuple[ResponseClassRule, ...] = ()
-    is_retryable: bool = False
-    timeout: float | None = None  # seconds, bounds the whole request including retries
-
-    def is_failure(self, status: int) -> bool:
-        for rc in self.response_classes:
-            if rc.matches(status):
-                return rc.is_failure
-        return default_is_failure(status)
-
-
-DEFAULT_ROUTE = Route(DEFAULT_ROUTE_NAME, lambda method, path: True)
+# A request that matches no route: counted as "[DEFAULT]", default classifier,
+# never retried, no route timeout (Linkerd's default route).
+DEFAULT_ROUTE = model.Route(name=DEFAULT_ROUTE_NAME, condition=model.RequestMatch())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,22 +44,24 @@ class BudgetSpec:
     ttl: float = DEFAULT_TTL
 
     def make(self) -> RetryBudget:
+        # tower's Budget refuses a ttl outside 1 s..60 s; a profile may say
+        # more or less, and the nearest budget we can keep is the clamped one.
         return RetryBudget(retry_ratio=self.retry_ratio, min_retries_per_second=self.min_retries_per_second,
-                           ttl=self.ttl)
+                           ttl=min(60.0, max(1.0, self.ttl)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoutePolicy:
     """Everything a profile says about requests to one authority."""
 
-    routes: tuple[Route, ...] = ()
+    routes: tuple[model.Route, ...] = ()
     budget: BudgetSpec = BudgetSpec()
     dst_overrides: tuple[WeightedAuthority, ...] = ()
 
-    def match(self, method: str, path: str) -> Route:
+    def match(self, method: str, path: str) -> model.Route:
         """First matching route wins (Linkerd); else the default route."""
         for route in self.routes:
-            if route.matches(method, path):
+            if route.condition.matches(method, path):
                 return route
         return DEFAULT_ROUTE
 
@@ -92,6 +71,13 @@ class RoutePolicy:
 
 
 EMPTY_POLICY = RoutePolicy()
+
+
+def route_timeout(route: model.Route) -> float | None:
+    """The route's timeout in seconds: its own, Linkerd's 10 s for profile routes, none for the default route."""
+    if route is DEFAULT_ROUTE:
+        return None
+    return route.timeout_seconds if route.timeout_seconds is not None else model.DEFAULT_ROUTE_TIMEOUT
 
 
 def pick_weighted(choices: Sequence[WeightedAuthority], rng: random.Random | Callable[[], float]) -> str | None:
@@ -112,28 +98,15 @@ def compile_profile(doc: Mapping[str, Any] | None) -> RoutePolicy:
     """The RoutePolicy of a ServiceProfile document (None: no profile, default behaviour).
 
     Parsing and validation belong to the ServiceProfile model
-    (:mod:`meshctl_proxy.profile`); this only turns it into the shape the
-    request path wants.
+    (:mod:`meshctl_proxy.profile`); raises its ``ProfileError``.
     """
     if not doc:
         return EMPTY_POLICY
-    from meshctl_proxy.profile import ServiceProfile
-
-    return policy_from_profile(ServiceProfile.from_dict(dict(doc)))
+    return policy_from_profile(model.ServiceProfile.from_dict(dict(doc)))
 
 
-def policy_from_profile(profile: Any) -> RoutePolicy:
-    routes = []
-    for r in profile.routes:
-        routes.append(Route(
-            name=r.name,
-            matches=r.condition.matches,
-            response_classes=tuple(ResponseClassRule(rc.condition.matches, bool(rc.is_failure))
-                                   for rc in (r.response_classes or ())),
-            is_retryable=bool(r.is_retryable),
-            timeout=r.timeout_seconds if getattr(r, "timeout_seconds", None) else None,
-        ))
+def policy_from_profile(profile: model.ServiceProfile) -> RoutePolicy:
     rb = profile.retry_budget
     budget = BudgetSpec(rb.retry_ratio, rb.min_retries_per_second, rb.ttl_seconds) if rb else BudgetSpec()
-    overrides = tuple(WeightedAuthority(o.authority, float(o.weight)) for o in (profile.dst_overrides or ()))
-    return RoutePolicy(tuple(routes), budget, overrides)
+    overrides = tuple(WeightedAuthority(o.authority, o.weight_milli / 1000) for o in profile.dst_overrides)
+    return RoutePolicy(profile.routes, budget, overrides)

@@ -31,7 +31,7 @@ REGISTRY = {
         {"name": "empty", "namespace": "shop", "ports": [{"port": 80}]},
     ],
     "profiles": [
-        {"apiVersion": "linkerd.io/v1alpha2", "kind": "ServiceProfile",
+        {"apiVersion": "meshctl.io/v1alpha2", "kind": "ServiceProfile",
          "metadata": {"name": "web.shop.svc.cluster.local", "namespace": "shop"},
          "spec": {"routes": [{"name": "GET /", "condition": {"method": "GET", "pathRegex": "/"}}]}},
     ],
@@ -221,3 +221,10 @@ def test_cli_serves_the_registry_and_rejects_bad_files(tmp_path, cli):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_profile_the_proxy_could_not_use_is_refused_with_its_path():
+    doc = json.loads(json.dumps(REGISTRY))
+    doc["profiles"][0]["spec"]["routes"][0]["condition"]["pathRegex"] = "("
+    with pytest.raises(InputError, match=r"reg.yaml: profiles\[0\]: spec.routes\[0\].condition.pathRegex"):
+        parse_registry(doc, source="reg.yaml")

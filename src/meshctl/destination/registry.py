@@ -18,7 +18,7 @@ Used by ``meshctl demo`` (no cluster) and by tests.  The file is YAML or JSON
                 meshed: true               # optional; default: true when identity is set
                 protocolHint: h2           # optional: h2, http1 or opaque
     profiles:                              # ServiceProfile objects, as `meshctl profile` prints them
-      - apiVersion: linkerd.io/v1alpha2
+      - apiVersion: meshctl.io/v1alpha2
         kind: ServiceProfile
         metadata: {name: price-api.shop.svc.cluster.local, namespace: shop}
         spec: {routes: [...]}
@@ -131,13 +131,11 @@ def parse_registry(doc: Any, *, source: str = "registry") -> Snapshot:
 def _validate_profile(doc: Mapping[str, Any], where: str) -> None:
     # The ServiceProfile model is defined once, in meshctl_proxy.profile; a
     # profile the proxy could not use must be refused here, not at request time.
-    try:
-        from meshctl_proxy.profile import ServiceProfile
-    except ImportError:  # the model module has not landed in this checkout
-        return
+    from meshctl_proxy.profile import ProfileError, ServiceProfile
+
     try:
         ServiceProfile.from_dict(_plain(doc))
-    except (ValueError, TypeError, KeyError) as exc:
+    except ProfileError as exc:
         raise _fail(where, str(exc)) from None
 
 
