@@ -77,26 +77,23 @@ def _generate(ctx: typer.Context, *, service: str, namespace: str, open_api: str
     profiles.check_namespace(namespace)
     if cluster_domain is not None:
         profiles.check_cluster_domain(cluster_domain)
-    build = None  # name -> ServiceProfile; None for the template
+    # The whole profile is made before the cluster is asked for its domain:
+    # bad input fails fast and offline.  Its name is filled in last.
+    made = None
     if open_api is not None:
         from meshctl.profiles import openapi
 
         source = _source(open_api)
         spec = openapi.load_spec(_read(open_api), source=source)
-
-        def build(name: str):
-            return openapi.from_openapi(spec, name=name, namespace=namespace, source=source)
+        made = openapi.from_openapi(spec, name="pending", namespace=namespace, source=source)
     elif proto is not None:
         from meshctl.profiles import proto as proto_core
 
         source = _source(proto)
-        proto_text = text.decode_text(_read(proto), source=source)
-
-        def build(name: str):
-            return proto_core.from_proto(proto_text, name=name, namespace=namespace, source=source)
+        made = proto_core.from_proto(text.decode_text(_read(proto), source=source), name="pending",
+                                     namespace=namespace, source=source)
     domain = _cluster_domain(ctx, ignore_cluster=ignore_cluster, cluster_domain=cluster_domain)
-    name = profiles.profile_name(service, namespace, domain)
-    if build is None:
+    if made is None:
         from meshctl.profiles.template import render_template
 
         result = render_template(service=service, namespace=namespace, cluster_domain=domain)
@@ -105,7 +102,10 @@ def _generate(ctx: typer.Context, *, service: str, namespace: str, open_api: str
 
             result = text.dump(yaml.safe_load(result), "json")
     else:
-        result = text.dump(build(name).to_dict(), output)
+        import dataclasses
+
+        name = profiles.profile_name(service, namespace, domain)
+        result = text.dump(dataclasses.replace(made, name=name).to_dict(), output)
     sys.stdout.write(result)
     sys.stdout.flush()
 
@@ -166,7 +166,8 @@ def _validate_files(files: list[str]) -> int:
                 for problem in exc.problems:
                     _common.report(f"Error: {where}: {problem}")
                 continue
-            _common.report(f"{where}: ServiceProfile {profile.name} is valid ({len(profile.routes)} routes)")
+            count = len(profile.routes)
+            _common.report(f"{where}: ServiceProfile {profile.name} is valid ({count} route{'' if count == 1 else 's'})")
     return 1 if failed else 0
 
 

@@ -128,6 +128,8 @@ def dump(obj: Any, fmt: str = "yaml") -> str:
 # YAML double-quoted scalars.  tests/test_profile_text.py checks the round
 # trip against PyYAML on arbitrary data.
 _PLAIN = re.compile(r"[A-Za-z_/][-A-Za-z0-9_ ./{}\[\]^*+?()|$\\]*")
+# Go durations (10s, 1m30s) start with a digit but read back as strings.
+_DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+")
 # YAML 1.1 words that read back as booleans or null (PyYAML and kubectl's
 # go-yaml both honour some of them).
 _RESERVED = frozenset(w for word in ("y", "yes", "n", "no", "true", "false", "on", "off", "null", "~")
@@ -136,8 +138,8 @@ _RESERVED = frozenset(w for word in ("y", "yes", "n", "no", "true", "false", "on
 
 def _scalar(value: Any) -> str:
     if isinstance(value, str):
-        if _PLAIN.fullmatch(value) and value not in _RESERVED and not value.endswith(" ") \
-                and " #" not in value:
+        if (_PLAIN.fullmatch(value) and value not in _RESERVED and not value.endswith(" ")
+                and " #" not in value) or _DURATION.fullmatch(value):
             return value
         return json.dumps(value, ensure_ascii=False)
     if value is None:
