@@ -1,0 +1,66 @@
+"""The demo's three sample APIs, run for real on loopback without the mesh."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from conftest import ROOT
+
+SHOP = ROOT / "samples" / "apps" / "shop.py"
+
+
+def start(*args: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, str(SHOP), *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+    assert m, line
+    return proc, int(m.group(1))
+
+
+@pytest.fixture
+def shop():
+    procs = []
+    try:
+        product, product_port = start("product")
+        procs.append(product)
+        price, price_port = start("price")
+        procs.append(price)
+        gateway, gateway_port = start("gateway", "--product-api", f"http://127.0.0.1:{product_port}",
+                                      "--price-api", f"http://127.0.0.1:{price_port}")
+        procs.append(gateway)
+        yield {"gateway": gateway_port, "product": product_port, "price": price_port}
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+
+
+def test_gateway_aggregates_product_and_price(shop):
+    with httpx.Client(base_url=f"http://127.0.0.1:{shop['gateway']}") as client:
+        r = client.get("/api/products/2")
+        assert r.status_code == 200
+        assert r.json() == {"productId": 2, "name": "Burr grinder",
+                            "description": "A conical burr grinder with 40 grind settings.", "price": 189.5}
+        assert client.get("/api/products/99").status_code == 404
+        assert client.get("/nope").status_code == 404
+
+
+def test_price_api_validates_query(shop):
+    with httpx.Client(base_url=f"http://127.0.0.1:{shop['price']}") as client:
+        assert client.get("/api/prices", params={"productId": "1"}).json() == {"productId": 1, "price": 499.0}
+        assert client.get("/api/prices", params={"productId": "x"}).status_code == 400
+
+
+def test_failure_rate_knob_fails_requests():
+    proc, port = start("price", "--failure-rate", "1.0")
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/api/prices?productId=1")
+        assert r.status_code == 500
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
