@@ -58,8 +58,14 @@ class Credentials:
     chain_pem: str
     not_before: float  # epoch seconds
     not_after: float
-    client_context: ssl.SSLContext
-    server_context: ssl.SSLContext
+    contexts: tls.MeshContexts
+
+    @property
+    def server_context(self) -> ssl.SSLContext:
+        return self.contexts.server
+
+    def client_context(self, alpn=None) -> ssl.SSLContext:
+        return self.contexts.client(alpn)
 
     def valid_at(self, now: float) -> bool:
         return self.not_before <= now < self.not_after
@@ -133,6 +139,10 @@ class IdentityManager:
         self.refreshes = 0
         self.failures_total = 0
         self.last_error: str | None = None
+        # Mesh connections made or accepted with our certificate: aborted if it
+        # expires without a successor (fail closed also for pooled connections).
+        self._watched: set = set()
+        self._expiry_timer: asyncio.TimerHandle | None = None
 
     # --- what the proxy asks ---------------------------------------------------
     @property
@@ -156,6 +166,22 @@ class IdentityManager:
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    def watch(self, transport) -> None:
+        """Register a mesh TLS connection to be aborted if our certificate lapses."""
+        if len(self._watched) >= 64:
+            self._watched = {t for t in self._watched if not t.is_closing()}
+        self._watched.add(transport)
+
+    def _on_expiry(self, creds: Credentials) -> None:
+        if self._creds is not creds:
+            return  # renewed in time: connections made with the old certificate stay
+        log.error("identity: certificate for %s EXPIRED; failing closed (%d mesh connections dropped)",
+                  self.name, sum(not t.is_closing() for t in self._watched))
+        self._ready.clear()
+        watched, self._watched = self._watched, set()
+        for transport in watched:
+            transport.abort()
 
     # --- the loop ------------------------------------------------------------------
     async def run(self) -> None:
@@ -191,11 +217,15 @@ class IdentityManager:
         if leaf.public_key().public_numbers() != self._key.public_key().public_numbers():
             raise CertifyError("identity service returned a certificate for another key")
         chain_pem = leaf_pem + "".join(intermediates)
-        client, server = tls.contexts_from_pem(trust_anchors_pem=self.settings.trust_anchors_pem, chain_pem=chain_pem,
-                                               key_pem=self._key_pem, directory=self.settings.directory)
+        contexts = tls.contexts_from_pem(trust_anchors_pem=self.settings.trust_anchors_pem, chain_pem=chain_pem,
+                                         key_pem=self._key_pem, directory=self.settings.directory)
         creds = Credentials(self.name, chain_pem, leaf.not_valid_before_utc.timestamp(),
-                            leaf.not_valid_after_utc.timestamp(), client, server)
+                            leaf.not_valid_after_utc.timestamp(), contexts)
         self._creds = creds
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry_timer = loop.call_later(max(0.0, creds.not_after - self._clock()), self._on_expiry, creds)
         self._write_chain(chain_pem)
         self.refreshes += 1
         self._ready.set()

@@ -34,33 +34,51 @@ class IdentityMismatch(ssl.SSLError):
 
 # --- contexts --------------------------------------------------------------------
 
-def _base_context(purpose: int, *, trust_anchors_pem: str, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT if purpose == ssl.Purpose.SERVER_AUTH else ssl.PROTOCOL_TLS_SERVER)
+def _base_context(server_side: bool, *, trust_anchors_pem: str, cert_file: str | None, key_file: str | None,
+                  alpn: tuple[str, ...] | None = MESH_ALPN) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # we check the identity SAN ourselves, exactly (module docstring)
     ctx.verify_mode = ssl.CERT_REQUIRED  # mesh TLS is mutual: the server asks every client for its certificate
     ctx.load_verify_locations(cadata=trust_anchors_pem)
     if cert_file:
         ctx.load_cert_chain(cert_file, key_file)
-    ctx.set_alpn_protocols(list(MESH_ALPN))
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
-def client_context(*, trust_anchors_pem: str, cert_file: str | None = None, key_file: str | None = None) -> ssl.SSLContext:
+def client_context(*, trust_anchors_pem: str, cert_file: str | None = None, key_file: str | None = None,
+                   alpn: tuple[str, ...] | None = MESH_ALPN) -> ssl.SSLContext:
     """For originating mesh TLS (with our certificate) or talking to the identity service (without one yet)."""
-    return _base_context(ssl.Purpose.SERVER_AUTH, trust_anchors_pem=trust_anchors_pem, cert_file=cert_file,
-                         key_file=key_file)
+    return _base_context(False, trust_anchors_pem=trust_anchors_pem, cert_file=cert_file, key_file=key_file, alpn=alpn)
 
 
 def server_context(*, trust_anchors_pem: str, cert_file: str, key_file: str) -> ssl.SSLContext:
     """For terminating mesh TLS: presents our certificate, requires and verifies the client's."""
-    return _base_context(ssl.Purpose.CLIENT_AUTH, trust_anchors_pem=trust_anchors_pem, cert_file=cert_file,
-                         key_file=key_file)
+    return _base_context(True, trust_anchors_pem=trust_anchors_pem, cert_file=cert_file, key_file=key_file)
+
+
+# The ALPN lists the proxy's connection pools ask for; one client context each,
+# built at every rotation (a context costs well under a millisecond).
+CLIENT_ALPNS: tuple[tuple[str, ...] | None, ...] = (None, ("http/1.1",), ("h2",), MESH_ALPN)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MeshContexts:
+    """Every SSL context one certificate needs: a server context and a client context per ALPN list."""
+
+    server: ssl.SSLContext
+    clients: dict
+
+    def client(self, alpn=None) -> ssl.SSLContext:
+        key = tuple(alpn) if alpn else None
+        return self.clients.get(key) or self.clients[MESH_ALPN]
 
 
 def contexts_from_pem(*, trust_anchors_pem: str, chain_pem: str, key_pem: str,
-                      directory: str | None = None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(client, server) contexts for a certificate chain and key held as PEM.
+                      directory: str | None = None) -> MeshContexts:
+    """The contexts for a certificate chain and key held as PEM.
 
     ``ssl`` loads certificates from files only.  The key is written to
     *directory* (the proxy's in-memory identity volume) readable by us alone,
@@ -72,9 +90,10 @@ def contexts_from_pem(*, trust_anchors_pem: str, chain_pem: str, key_pem: str,
             f.write(key_pem)
         with open(cert_file, "w") as f:
             f.write(chain_pem)
-        client = client_context(trust_anchors_pem=trust_anchors_pem, cert_file=cert_file, key_file=key_file)
+        clients = {alpn: client_context(trust_anchors_pem=trust_anchors_pem, cert_file=cert_file, key_file=key_file,
+                                        alpn=alpn) for alpn in CLIENT_ALPNS}
         server = server_context(trust_anchors_pem=trust_anchors_pem, cert_file=cert_file, key_file=key_file)
-    return client, server
+    return MeshContexts(server, clients)
 
 
 # --- identities -------------------------------------------------------------------
