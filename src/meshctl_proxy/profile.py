@@ -543,7 +543,7 @@ class _Reader:
             return None
         before = len(self.problems)
         ratio = raw.get("retryRatio", DEFAULT_RETRY_BUDGET.retry_ratio)
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < float("inf"):
             self.fail(_join(path, "retryRatio"), f"expected a number >= 0, got {ratio!r}")
         per_second = raw.get("minRetriesPerSecond", DEFAULT_RETRY_BUDGET.min_retries_per_second)
         # int32 in Linkerd's CRD.
@@ -563,8 +563,11 @@ class _Reader:
             if "authority" in raw else self.fail(_join(path, "authority"), "missing")
         if authority == "":
             self.fail(_join(path, "authority"), "must not be empty")
-        weight = raw.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, (int, str)):
+        # Required, as in Linkerd's CRD: an override without a weight is a mistake, not "1".
+        weight = raw.get("weight")
+        if "weight" not in raw:
+            self.fail(_join(path, "weight"), "missing")
+        elif isinstance(weight, bool) or not isinstance(weight, (int, str)):
             self.fail(_join(path, "weight"), f"expected an integer or a quantity string, got {_kind(weight)}")
         else:
             try:

@@ -21,7 +21,7 @@ from meshctl.errors import InputError
 # largest public specs we know (GitHub's REST API, ~900 paths) are ~10 MiB.
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 # Nodes after YAML aliases are expanded: bounds "billion laughs" documents.
-MAX_NODES = 5_000_000
+MAX_NODES = 2_000_000
 MAX_DEPTH = 200
 
 
@@ -123,9 +123,8 @@ def dump(obj: Any, fmt: str = "yaml") -> str:
 
 # A careful emitter for the plain data a profile is made of (dicts, lists,
 # strings, numbers, booleans): PyYAML's representer spends ~0.3 s on a
-# 2,000-route profile, this ~0.03 s.  Strings are written plain when they
-# cannot be read back as anything else, else as JSON strings, which are valid
-# YAML double-quoted scalars.  tests/test_profile_text.py checks the round
+# 2,000-route profile, this ~0.05 s.  Strings are written plain when they
+# cannot be read back as anything else, else double-quoted.  tests/test_profile_text.py checks the round
 # trip against PyYAML on arbitrary data.
 _PLAIN = re.compile(r"[A-Za-z_/][-A-Za-z0-9_ ./{}\[\]^*+?()|$\\]*")
 # Go durations (10s, 1m30s) start with a digit but read back as strings.
@@ -141,14 +140,40 @@ def _scalar(value: Any) -> str:
         if (_PLAIN.fullmatch(value) and value not in _RESERVED and not value.endswith(" ")
                 and " #" not in value) or _DURATION.fullmatch(value):
             return value
-        return json.dumps(value, ensure_ascii=False)
+        return _quote(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        # YAML 1.1 (PyYAML, go-yaml v2) needs a dot in a float: 1e-05 would read back as a string.
+        number = repr(value)
+        if "e" in number and "." not in number:
+            number = number.replace("e", ".0e")
+        return number
     raise TypeError(f"cannot write {type(value).__name__} as YAML")
+
+
+_ESCAPES = {"\"": "\\\"", "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _quote(value: str) -> str:
+    """A YAML double-quoted scalar; characters YAML may not carry raw (YAML 1.2 section 5.1) are escaped."""
+    out = ['"']
+    for ch in value:
+        c = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0x20 <= c <= 0x7E or 0xA0 <= c <= 0xD7FF or (0xE000 <= c <= 0xFFFD and c != 0xFEFF) or c >= 0x10000:
+            out.append(ch)
+        elif c <= 0xFF:
+            out.append(f"\\x{c:02x}")
+        else:
+            out.append(f"\\u{c:04x}")
+    out.append('"')
+    return "".join(out)
 
 
 def _emit(node: Any, indent: int, out: list[str]) -> None:
@@ -170,7 +195,8 @@ def _emit(node: Any, indent: int, out: list[str]) -> None:
                     _emit_entry(lead + _scalar(str(key)) + ":", value, indent + 2, out, nested=indent + 4)
                     first = False
             else:
-                _emit_entry(pad + "-", item, indent, out, nested=indent + 2)
+                # A list in a list must be indented under its dash.
+                _emit_entry(pad + "-", item, indent + 2, out, nested=indent + 2)
     else:
         out.append(pad + _scalar(node) + "\n")
 
