@@ -1,0 +1,113 @@
+"""Kubernetes objects: which kinds carry a pod template, and what happens to the others."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from meshctl.inject._options import INJECT_ANNOTATION, InjectOptions
+from meshctl.inject._patch import Path, PodPatch, SetEntries
+from meshctl.inject._pod import Workload, _keep, _prune, inject_pod, own_paths, uninject_pod
+
+# Where each kind keeps its pod template (Linkerd meshes the same kinds).
+TEMPLATE_PATHS: dict[str, Path] = {
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "ReplicationController": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "Pod": (),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What inject or uninject did to one Kubernetes object (one report line)."""
+
+    kind: str  # lower case, as linkerd reports it
+    name: str
+    verdict: str  # "injected", "annotated", "uninjected", "skipped" or "refused"
+    target: Path = ()  # the patch applies to the mapping at this path of the object
+    patch: PodPatch = PodPatch()
+    reason: str = ""
+    warnings: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f'{self.kind} "{self.name}"'
+
+
+def _meta(obj: dict) -> dict:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _name(obj: dict) -> str:
+    meta = _meta(obj)
+    return str(meta.get("name") or meta.get("generateName") or "")
+
+
+def _get(obj: Any, path: Path) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def is_list(obj: Any) -> bool:
+    """``kind: List`` (what ``kubectl get -o yaml`` prints) and typed lists (``DeploymentList``)."""
+    return (isinstance(obj, dict) and isinstance(obj.get("kind"), str) and obj["kind"].endswith("List")
+            and isinstance(obj.get("items"), list))
+
+
+def _annotation_patch(obj: dict, entries: dict[str, str]) -> PodPatch:
+    old = [p for p in own_paths(obj) if p[:2] == ("metadata", "annotations")]
+    additions = (SetEntries(("metadata", "annotations"), entries),)
+    return PodPatch(_prune(obj, old, _keep(additions)), additions)
+
+
+def inject_object(obj: dict, options: InjectOptions) -> Outcome:
+    """Inject one object (not a List: the caller handles each item)."""
+    kind = str(obj.get("kind") or "")
+    name = _name(obj)
+    label_kind = kind.lower() or "object"
+    path = TEMPLATE_PATHS.get(kind)
+    if path is not None:
+        template = _get(obj, path)
+        if not isinstance(template, dict):
+            where = ".".join(path)
+            return Outcome(label_kind, name, "skipped", reason=f"no pod template at {where}")
+        namespace = _meta(obj).get("namespace")
+        result = inject_pod(template, options, Workload(label_kind, name, namespace))
+        return Outcome(label_kind, name, result.verdict, path, result.patch, result.reason, result.warnings,
+                       result.checks)
+    if kind == "Namespace":
+        entries = {INJECT_ANNOTATION: "enabled", **options.config_annotations()}
+        return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries))
+    if kind == "Service" and "opaque-ports" in options.overrides:
+        # Opaque ports concern the service's clients too: Linkerd annotates services with them.
+        entries = {"config.meshctl.io/opaque-ports": options.overrides["opaque-ports"]}
+        return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries))
+    return Outcome(label_kind, name, "skipped")
+
+
+def uninject_object(obj: dict) -> Outcome:
+    kind = str(obj.get("kind") or "")
+    name = _name(obj)
+    label_kind = kind.lower() or "object"
+    path = TEMPLATE_PATHS.get(kind)
+    if path is not None:
+        template = _get(obj, path)
+        if not isinstance(template, dict):
+            return Outcome(label_kind, name, "skipped")
+        result = uninject_pod(template)
+        return Outcome(label_kind, name, result.verdict, path, result.patch, result.reason)
+    if kind in ("Namespace", "Service"):
+        old = [p for p in own_paths(obj) if p[:2] == ("metadata", "annotations")]
+        if old:
+            return Outcome(label_kind, name, "uninjected", (), PodPatch(_prune(obj, old, set())))
+    return Outcome(label_kind, name, "skipped")
