@@ -23,12 +23,20 @@ def main(argv: list[str] | None = None) -> int:
     from meshctl_proxy import config
 
     try:
-        config.load(__import__("os").environ)
+        cfg = config.load(__import__("os").environ)
     except config.ConfigError as exc:
         print(f"meshctl-proxy: {exc}", file=sys.stderr)
         return 2
-    print("meshctl-proxy: the proxy runtime is not built yet", file=sys.stderr)
-    return 1
+    if args:
+        print(f"meshctl-proxy: unexpected argument {args[0]!r} (see --help)", file=sys.stderr)
+        return 2
+    from meshctl_proxy.server import run
+
+    try:
+        return run(cfg)
+    except OSError as exc:  # a listener could not bind: say which address
+        print(f"meshctl-proxy: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

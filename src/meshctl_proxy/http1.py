@@ -1,0 +1,362 @@
+"""HTTP/1.1 message framing and validation, sans-IO.
+
+Bytes go in through ``feed()``, events come out; nothing here touches a
+socket, so every rule below is tested with plain byte strings
+(``tests/proxy/test_http1.py``).
+
+Parsing is done by llhttp (through httptools), which is already strict: it
+rejects Content-Length together with Transfer-Encoding, duplicate
+Content-Length (even equal ones), bare LF line endings, obs-fold, bad header
+tokens and control characters, and malformed or overflowing chunk sizes.  What
+it lets through, and this module refuses (RFC 9112 unless noted):
+
+- HTTP/0.9 requests (``GET /`` with no version) and versions other than 1.0/1.1;
+- a missing or repeated Host in HTTP/1.1 (section 3.2: 400);
+- Transfer-Encoding in an HTTP/1.0 message (section 6.1: faulty, close);
+- a head larger than MAX_HEAD_BYTES (llhttp has no limit of its own: 431);
+- CONNECT (a proxy is not a tunnel for arbitrary hosts here: 501);
+- responses: the same header rules, and a body is never guessed for HEAD.
+
+Events: :class:`RequestHead` / :class:`ResponseHead`, ``bytes`` (body data),
+:class:`End` (with trailers), :class:`Interim` (1xx), :class:`Upgrade` (the
+rest of the stream belongs to a tunnel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httptools
+
+from meshctl_proxy.model import Headers
+
+# The whole request head (request line and headers).  llhttp buffers a
+# header it has not finished without bound, so we count ourselves.  64 KiB:
+# nginx allows 4 x 8 KiB lines, Node 16 KiB, Go 1 MiB; 64 KiB keeps large
+# cookies and JWTs working while bounding memory per connection.
+MAX_HEAD_BYTES = 64 * 1024
+
+# RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
+# Proxy-Connection is not standard but old clients send it (as curl once did).
+HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade"))
+
+
+class H1Error(Exception):
+    """The peer sent something we refuse; ``status`` is the response to give (400, 431, 501, 505)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclasses.dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.0" or b"1.1"
+    headers: Headers  # end-to-end headers (hop-by-hop removed), in order, names as sent
+    host: bytes | None
+    keep_alive: bool
+    content_length: int | None
+    chunked: bool
+    expect_continue: bool
+    upgrade: bytes | None  # Upgrade header value when Connection: upgrade
+
+
+@dataclasses.dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    version: bytes
+    headers: Headers
+    keep_alive: bool
+    content_length: int | None
+    chunked: bool
+
+
+@dataclasses.dataclass(slots=True)
+class Interim:
+    status: int
+    headers: Headers
+
+
+@dataclasses.dataclass(slots=True)
+class End:
+    trailers: Headers | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Upgrade:
+    tail: bytes  # bytes after the head, which belong to the upgraded protocol
+
+
+def _split_tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def end_to_end(raw: Headers) -> tuple[Headers, dict[bytes, list[bytes]]]:
+    """Drop hop-by-hop headers (and the ones Connection names); also return the hop-by-hop values seen."""
+    hop: dict[bytes, list[bytes]] = {}
+    out: Headers = []
+    for name, value in raw:
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            hop.setdefault(low, []).append(value)
+        else:
+            out.append((name, value))
+    conn = hop.get(b"connection")
+    if conn:
+        named = {t for v in conn for t in _split_tokens(v)} - {b"close", b"keep-alive", b"upgrade"}
+        if named:
+            out = [(n, v) for n, v in out if n.lower() not in named]
+    return out, hop
+
+
+class _Reader:
+    """Shared parsing machinery for requests and responses."""
+
+    __slots__ = ("_parser", "_events", "_raw", "_url", "_head_bytes", "_pending", "_in_head", "_trailers",
+                 "_in_body", "_upgraded", "_failed")
+
+    def __init__(self) -> None:
+        self._parser = None
+        self._events: list = []
+        self._raw: Headers = []
+        self._url = b""
+        self._head_bytes = 0  # exact size of the head parsed so far
+        self._pending = 0  # bytes fed while a head was incomplete (llhttp holds partial lines)
+        self._in_head = False
+        self._trailers: Headers | None = None
+        self._in_body = False
+        self._upgraded = False
+        self._failed = False
+
+    # llhttp callbacks -----------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._raw = []
+        self._url = b""
+        self._trailers = None
+        self._in_head = True
+        self._head_bytes = 0
+        self._pending = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise H1Error(431, "request head too large")
+
+    def on_status(self, status: bytes) -> None:
+        self._url += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:  # llhttp reports chunked trailers through the same callback
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise H1Error(431, "request header fields too large")
+        self._raw.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        if self._in_body:
+            self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._in_head = False
+        self._events.append(End(self._trailers))
+
+    # driving ----------------------------------------------------------------
+    def feed(self, data: bytes) -> list:
+        """Parse *data*; return the events it completes.  Raises H1Error."""
+        if self._failed:
+            raise H1Error(400, "connection already failed")
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded = True
+            events.append(Upgrade(data[exc.args[0]:]))
+        except H1Error:
+            self._failed = True
+            raise
+        except httptools.HttpParserCallbackError as exc:
+            self._failed = True
+            cause = exc.__context__
+            if isinstance(cause, H1Error):
+                raise cause from None
+            raise H1Error(400, f"malformed message: {exc}") from None
+        except httptools.HttpParserError as exc:
+            self._failed = True
+            raise H1Error(400, f"malformed message: {exc}") from None
+        if self._in_head:
+            # Still inside a head: count what llhttp is holding for us.
+            self._pending += len(data)
+            if self._pending > MAX_HEAD_BYTES:
+                self._failed = True
+                raise H1Error(431, "request header fields too large")
+        return events
+
+
+class RequestReader(_Reader):
+    """Parses requests from a client connection (pipelining included)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parser = httptools.HttpRequestParser(self)
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        self._in_head = False
+        version = p.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise H1Error(505 if version.startswith(("2", "3")) else 400, f"unsupported HTTP version {version}")
+        method = p.get_method()
+        if method == b"CONNECT":
+            raise H1Error(501, "CONNECT is not supported")
+        headers, hop = end_to_end(self._raw)
+        host = None
+        n_host = 0
+        content_length = None
+        for name, value in headers:
+            low = name.lower()
+            if low == b"host":
+                n_host += 1
+                host = value
+            elif low == b"content-length":
+                content_length = int(value)  # llhttp checked digits and uniqueness
+        if n_host > 1:
+            raise H1Error(400, "more than one Host header")
+        if version == "1.1" and n_host == 0:
+            raise H1Error(400, "missing Host header")
+        chunked = b"transfer-encoding" in hop
+        if chunked and version == "1.0":
+            raise H1Error(400, "Transfer-Encoding in an HTTP/1.0 request")
+        expect = any(v.lower() == b"expect" and val.strip().lower() == b"100-continue" for v, val in headers)
+        upgrade = None
+        if p.should_upgrade():
+            values = hop.get(b"upgrade")
+            if not values or len(values) != 1:
+                raise H1Error(400, "Connection: upgrade without exactly one Upgrade header")
+            upgrade = values[0]
+        self._in_body = True
+        self._events.append(RequestHead(
+            method, self._url, version.encode(), headers, host, p.should_keep_alive(), content_length,
+            chunked, expect, upgrade))
+
+    def after_upgrade_refused(self, tail: bytes) -> list:
+        """The upstream did not switch protocols: parse *tail* as the next request(s)."""
+        self._parser = httptools.HttpRequestParser(self)
+        self._upgraded = False
+        return self.feed(tail) if tail else []
+
+
+class ResponseReader(_Reader):
+    """Parses responses from an upstream connection; call :meth:`expect` before each request."""
+
+    __slots__ = ("_head_request", "no_reuse")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_request = False
+        self.no_reuse = False  # set when the connection cannot carry another exchange
+
+    def expect(self, method: bytes) -> None:
+        self._head_request = method == b"HEAD"
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        self._in_head = False
+        status = p.get_status_code()
+        version = p.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise H1Error(502, f"upstream spoke HTTP/{version}")
+        headers, hop = end_to_end(self._raw)
+        if 100 <= status < 200 and status != 101:
+            self._events.append(Interim(status, headers))
+            self._in_body = False
+            return
+        content_length = None
+        for name, value in headers:
+            if name.lower() == b"content-length":
+                content_length = int(value)
+        chunked = b"transfer-encoding" in hop
+        if chunked and version == "1.0":
+            raise H1Error(502, "upstream sent Transfer-Encoding in HTTP/1.0")
+        reason = self._url
+        self._in_body = True
+        keep_alive = p.should_keep_alive()
+        self._events.append(ResponseHead(status, reason, version.encode(), headers, keep_alive,
+                                         content_length, chunked))
+        if self._head_request:
+            # RFC 9110 section 9.3.2: no body, whatever the framing headers say.  llhttp
+            # cannot be told, so end the message here and never reuse the connection.
+            self._events.append(End(None))
+            self._in_body = False
+            self.no_reuse = True
+            self._failed = True  # anything after this is not trusted
+
+    def on_message_complete(self) -> None:
+        if self._head_request and self.no_reuse:
+            return
+        if not self._in_body:  # 1xx interim responses complete without a body
+            return
+        super().on_message_complete()
+
+    @property
+    def reading_body(self) -> bool:
+        return self._in_body
+
+    def feed(self, data: bytes) -> list:
+        if self._failed and self.no_reuse and self._head_request:
+            return []
+        return super().feed(data)
+
+
+# --- serialisation --------------------------------------------------------------
+
+def _header_block(headers: Headers) -> bytes:
+    return b"".join([b"%s: %s\r\n" % kv for kv in headers])
+
+
+def request_head(method: bytes, target: bytes, headers: Headers, *, chunked: bool) -> bytes:
+    """An HTTP/1.1 request head; *headers* are end-to-end (Host and Content-Length included)."""
+    te = b"transfer-encoding: chunked\r\n" if chunked else b""
+    return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, _header_block(headers), te)
+
+
+_REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content", 400: b"Bad Request",
+            404: b"Not Found", 405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
+            500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+            503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
+
+
+def response_head(status: int, reason: bytes, headers: Headers, *, chunked: bool = False,
+                  close: bool = False, extra: bytes = b"") -> bytes:
+    if not reason:
+        reason = _REASONS.get(status, b"")
+    te = b"transfer-encoding: chunked\r\n" if chunked else b""
+    conn = b"connection: close\r\n" if close else b""
+    return b"HTTP/1.1 %d %s\r\n%s%s%s%s\r\n" % (status, reason, _header_block(headers), te, conn, extra)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers | None) -> bytes:
+    return b"0\r\n%s\r\n" % _header_block(trailers) if trailers else b"0\r\n\r\n"
+
+
+def error_response(status: int, reason: str) -> bytes:
+    """A complete response for a request we refuse to parse; the connection closes after it."""
+    body = (reason + "\n").encode()
+    return response_head(status, b"", [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)),
+                                       (b"meshctl-proxy-error", reason.encode())], close=True) + body

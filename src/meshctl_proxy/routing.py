@@ -1,0 +1,146 @@
+"""The two seams that later work plugs into: routing and connecting.
+
+**Router** (one object per direction).  ``select(target)`` names the
+endpoint for a connection or request, ``observe(endpoint, outcome)`` hears how
+it went, and ``dispatch(request, upstream)`` is the whole per-request exchange,
+"send this request upstream and get the response": balancing, route matching,
+retries (with a body buffered through ``Body.read_all`` / ``Body.of``) and
+timeouts (``asyncio.timeout`` around ``upstream.send``, raising
+``ProxyError(504, ...)``) all fit by overriding it.  The defaults send to the
+original destination, or in ingress mode (a connection that was not
+redirected) to the request's Host / ``:authority``, as Linkerd's ingress mode
+does.
+
+**Connector**: ``connect(endpoint, protocol_factory, alpn=...)`` returns
+``(transport, protocol)`` like ``loop.create_connection``.  The default is
+plain TCP; the mTLS work wraps it (``ssl=`` with the endpoint's identity as
+the expected server name).  A transport with an ``ssl_object`` extra is
+reported as ``tls="true"`` in metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from meshctl_proxy.model import INBOUND, Endpoint, Outcome, ProxyError, Request, Response, Target
+
+
+class Upstream(Protocol):
+    async def send(self, request: Request, endpoint: Endpoint) -> Response: ...
+
+
+class Connector(Protocol):
+    async def connect(self, endpoint: Endpoint, protocol_factory: Callable[[], asyncio.Protocol], *,
+                      alpn: list[str] | None = None) -> tuple[asyncio.Transport, asyncio.Protocol]: ...
+
+
+class TcpConnector:
+    """Plain TCP (the default Connector)."""
+
+    async def connect(self, endpoint: Endpoint, protocol_factory: Callable[[], asyncio.Protocol], *,
+                      alpn: list[str] | None = None) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        return await asyncio.get_running_loop().create_connection(protocol_factory, endpoint.host, endpoint.port)
+
+
+def split_authority(authority: str, default_port: int = 80) -> tuple[str, int]:
+    """``host[:port]`` / ``[v6]:port`` -> (host, port); ValueError when malformed."""
+    authority = authority.strip()
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = authority.rpartition(":") if authority.count(":") == 1 else (authority, "", "")
+    if not host:
+        raise ValueError(f"bad authority {authority!r}")
+    if port and not port.isdigit():
+        raise ValueError(f"bad port in authority {authority!r}")
+    return host, int(port) if port else default_port
+
+
+class DirectRouter:
+    """Default outbound router: the original destination, else the Host (ingress mode).
+
+    *own_addrs* are the proxy's own listeners: a request addressed to one of
+    them would loop back into the proxy, so it gets a 502 instead.
+    """
+
+    def __init__(self, *, own_addrs: frozenset[tuple[str, int]] = frozenset()) -> None:
+        self.own_ports = {port for _host, port in own_addrs}
+        self.own_addrs = own_addrs
+
+    def _looping(self, host: str, port: int) -> bool:
+        if port not in self.own_ports:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return host == "localhost"
+        return ip.is_loopback or ip.is_unspecified or (str(ip), port) in self.own_addrs
+
+    def endpoint_for(self, host: str, port: int) -> Endpoint:
+        if self._looping(host, port):
+            raise ProxyError(502, "request would loop back into the proxy")
+        return Endpoint(host, port)
+
+    def select(self, target: Target) -> Endpoint:
+        if target.orig_dst is not None:
+            return self.endpoint_for(*target.orig_dst)
+        if not target.authority:
+            raise ProxyError(503, "no original destination and no authority to route by")
+        try:
+            host, port = split_authority(target.authority)
+        except ValueError as exc:
+            raise ProxyError(400, str(exc)) from None
+        return self.endpoint_for(host, port)
+
+    def observe(self, endpoint: Endpoint, outcome: Outcome) -> None:
+        """Hook for balancers (peak-EWMA feeds on outcome.latency); nothing to learn by default."""
+
+    def target(self, request: Request) -> Target:
+        ctx = request.context
+        return Target(ctx.direction, request.authority, ctx.orig_dst, request.protocol)
+
+    async def dispatch(self, request: Request, upstream: Upstream) -> Response:
+        """One exchange; wrap or override for retries, timeouts and route policy."""
+        endpoint = self.select(self.target(request))
+        start = time.monotonic()
+        try:
+            response = await upstream.send(request, endpoint)
+        except ProxyError as exc:
+            self.observe(endpoint, Outcome(None, time.monotonic() - start, exc.reason))
+            raise
+        self.observe(endpoint, Outcome(response.status, time.monotonic() - start))
+        return response
+
+
+class InboundRouter(DirectRouter):
+    """Inbound: the application on *forward_host*, at the original destination's port.
+
+    A connection that was not redirected (loopback testing, no iptables) is
+    routed by the port of its Host header, on the same forward host.
+    """
+
+    def __init__(self, forward_host: str, *, own_addrs: frozenset[tuple[str, int]] = frozenset()) -> None:
+        super().__init__(own_addrs=own_addrs)
+        self.forward_host = forward_host
+
+    def select(self, target: Target) -> Endpoint:
+        if target.orig_dst is not None:
+            return self.endpoint_for(self.forward_host, target.orig_dst[1])
+        if not target.authority:
+            raise ProxyError(503, "no original destination and no authority to route by")
+        try:
+            _host, port = split_authority(target.authority)
+        except ValueError as exc:
+            raise ProxyError(400, str(exc)) from None
+        return self.endpoint_for(self.forward_host, port)
+
+
+def default_router(direction: str, forward_host: str, own_addrs: frozenset[tuple[str, int]]) -> DirectRouter:
+    if direction == INBOUND:
+        return InboundRouter(forward_host, own_addrs=own_addrs)
+    return DirectRouter(own_addrs=own_addrs)

@@ -1,0 +1,317 @@
+"""The proxy process: listeners, per-connection protocol detection, shutdown.
+
+This is the one layer that owns sockets for accepting.  A connection is
+accepted by :class:`DetectProtocol`, which learns its original destination
+(SO_ORIGINAL_DST), waits for the first bytes (at most the detection
+timeout) and hands the transport to the HTTP/1, HTTP/2 or TCP handler.  A TLS
+ClientHello goes to the TLS seam (``Proxy.tls_acceptor``) when one is
+installed, else through as opaque TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+
+from meshctl_proxy import detect as detection
+from meshctl_proxy.http1_proxy import H1Pool, H1ServerConnection
+from meshctl_proxy.metrics import Metrics
+from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
+from meshctl_proxy.routing import TcpConnector, default_router
+from meshctl_proxy.tcp import PipeEnd, splice
+from meshctl_proxy.transparent import original_dst
+
+log = logging.getLogger("meshctl_proxy")
+
+# Bytes we are willing to hold while deciding what protocol a connection speaks.
+MAX_DETECT_BYTES = 64 * 1024
+
+
+class HttpUpstream:
+    """``send(request, endpoint)``: the upstream exchange routers call (HTTP/1 pool or HTTP/2 pool)."""
+
+    def __init__(self, direction: str, connector, metrics: Metrics, *, connect_timeout: float,
+                 h2_settings: dict | None = None) -> None:
+        self.direction = direction
+        self.connector = connector
+        self.metrics = metrics
+        self.connect_timeout = connect_timeout
+        self.h1 = H1Pool(connector, metrics, direction, connect_timeout=connect_timeout)
+        self.h2 = None
+        self.h2_settings = h2_settings or {}
+
+    async def send(self, request: Request, endpoint: Endpoint) -> Response:
+        if request.protocol == "h2":
+            if self.h2 is None:
+                from meshctl_proxy.http2_proxy import H2Pool
+
+                self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout)
+            return await self.h2.send(request, endpoint)
+        return await self.h1.send(request, endpoint)
+
+    def close(self) -> None:
+        self.h1.close_idle()
+        if self.h2 is not None:
+            self.h2.close()
+
+
+class Proxy:
+    """One proxy: the three listeners and everything they share.
+
+    *outbound_router*, *inbound_router*, *connector* and *tls_acceptor* are the
+    seams (docs/proxy.md, "Seams"); ``None`` means the defaults.
+    """
+
+    def __init__(self, config, *, outbound_router=None, inbound_router=None, connector=None,
+                 tls_acceptor=None) -> None:
+        self.config = config
+        pod = {"namespace": config.pod_namespace, "pod": config.pod_name}
+        if config.workload_kind and config.workload_name:
+            # Linkerd's scrape config adds the owner as e.g. deployment="web".
+            pod[config.workload_kind.lower()] = config.workload_name
+        self.metrics = Metrics(pod_labels=pod, max_authorities=config.max_authority_labels)
+        self.connector = connector or TcpConnector()
+        self.tls_acceptor = tls_acceptor
+        self._routers = {OUTBOUND: outbound_router, INBOUND: inbound_router}
+        self.routers: dict = {}
+        self.upstreams = {
+            OUTBOUND: HttpUpstream(OUTBOUND, self.connector, self.metrics,
+                                   connect_timeout=config.outbound_connect_timeout),
+            INBOUND: HttpUpstream(INBOUND, self.connector, self.metrics,
+                                  connect_timeout=config.inbound_connect_timeout),
+        }
+        self.opaque_ports = {OUTBOUND: config.outbound_ports_disable_protocol_detection,
+                             INBOUND: config.inbound_ports_disable_protocol_detection}
+        self.connections: set = set()  # live handlers; each has drain()
+        self.tasks: set[asyncio.Task] = set()
+        self.servers: dict[str, asyncio.AbstractServer] = {}
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.ready = False
+        self.draining = False
+        self.stopped: asyncio.Event | None = None
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def start(self) -> None:
+        from meshctl_proxy.admin import AdminProtocol
+
+        self.stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        for name, addr, factory in (
+            (OUTBOUND, cfg.outbound_listen_addr, lambda: DetectProtocol(self, OUTBOUND)),
+            (INBOUND, cfg.inbound_listen_addr, lambda: DetectProtocol(self, INBOUND)),
+            ("admin", cfg.admin_listen_addr, lambda: AdminProtocol(self)),
+        ):
+            server = await loop.create_server(factory, addr[0], addr[1], reuse_address=True, backlog=1024)
+            self.servers[name] = server
+            self.addresses[name] = server.sockets[0].getsockname()[:2]
+        own = frozenset(self.addresses.values())
+        for direction in (OUTBOUND, INBOUND):
+            self.routers[direction] = self._routers[direction] or default_router(direction, cfg.inbound_forward_host,
+                                                                                 own)
+        self.ready = True
+
+    def begin_shutdown(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.ready = False
+        self.spawn(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        """Stop accepting, drain in-flight work within the grace period, then stop."""
+        for name in (OUTBOUND, INBOUND):
+            self.servers[name].close()
+        for conn in list(self.connections):
+            conn.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_grace_period
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for upstream in self.upstreams.values():
+            upstream.close()
+        self.servers["admin"].close()
+        self.stopped.set()
+
+    # -- opaque TCP ---------------------------------------------------------------
+    async def forward_tcp(self, down: PipeEnd, ctx: ConnectionContext, initial: bytes) -> None:
+        router = self.routers[ctx.direction]
+        try:
+            endpoint = router.select(Target(ctx.direction, None, ctx.orig_dst, detection.TCP))
+        except ProxyError as exc:
+            log.info("tcp %s from %s: %s", ctx.direction, ctx.client_addr, exc.reason)
+            down.transport.close()
+            return
+        stats = self.metrics.tcp(ctx.direction, "dst", None, endpoint.addr, "no_identity")
+        timeout = (self.config.inbound_connect_timeout if ctx.direction == INBOUND
+                   else self.config.outbound_connect_timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                _t, up = await self.connector.connect(endpoint, lambda: PipeEnd(stats))
+        except (OSError, TimeoutError) as exc:
+            log.info("tcp %s to %s failed: %s", ctx.direction, endpoint.addr, exc)
+            down.transport.close()
+            return
+        stats.opened += 1
+        if down.closed:
+            up.transport.close()
+            return
+        splice(down, up, to_up=initial)
+        down.transport.resume_reading()
+
+
+class DetectProtocol(asyncio.Protocol):
+    """The first protocol of every accepted connection: learn where it goes and what it speaks."""
+
+    def __init__(self, proxy: Proxy, direction: str) -> None:
+        self.proxy = proxy
+        self.direction = direction
+        self.transport = None
+        self.buf = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.ctx: ConnectionContext | None = None
+        self.stats = None
+        self.decided = False
+
+    def connection_made(self, transport) -> None:
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        orig = original_dst(sock) if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        ctx = ConnectionContext(self.direction, tuple(peer[:2]), tuple(local[:2]), orig)
+        self.begin(transport, ctx)
+
+    def begin(self, transport, ctx: ConnectionContext) -> None:
+        """Start detection on *transport* (also the re-entry point after TLS termination)."""
+        self.transport = transport
+        self.ctx = ctx
+        proxy = self.proxy
+        if self.stats is None:
+            self.stats = proxy.metrics.tcp(ctx.direction, "src", None, ctx.target_addr, ctx.tls)
+            self.stats.opened += 1
+        proxy.connections.add(self)
+        if proxy.draining:
+            transport.close()
+            return
+        if ctx.orig_dst is not None and ctx.orig_dst[1] in proxy.opaque_ports[ctx.direction]:
+            self._decide(detection.TCP)
+            return
+        self.timer = asyncio.get_running_loop().call_later(proxy.config.detect_timeout, self._timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.read_bytes += len(data)
+        self.buf += data
+        kind = detection.detect(self.buf)
+        if kind is None and len(self.buf) > MAX_DETECT_BYTES:
+            kind = detection.TCP
+        if kind is not None:
+            self._decide(kind)
+
+    def eof_received(self) -> bool:
+        kind = detection.detect(self.buf) if self.buf else None
+        self._decide(kind or detection.TCP, eof=True)
+        return True
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if not self.decided:
+            self._decide(detection.TCP)
+
+    def drain(self) -> None:
+        if not self.decided and self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if not self.decided:
+            self.decided = True
+            self.stats.closed += 1
+            self.proxy.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _decide(self, kind: str, *, eof: bool = False) -> None:
+        if self.decided:
+            return
+        self.decided = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        proxy, ctx, transport = self.proxy, self.ctx, self.transport
+        proxy.connections.discard(self)
+        initial, self.buf = self.buf, b""
+        if kind == detection.TLS and proxy.tls_acceptor is not None:
+            ctx.protocol = detection.TLS
+            proxy.tls_acceptor.accept(proxy, transport, ctx, initial, self.stats)
+            return
+        if kind == detection.H1:
+            ctx.protocol = detection.H1
+            handler = H1ServerConnection(proxy, ctx, self.stats)
+            transport.set_protocol(handler)
+            handler.connection_made(transport)
+            handler.feed_initial(initial)
+            if eof:
+                handler.eof_received()
+            return
+        if kind == detection.H2:
+            from meshctl_proxy.http2_proxy import H2ServerConnection
+
+            ctx.protocol = detection.H2
+            handler = H2ServerConnection(proxy, ctx, self.stats)
+            transport.set_protocol(handler)
+            handler.connection_made(transport)
+            handler.feed_initial(initial)
+            if eof:
+                handler.eof_received()
+            return
+        ctx.protocol = detection.TCP
+        down = PipeEnd(self.stats)
+        transport.set_protocol(down)
+        down.connection_made(transport)
+        if eof:
+            down.eof = True
+        transport.pause_reading()
+        proxy.spawn(proxy.forward_tcp(down, ctx, initial))
+
+
+def configure_logging(config) -> None:
+    level = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+             "error": logging.ERROR}[config.log_level]
+    if config.log_format == "json":
+        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+
+
+async def serve(config, **seams) -> int:
+    """Run a proxy until SIGTERM/SIGINT (or POST /shutdown) and its drain complete."""
+    proxy = Proxy(config, **seams)
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proxy.begin_shutdown)
+    addrs = " ".join(f"{name}={host}:{port}" for name, (host, port) in proxy.addresses.items())
+    print(f"meshctl-proxy listening {addrs}", file=sys.stderr, flush=True)
+    await proxy.stopped.wait()
+    print("meshctl-proxy stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def run(config, **seams) -> int:
+    configure_logging(config)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(serve(config, **seams))
+    return uvloop.run(serve(config, **seams))
