@@ -144,6 +144,22 @@ class Proxy:
         self.servers["admin"].close()
         self.stopped.set()
 
+    async def terminate_tls(self, transport, ctx: ConnectionContext, initial: bytes, stats) -> None:
+        """Mesh TLS: terminate through the TLS seam, then detect again on the plaintext."""
+        # Resumed here, in the same step that calls terminate(): the TLS transport takes
+        # over the raw protocol before the loop can deliver another byte.
+        transport.resume_reading()
+        try:
+            terminated = await self.tls_acceptor.terminate(transport, initial)
+        except Exception as exc:  # handshake refused, timed out, or no certificate yet
+            log.info("%s TLS from %s refused: %s", ctx.direction, ctx.client_addr, exc)
+            stats.closed += 1
+            transport.abort()
+            return
+        ctx.tls = "true"
+        ctx.peer_identity = terminated.client_identity
+        terminated.transport.start(DetectProtocol(self, ctx.direction, ctx=ctx, stats=stats))
+
     # -- opaque TCP ---------------------------------------------------------------
     async def forward_tcp(self, down: PipeEnd, ctx: ConnectionContext, initial: bytes) -> None:
         router = self.routers[ctx.direction]
@@ -174,17 +190,20 @@ class Proxy:
 class DetectProtocol(asyncio.Protocol):
     """The first protocol of every accepted connection: learn where it goes and what it speaks."""
 
-    def __init__(self, proxy: Proxy, direction: str) -> None:
+    def __init__(self, proxy: Proxy, direction: str, *, ctx: ConnectionContext | None = None, stats=None) -> None:
         self.proxy = proxy
         self.direction = direction
         self.transport = None
         self.buf = b""
         self.timer: asyncio.TimerHandle | None = None
-        self.ctx: ConnectionContext | None = None
-        self.stats = None
+        self.ctx = ctx  # preset when detecting again on a TLS-terminated transport
+        self.stats = stats
         self.decided = False
 
     def connection_made(self, transport) -> None:
+        if self.ctx is not None:
+            self.begin(transport, self.ctx)
+            return
         sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
@@ -215,8 +234,23 @@ class DetectProtocol(asyncio.Protocol):
         kind = detection.detect(self.buf)
         if kind is None and len(self.buf) > MAX_DETECT_BYTES:
             kind = detection.TCP
+        if kind == detection.TLS:
+            kind = self._classify_tls()
         if kind is not None:
             self._decide(kind)
+
+    def _classify_tls(self) -> str | None:
+        """Mesh TLS for us goes to the TLS seam; any other TLS (the app's own) is opaque."""
+        acceptor = self.proxy.tls_acceptor
+        if acceptor is None or self.ctx.tls == "true":
+            return detection.TCP
+        hello = acceptor.classify(self.buf)
+        kind = type(hello).__name__
+        if kind == "NeedMore":
+            return None if len(self.buf) <= MAX_DETECT_BYTES else detection.TCP
+        if kind == "ClientHello" and acceptor.is_mesh(hello):
+            return detection.TLS
+        return detection.TCP
 
     def eof_received(self) -> bool:
         kind = detection.detect(self.buf) if self.buf else None
@@ -250,9 +284,10 @@ class DetectProtocol(asyncio.Protocol):
         proxy, ctx, transport = self.proxy, self.ctx, self.transport
         proxy.connections.discard(self)
         initial, self.buf = self.buf, b""
-        if kind == detection.TLS and proxy.tls_acceptor is not None:
+        if kind == detection.TLS:
             ctx.protocol = detection.TLS
-            proxy.tls_acceptor.accept(proxy, transport, ctx, initial, self.stats)
+            transport.pause_reading()
+            proxy.spawn(proxy.terminate_tls(transport, ctx, initial, self.stats))
             return
         if kind == detection.H1:
             ctx.protocol = detection.H1
