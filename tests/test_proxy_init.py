@@ -136,7 +136,7 @@ def test_remove_deletes_jumps_then_chains_nat_only():
 
 def test_dry_run_golden(update_golden):
     argv = ["--inbound-ports-to-ignore", "25,8081", "--outbound-ports-to-ignore", "3306,8000-8010",
-            "--subnets-to-ignore", "10.9.0.0/16,fd00:1::/64", "--dry-run"]
+            "--subnets-to-ignore", "10.9.0.0/16,fd00:1::/64", "--ipv6", "--dry-run"]
     out = io.StringIO()
     cfg, opts = parse_args(argv)
     iptables.apply(cfg, opts, out=out, run=_no_commands)
@@ -152,10 +152,12 @@ def _no_commands(*args, **kwargs):
 
 
 def test_dry_run_through_the_entry_point(cli):
-    proc = cli("init", "--dry-run", "--no-ipv6", module="meshctl_proxy")
+    proc = cli("init", "--dry-run", module="meshctl_proxy")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("# iptables-restore --noflush\n*nat\n")
+    # IPv4 only unless asked: the proxy's listeners are IPv4.
     assert "ip6tables" not in proc.stdout
+    assert "# ip6tables-restore --noflush\n" in cli("init", "--dry-run", "--ipv6", module="meshctl_proxy").stdout
 
 
 def test_no_backend_is_one_error():
@@ -205,7 +207,7 @@ def test_init_redirects_what_it_should_and_nothing_else(netns_lab):
     before = _nat(meshed)
 
     flags = ["--inbound-ports-to-ignore", "8081", "--outbound-ports-to-ignore", "9091",
-             "--subnets-to-ignore", f"{skipped.ip}/32,{skipped.ip6}/128", "--iptables-mode", "nft"]
+             "--subnets-to-ignore", f"{skipped.ip}/32,{skipped.ip6}/128", "--iptables-mode", "nft", "--ipv6"]
     _init(meshed, *flags)
     installed = _nat(meshed)
     assert "PROXY_INIT_REDIRECT" in installed and "PROXY_INIT_OUTPUT" in installed
@@ -249,7 +251,7 @@ def test_init_redirects_what_it_should_and_nothing_else(netns_lab):
     _init(meshed, *flags)
     assert _nat(meshed) == installed
     # A changed configuration replaces the chains' contents, jumps still single.
-    _init(meshed, "--iptables-mode", "nft")
+    _init(meshed, "--iptables-mode", "nft", "--ipv6")
     changed = _nat(meshed)
     assert "8081" not in changed and changed.count("-j PROXY_INIT_REDIRECT") == 2 * 2  # entry + own-IP rule, x2 families
     assert port_and_dst(probe(peer, (meshed.ip, 8081))) == [(4143, (meshed.ip, 8081))]

@@ -123,7 +123,7 @@ class InitOptions:
     remove: bool = False
     dry_run: bool = False
     mode: str = "auto"
-    ipv6: bool = True
+    ipv6: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,8 +150,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="networks not redirected: inbound from them, outbound to them")
     p.add_argument("--iptables-mode", choices=MODES, default="auto",
                    help="iptables backend; auto picks the one already holding rules, else nft (default auto)")
-    p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True,
-                   help="also program ip6tables (default on)")
+    # Off by default, as Linkerd's chart has it (disableIPv6: true): the proxy's
+    # listeners are IPv4 (127.0.0.1:4140, 0.0.0.0:4143), so redirecting IPv6
+    # would turn the app's working IPv6 connections into refused ones.
+    p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=False,
+                   help="also program ip6tables; only with a proxy listening on IPv6 (default off)")
     p.add_argument("--dry-run", action="store_true", help="print the iptables-restore input instead of applying it")
     p.add_argument("--remove", action="store_true", help="remove the chains and jumps this command installs")
     return p
@@ -362,10 +365,16 @@ def apply(cfg: InitConfig, opts: InitOptions, *, run: Runner = subprocess.run, o
             out.write(render_install(build_rules(cfg, family=family)))
         return
     backend = detect_backend(opts.mode, run)
+    if opts.remove:
+        # Removal cleans IPv6 too even without --ipv6: an earlier run may have
+        # used it, and leftover redirects would break the pod's traffic.
+        families = (4, 6)
     scripts = []
     for family in families:
         saved = _run(run, [backend.tool(family, "save"), "-t", "nat"])
         if saved.returncode != 0:
+            if family == 6 and not opts.ipv6:
+                continue  # no IPv6 netfilter here: nothing of ours can be there
             raise InitError(f"{backend.tool(family, 'save')} failed: {_first_line(saved.stderr)}")
         script = render_remove(saved.stdout) if opts.remove else \
             render_install(build_rules(cfg, family=family), saved=saved.stdout)
