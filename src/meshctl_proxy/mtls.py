@@ -5,11 +5,14 @@
   it meshed), it originates TLS 1.3 with our certificate, sends that
   identity as SNI (the mesh marker) and checks the server's SAN equals it.
   Connections are pooled by the proxy's pools, so the handshake is rare.
-- Inbound, :class:`InboundTls` decides on a connection that starts with a
-  TLS ClientHello: SNI equal to our identity means mesh TLS, which it
-  terminates (client certificate required and verified) and reports the
-  client's identity; anything else is not ours (the app's own TLS) and is
-  left to opaque forwarding.
+- Inbound, :class:`InboundTls` is the proxy's ``tls_acceptor``: detection
+  asks it about a connection that starts with a TLS ClientHello; SNI equal
+  to our identity means mesh TLS, which it terminates (client certificate
+  required and verified) reporting the client's identity; anything else is
+  not ours (the app's own TLS) and is forwarded as opaque TCP.
+- :class:`AuthorizingRouter` wraps the inbound router with the inbound
+  policy and owns the ``meshctl-client-id`` header; :class:`Mesh` wires it
+  all into one proxy (``meshctl_proxy.server.serve``).
 
 Without a valid certificate (not issued yet, or expired) both fail closed:
 no mesh TLS is originated or accepted.
@@ -44,9 +47,16 @@ class MeshConnector:
         self.handshakes = 0
         self.refused = 0
 
+    @staticmethod
+    def mesh_identity(endpoint) -> str | None:
+        """The identity an endpoint must prove: set by discovery for meshed endpoints only."""
+        if getattr(endpoint, "meshed", True) is False:
+            return None
+        return getattr(endpoint, "identity", None) or None
+
     async def connect(self, endpoint, protocol_factory: Callable[[], asyncio.Protocol], *,
                       alpn: list[str] | None = None) -> tuple[asyncio.Transport, asyncio.Protocol]:
-        expected = getattr(endpoint, "identity", None)
+        expected = self.mesh_identity(endpoint)
         if not expected:
             return await self.inner.connect(endpoint, protocol_factory, alpn=alpn)
         creds = self.identity.current()
@@ -54,9 +64,15 @@ class MeshConnector:
             self.refused += 1
             raise NoIdentity(f"no valid certificate of our own: not originating mTLS to {expected}")
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_connection(
-            protocol_factory, endpoint.host, endpoint.port, ssl=creds.client_context(alpn),
-            server_hostname=expected, ssl_handshake_timeout=self.handshake_timeout)
+        try:
+            transport, protocol = await loop.create_connection(
+                protocol_factory, endpoint.host, endpoint.port, ssl=creds.client_context(alpn),
+                server_hostname=expected, ssl_handshake_timeout=self.handshake_timeout)
+        except (ssl.SSLError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            # A server that does not answer to our SNI (not meshed, or not who we expect) ends
+            # the handshake; connect errors (refused, unreachable) are not counted here.
+            self.refused += 1
+            raise
         try:
             tls.verify_peer_identity(transport.get_extra_info("ssl_object"), expected)
         except tls.IdentityMismatch:
@@ -104,6 +120,7 @@ class InboundTls:
             transport.abort()
             raise NoIdentity("no valid certificate of our own: refusing mesh TLS")
         tls_transport = TlsServerTransport(transport, creds.server_context)
+        transport.resume_reading()  # detection paused it; the handshake needs the client's next flight
         try:
             sslobj = await tls_transport.handshake(prefix, timeout=self.handshake_timeout)
         except (ssl.SSLError, ConnectionError, TimeoutError):
@@ -124,3 +141,124 @@ def strip_identity_header(headers: list[tuple[bytes, bytes]], client_identity: s
     if client_identity:
         out.append((IDENTITY_HEADER, client_identity.encode()))
     return out
+
+
+# --- the proxy's seams (docs/proxy.md "Seams") --------------------------------------
+
+class AuthorizingRouter:
+    """Wraps the inbound router: applies the inbound policy per request and owns ``meshctl-client-id``.
+
+    Denied requests become 403 (``ProxyError``, with the reason in
+    ``meshctl-proxy-error``); allowed ones reach the application with the
+    client's verified identity in ``meshctl-client-id`` and never a
+    client-supplied one.
+    """
+
+    def __init__(self, inner, policy, stats) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.stats = stats
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def decide(self, ctx):
+        port = ctx.orig_dst[1] if ctx.orig_dst else ctx.local_addr[1]
+        return port, self.policy.authorize(port=port, client_identity=ctx.peer_identity, client_ip=ctx.client_addr[0])
+
+    async def dispatch(self, request, upstream):
+        from meshctl_proxy.model import ProxyError
+
+        ctx = request.context
+        port, decision = self.decide(ctx)
+        self.stats.count("http", decision, port)
+        if not decision.allowed:
+            raise ProxyError(403, decision.reason)
+        request.headers = strip_identity_header(request.headers, ctx.peer_identity)
+        return await self.inner.dispatch(request, upstream)
+
+    def authorize_tcp(self, ctx) -> bool:
+        port, decision = self.decide(ctx)
+        self.stats.count("tcp", decision, port)
+        return decision.allowed
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+def identity_enabled(cfg) -> bool:
+    """mTLS is on unless disabled, and needs the trust anchors (inject always sets them)."""
+    return not cfg.identity_disabled and bool(cfg.identity_trust_anchors.strip())
+
+
+class Mesh:
+    """What identity adds to one proxy: its seams before start, its hooks after."""
+
+    def __init__(self, cfg, identity: IdentityManager | None) -> None:
+        from meshctl_proxy.inbound_policy import AuthzStats, InboundPolicy
+
+        self.identity = identity
+        self.policy = InboundPolicy.from_config(cfg)
+        self.authz = AuthzStats()
+        self.connector: MeshConnector | None = None
+        self.inbound: InboundTls | None = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "Mesh":
+        from meshctl_proxy.config import ConfigError
+        from meshctl_proxy.identity import IdentitySettings
+
+        if not identity_enabled(cfg):
+            return cls(cfg, None)
+        try:
+            return cls(cfg, IdentityManager(IdentitySettings.from_config(cfg)))
+        except (ValueError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+
+    def seams(self) -> dict:
+        if self.identity is None:
+            return {}
+        from meshctl_proxy.routing import TcpConnector
+
+        self.connector = MeshConnector(TcpConnector(), self.identity)
+        self.inbound = InboundTls(self.identity)
+        return {"connector": self.connector, "tls_acceptor": self.inbound}
+
+    def attach(self, proxy) -> None:
+        from meshctl_proxy.model import INBOUND
+
+        proxy.routers[INBOUND] = AuthorizingRouter(proxy.routers[INBOUND], self.policy, self.authz)
+        proxy.metrics.extra.append(self.render_metrics)
+        if self.identity is None:
+            return
+        proxy.spawn(self.identity.run())
+        proxy.readiness.append(self.identity.is_ready)
+        proxy.admin_routes[b"/identity"] = self._identity_route
+
+    def _identity_route(self) -> tuple[int, bytes, bytes]:
+        creds = self.identity.current() if self.identity else None
+        if creds is None:
+            return 503, b"text/plain; charset=utf-8", b"no valid certificate\n"
+        return 200, b"application/x-pem-file", creds.chain_pem.encode()
+
+    def render_metrics(self) -> str:
+        out = [self.authz.render()]
+        ident = self.identity
+        if ident is not None:
+            # Linkerd's names for the proxy's own certificate.
+            out.append("# HELP identity_cert_expiration_timestamp_seconds Time when this proxy's current mTLS "
+                       "certificate expires (seconds since the epoch).\n"
+                       "# TYPE identity_cert_expiration_timestamp_seconds gauge\n"
+                       f"identity_cert_expiration_timestamp_seconds {ident.expiry or 0:.0f}\n"
+                       "# HELP identity_cert_refresh_count Certificates obtained from the identity service.\n"
+                       "# TYPE identity_cert_refresh_count counter\n"
+                       f"identity_cert_refresh_count {ident.refreshes}\n")
+            if self.connector is not None and self.inbound is not None:
+                out.append("# HELP tls_handshakes_total Completed mTLS handshakes (outbound originated, inbound "
+                           "terminated).\n# TYPE tls_handshakes_total counter\n"
+                           f'tls_handshakes_total{{direction="outbound"}} {self.connector.handshakes}\n'
+                           f'tls_handshakes_total{{direction="inbound"}} {self.inbound.handshakes}\n'
+                           "# HELP tls_handshake_failures_total Refused or failed mTLS handshakes.\n"
+                           "# TYPE tls_handshake_failures_total counter\n"
+                           f'tls_handshake_failures_total{{direction="outbound"}} {self.connector.refused}\n'
+                           f'tls_handshake_failures_total{{direction="inbound"}} {self.inbound.failed}\n')
+        return "".join(out)

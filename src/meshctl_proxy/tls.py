@@ -28,7 +28,7 @@ import tempfile
 MESH_ALPN = ("h2", "http/1.1")
 
 
-class IdentityMismatch(ssl.SSLError):
+class IdentityMismatch(ConnectionError):
     """The peer's certificate chains to our anchors but names someone else."""
 
 

@@ -50,10 +50,15 @@ class TlsServerTransport(asyncio.Transport):
             raise
         return self._ssl
 
-    def start(self, app: asyncio.Protocol) -> None:
-        """Attach the application protocol and hand it what arrived meanwhile."""
+    def start(self, app: asyncio.Protocol, *, connection_made: bool = True) -> None:
+        """Attach the application protocol and hand it what arrived meanwhile.
+
+        *connection_made* False: the caller has already introduced the
+        transport to *app* (the proxy's detection re-entry, ``begin()``).
+        """
         self._app = app
-        app.connection_made(self)
+        if connection_made:
+            app.connection_made(self)
         if self._pending:
             data, self._pending = b"".join(self._pending), []
             app.data_received(data)

@@ -128,9 +128,14 @@ class Authority:
         return Certified(certs.cert_to_pem(leaf), self._intermediates, leaf.not_valid_after_utc, expected)
 
     def issue_own(self, key: ec.EllipticCurvePrivateKey, *, now: dt.datetime) -> x509.Certificate:
-        """The service's own serving leaf (it has no token to show itself)."""
+        """The service's own serving leaf (it has no token to show itself).
+
+        Always the default 24 h, refreshed hourly (ServiceSettings): a short
+        ``--leaf-lifetime`` is for workloads, and must not make the service
+        itself unreachable between its refreshes.
+        """
         return certs.issue_leaf(self.issuer.key_pair, public_key=key.public_key(), dns_name=service_identity(self.names),
-                                lifetime=self.leaf_lifetime, now=now, backdate=self.clock_skew)
+                                lifetime=certs.LEAF_LIFETIME, now=now, backdate=certs.CLOCK_SKEW_ALLOWANCE)
 
 
 def _parse_csr(csr_pem: str) -> x509.CertificateSigningRequest | Refusal:
