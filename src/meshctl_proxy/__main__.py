@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run(cfg)
+    except config.ConfigError as exc:  # found when the runtime is built (e.g. identity settings)
+        print(f"meshctl-proxy: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # a listener could not bind: say which address
         print(f"meshctl-proxy: {exc}", file=sys.stderr)
         return 1

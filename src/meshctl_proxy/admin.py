@@ -66,7 +66,10 @@ class AdminProtocol(asyncio.Protocol):
         if path == b"/metrics" and method in (b"GET", b"HEAD"):
             return 200, b"text/plain; version=0.0.4; charset=utf-8", proxy.metrics.render()
         if path == b"/ready" and method in (b"GET", b"HEAD"):
-            return (200, text, b"ready\n") if proxy.ready else (503, text, b"not ready\n")
+            return (200, text, b"ready\n") if proxy.is_ready() else (503, text, b"not ready\n")
+        extra = proxy.admin_routes.get(path)
+        if extra is not None and method in (b"GET", b"HEAD"):
+            return extra()
         if path == b"/live" and method in (b"GET", b"HEAD"):
             return 200, text, b"live\n"
         if path == b"/shutdown":

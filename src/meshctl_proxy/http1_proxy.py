@@ -18,6 +18,7 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.metrics import TcpStats, classify
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
+from meshctl_proxy.routing import mesh_identity
 from meshctl_proxy.tcp import PipeEnd, splice
 
 log = logging.getLogger("meshctl_proxy.http1")
@@ -256,7 +257,8 @@ class H1ServerConnection(asyncio.Protocol):
         key = authority
         if key != self._http_key or self._http_stats is None:
             ctx = self.ctx
-            self._http_stats = self.rt.metrics.http(ctx.direction, authority, ctx.target_addr or authority, ctx.tls)
+            self._http_stats = self.rt.metrics.http(ctx.direction, authority, ctx.target_addr or authority, ctx.tls,
+                                                    ctx.peer_identity)
             self._http_key = key
         return self._http_stats
 
@@ -608,7 +610,9 @@ class H1Pool:
         self.idle.clear()
 
     async def connect(self, endpoint: Endpoint, authority: str | None) -> H1ClientConnection:
-        stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr, "no_identity")
+        server_id = mesh_identity(self.connector, endpoint)
+        stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
+                                 "true" if server_id else "no_identity", server_id)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _transport, conn = await self.connector.connect(

@@ -112,24 +112,28 @@ class Metrics:
         self._http: dict[tuple, HttpStats] = {}
         self._tcp: dict[tuple, TcpStats] = {}
         self.started = time.time()
+        self.extra: list = []  # more exposition text (identity, inbound policy), each a callable
 
-    def http(self, direction: str, authority: str | None, target_addr: str | None, tls: str) -> HttpStats:
-        key = (direction, authority, target_addr, tls)
+    def http(self, direction: str, authority: str | None, target_addr: str | None, tls: str,
+             peer_id: str | None = None) -> HttpStats:
+        # peer_id: the mTLS peer's identity, rendered as client_id (inbound) or server_id (outbound).
+        key = (direction, authority, target_addr, tls, peer_id)
         stats = self._http.get(key)
         if stats is None:
             key = (direction, self.authorities.admit(authority) if authority else authority,
-                   self.targets.admit(target_addr) if target_addr else target_addr, tls)
+                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id)
             stats = self._http.get(key)
             if stats is None:
                 stats = self._http[key] = HttpStats()
         return stats
 
-    def tcp(self, direction: str, peer: str, authority: str | None, target_addr: str | None, tls: str) -> TcpStats:
-        key = (direction, peer, authority, target_addr, tls)
+    def tcp(self, direction: str, peer: str, authority: str | None, target_addr: str | None, tls: str,
+            peer_id: str | None = None) -> TcpStats:
+        key = (direction, peer, authority, target_addr, tls, peer_id)
         stats = self._tcp.get(key)
         if stats is None:
             key = (direction, peer, self.authorities.admit(authority) if authority else authority,
-                   self.targets.admit(target_addr) if target_addr else target_addr, tls)
+                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id)
             stats = self._tcp.get(key)
             if stats is None:
                 stats = self._tcp[key] = TcpStats()
@@ -142,9 +146,9 @@ class Metrics:
         add = out.append
 
         def http_labels(key):
-            direction, authority, target_addr, tls = key
+            direction, authority, target_addr, tls, peer_id = key
             return (("direction", direction), ("authority", authority or ""), ("target_addr", target_addr or ""),
-                    ("tls", tls)) + pod
+                    ("tls", tls), (_peer_id_label(direction), peer_id)) + pod
 
         add("# HELP request_total Total count of HTTP requests.\n# TYPE request_total counter\n")
         for key, s in sorted(self._http.items(), key=_sort_key):
@@ -170,9 +174,9 @@ class Metrics:
                 add(f"response_latency_ms_sum{{{labels}}} {rs.sum_ms:.3f}\n")
 
         def tcp_labels(key):
-            direction, peer, authority, target_addr, tls = key
+            direction, peer, authority, target_addr, tls, peer_id = key
             return (("direction", direction), ("peer", peer), ("authority", authority or ""),
-                    ("target_addr", target_addr or ""), ("tls", tls)) + pod
+                    ("target_addr", target_addr or ""), ("tls", tls), (_peer_id_label(direction), peer_id)) + pod
 
         tcp = sorted(self._tcp.items(), key=_sort_key)
         for name, kind, help_, value in (
@@ -185,8 +189,15 @@ class Metrics:
             add(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n")
             for key, s in tcp:
                 add(f"{name}{{{_labels(tcp_labels(key))}}} {value(s)}\n")
+        for render in self.extra:
+            add(render())
         add(_process_metrics(self.started))
         return "".join(out).encode()
+
+
+def _peer_id_label(direction: str) -> str:
+    # Linkerd's names: inbound metrics name the client, outbound ones the server.
+    return "client_id" if direction == "inbound" else "server_id"
 
 
 def _sort_key(item):

@@ -46,6 +46,16 @@ class TcpConnector:
         return await asyncio.get_running_loop().create_connection(protocol_factory, endpoint.host, endpoint.port)
 
 
+def mesh_identity(connector, endpoint) -> str | None:
+    """The identity *connector* will require of *endpoint* (mTLS), or None for plaintext.
+
+    Connectors that originate TLS say so with a ``mesh_identity(endpoint)``
+    method; metrics label the connection ``tls="true"``, ``server_id=...`` with it.
+    """
+    probe = getattr(connector, "mesh_identity", None)
+    return probe(endpoint) if probe is not None else None
+
+
 def split_authority(authority: str, default_port: int = 80) -> tuple[str, int]:
     """``host[:port]`` / ``[v6]:port`` -> (host, port); ValueError when malformed."""
     authority = authority.strip()

@@ -20,7 +20,7 @@ from meshctl_proxy import detect as detection
 from meshctl_proxy.http1_proxy import H1Pool, H1ServerConnection
 from meshctl_proxy.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
-from meshctl_proxy.routing import TcpConnector, default_router
+from meshctl_proxy.routing import TcpConnector, default_router, mesh_identity
 from meshctl_proxy.tcp import PipeEnd, splice
 from meshctl_proxy.transparent import original_dst
 
@@ -90,6 +90,9 @@ class Proxy:
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.ready = False
+        # More conditions for /ready (e.g. holding an mTLS certificate), and extra admin paths.
+        self.readiness: list = []
+        self.admin_routes: dict = {}
         self.draining = False
         self.stopped: asyncio.Event | None = None
 
@@ -118,6 +121,9 @@ class Proxy:
             self.routers[direction] = self._routers[direction] or default_router(direction, cfg.inbound_forward_host,
                                                                                  own)
         self.ready = True
+
+    def is_ready(self) -> bool:
+        return self.ready and all(check() for check in self.readiness)
 
     def begin_shutdown(self) -> None:
         if self.draining:
@@ -158,7 +164,10 @@ class Proxy:
             return
         ctx.tls = "true"
         ctx.peer_identity = terminated.client_identity
-        terminated.transport.start(DetectProtocol(self, ctx.direction, ctx=ctx, stats=stats))
+        # Count the connection under tls="true" and the client's identity from now on (Linkerd
+        # labels transport metrics with the verified peer), not under the plaintext label.
+        stats.opened -= 1
+        terminated.transport.start(DetectProtocol(self, ctx.direction, ctx=ctx))
 
     # -- opaque TCP ---------------------------------------------------------------
     async def forward_tcp(self, down: PipeEnd, ctx: ConnectionContext, initial: bytes) -> None:
@@ -169,7 +178,14 @@ class Proxy:
             log.info("tcp %s from %s: %s", ctx.direction, ctx.client_addr, exc.reason)
             down.transport.close()
             return
-        stats = self.metrics.tcp(ctx.direction, "dst", None, endpoint.addr, "no_identity")
+        authorize = getattr(router, "authorize_tcp", None)
+        if authorize is not None and not authorize(ctx):
+            # The inbound policy denies this client: a TCP connection can only be closed.
+            down.transport.close()
+            return
+        server_id = mesh_identity(self.connector, endpoint)
+        stats = self.metrics.tcp(ctx.direction, "dst", None, endpoint.addr, "true" if server_id else "no_identity",
+                                 server_id)
         timeout = (self.config.inbound_connect_timeout if ctx.direction == INBOUND
                    else self.config.outbound_connect_timeout)
         try:
@@ -217,7 +233,7 @@ class DetectProtocol(asyncio.Protocol):
         self.ctx = ctx
         proxy = self.proxy
         if self.stats is None:
-            self.stats = proxy.metrics.tcp(ctx.direction, "src", None, ctx.target_addr, ctx.tls)
+            self.stats = proxy.metrics.tcp(ctx.direction, "src", None, ctx.target_addr, ctx.tls, ctx.peer_identity)
             self.stats.opened += 1
         proxy.connections.add(self)
         if proxy.draining:
@@ -331,8 +347,12 @@ def configure_logging(config) -> None:
 
 async def serve(config, **seams) -> int:
     """Run a proxy until SIGTERM/SIGINT (or POST /shutdown) and its drain complete."""
-    proxy = Proxy(config, **seams)
+    from meshctl_proxy.mtls import Mesh
+
+    mesh = Mesh.from_config(config)  # identity, mTLS and the inbound policy
+    proxy = Proxy(config, **{**mesh.seams(), **seams})
     await proxy.start()
+    mesh.attach(proxy)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.begin_shutdown)
