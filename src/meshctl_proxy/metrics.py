@@ -112,7 +112,8 @@ class Metrics:
         self._http: dict[tuple, HttpStats] = {}
         self._tcp: dict[tuple, TcpStats] = {}
         self.started = time.time()
-        self.extra: list = []  # more exposition text (identity, inbound policy), each a callable
+        # Other families (route_* from meshctl_proxy.route_metrics) append their text here.
+        self.extra_renderers: list = []
 
     def http(self, direction: str, authority: str | None, target_addr: str | None, tls: str,
              peer_id: str | None = None) -> HttpStats:
@@ -189,7 +190,7 @@ class Metrics:
             add(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n")
             for key, s in tcp:
                 add(f"{name}{{{_labels(tcp_labels(key))}}} {value(s)}\n")
-        for render in self.extra:
+        for render in self.extra_renderers:
             add(render())
         add(_process_metrics(self.started))
         return "".join(out).encode()

@@ -227,7 +227,7 @@ class Mesh:
         from meshctl_proxy.model import INBOUND
 
         proxy.routers[INBOUND] = AuthorizingRouter(proxy.routers[INBOUND], self.policy, self.authz)
-        proxy.metrics.extra.append(self.render_metrics)
+        proxy.metrics.extra_renderers.append(self.render_metrics)
         if self.identity is None:
             return
         proxy.spawn(self.identity.run())
