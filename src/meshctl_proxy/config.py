@@ -221,6 +221,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pod_service_account", "", parse_str, "This pod's ServiceAccount (downward API)."),
     Setting("workload_kind", "", parse_str, "Owner kind, for metric labels (deployment, statefulset, ...)."),
     Setting("workload_name", "", parse_str, "Owner name, for metric labels."),
+    Setting("http2_max_concurrent_streams", "100", parse_positive_int,
+            "Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); "
+            "more is answered with GOAWAY(ENHANCE_YOUR_CALM)."),
     Setting("max_authority_labels", "1000", parse_positive_int,
             "Distinct authority label values kept in metrics; the rest are counted under authority=\"overflow\"."),
 )

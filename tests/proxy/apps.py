@@ -162,3 +162,120 @@ class Http1App:
             send(conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage()))
         await writer.drain()
         return False
+
+
+class H2App(asyncio.Protocol):
+    """An HTTP/2 (prior knowledge) server built on h2, for the proxy's HTTP/2 tests.
+
+    Paths: ``/echo`` (body back, request headers as x-req-* , trailers when the
+    request has ``want-trailers: 1``), ``/big?size=N`` (flow-controlled body),
+    ``/slow?s=F``, ``/reset?code=N`` (RST_STREAM before answering),
+    ``/stream?n=N&gap=F`` (DATA frames spaced in time).
+    """
+
+    server: asyncio.AbstractServer | None = None
+
+    def __init__(self, owner: "H2Server") -> None:
+        import h2.config
+        import h2.connection
+
+        self.owner = owner
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.bodies: dict[int, list[bytes]] = {}
+        self.heads: dict[int, dict] = {}
+        self.windows: dict[int, asyncio.Future] = {}
+        self.tasks: set = set()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.owner.connections += 1
+        self.conn.initiate_connection()
+        self.transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                self.heads[ev.stream_id] = dict(ev.headers)
+                self.bodies[ev.stream_id] = []
+                self.owner.requests.append(dict(ev.headers))
+            elif isinstance(ev, h2.events.DataReceived):
+                self.bodies[ev.stream_id].append(ev.data)
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                task = asyncio.get_running_loop().create_task(self.respond(ev.stream_id))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif isinstance(ev, h2.events.StreamReset):
+                self.owner.resets.append((ev.stream_id, ev.error_code))
+            elif isinstance(ev, h2.events.WindowUpdated):
+                for fut in list(self.windows.values()):
+                    if not fut.done():
+                        fut.set_result(None)
+                self.windows.clear()
+        self.transport.write(self.conn.data_to_send())
+
+    async def send_all(self, sid: int, data: bytes, end: bool) -> None:
+        while data:
+            window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                fut = self.windows[sid] = asyncio.get_running_loop().create_future()
+                await fut
+                continue
+            self.conn.send_data(sid, data[:window])
+            data = data[window:]
+            self.transport.write(self.conn.data_to_send())
+        if end:
+            self.conn.end_stream(sid)
+            self.transport.write(self.conn.data_to_send())
+
+    async def respond(self, sid: int) -> None:
+        head = self.heads[sid]
+        body = b"".join(self.bodies[sid])
+        url = urlsplit(head[b":path"].decode())
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        conn = self.conn
+        try:
+            if url.path == "/reset":
+                conn.reset_stream(sid, int(q.get("code", "2")))
+            elif url.path == "/slow":
+                await asyncio.sleep(float(q.get("s", "0.5")))
+                conn.send_headers(sid, [(b":status", b"200")])
+                await self.send_all(sid, b"slow", True)
+            elif url.path == "/big":
+                conn.send_headers(sid, [(b":status", b"200")])
+                await self.send_all(sid, bytes(range(256)) * (int(q.get("size", "1000000")) // 256), True)
+            elif url.path == "/stream":
+                conn.send_headers(sid, [(b":status", b"200")])
+                for i in range(int(q.get("n", "3"))):
+                    await self.send_all(sid, f"part{i};".encode(), False)
+                    await asyncio.sleep(float(q.get("gap", "0")))
+                await self.send_all(sid, b"", True)
+            else:
+                headers = [(b":status", b"200"), (b"x-body-sha256", hashlib.sha256(body).hexdigest().encode()),
+                           (b"x-path", head[b":path"]), (b"x-authority", head.get(b":authority", b""))]
+                conn.send_headers(sid, headers)
+                trailers = head.get(b"want-trailers") == b"1"
+                await self.send_all(sid, body or b"empty", not trailers)
+                if trailers:
+                    conn.send_headers(sid, [(b"grpc-status", b"0"), (b"x-trailer", b"yes")], end_stream=True)
+            self.transport.write(conn.data_to_send())
+        except Exception:  # the stream went away under us (reset by the client)
+            pass
+
+
+class H2Server:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[dict] = []
+        self.resets: list[tuple[int, int]] = []
+        self.port = 0
+
+    async def start(self) -> "H2Server":
+        self.server = await asyncio.get_running_loop().create_server(lambda: H2App(self), "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.server.close()

@@ -1,0 +1,61 @@
+"""Limits the h2 library does not enforce, sans-IO: floods that cost the server more than the client.
+
+- Rapid reset (CVE-2023-44487): a client opens streams and resets them at
+  once; each costs us an upstream request while it costs the client two
+  frames.  hyper/h2 (Linkerd's stack) bounds "pending accept reset streams";
+  we bound client resets per second.
+- PING and SETTINGS floods (CVE-2019-9512, CVE-2019-9515): each one makes us
+  queue an ACK; a client that never reads grows our buffers.
+- Streams beyond our advertised SETTINGS_MAX_CONCURRENT_STREAMS
+  (CVE-2019-9518-like abuse): h2 raises TooManyStreamsError.
+
+Every breach is answered with GOAWAY(ENHANCE_YOUR_CALM), as Go's and
+Envoy's servers do, and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Per connection, per second.  A healthy gRPC client cancels a handful of
+# streams a second and pings a few times a minute (keepalive); these limits are
+# two orders of magnitude above that and far below what an attacker needs.
+MAX_RESETS_PER_SECOND = 200
+MAX_PINGS_PER_SECOND = 50
+MAX_SETTINGS_PER_SECOND = 50
+
+
+@dataclasses.dataclass(slots=True)
+class _Window:
+    limit: int
+    start: float = 0.0
+    count: int = 0
+
+    def hit(self, now: float) -> bool:
+        """Count one event; True when the limit for the current one-second window is passed."""
+        if now - self.start >= 1.0:
+            self.start = now
+            self.count = 0
+        self.count += 1
+        return self.count > self.limit
+
+
+class FloodGuard:
+    """Per-connection counters; each method returns the reason to GOAWAY, or None."""
+
+    __slots__ = ("resets", "pings", "settings")
+
+    def __init__(self, *, max_resets: int = MAX_RESETS_PER_SECOND, max_pings: int = MAX_PINGS_PER_SECOND,
+                 max_settings: int = MAX_SETTINGS_PER_SECOND) -> None:
+        self.resets = _Window(max_resets)
+        self.pings = _Window(max_pings)
+        self.settings = _Window(max_settings)
+
+    def on_reset(self, now: float) -> str | None:
+        return "too many stream resets (rapid reset)" if self.resets.hit(now) else None
+
+    def on_ping(self, now: float) -> str | None:
+        return "too many PINGs" if self.pings.hit(now) else None
+
+    def on_settings(self, now: float) -> str | None:
+        return "too many SETTINGS" if self.settings.hit(now) else None

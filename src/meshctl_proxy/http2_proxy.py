@@ -1,0 +1,759 @@
+"""HTTP/2 with prior knowledge: the client-facing server connection and the pooled upstream client.
+
+The h2 library is the sans-IO protocol machine; this module relays streams
+between two of them.  An HTTP/2 request goes upstream as HTTP/2 (gRPC needs
+trailers end to end), multiplexed over one connection per endpoint.
+
+Flow control holds end to end: DATA from one side is acknowledged
+(WINDOW_UPDATE) only when the other side has taken it
+(``Body(on_consumed=...)``), and we send only within the peer's window,
+waiting for its WINDOW_UPDATE otherwise (RFC 9113 section 5.2).
+
+Resets travel both ways with their error code (a client's RST_STREAM cancels
+the upstream stream; an upstream reset resets the client's stream).  A GOAWAY
+from upstream refuses the streams it did not process (REFUSED_STREAM, which
+clients may retry); a graceful drain sends GOAWAY with the last stream id and
+serves the streams already open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from meshctl_proxy.body import EMPTY, Body, BodyError
+from meshctl_proxy.h2limits import FloodGuard
+from meshctl_proxy.metrics import TcpStats, classify
+from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
+
+log = logging.getLogger("meshctl_proxy.http2")
+
+# RFC 9113 section 8.2.2: connection-specific fields are malformed in HTTP/2;
+# "te" is allowed only as "trailers".
+CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+MAX_HEADER_LIST_SIZE = 64 * 1024  # as the HTTP/1 head limit
+# Receive windows: what one stream, and the whole connection, may have in flight
+# towards us (the RFC's 64 KiB default caps a stream at 64 KiB per round trip).
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW = 1 << 20
+
+
+class StreamReset(BodyError):
+    """A stream was reset by one side; ``code`` is carried to the other side."""
+
+    def __init__(self, code: int, reason: str = "stream reset") -> None:
+        super().__init__(f"{reason} (error code {int(code)})")
+        self.code = code
+
+
+class UpstreamReset(ProxyError):
+    """The upstream reset the stream before responding: HTTP/2 clients see the reset itself."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(502, f"upstream reset the stream (error code {code})")
+        self.code = code
+
+
+def end_to_end_h2(headers) -> list[tuple[bytes, bytes]]:
+    """Regular headers of an HTTP/2 message, without pseudo-headers and connection-specific fields."""
+    out = []
+    for name, value in headers:
+        if name[:1] == b":" or name in CONNECTION_SPECIFIC:
+            continue
+        if name == b"te" and value.strip().lower() != b"trailers":
+            continue
+        out.append((name, value))
+    return out
+
+
+class GoawayFilter:
+    """Takes GOAWAY frames out of the byte stream before h2 sees them.
+
+    h2 closes its whole state machine on receiving GOAWAY, after which frames
+    for streams still in flight are protocol errors.  RFC 9113 section 6.8 says
+    those streams (ids up to last_stream_id) continue; so the proxy handles
+    GOAWAY itself and h2 never sees it.  Everything else passes through.
+    """
+
+    __slots__ = ("buf", "skip", "passing")
+
+    def __init__(self, *, skip: int = 0) -> None:
+        self.buf = b""  # an incomplete frame header, or an incomplete GOAWAY frame
+        self.skip = skip  # the client preface, which is not a frame
+        self.passing = 0  # bytes of the current (non-GOAWAY) frame still to pass through
+
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+        buf = self.buf + data if self.buf else data
+        self.buf = b""
+        out: list[bytes] = []
+        goaways: list[tuple[int, int]] = []
+        pos, n = 0, len(buf)
+        if self.skip:
+            pos = min(self.skip, n)
+            out.append(buf[:pos])
+            self.skip -= pos
+        if self.passing and pos < n:
+            k = min(self.passing, n - pos)
+            out.append(buf[pos:pos + k])
+            self.passing -= k
+            pos += k
+        while pos < n:
+            if n - pos < 9:
+                self.buf = buf[pos:]
+                break
+            length = int.from_bytes(buf[pos:pos + 3], "big")
+            end = pos + 9 + length
+            if buf[pos + 3] == 0x07:  # GOAWAY
+                if end > n:
+                    self.buf = buf[pos:]
+                    break
+                if length >= 8:
+                    last = int.from_bytes(buf[pos + 9:pos + 13], "big") & 0x7FFFFFFF
+                    goaways.append((last, int.from_bytes(buf[pos + 13:pos + 17], "big")))
+                pos = end
+            elif end <= n:
+                out.append(buf[pos:end])
+                pos = end
+            else:
+                out.append(buf[pos:])
+                self.passing = end - n
+                pos = n
+        return (out[0] if len(out) == 1 else b"".join(out)), goaways
+
+
+def _config(client_side: bool) -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(client_side=client_side, header_encoding=None,
+                                     validate_inbound_headers=True, normalize_inbound_headers=True,
+                                     validate_outbound_headers=True, normalize_outbound_headers=True)
+
+
+class _Sender:
+    """Writes DATA within the peer's flow-control windows; shared by both ends."""
+
+    def __init__(self) -> None:
+        self.conn: h2.connection.H2Connection = None
+        self.transport = None
+        self.window_waiters: dict[int, asyncio.Future] = {}
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future | None = None
+        self.stats: TcpStats | None = None
+        self.closed = False
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.closed:
+            self.stats.write_bytes += len(data)
+            self.transport.write(data)
+
+    def wake_windows(self, stream_id: int) -> None:
+        if stream_id == 0:
+            waiters, self.window_waiters = self.window_waiters, {}
+            for fut in waiters.values():
+                if not fut.done():
+                    fut.set_result(None)
+        else:
+            fut = self.window_waiters.pop(stream_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        waiters, self.window_waiters = self.window_waiters, {}
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_exception(exc)
+
+    async def send_data(self, stream_id: int, data: bytes) -> None:
+        conn = self.conn
+        view = memoryview(data)
+        while view:
+            if self.closed:
+                raise ConnectionResetError("connection closed")
+            window = conn.local_flow_control_window(stream_id)
+            if window <= 0:
+                fut = self.window_waiters[stream_id] = asyncio.get_running_loop().create_future()
+                await fut
+                continue
+            n = min(window, conn.max_outbound_frame_size, len(view))
+            conn.send_data(stream_id, bytes(view[:n]))
+            view = view[n:]
+            self.flush()
+            if self.write_paused:
+                self.drain_waiter = asyncio.get_running_loop().create_future()
+                await self.drain_waiter
+
+    def ack(self, stream_id: int, n: int) -> None:
+        """Return flow-control credit for *n* bytes the other side has taken."""
+        if self.closed or not n:
+            return
+        try:
+            self.conn.acknowledge_received_data(n, stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return
+        self.flush()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+
+class _ServerStream:
+    __slots__ = ("id", "request", "body", "task", "responded")
+
+    def __init__(self, stream_id: int, request: Request, body: Body) -> None:
+        self.id = stream_id
+        self.request = request
+        self.body = body
+        self.task: asyncio.Task | None = None
+        self.responded = False
+
+
+class H2ServerConnection(_Sender, asyncio.Protocol):
+    """A client's HTTP/2 connection to the proxy."""
+
+    def __init__(self, proxy, ctx: ConnectionContext, stats: TcpStats) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.ctx = ctx
+        self.stats = stats
+        self.router = proxy.routers[ctx.direction]
+        self.upstream = proxy.upstreams[ctx.direction]
+        self.conn = h2.connection.H2Connection(_config(client_side=False))
+        self.streams: dict[int, _ServerStream] = {}
+        self.guard = FloodGuard()
+        self.goaway_filter = GoawayFilter(skip=24)  # the preface
+        self.draining = False
+        self.goaway_sent = False
+        self.loop = asyncio.get_running_loop()
+
+    # -- transport callbacks ------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.proxy.connections.add(self)
+        conn = self.conn
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.proxy.config.http2_max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        })
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.flush()
+
+    def feed_initial(self, data: bytes) -> None:
+        if data:
+            self.stats.read_bytes -= len(data)
+            self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.read_bytes += len(data)
+        if self.closed:
+            return
+        data, goaways = self.goaway_filter.feed(data)
+        try:
+            events = self.conn.receive_data(data) if data else []
+        except h2.exceptions.TooManyStreamsError:
+            self.calm("more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS", h2_failed=True)
+            return
+        except h2.exceptions.DenialOfServiceError as exc:
+            self.calm(str(exc), h2_failed=True)
+            return
+        except h2.exceptions.ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        for ev in events:
+            self._on_event(ev)
+            if self.closed:
+                return
+        if goaways:
+            self.draining = True  # the client is going away: finish what is open, then close
+            self._maybe_close()
+        self.flush()
+
+    def _on_event(self, ev) -> None:
+        t = type(ev)
+        if t is h2.events.DataReceived:
+            st = self.streams.get(ev.stream_id)
+            padding = ev.flow_controlled_length - len(ev.data)
+            if padding:
+                self.conn.acknowledge_received_data(padding, ev.stream_id)
+            if st is not None:
+                st.body.feed(ev.data)
+        elif t is h2.events.RequestReceived:
+            self._on_request(ev)
+        elif t is h2.events.StreamEnded:
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.body.finish()
+        elif t is h2.events.TrailersReceived:
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.body.finish(end_to_end_h2(ev.headers))
+        elif t is h2.events.StreamReset:
+            reason = self.guard.on_reset(self.loop.time())
+            st = self.streams.pop(ev.stream_id, None)
+            if st is not None:
+                st.body.abort(StreamReset(ev.error_code, "client reset the stream"))
+                if st.task is not None and not st.task.done():
+                    st.task.cancel()
+            if reason:
+                self.calm(reason)
+        elif t is h2.events.WindowUpdated:
+            self.wake_windows(ev.stream_id)
+        elif t is h2.events.RemoteSettingsChanged:
+            self.wake_windows(0)
+            reason = self.guard.on_settings(self.loop.time())
+            if reason:
+                self.calm(reason)
+        elif t is h2.events.PingReceived:
+            reason = self.guard.on_ping(self.loop.time())
+            if reason:
+                self.calm(reason)
+        elif t is h2.events.ConnectionTerminated:
+            self.draining = True  # the client said goodbye: finish what is open, then close
+            self._maybe_close()
+
+    def _on_request(self, ev) -> None:
+        sid = ev.stream_id
+        if self.draining:
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        pseudo = {}
+        for name, value in ev.headers:
+            if name[:1] == b":":
+                pseudo[name] = value
+            else:
+                break
+        method = pseudo.get(b":method", b"GET")
+        if method == b"CONNECT":
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
+        headers = end_to_end_h2(ev.headers)
+        authority = pseudo.get(b":authority")
+        if authority is None:
+            authority = next((v for k, v in headers if k == b"host"), b"")
+        if ev.stream_ended:
+            body = EMPTY
+        else:
+            length = next((v for k, v in headers if k == b"content-length"), None)
+            body = Body(int(length) if length and length.isdigit() else None,
+                        on_consumed=lambda n, sid=sid: self.ack(sid, n), high_water=STREAM_WINDOW)
+        request = Request(method, pseudo.get(b":path", b"/"), authority.decode("latin-1"), headers, body,
+                          scheme=pseudo.get(b":scheme", b"http"), protocol="h2", context=self.ctx)
+        st = self.streams[sid] = _ServerStream(sid, request, body)
+        st.task = self.loop.create_task(self._serve_stream(st))
+
+    def calm(self, reason: str, *, h2_failed: bool = False) -> None:
+        """GOAWAY(ENHANCE_YOUR_CALM) and close: the client is abusing the connection."""
+        log.warning("h2 client %s: %s", self.ctx.client_addr, reason)
+        self._close_with(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, reason, h2_failed=h2_failed)
+
+    def _protocol_error(self, exc: Exception) -> None:
+        log.info("h2 client %s: protocol error: %s", self.ctx.client_addr, exc)
+        self._close_with(h2.errors.ErrorCodes.PROTOCOL_ERROR, str(exc), h2_failed=True)
+
+    def _close_with(self, code, reason: str, *, h2_failed: bool) -> None:
+        if h2_failed:
+            # h2 closed its state machine on the error and queued its own GOAWAY
+            # (PROTOCOL_ERROR): replace that with the frame that names our reason.
+            self.conn.clear_outbound_data_buffer()
+            frame = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id, error_code=code,
+                                additional_data=reason.encode()[:200])
+            self.stats.write_bytes += len(frame.serialize())
+            self.transport.write(frame.serialize())
+        else:
+            self.conn.close_connection(error_code=code, additional_data=reason.encode()[:200])
+            self.flush()
+        self.closed = True  # read nothing more from this client
+        self._abort_streams()
+        # Half-close and linger briefly: closing with unread input would send a TCP RST,
+        # which can destroy the GOAWAY before the client reads it.
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(1.0, transport.close)
+        else:
+            transport.close()
+
+    def _abort_streams(self) -> None:
+        for st in list(self.streams.values()):
+            st.body.abort(StreamReset(h2.errors.ErrorCodes.CANCEL, "connection closed"))
+            if st.task is not None and not st.task.done():
+                st.task.cancel()
+        self.streams.clear()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.stats.closed += 1
+        self.proxy.connections.discard(self)
+        self.fail_waiters(ConnectionResetError("client connection lost"))
+        self._abort_streams()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def drain(self) -> None:
+        """Graceful shutdown: GOAWAY naming the last stream we accept, serve those, then close.
+
+        h2's close_connection() would stop the state machine at once, so the
+        GOAWAY frame is written by hand and the connection keeps serving.
+        """
+        if self.closed:
+            return
+        self.draining = True
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            last = max(self.streams, default=self.conn.highest_inbound_stream_id)
+            self.flush()
+            frame = GoAwayFrame(0, last_stream_id=last, error_code=0)
+            self.transport.write(frame.serialize())
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.draining and not self.streams and not self.closed:
+            self.flush()
+            self.transport.close()
+
+    # -- one stream -------------------------------------------------------------------------
+    async def _serve_stream(self, st: _ServerStream) -> None:
+        ctx = self.ctx
+        request = st.request
+        stats = self.proxy.metrics.http(ctx.direction, request.authority, ctx.target_addr or request.authority,
+                                        ctx.tls)
+        stats.requests += 1
+        start = self.loop.time()
+        sid = st.id
+        status = 0
+        try:
+            try:
+                response = await self.router.dispatch(request, self.upstream)
+            except UpstreamReset as exc:
+                stats.response(502, "failure", (self.loop.time() - start) * 1000)
+                self._reset(sid, exc.code)
+                return
+            except ProxyError as exc:
+                response = exc.response()
+            except BodyError:
+                return  # the client reset its own stream
+            except Exception as exc:
+                log.exception("dispatch failed")
+                response = ProxyError(502, f"proxy error: {type(exc).__name__}").response()
+            latency_ms = (self.loop.time() - start) * 1000
+            status = response.status
+            body = response.body
+            headers = [(b":status", b"%d" % status)] + [(k.lower(), v) for k, v in end_to_end_h2(response.headers)]
+            if self.closed or sid not in self.streams:
+                return
+            empty = body is EMPTY or (body.done and not body.trailers and body.complete and body.length == 0)
+            self.conn.send_headers(sid, headers, end_stream=empty)
+            st.responded = True
+            self.flush()
+            if not empty:
+                while data := await body.read():
+                    await self.send_data(sid, data)
+                if body.trailers:
+                    self.conn.send_headers(sid, [(k.lower(), v) for k, v in body.trailers], end_stream=True)
+                else:
+                    self.conn.end_stream(sid)
+                self.flush()
+            grpc = response.header(b"grpc-status")
+            if grpc is None and body.trailers:
+                grpc = next((v for k, v in body.trailers if k.lower() == b"grpc-status"), None)
+            stats.response(status, classify(status, grpc), latency_ms)
+        except StreamReset as exc:  # the upstream reset mid-response: pass the code on
+            stats.response(status or 502, "failure", (self.loop.time() - start) * 1000)
+            self._reset(sid, exc.code)
+        except BodyError:
+            stats.response(status or 502, "failure", (self.loop.time() - start) * 1000)
+            self._reset(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            self.streams.pop(sid, None)
+            self._maybe_close()
+
+    def _reset(self, sid: int, code: int) -> None:
+        if self.closed:
+            return
+        try:
+            self.conn.reset_stream(sid, code)
+            self.flush()
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+
+
+class _ClientStream:
+    __slots__ = ("id", "request", "waiter", "body", "body_task", "response")
+
+    def __init__(self, stream_id: int, request: Request, waiter: asyncio.Future) -> None:
+        self.id = stream_id
+        self.request = request
+        self.waiter = waiter
+        self.body: Body | None = None
+        self.body_task: asyncio.Task | None = None
+        self.response: Response | None = None
+
+
+class H2ClientConnection(_Sender, asyncio.Protocol):
+    """One upstream HTTP/2 connection, shared by every request to its endpoint."""
+
+    def __init__(self, pool: "H2Pool", endpoint: Endpoint, stats: TcpStats) -> None:
+        super().__init__()
+        self.pool = pool
+        self.endpoint = endpoint
+        self.stats = stats
+        self.conn = h2.connection.H2Connection(_config(client_side=True))
+        self.streams: dict[int, _ClientStream] = {}
+        self.goaway_filter = GoawayFilter()
+        self.goaway = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.stats.opened += 1
+        conn = self.conn
+        conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        })
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.flush()
+
+    @property
+    def usable(self) -> bool:
+        return (not self.closed and not self.goaway
+                and len(self.streams) < self.conn.remote_settings.max_concurrent_streams)
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.read_bytes += len(data)
+        data, goaways = self.goaway_filter.feed(data)
+        try:
+            events = self.conn.receive_data(data) if data else []
+        except h2.exceptions.ProtocolError as exc:
+            log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
+            self.goaway = True
+            self._fail_all(UpstreamReset(h2.errors.ErrorCodes.PROTOCOL_ERROR))
+            self.transport.abort()
+            return
+        for ev in events:
+            t = type(ev)
+            if t is h2.events.DataReceived:
+                st = self.streams.get(ev.stream_id)
+                padding = ev.flow_controlled_length - len(ev.data)
+                if padding:
+                    self.conn.acknowledge_received_data(padding, ev.stream_id)
+                if st is not None and st.body is not None:
+                    st.body.feed(ev.data)
+            elif t is h2.events.ResponseReceived:
+                self._on_response(ev)
+            elif t is h2.events.StreamEnded:
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None and st.body is not None:
+                    st.body.finish()
+            elif t is h2.events.TrailersReceived:
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None and st.body is not None:
+                    st.body.finish(end_to_end_h2(ev.headers))
+            elif t is h2.events.StreamReset:
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None:
+                    self._fail_stream(st, ev.error_code)
+            elif t is h2.events.WindowUpdated:
+                self.wake_windows(ev.stream_id)
+            elif t is h2.events.RemoteSettingsChanged:
+                self.wake_windows(0)
+        for last_stream_id, _code in goaways:
+            self.goaway = True
+            self.pool.forget(self)
+            # Streams the server never processed are refused: the client may retry them.
+            for sid in [s for s in self.streams if s > last_stream_id]:
+                self._fail_stream(self.streams.pop(sid), h2.errors.ErrorCodes.REFUSED_STREAM)
+        self.flush()
+        if self.goaway and not self.streams:
+            self.transport.close()
+
+    def _on_response(self, ev) -> None:
+        st = self.streams.get(ev.stream_id)
+        if st is None:
+            return
+        status = 502
+        for name, value in ev.headers:
+            if name == b":status":
+                status = int(value)
+                break
+        if ev.stream_ended:
+            body = EMPTY
+            self.streams.pop(ev.stream_id, None)
+        else:
+            sid = ev.stream_id
+            body = Body(None, on_consumed=lambda n, sid=sid: self.ack(sid, n), high_water=STREAM_WINDOW)
+        st.body = body
+        st.response = Response(status, end_to_end_h2(ev.headers), body, endpoint=self.endpoint)
+        if not st.waiter.done():
+            st.waiter.set_result(st.response)
+
+    def _fail_stream(self, st: _ClientStream, code: int) -> None:
+        if not st.waiter.done():
+            st.waiter.set_exception(UpstreamReset(code))
+        elif st.body is not None:
+            st.body.abort(StreamReset(code, "upstream reset the stream"))
+        if st.body_task is not None and not st.body_task.done():
+            st.body_task.cancel()
+
+    def _fail_all(self, exc: ProxyError) -> None:
+        for st in list(self.streams.values()):
+            if not st.waiter.done():
+                st.waiter.set_exception(exc)
+            elif st.body is not None:
+                st.body.abort(StreamReset(h2.errors.ErrorCodes.CANCEL, "upstream connection lost"))
+            if st.body_task is not None and not st.body_task.done():
+                st.body_task.cancel()
+        self.streams.clear()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.stats.closed += 1
+        self.pool.forget(self)
+        self.fail_waiters(ConnectionResetError("upstream connection lost"))
+        self._fail_all(ProxyError(502, "upstream connection lost"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    async def send(self, request: Request) -> Response:
+        conn = self.conn
+        sid = conn.get_next_available_stream_id()
+        headers = [(b":method", request.method), (b":scheme", request.scheme),
+                   (b":authority", request.authority.encode("latin-1")), (b":path", request.target)]
+        headers += [(k.lower(), v) for k, v in request.headers if k.lower() != b"host"]
+        body = request.body
+        waiter = asyncio.get_running_loop().create_future()
+        st = self.streams[sid] = _ClientStream(sid, request, waiter)
+        conn.send_headers(sid, headers, end_stream=body is EMPTY)
+        self.flush()
+        if body is not EMPTY:
+            st.body_task = asyncio.get_running_loop().create_task(self._send_body(st, body))
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # The client went away (or reset): cancel upstream too, RFC 9113 section 8.7.
+            self._cancel(sid)
+            raise
+
+    def _cancel(self, sid: int) -> None:
+        st = self.streams.pop(sid, None)
+        if st is not None and st.body_task is not None and not st.body_task.done():
+            st.body_task.cancel()
+        if self.closed:
+            return
+        try:
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            self.flush()
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+
+    async def _send_body(self, st: _ClientStream, body: Body) -> None:
+        sid = st.id
+        try:
+            while data := await body.read():
+                await self.send_data(sid, data)
+            if body.trailers:
+                self.conn.send_headers(sid, [(k.lower(), v) for k, v in body.trailers], end_stream=True)
+            else:
+                self.conn.end_stream(sid)
+            self.flush()
+        except StreamReset as exc:  # the client reset: so do we, with its code
+            self._reset_upstream(sid, exc.code)
+        except BodyError:
+            self._reset_upstream(sid, h2.errors.ErrorCodes.CANCEL)
+        except (asyncio.CancelledError, ConnectionError, h2.exceptions.StreamClosedError,
+                h2.exceptions.ProtocolError):
+            pass
+
+    def _reset_upstream(self, sid: int, code: int) -> None:
+        st = self.streams.pop(sid, None)
+        if st is not None and not st.waiter.done():
+            st.waiter.set_exception(BodyError("request body failed"))
+        if not self.closed:
+            try:
+                self.conn.reset_stream(sid, code)
+                self.flush()
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass
+
+
+class H2Pool:
+    """One multiplexed upstream connection per endpoint (more when one is full or going away)."""
+
+    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float) -> None:
+        self.connector = connector
+        self.metrics = metrics
+        self.direction = direction
+        self.connect_timeout = connect_timeout
+        self.conns: dict[Endpoint, list[H2ClientConnection]] = {}
+        self._connecting: dict[Endpoint, asyncio.Future] = {}
+
+    def forget(self, conn: H2ClientConnection) -> None:
+        conns = self.conns.get(conn.endpoint)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def close(self) -> None:
+        for conns in self.conns.values():
+            for conn in conns:
+                conn.transport.close()
+        self.conns.clear()
+
+    async def _connect(self, endpoint: Endpoint, authority: str) -> H2ClientConnection:
+        pending = self._connecting.get(endpoint)
+        if pending is not None:  # share one handshake among requests that arrive together
+            return await asyncio.shield(pending)
+        fut = self._connecting[endpoint] = asyncio.get_running_loop().create_future()
+        stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr, "no_identity")
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _t, conn = await self.connector.connect(endpoint, lambda: H2ClientConnection(self, endpoint, stats),
+                                                        alpn=["h2"])
+        except TimeoutError:
+            exc = ProxyError(504, f"connect to {endpoint.addr} timed out")
+        except OSError as err:
+            exc = ProxyError(502, f"connect to {endpoint.addr} failed: {err.strerror or err}")
+        else:
+            self.conns.setdefault(endpoint, []).append(conn)
+            fut.set_result(conn)
+            del self._connecting[endpoint]
+            return conn
+        del self._connecting[endpoint]
+        fut.set_exception(exc)
+        fut.exception()  # retrieved: waiters re-raise it themselves
+        raise exc
+
+    async def send(self, request: Request, endpoint: Endpoint) -> Response:
+        for attempt in range(2):
+            conn = next((c for c in self.conns.get(endpoint, ()) if c.usable), None)
+            if conn is None:
+                conn = await self._connect(endpoint, request.authority)
+            try:
+                return await conn.send(request)
+            except UpstreamReset as exc:
+                # REFUSED_STREAM means the server did no work (RFC 9113 section 8.7): safe to retry
+                # once when the body can be sent again.
+                if exc.code != h2.errors.ErrorCodes.REFUSED_STREAM or request.body is not EMPTY or attempt:
+                    raise
+        raise AssertionError("unreachable")

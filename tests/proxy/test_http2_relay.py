@@ -1,0 +1,259 @@
+"""HTTP/2 stream relay without sockets: an h2 client's bytes in, the proxy's bytes out.
+
+The proxy's server connection runs over an in-memory transport and a router
+(the routing seam) that answers from code, so flow control, trailers, resets
+and drain are checked frame by frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+
+from meshctl_proxy import config
+from meshctl_proxy.body import Body
+from meshctl_proxy.h2limits import FloodGuard
+from meshctl_proxy.http2_proxy import STREAM_WINDOW, GoawayFilter, H2ServerConnection, UpstreamReset, end_to_end_h2
+from meshctl_proxy.model import OUTBOUND, ConnectionContext, Response
+from meshctl_proxy.server import Proxy
+
+
+class MemoryTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+        self.eof = False
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def take(self) -> bytes:
+        data, self.out = bytes(self.out), bytearray()
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class CodeRouter:
+    """A router that answers from a function instead of sending upstream."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+
+    async def dispatch(self, request, upstream):
+        return await self.handler(request)
+
+
+class Harness:
+    def __init__(self, handler, **env) -> None:
+        cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0", **env})
+        self.proxy = Proxy(cfg)
+        self.proxy.routers[OUTBOUND] = CodeRouter(handler)
+        ctx = ConnectionContext(OUTBOUND, ("127.0.0.1", 1), ("127.0.0.1", 2), None)
+        self.server = H2ServerConnection(self.proxy, ctx, self.proxy.metrics.tcp(OUTBOUND, "src", None, None, "x"))
+        self.transport = MemoryTransport()
+        self.server.connection_made(self.transport)
+        self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.client.initiate_connection()
+        self.events: list = []
+        self.goaways: list = []
+        self.filter = GoawayFilter()  # h2's client would stop at a GOAWAY; we want to see what follows
+        self.pump()
+
+    def pump(self) -> list:
+        """Move bytes both ways until quiet; return the client's new events."""
+        new = []
+        for _ in range(20):
+            moved = False
+            data = self.client.data_to_send()
+            if data:
+                self.server.data_received(data)
+                moved = True
+            out = self.transport.take()
+            if out:
+                out, goaways = self.filter.feed(out)
+                self.goaways += goaways
+                new += self.client.receive_data(out)
+                moved = True
+            if not moved:
+                break
+        self.events += new
+        return new
+
+    async def settle(self) -> list:
+        new = []
+        for _ in range(10):
+            await asyncio.sleep(0)
+            new += self.pump()
+        return new
+
+    def request(self, path: bytes, body: bytes = b"", end: bool = True, extra=()) -> int:
+        sid = self.client.get_next_available_stream_id()
+        self.client.send_headers(sid, [(b":method", b"POST"), (b":path", path), (b":authority", b"svc:80"),
+                                       (b":scheme", b"http"), *extra], end_stream=not body and end)
+        for i in range(0, len(body), 16384):
+            last = i + 16384 >= len(body)
+            self.client.send_data(sid, body[i:i + 16384], end_stream=end and last)
+        self.pump()
+        return sid
+
+
+def test_request_body_credit_is_returned_only_as_the_upstream_takes_it():
+    gate = asyncio.Event()
+    seen = []
+
+    async def handler(request):
+        await gate.wait()
+        while data := await request.body.read():
+            seen.append(len(data))
+        return Response(200, [], Body.of(b"ok"))
+
+    async def main():
+        h = Harness(handler)
+        sid = h.request(b"/upload", body=b"a" * 200000, end=False)
+        await h.settle()
+        # Within the stream window: sent, but no credit back while nobody reads.
+        assert not [e for e in h.events if isinstance(e, h2.events.WindowUpdated) and e.stream_id == sid]
+        assert h.client.local_flow_control_window(sid) == STREAM_WINDOW - 200000
+        gate.set()
+        await h.settle()
+        assert sum(seen) == 200000
+        assert h.client.local_flow_control_window(sid) == STREAM_WINDOW  # credit returned after consumption
+        h.client.end_stream(sid)
+        await h.settle()
+        assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in h.events)
+
+    asyncio.run(main())
+
+
+def test_response_window_is_honoured_then_resumed_by_window_update():
+    big = b"z" * 200_000
+
+    async def handler(request):
+        return Response(200, [], Body.of(big))
+
+    async def main():
+        h = Harness(handler)
+        sid = h.request(b"/big")
+        await h.settle()
+        got = sum(len(e.data) for e in h.events if isinstance(e, h2.events.DataReceived))
+        assert got == 65535  # the client's default window: the proxy waits for credit
+        h.client.acknowledge_received_data(got, sid)
+        for _ in range(5):
+            await h.settle()
+            got = sum(len(e.data) for e in h.events if isinstance(e, h2.events.DataReceived))
+            new = [e for e in h.events if isinstance(e, h2.events.DataReceived)]
+            if got >= len(big):
+                break
+            h.client.acknowledge_received_data(sum(len(e.data) for e in new[-4:]), sid)
+        assert got <= len(big)
+
+    asyncio.run(main())
+
+
+def test_trailers_and_status_are_relayed():
+    async def handler(request):
+        body = Body.of(b"payload", trailers=[(b"grpc-status", b"0"), (b"grpc-message", b"")])
+        return Response(200, [(b"content-type", b"application/grpc"), (b"connection", b"close")], body)
+
+    async def main():
+        h = Harness(handler)
+        sid = h.request(b"/svc/Method", body=b"\x00\x00\x00\x00\x00", extra=[(b"te", b"trailers")])
+        await h.settle()
+        resp = next(e for e in h.events if isinstance(e, h2.events.ResponseReceived))
+        assert dict(resp.headers)[b":status"] == b"200"
+        assert b"connection" not in dict(resp.headers)  # connection-specific: never in HTTP/2
+        trailers = next(e for e in h.events if isinstance(e, h2.events.TrailersReceived))
+        assert trailers.stream_id == sid and dict(trailers.headers)[b"grpc-status"] == b"0"
+
+    asyncio.run(main())
+
+
+def test_upstream_reset_code_reaches_the_client():
+    async def handler(request):
+        raise UpstreamReset(h2.errors.ErrorCodes.REFUSED_STREAM)
+
+    async def main():
+        h = Harness(handler)
+        sid = h.request(b"/x")
+        await h.settle()
+        reset = next(e for e in h.events if isinstance(e, h2.events.StreamReset))
+        assert reset.stream_id == sid and reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+
+    asyncio.run(main())
+
+
+def test_drain_sends_goaway_and_finishes_open_streams():
+    gate = asyncio.Event()
+
+    async def handler(request):
+        await gate.wait()
+        return Response(200, [], Body.of(b"late"))
+
+    async def main():
+        h = Harness(handler)
+        sid = h.request(b"/slow")
+        await h.settle()
+        h.server.drain()
+        await h.settle()
+        assert h.goaways == [(sid, 0)]
+        assert not h.transport.closed
+        gate.set()
+        await h.settle()
+        data = b"".join(e.data for e in h.events if isinstance(e, h2.events.DataReceived))
+        assert data == b"late"
+        assert h.transport.closed  # nothing left open: closed
+
+    asyncio.run(main())
+
+
+def test_end_to_end_h2_drops_pseudo_and_connection_specific_fields():
+    got = end_to_end_h2([(b":method", b"GET"), (b"te", b"trailers"), (b"te", b"gzip"), (b"connection", b"x"),
+                         (b"upgrade", b"h2c"), (b"x-a", b"1")])
+    assert got == [(b"te", b"trailers"), (b"x-a", b"1")]
+
+
+def test_flood_guard_counts_per_second():
+    g = FloodGuard(max_resets=3, max_pings=2, max_settings=1)
+    assert [g.on_reset(0.1 * i) for i in range(4)][-1] is not None
+    assert g.on_reset(5.0) is None  # a new second starts afresh
+    assert g.on_ping(0.0) is None and g.on_ping(0.5) is None and g.on_ping(0.9) is not None
+    assert g.on_settings(0.0) is None and g.on_settings(0.1) is not None
+
+
+def test_goaway_filter_finds_frames_across_feed_boundaries():
+    from hyperframe.frame import DataFrame, GoAwayFrame
+
+    data = DataFrame(1, data=b"x" * 100).serialize()
+    goaway = GoAwayFrame(0, last_stream_id=7, error_code=0).serialize()
+    stream = b"P" * 24 + data + goaway + data
+    for cut in (1, 5, 24, 30, 24 + len(data) + 3, len(stream) - 2):
+        f = GoawayFilter(skip=24)
+        out1, g1 = f.feed(stream[:cut])
+        out2, g2 = f.feed(stream[cut:])
+        assert out1 + out2 == b"P" * 24 + data + data
+        assert g1 + g2 == [(7, 0)]

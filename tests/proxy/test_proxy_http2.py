@@ -1,0 +1,277 @@
+"""HTTP/2 through a real meshctl-proxy process: httpx (http2), raw h2 clients, gRPC."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import httpx
+import pytest
+
+from .apps import H2Server
+from .conftest import metric_sum
+
+
+@pytest.fixture(scope="module")
+def h2app(loop_thread):
+    a = loop_thread.run(H2Server().start())
+    yield a
+    loop_thread.run(a.stop())
+
+
+def client(**kw) -> httpx.Client:
+    return httpx.Client(http1=False, http2=True, timeout=10, **kw)
+
+
+def auth(app) -> str:
+    return f"127.0.0.1:{app.port}"
+
+
+def test_requests_multiplex_over_one_upstream_connection(start_proxy, h2app):
+    p = start_proxy()
+    before = h2app.connections
+    with client() as c:
+        for i in range(5):
+            r = c.post(p.url("outbound", f"/echo?i={i}"), content=b"hello %d" % i, headers={"Host": auth(h2app)})
+            assert r.http_version == "HTTP/2"
+            assert r.headers["x-body-sha256"] == hashlib.sha256(b"hello %d" % i).hexdigest()
+            assert r.headers["x-path"] == f"/echo?i={i}"
+    assert h2app.connections - before == 1
+    m = p.metrics()
+    assert metric_sum(m, "request_total", direction="outbound", authority=auth(h2app)) == 5
+    assert metric_sum(m, "response_total", status_code="200", classification="success") == 5
+
+
+def test_large_bodies_respect_flow_control_both_ways(proxy, h2app):
+    body = bytes(range(256)) * 8192  # 2 MiB up, several windows' worth
+    with client() as c:
+        r = c.post(proxy.url("outbound", "/echo"), content=body, headers={"Host": auth(h2app)})
+        assert r.headers["x-body-sha256"] == hashlib.sha256(body).hexdigest()
+        assert r.content == body
+        r = c.get(proxy.url("outbound", "/big?size=3000000"), headers={"Host": auth(h2app)})
+        assert len(r.content) == 3000000 - 3000000 % 256
+
+
+def test_trailers_pass_through(proxy, h2app):
+    raw = RawH2(proxy.outbound)
+    sid = raw.request([(b":method", b"POST"), (b":path", b"/echo"), (b":authority", auth(h2app).encode()),
+                       (b":scheme", b"http"), (b"want-trailers", b"1"), (b"te", b"trailers")], body=b"x")
+    events = raw.until_stream_done(sid)
+    trailers = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert trailers and dict(trailers[0].headers)[b"grpc-status"] == b"0"
+    assert dict(trailers[0].headers)[b"x-trailer"] == b"yes"
+    raw.close()
+
+
+def test_upstream_reset_is_propagated_with_its_code(proxy, h2app):
+    raw = RawH2(proxy.outbound)
+    sid = raw.request([(b":method", b"GET"), (b":path", b"/reset?code=11"), (b":authority", auth(h2app).encode()),
+                       (b":scheme", b"http")])
+    events = raw.until_stream_done(sid)
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets and resets[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM  # 11, carried through
+    raw.close()
+
+
+def test_client_reset_cancels_the_upstream_stream(proxy, h2app):
+    raw = RawH2(proxy.outbound)
+    sid = raw.request([(b":method", b"GET"), (b":path", b"/slow?s=2"), (b":authority", auth(h2app).encode()),
+                       (b":scheme", b"http")])
+    time.sleep(0.3)
+    before = len(h2app.resets)
+    raw.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    raw.flush()
+    deadline = time.monotonic() + 3
+    while len(h2app.resets) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h2app.resets[-1][1] == h2.errors.ErrorCodes.CANCEL
+    raw.close()
+
+
+def test_streamed_response_arrives_incrementally(proxy, h2app):
+    with client() as c:
+        start = time.monotonic()
+        with c.stream("GET", proxy.url("outbound", "/stream?n=3&gap=0.4"), headers={"Host": auth(h2app)}) as r:
+            first = None
+            data = b""
+            for piece in r.iter_raw():
+                if first is None and piece:
+                    first = time.monotonic() - start
+                data += piece
+        assert data == b"part0;part1;part2;"
+        assert first < 0.6 < time.monotonic() - start
+
+
+def test_unreachable_upstream_is_502_with_reason(proxy):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with client() as c:
+        r = c.get(proxy.url("outbound", "/"), headers={"Host": f"127.0.0.1:{port}"})
+    assert r.status_code == 502 and "failed" in r.headers["meshctl-proxy-error"]
+
+
+class RawH2:
+    """A bare h2 client over a socket, to send what polite clients never would."""
+
+    def __init__(self, addr) -> None:
+        self.sock = socket.create_connection(addr, timeout=5)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def request(self, headers, body: bytes = b"") -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, headers, end_stream=not body)
+        if body:
+            self.conn.send_data(sid, body, end_stream=True)
+        self.flush()
+        return sid
+
+    def events(self, timeout: float = 5.0):
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return None
+        if not data:
+            return None
+        evs = self.conn.receive_data(data)
+        self.flush()
+        return evs
+
+    def until_stream_done(self, sid: int, timeout: float = 5.0) -> list:
+        out = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            evs = self.events()
+            if evs is None:
+                break
+            out += evs
+            if any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) and e.stream_id == sid
+                   for e in evs):
+                break
+        return out
+
+    def until_goaway(self, timeout: float = 5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                evs = self.events()
+            except h2.exceptions.ProtocolError:
+                return None
+            if evs is None:
+                return None
+            for e in evs:
+                if isinstance(e, h2.events.ConnectionTerminated):
+                    return e
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_rapid_reset_gets_enhance_your_calm(proxy, h2app):
+    raw = RawH2(proxy.outbound)
+    for _ in range(400):
+        sid = raw.conn.get_next_available_stream_id()
+        raw.conn.send_headers(sid, [(b":method", b"GET"), (b":path", b"/slow?s=1"),
+                                    (b":authority", auth(h2app).encode()), (b":scheme", b"http")])
+        raw.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    try:
+        raw.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    goaway = raw.until_goaway()
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    raw.close()
+
+
+def test_ping_flood_gets_enhance_your_calm(proxy):
+    raw = RawH2(proxy.outbound)
+    for i in range(300):
+        raw.conn.ping(b"%08d" % i)
+    raw.flush()
+    goaway = raw.until_goaway()
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    raw.close()
+
+
+def test_settings_flood_gets_enhance_your_calm(proxy):
+    raw = RawH2(proxy.outbound)
+    for i in range(300):
+        raw.conn.update_settings({h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 10000 + i})
+    raw.flush()
+    goaway = raw.until_goaway()
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    raw.close()
+
+
+def test_too_many_concurrent_streams_gets_enhance_your_calm(start_proxy, h2app):
+    p = start_proxy(MESHCTL_PROXY_HTTP2_MAX_CONCURRENT_STREAMS="10")
+    raw = RawH2(p.outbound)
+    raw.events()  # the proxy's SETTINGS
+    # Ignore the advertised limit on purpose.
+    raw.conn.remote_settings.max_concurrent_streams = 1000
+    raw.conn.remote_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = [1000]
+    for _ in range(30):
+        raw.request([(b":method", b"GET"), (b":path", b"/slow?s=2"), (b":authority", auth(h2app).encode()),
+                     (b":scheme", b"http")])
+    goaway = raw.until_goaway()
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    raw.close()
+
+
+def test_grpc_unary_and_streaming_call_through_the_proxy(proxy, loop_thread):
+    """A real gRPC client and server (grpcio, raw-bytes methods: no generated code needed)."""
+    import grpc
+    from concurrent import futures
+
+    def unary(request: bytes, context) -> bytes:
+        context.set_trailing_metadata((("x-served-by", "grpc-test"),))
+        return b"hello " + request
+
+    def server_stream(request: bytes, context):
+        for i in range(3):
+            yield b"%s-%d" % (request, i)
+
+    def failing(request: bytes, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
+    handler = grpc.method_handlers_generic_handler("test.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "Fail": grpc.unary_unary_rpc_method_handler(failing),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        target = f"{proxy.outbound[0]}:{proxy.outbound[1]}"
+        # The :authority names the real server: the proxy routes by it (ingress mode).
+        with grpc.insecure_channel(target, options=[("grpc.default_authority", f"127.0.0.1:{port}")]) as channel:
+            call = channel.unary_unary("/test.Echo/Unary")
+            reply, outcome = call.with_call(b"world", timeout=10)
+            assert reply == b"hello world"
+            assert ("x-served-by", "grpc-test") in outcome.trailing_metadata()
+            stream = channel.unary_stream("/test.Echo/Stream")
+            assert list(stream(b"s", timeout=10)) == [b"s-0", b"s-1", b"s-2"]
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary("/test.Echo/Fail")(b"x", timeout=10)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        m = proxy.metrics()
+        auth = f"127.0.0.1:{port}"
+        assert metric_sum(m, "response_total", authority=auth, classification="success") == 2
+        assert metric_sum(m, "response_total", authority=auth, classification="failure") == 1  # grpc-status 5
+    finally:
+        server.stop(0)
