@@ -18,7 +18,7 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.metrics import TcpStats, classify
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
-from meshctl_proxy.routing import mesh_identity
+from meshctl_proxy.routing import mesh_identity, open_connection
 from meshctl_proxy.tcp import PipeEnd, splice
 
 log = logging.getLogger("meshctl_proxy.http1")
@@ -613,14 +613,8 @@ class H1Pool:
         server_id = mesh_identity(self.connector, endpoint)
         stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
                                  "true" if server_id else "no_identity", server_id)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _transport, conn = await self.connector.connect(
-                    endpoint, lambda: H1ClientConnection(self, endpoint, stats), alpn=["http/1.1"])
-        except TimeoutError:
-            raise ProxyError(504, f"connect to {endpoint.addr} timed out") from None
-        except OSError as exc:
-            raise ProxyError(502, f"connect to {endpoint.addr} failed: {exc.strerror or exc}") from None
+        _transport, conn = await open_connection(self.connector, endpoint, lambda: H1ClientConnection(self, endpoint, stats),
+                                                 timeout=self.connect_timeout, alpn=["http/1.1"])
         return conn
 
     async def send(self, request: Request, endpoint: Endpoint) -> Response:

@@ -33,6 +33,7 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.h2limits import FloodGuard
 from meshctl_proxy.metrics import TcpStats, classify
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
+from meshctl_proxy.routing import mesh_identity, open_connection
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -725,15 +726,14 @@ class H2Pool:
         if pending is not None:  # share one handshake among requests that arrive together
             return await asyncio.shield(pending)
         fut = self._connecting[endpoint] = asyncio.get_running_loop().create_future()
-        stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr, "no_identity")
+        server_id = mesh_identity(self.connector, endpoint)
+        stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
+                                 "true" if server_id else "no_identity", server_id)
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _t, conn = await self.connector.connect(endpoint, lambda: H2ClientConnection(self, endpoint, stats),
-                                                        alpn=["h2"])
-        except TimeoutError:
-            exc = ProxyError(504, f"connect to {endpoint.addr} timed out")
-        except OSError as err:
-            exc = ProxyError(502, f"connect to {endpoint.addr} failed: {err.strerror or err}")
+            _t, conn = await open_connection(self.connector, endpoint, lambda: H2ClientConnection(self, endpoint, stats),
+                                             timeout=self.connect_timeout, alpn=["h2"])
+        except ProxyError as err:
+            exc = err
         else:
             self.conns.setdefault(endpoint, []).append(conn)
             fut.set_result(conn)

@@ -56,6 +56,18 @@ def mesh_identity(connector, endpoint) -> str | None:
     return probe(endpoint) if probe is not None else None
 
 
+async def open_connection(connector: Connector, endpoint: Endpoint, protocol_factory, *, timeout: float,
+                          alpn: list[str] | None = None) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """Connect through *connector*; failures become the proxy errors clients see (502, 504)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await connector.connect(endpoint, protocol_factory, alpn=alpn)
+    except TimeoutError:
+        raise ProxyError(504, f"connect to {endpoint.addr} timed out") from None
+    except OSError as exc:
+        raise ProxyError(502, f"connect to {endpoint.addr} failed: {exc.strerror or exc}") from None
+
+
 def split_authority(authority: str, default_port: int = 80) -> tuple[str, int]:
     """``host[:port]`` / ``[v6]:port`` -> (host, port); ValueError when malformed."""
     authority = authority.strip()

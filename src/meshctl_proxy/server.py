@@ -20,7 +20,7 @@ from meshctl_proxy import detect as detection
 from meshctl_proxy.http1_proxy import H1Pool, H1ServerConnection
 from meshctl_proxy.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
-from meshctl_proxy.routing import TcpConnector, default_router, mesh_identity
+from meshctl_proxy.routing import TcpConnector, default_router, mesh_identity, open_connection
 from meshctl_proxy.tcp import PipeEnd, splice
 from meshctl_proxy.transparent import original_dst
 
@@ -189,10 +189,9 @@ class Proxy:
         timeout = (self.config.inbound_connect_timeout if ctx.direction == INBOUND
                    else self.config.outbound_connect_timeout)
         try:
-            async with asyncio.timeout(timeout):
-                _t, up = await self.connector.connect(endpoint, lambda: PipeEnd(stats))
-        except (OSError, TimeoutError) as exc:
-            log.info("tcp %s to %s failed: %s", ctx.direction, endpoint.addr, exc)
+            _t, up = await open_connection(self.connector, endpoint, lambda: PipeEnd(stats), timeout=timeout)
+        except ProxyError as exc:
+            log.info("tcp %s: %s", ctx.direction, exc.reason)
             down.transport.close()
             return
         stats.opened += 1
