@@ -247,6 +247,12 @@ def _check_depth(doc: Document) -> None:
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
     except yaml.MarkedYAMLError as exc:
+        # PyYAML 6.0.4's libyaml refuses flow nesting past ~1000 levels while
+        # scanning ahead, before our count reaches MAX_DEPTH: same verdict,
+        # said the same way whichever libyaml the user has.
+        if "maximum nesting depth" in (exc.problem or ""):
+            mark = exc.problem_mark or exc.context_mark
+            raise doc.error(f"nesting deeper than {MAX_DEPTH} levels", line=mark.line if mark else None) from None
         raise _yaml_error(doc, exc) from None
 
 
