@@ -166,8 +166,11 @@ def documents(text: str, source: str) -> Iterator[Document]:
         raise InputError(f"{source}: input larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
     stripped = text.lstrip()
     if stripped[:1] in ("{", "["):
-        yield from _json_documents(text, source)
-        return
+        try:
+            yield from _json_documents(text, source)
+            return
+        except _NotJSON:
+            pass  # a YAML flow collection ("{a: b}"): read it as YAML
     starts = [m.start() for m in _DOC_START.finditer(text)]
     if not starts or starts[0] != 0:
         starts.insert(0, 0)
@@ -186,6 +189,10 @@ def documents(text: str, source: str) -> Iterator[Document]:
         line0 += chunk.count("\n")
 
 
+class _NotJSON(Exception):
+    pass
+
+
 def _json_documents(text: str, source: str) -> Iterator[Document]:
     decoder = json.JSONDecoder()
     pos, number, line0 = 0, 0, 0
@@ -199,6 +206,8 @@ def _json_documents(text: str, source: str) -> Iterator[Document]:
         try:
             _, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
+            if number == 1:
+                raise _NotJSON() from None
             raise InputError(f"{source}: document {number}, line {exc.lineno}: invalid JSON: {exc.msg}") from None
         except RecursionError:
             line = text.count("\n", 0, pos) + 1
@@ -208,10 +217,28 @@ def _json_documents(text: str, source: str) -> Iterator[Document]:
         if nl >= 0 and not text[pos:nl].strip():
             pos = nl + 1
         chunk = text[begin:pos]
-        yield _compose(source, number, chunk, line0, json=True)
+        try:
+            doc = _compose(source, number, chunk, line0, json=True)
+        except InputError:
+            # Valid JSON that libyaml refuses: raw DEL/C1 characters, or surrogate-pair
+            # escapes of non-BMP characters.  Spell them the way both accept.
+            doc = _compose(source, number, _yaml_safe_json(chunk), line0, json=True)
+        yield doc
         line0 += chunk.count("\n")
     if pos < len(text):  # only whitespace left
         yield Document(source, number, text[pos:], line0, None, json=True, _converted=True)
+
+
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.I)
+
+
+def _yaml_safe_json(chunk: str) -> str:
+    def pair(m: re.Match) -> str:
+        return m.group(1) + (chr(int(m.group(2), 16)) + chr(int(m.group(3), 16))).encode(
+            "utf-16", "surrogatepass").decode("utf-16")
+
+    chunk = _SURROGATE_PAIR.sub(pair, chunk)
+    return _NOT_PRINTABLE.sub(lambda m: "\\u%04x" % ord(m.group()), chunk)
 
 
 def _compose(source: str, number: int, chunk: str, line0: int, *, json: bool = False) -> Document:
@@ -418,6 +445,21 @@ _PLAIN = re.compile(r"[A-Za-z0-9_./=+~$(](?:[A-Za-z0-9_./=+~$()@ -]|:(?=[A-Za-z0
 _FLOW_PLAIN = re.compile(r"[A-Za-z0-9_./=+~$(](?:[A-Za-z0-9_./=+~$()@-]|:(?=[A-Za-z0-9_./=+~$(@-]))*")
 
 
+_NOT_PRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+
+
+def _json_text(value: Any, indent: int | None = None) -> str:
+    # JSON string syntax is valid YAML double-quoted syntax; YAML additionally
+    # forbids some characters JSON leaves raw (DEL, C1 controls, lone surrogates)
+    # and folds YAML 1.1's extra line breaks (NEL, LS, PS) unless escaped.
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    return _NOT_PRINTABLE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
+
+
+def _double_quoted(text: str) -> str:
+    return _json_text(text)
+
+
 def render_scalar(value: Any, *, flow: bool = False, as_json: bool = False) -> str:
     """A scalar as YAML (or JSON) text that reads back as the same value under YAML 1.1 and go-yaml."""
     if value is None:
@@ -428,12 +470,12 @@ def render_scalar(value: Any, *, flow: bool = False, as_json: bool = False) -> s
         return json.dumps(value)
     text = str(value)
     if as_json:
-        return json.dumps(text, ensure_ascii=False)
+        return _double_quoted(text)
     pattern = _FLOW_PLAIN if flow else _PLAIN
     if (pattern.fullmatch(text) and not text.endswith(" ") and text not in _GO_BOOL_ONLY
             and _RESOLVER.resolve(ScalarNode, text, (True, False)) == STR):
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return _double_quoted(text)
 
 
 def render_flow(value: Any, *, as_json: bool = False) -> str:
@@ -457,7 +499,8 @@ class BlockStyle:
 
 def _literal_ok(text: str) -> bool:
     return ("\n" in text and text[:1] not in (" ", "\n", "\t") and not text.endswith("\n\n")
-            and all(c == "\n" or c == "\t" or c >= " " for c in text) and "\r" not in text)
+            and all(c == "\n" or c == "\t" or c >= " " for c in text) and "\r" not in text
+            and not _NOT_PRINTABLE.search(text))
 
 
 def render_block_entries(entries: dict, indent: int, style: BlockStyle) -> list[str]:
@@ -587,8 +630,7 @@ class Editor:
         if seq.flow_style:
             if self._fill_empty_json(seq, list(items)):
                 return
-            multiline = bool(seq.value) and seq.start_mark.line != seq.end_mark.line
-            indent = self._column(seq.value[0].start_mark.index) if multiline else None
+            indent = self._flow_indent(seq)
             self._flow_insert(seq, [self._flow_text(v, indent) for v in items], index)
             return
         dash_col = self._dash_col(seq.value[0])
@@ -743,7 +785,7 @@ class Editor:
     def _flow_text(self, value: Any, indent: int | None = None) -> str:
         text = render_flow(value, as_json=self.doc.json) if indent is None or not self.doc.json else None
         if text is None:
-            text = json.dumps(value, indent=self._json_step(), ensure_ascii=False).replace("\n", "\n" + " " * indent)
+            text = _json_text(value, self._json_step()).replace("\n", "\n" + " " * indent)
         return text
 
     def _json_step(self) -> int:
@@ -768,17 +810,18 @@ class Editor:
         root = self.doc.node
         if coll.value or not self.doc.json or root is None or root.start_mark.line == root.end_mark.line:
             return False
-        start = self._line_start(coll.start_mark.index)
-        line = self.text[start:coll.start_mark.index]
-        self._edit(coll.start_mark.index, coll.end_mark.index, self._flow_text(value, len(line) - len(line.lstrip(" "))))
+        self._edit(coll.start_mark.index, coll.end_mark.index, self._flow_text(value, self._line_indent(coll.start_mark.index)))
         return True
+
+    def _line_indent(self, index: int) -> int:
+        line = self.text[self._line_start(index):index]
+        return len(line) - len(line.lstrip(" "))
 
     def _emit_add_entries(self, mapping: MappingNode, entries: dict) -> None:
         if mapping.flow_style:
             if self._fill_empty_json(mapping, entries):
                 return
-            multiline = mapping.start_mark.line != mapping.end_mark.line and mapping.value
-            indent = mapping.value[0][0].start_mark.column if multiline else None
+            indent = self._flow_indent(mapping)
             texts = [f"{render_scalar(k, flow=True, as_json=self.doc.json)}: {self._flow_text(v, indent)}"
                      for k, v in entries.items()]
             self._flow_insert(mapping, texts, None)
@@ -794,18 +837,24 @@ class Editor:
         else:
             starts = [n.start_mark.index for n in items]
             ends = [n.end_mark.index for n in items]
-        multiline = bool(items) and coll.start_mark.line != coll.end_mark.line
-        if multiline:
-            col = starts[0] - self._line_start(starts[0])
-            sep = "," + self.style.newline + " " * col
-        else:
-            sep = ", "
+        indent = self._flow_indent(coll)
+        sep = ", " if indent is None else "," + self.style.newline + " " * indent
         if not items:
             self._edit(coll.end_mark.index - 1, coll.end_mark.index - 1, ", ".join(texts))
         elif index is None or index >= len(items):
             self._edit(ends[-1], ends[-1], "".join(sep + t for t in texts))
         else:
-            self._edit(starts[index], starts[index], "".join(t + sep for t in texts))
+            # Before an item: stay on its line, so the edit never depends on a column
+            # that other edits on the same line may shift.
+            self._edit(starts[index], starts[index], "".join(t + ", " for t in texts))
+
+    def _flow_indent(self, coll: Node) -> int | None:
+        """Indentation for items added to a multi-line flow collection: that of the line
+        where its last item ends (stable under edits earlier on the first line)."""
+        if not coll.value or coll.start_mark.line == coll.end_mark.line:
+            return None
+        last = coll.value[-1][1] if coll.__class__ is MappingNode else coll.value[-1]
+        return self._line_indent(max(last.end_mark.index - 1, last.start_mark.index))
 
     def _flow_delete(self, coll: Node, starts: list[int], ends: list[int], pos: int) -> None:
         # Deletions in one flow collection are resolved together in result(): the
@@ -848,9 +897,9 @@ class Editor:
         if mapping.flow_style or value_node.__class__ is not ScalarNode:
             if value_node.__class__ is not ScalarNode:
                 raise EditError("cannot replace a collection", value_node)
-            self._edit(value_node.start_mark.index, value_node.end_mark.index,
-                               self._flow_text(value) if not isinstance(value, str) or self.doc.json
-                               else render_scalar(value, flow=True))
+            multiline = self.doc.json and self.doc.node.start_mark.line != self.doc.node.end_mark.line
+            indent = self._line_indent(value_node.start_mark.index) if multiline else None
+            self._edit(value_node.start_mark.index, value_node.end_mark.index, self._flow_text(value, indent))
             return
         colon = self.text.index(":", key_node.end_mark.index) + 1
         if isinstance(value, dict) and value:

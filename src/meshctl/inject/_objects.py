@@ -70,44 +70,45 @@ def _annotation_patch(obj: dict, entries: dict[str, str]) -> PodPatch:
     return PodPatch(_prune(obj, old, _keep(additions)), additions)
 
 
-def inject_object(obj: dict, options: InjectOptions) -> Outcome:
-    """Inject one object (not a List: the caller handles each item)."""
+def _decide(obj: dict, on_pod, on_other) -> Outcome:
+    """Route an object to *on_pod* (pod template holders) or *on_other*, with its report identity."""
     kind = str(obj.get("kind") or "")
     name = _name(obj)
     label_kind = kind.lower() or "object"
     path = TEMPLATE_PATHS.get(kind)
-    if path is not None:
-        template = _get(obj, path)
-        if not isinstance(template, dict):
-            where = ".".join(path)
-            return Outcome(label_kind, name, "skipped", reason=f"no pod template at {where}")
-        namespace = _meta(obj).get("namespace")
-        result = inject_pod(template, options, Workload(label_kind, name, namespace))
-        return Outcome(label_kind, name, result.verdict, path, result.patch, result.reason, result.warnings,
-                       result.checks)
-    if kind == "Namespace":
-        entries = {INJECT_ANNOTATION: "enabled", **options.config_annotations()}
-        return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries))
-    if kind == "Service" and "opaque-ports" in options.overrides:
-        # Opaque ports concern the service's clients too: Linkerd annotates services with them.
-        entries = {"config.meshctl.io/opaque-ports": options.overrides["opaque-ports"]}
-        return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries))
-    return Outcome(label_kind, name, "skipped")
+    if path is None:
+        return on_other(kind, label_kind, name)
+    template = _get(obj, path)
+    if not isinstance(template, dict):
+        return Outcome(label_kind, name, "skipped", reason=f"no pod template at {'.'.join(path)}")
+    result = on_pod(template, Workload(label_kind, name, _meta(obj).get("namespace")))
+    return Outcome(label_kind, name, result.verdict, path, result.patch, result.reason, result.warnings,
+                   result.checks)
+
+
+def inject_object(obj: dict, options: InjectOptions) -> Outcome:
+    """Inject one object (not a List: the caller handles each item)."""
+
+    def other(kind: str, label_kind: str, name: str) -> Outcome:
+        if kind == "Namespace":
+            entries = {INJECT_ANNOTATION: "enabled", **options.config_annotations()}
+            return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries))
+        if kind == "Service" and "opaque-ports" in options.overrides:
+            # Opaque ports concern the service's clients too: Linkerd annotates services with them.
+            entries = {"config.meshctl.io/opaque-ports": options.overrides["opaque-ports"]}
+            return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries))
+        return Outcome(label_kind, name, "skipped")
+
+    return _decide(obj, lambda pod, workload: inject_pod(pod, options, workload), other)
 
 
 def uninject_object(obj: dict) -> Outcome:
-    kind = str(obj.get("kind") or "")
-    name = _name(obj)
-    label_kind = kind.lower() or "object"
-    path = TEMPLATE_PATHS.get(kind)
-    if path is not None:
-        template = _get(obj, path)
-        if not isinstance(template, dict):
-            return Outcome(label_kind, name, "skipped")
-        result = uninject_pod(template)
-        return Outcome(label_kind, name, result.verdict, path, result.patch, result.reason)
-    if kind in ("Namespace", "Service"):
+    """Remove what inject added to one object (not a List)."""
+
+    def other(kind: str, label_kind: str, name: str) -> Outcome:
         old = [p for p in own_paths(obj) if p[:2] == ("metadata", "annotations")]
-        if old:
+        if kind in ("Namespace", "Service") and old:
             return Outcome(label_kind, name, "uninjected", (), PodPatch(_prune(obj, old, set())))
-    return Outcome(label_kind, name, "skipped")
+        return Outcome(label_kind, name, "skipped")
+
+    return _decide(obj, lambda pod, workload: uninject_pod(pod), other)
