@@ -33,6 +33,8 @@ def _read_url(url: str, limit: int) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as resp:  # noqa: S310 - https only
             data = resp.read(limit + 1)
+    except urllib.error.HTTPError as exc:
+        raise InputError(f"{url}: cannot fetch: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise InputError(f"{url}: cannot fetch: {reason}") from None
@@ -148,9 +150,8 @@ def _proxy_flag_params() -> list[inspect.Parameter]:
 
     params = []
     for flag in PROXY_FLAGS:
-        extra = {}
-        if flag.name == "native-sidecar":
-            extra = {"is_flag": False, "flag_value": "true", "metavar": "BOOL"}
+        # Every proxy flag takes a value, as linkerd's do (`--native-sidecar=false`).
+        extra = {"metavar": "BOOL"} if flag.name == "native-sidecar" else {}
         default = f" [default: {flag.default}]" if flag.default else ""
         params.append(inspect.Parameter(
             flag.name.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
