@@ -155,7 +155,7 @@ def _proxy_flag_params() -> list[inspect.Parameter]:
         default = f" [default: {flag.default}]" if flag.default else ""
         params.append(inspect.Parameter(
             flag.name.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-            default=typer.Option(None, f"--{flag.name}", help=flag.help + default, rich_help_panel="Proxy", **extra),
+            default=typer.Option(None, f"--{flag.name}", help=flag.help + default, **extra),
         ))
     return params
 
