@@ -252,7 +252,6 @@ class Lab:
 
     async def start(self) -> "Lab":
         from meshctl_proxy import config
-        from meshctl_proxy.route_metrics import RouteMetrics
         from meshctl_proxy.server import Proxy
         from meshctl_proxy.traffic import TrafficRouter
 
@@ -265,10 +264,11 @@ class Lab:
             **self.env,
         }
         self.config = config.load(env)
-        self.router = TrafficRouter.from_config(self.config, metrics=RouteMetrics())
-        self.router.client.backoff_max = 0.5
-        self.proxy = Proxy(self.config, outbound_router=self.router)
+        self.proxy = Proxy(self.config)  # the default outbound router is the TrafficRouter
         await self.proxy.start()
+        self.router = self.proxy.routers["outbound"]
+        assert isinstance(self.router, TrafficRouter)
+        self.router.client.backoff_max = 0.5
         self.outbound = self.proxy.addresses["outbound"]
         return self
 
@@ -280,9 +280,9 @@ class Lab:
         if self.proxy is not None:
             self.proxy.begin_shutdown()
             await asyncio.wait_for(self.proxy.stopped.wait(), 10)
-            await self.router.aclose()
         if self.dst_srv is not None and self.dst_srv.is_serving():
             await self.stop_destination()
 
     def metrics_text(self) -> str:
-        return self.router.metrics.render()
+        """What the admin listener serves on /metrics."""
+        return self.proxy.metrics.render().decode()
