@@ -41,6 +41,11 @@ BACKOFF_MAX = 5.0
 IDLE_TIMEOUT = 15.0  # three missed server heartbeats (5 s each): the stream is dead
 INITIAL_WAIT = 1.0  # how long a first request waits for a first answer before forwarding as addressed
 MAX_LINE = 4 * 1024 * 1024  # a resolution line larger than this is a broken server
+# Each watch is a stream to the destination service; an application asking
+# for many distinct names must not open streams without bound.  Watches idle
+# this long are closed when room is needed, the least recently used first.
+MAX_WATCHES = 1000
+WATCH_IDLE = 60.0
 
 
 def parse_suffixes(raw: str) -> tuple[str, ...]:
@@ -54,7 +59,8 @@ def parse_suffixes(raw: str) -> tuple[str, ...]:
 class Watch:
     """The cached resolution of one authority, kept current by a background stream."""
 
-    __slots__ = ("authority", "resolution", "generation", "connected", "updated_at", "wait_until", "_changed")
+    __slots__ = ("authority", "resolution", "generation", "connected", "updated_at", "wait_until", "last_used",
+                 "closed", "_changed")
 
     def __init__(self, authority: str) -> None:
         self.authority = authority
@@ -63,6 +69,8 @@ class Watch:
         self.connected = False
         self.updated_at = 0.0
         self.wait_until: float | None = None  # first requests wait for an answer until then
+        self.last_used = time.monotonic()  # callers touch it; idle watches are closed
+        self.closed = False  # evicted: its stream is gone, ask the client for a new watch
         self._changed = asyncio.Event()
 
     def _set(self, resolution: Resolution) -> None:
@@ -94,7 +102,8 @@ class DestinationClient:
                  networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
                  connect_timeout: float = 1.0, initial_wait: float = INITIAL_WAIT,
                  idle_timeout: float = IDLE_TIMEOUT, backoff_min: float = BACKOFF_MIN,
-                 backoff_max: float = BACKOFF_MAX, rng: random.Random | None = None) -> None:
+                 backoff_max: float = BACKOFF_MAX, max_watches: int = MAX_WATCHES,
+                 rng: random.Random | None = None) -> None:
         self.addr = addr
         self.suffixes = tuple(s.lower().rstrip(".") or "." for s in suffixes)
         self.networks = tuple(networks)
@@ -103,6 +112,7 @@ class DestinationClient:
         self.idle_timeout = idle_timeout
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self.max_watches = max_watches
         self._rng = rng or random.Random()
         self._watches: dict[str, Watch] = {}
         self._tasks: dict[str, asyncio.Task] = {}
@@ -128,9 +138,23 @@ class DestinationClient:
         auth = normalize_authority(authority)
         w = self._watches.get(auth)
         if w is None:
+            if len(self._watches) >= self.max_watches:
+                self._evict()
             w = self._watches[auth] = Watch(auth)
             self._tasks[auth] = asyncio.get_running_loop().create_task(self._run(w), name=f"destination {auth}")
         return w
+
+    def _evict(self) -> None:
+        """Close idle watches, or at least the least recently used one."""
+        now = time.monotonic()
+        by_age = sorted(self._watches.values(), key=lambda w: w.last_used)
+        victims = [w for w in by_age if now - w.last_used > WATCH_IDLE] or by_age[:1]
+        for w in victims:
+            w.closed = True
+            del self._watches[w.authority]
+            task = self._tasks.pop(w.authority, None)
+            if task is not None:
+                task.cancel()  # its done task is dropped with the dict entry; nothing awaits a result
 
     async def resolve(self, authority: str) -> Resolution | None:
         """The current resolution of *authority*; None means "forward as addressed".
@@ -142,6 +166,7 @@ class DestinationClient:
         if not self.should_resolve(authority):
             return None
         w = self.watch(authority)
+        w.last_used = time.monotonic()
         if w.resolution is None:
             now = asyncio.get_running_loop().time()
             if w.wait_until is None:

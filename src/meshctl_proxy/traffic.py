@@ -155,7 +155,8 @@ class TrafficRouter(DirectRouter):
             if auth is None:
                 continue
             dest = self.destinations.get(auth)
-            if dest is not None and dest.watch.resolution is not None:
+            if dest is not None and dest.watch.resolution is not None and not dest.watch.closed:
+                dest.watch.last_used = time.monotonic()
                 if dest.watch.resolution.known:
                     return dest
                 continue
@@ -167,8 +168,15 @@ class TrafficRouter(DirectRouter):
     def destination(self, authority: str) -> Destination:
         dest = self.destinations.get(authority)
         if dest is None:
+            if len(self.destinations) >= self.client.max_watches:
+                # the client closes idle watches; forget the destinations that used them
+                for auth in [a for a, d in self.destinations.items() if d.watch.closed]:
+                    del self.destinations[auth]
             dest = self.destinations[authority] = Destination(
                 authority, self.client.watch(authority), make_balancer(self.balancer_kind, rng=self.rng))
+        elif dest.watch.closed:  # evicted while idle: a new stream, same balancer state
+            dest.watch = self.client.watch(authority)
+            dest.generation = -1
         return dest
 
     # -- the exchange -----------------------------------------------------------
@@ -261,6 +269,7 @@ class TrafficRouter(DirectRouter):
         """An endpoint of *dest*; waits (bounded queue, fail-fast timeout) when none is available."""
         dest.refresh()
         clock = self.clock
+        dest.watch.last_used = time.monotonic()
         endpoint = dest.balancer.acquire(clock())
         if endpoint is not None:
             return endpoint, dest.endpoints[endpoint.address]

@@ -158,3 +158,24 @@ def test_a_silent_stream_is_dropped_and_reopened(tmp_path):
                 w.close()
 
     asyncio.run(main())
+
+
+def test_watches_are_bounded_least_recently_used_closed_first():
+    async def main():
+        client = DestinationClient(("127.0.0.1", 1), max_watches=2, initial_wait=0.01)
+        try:
+            a = client.watch("a.ns.svc.cluster.local:80")
+            b = client.watch("b.ns.svc.cluster.local:80")
+            now = time.monotonic()
+            a.last_used, b.last_used = now, now - 1  # neither idle for a minute: the older goes
+            c = client.watch("c.ns.svc.cluster.local:80")
+            assert b.closed and not a.closed and not c.closed
+            assert set(client._watches) == {"a.ns.svc.cluster.local:80", "c.ns.svc.cluster.local:80"}
+            assert len(client._tasks) == 2
+            assert client.watch("b.ns.svc.cluster.local:80") is not b  # a new stream when asked again
+            a.last_used = c.last_used = now - 120  # idle: closed together when room is needed
+            client.watch("d.ns.svc.cluster.local:80")
+            assert a.closed and c.closed
+        finally:
+            await client.aclose()
+    asyncio.run(main())

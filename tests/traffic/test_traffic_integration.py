@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import urllib.request
 
 import pytest
 
@@ -49,8 +50,13 @@ def test_requests_are_balanced_over_the_endpoints_and_unknown_names_go_direct(tm
             # A name the mesh does not know is forwarded as addressed.
             r = await Client(lab.outbound).request(backends[0].address)
             assert r.status == 200 and r.backend == "b0"
-            text = lab.metrics_text()
-            assert f'route_request_total{{direction="outbound",dst="{AUTH}",rt_route="[DEFAULT]"}} 150' in text
+            admin = lab.proxy.addresses["admin"]
+            text = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/metrics", timeout=5).read().decode())
+            assert f'route_request_total{{direction="outbound",dst="{AUTH}",rt_route="[DEFAULT]"' in text
+            assert f'route_actual_response_total{{direction="outbound",dst="{AUTH}",rt_route="[DEFAULT]"' in text
+            line = next(ln for ln in text.splitlines() if ln.startswith("route_request_total{"))
+            assert line.endswith(" 150")
         finally:
             await teardown(lab, backends)
     run(main())
