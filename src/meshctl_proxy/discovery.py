@@ -60,7 +60,7 @@ class Watch:
     """The cached resolution of one authority, kept current by a background stream."""
 
     __slots__ = ("authority", "resolution", "generation", "connected", "updated_at", "wait_until", "last_used",
-                 "closed", "_changed")
+                 "closed", "settled", "_changed")
 
     def __init__(self, authority: str) -> None:
         self.authority = authority
@@ -71,6 +71,10 @@ class Watch:
         self.wait_until: float | None = None  # first requests wait for an answer until then
         self.last_used = time.monotonic()  # callers touch it; idle watches are closed
         self.closed = False  # evicted: its stream is gone, ask the client for a new watch
+        # Set once the first attempt answered or failed: a first request waits
+        # for that (bounded by initial_wait), not for the whole initial_wait
+        # when the destination service is plainly unreachable.
+        self.settled = asyncio.Event()
         self._changed = asyncio.Event()
 
     def _set(self, resolution: Resolution) -> None:
@@ -79,6 +83,7 @@ class Watch:
         self.resolution = resolution
         self.generation += 1
         self.updated_at = time.monotonic()
+        self.settled.set()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -167,12 +172,13 @@ class DestinationClient:
             return None
         w = self.watch(authority)
         w.last_used = time.monotonic()
-        if w.resolution is None:
+        if w.resolution is None and not w.settled.is_set():
             now = asyncio.get_running_loop().time()
             if w.wait_until is None:
                 w.wait_until = now + self.initial_wait
             if now < w.wait_until:
-                await w.wait_changed(0, w.wait_until - now)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(w.settled.wait(), w.wait_until - now)
         res = w.resolution
         if res is None or not res.known:
             return None
@@ -203,6 +209,7 @@ class DestinationClient:
                 log.debug("destination %s: %s: %s", w.authority, type(exc).__name__, exc)
                 got_update = False
             w.connected = False
+            w.settled.set()
             if got_update:
                 backoff = self.backoff_min
             # Full jitter: a restarted destination service is not hit by every proxy at once.
