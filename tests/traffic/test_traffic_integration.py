@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.traffic.lab import Backend, Client, Lab, load, profile_doc
+from .lab import Backend, Client, Lab, load, profile_doc
 
 WEB = "web.shop.svc.cluster.local"
 AUTH = f"{WEB}:8080"
