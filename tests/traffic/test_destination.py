@@ -228,3 +228,11 @@ def test_a_profile_the_proxy_could_not_use_is_refused_with_its_path():
     doc["profiles"][0]["spec"]["routes"][0]["condition"]["pathRegex"] = "("
     with pytest.raises(InputError, match=r"reg.yaml: profiles\[0\]: spec.routes\[0\].condition.pathRegex"):
         parse_registry(doc, source="reg.yaml")
+
+
+def test_cli_bad_listen_address_is_one_line(tmp_path, cli):
+    good = tmp_path / "reg.json"
+    write(good, REGISTRY)
+    r = cli("destination", "serve", "--registry", str(good), "--addr", "nowhere")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "Error: --addr: expected HOST:PORT, got 'nowhere'"
