@@ -548,7 +548,11 @@ class H1ClientConnection(asyncio.Protocol):
             self.transport.abort()
             raise
         finally:
-            self._waiter = None
+            # The connection may already be back in the pool and carrying the
+            # next exchange (released on End, before this task resumed): its
+            # waiter is not ours to clear.
+            if self._waiter is waiter:
+                self._waiter = None
 
     async def _send_body(self, body: Body, chunked: bool) -> None:
         try:
