@@ -73,6 +73,10 @@ class Proxy:
             # Linkerd's scrape config adds the owner as e.g. deployment="web".
             pod[config.workload_kind.lower()] = config.workload_name
         self.metrics = Metrics(pod_labels=pod, max_authorities=config.max_authority_labels)
+        from meshctl_proxy.route_metrics import RouteMetrics
+
+        self.route_metrics = RouteMetrics(pod_labels=self.metrics.pod_labels, max_dst=config.max_authority_labels)
+        self.metrics.extra_renderers.append(self.route_metrics.render)
         self.connector = connector or TcpConnector()
         self.tls_acceptor = tls_acceptor
         self._routers = {OUTBOUND: outbound_router, INBOUND: inbound_router}
@@ -120,6 +124,12 @@ class Proxy:
         for direction in (OUTBOUND, INBOUND):
             self.routers[direction] = self._routers[direction] or default_router(direction, cfg.inbound_forward_host,
                                                                                  own)
+        if self._routers[OUTBOUND] is None:
+            # Outbound traffic goes through discovery, balancing and route policy
+            # (meshctl_proxy.traffic); names the mesh does not know go direct.
+            from meshctl_proxy.traffic import TrafficRouter
+
+            self.routers[OUTBOUND] = TrafficRouter.from_config(cfg, metrics=self.route_metrics, own_addrs=own)
         self.ready = True
 
     def is_ready(self) -> bool:
@@ -147,6 +157,9 @@ class Proxy:
                 conn.transport.abort()
         for upstream in self.upstreams.values():
             upstream.close()
+        for router in self.routers.values():
+            if hasattr(router, "aclose"):
+                await router.aclose()
         self.servers["admin"].close()
         self.stopped.set()
 
