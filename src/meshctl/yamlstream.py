@@ -460,6 +460,9 @@ def _double_quoted(text: str) -> str:
     return _json_text(text)
 
 
+_RENDERED: dict[tuple[str, bool], str] = {}
+
+
 def render_scalar(value: Any, *, flow: bool = False, as_json: bool = False) -> str:
     """A scalar as YAML (or JSON) text that reads back as the same value under YAML 1.1 and go-yaml."""
     if value is None:
@@ -471,11 +474,18 @@ def render_scalar(value: Any, *, flow: bool = False, as_json: bool = False) -> s
     text = str(value)
     if as_json:
         return _double_quoted(text)
-    pattern = _FLOW_PLAIN if flow else _PLAIN
-    if (pattern.fullmatch(text) and not text.endswith(" ") and text not in _GO_BOOL_ONLY
-            and _RESOLVER.resolve(ScalarNode, text, (True, False)) == STR):
-        return text
-    return _double_quoted(text)
+    # Sidecars repeat the same strings in every document: remember the verdicts.
+    rendered = _RENDERED.get((text, flow))
+    if rendered is None:
+        pattern = _FLOW_PLAIN if flow else _PLAIN
+        if (pattern.fullmatch(text) and not text.endswith(" ") and text not in _GO_BOOL_ONLY
+                and _RESOLVER.resolve(ScalarNode, text, (True, False)) == STR):
+            rendered = text
+        else:
+            rendered = _double_quoted(text)
+        if len(_RENDERED) < 50_000:
+            _RENDERED[(text, flow)] = rendered
+    return rendered
 
 
 def render_flow(value: Any, *, as_json: bool = False) -> str:
@@ -524,15 +534,25 @@ def render_block_entries(entries: dict, indent: int, style: BlockStyle) -> list[
     return out
 
 
+_ITEMS: dict[tuple[str, int, BlockStyle], list[str]] = {}
+
+
 def render_block_items(items, dash_col: int, style: BlockStyle) -> list[str]:
     """Lines for sequence items whose dash sits at column *dash_col*."""
     out: list[str] = []
     dash = " " * dash_col + "- "
     for item in items:
         if isinstance(item, dict) and item:
-            lines = render_block_entries(item, dash_col + 2, style)
-            out.append(dash + lines[0][dash_col + 2:])
-            out += lines[1:]
+            # Injected sidecars repeat the same items (env entries, ports, volumes) in
+            # every document: render each distinct one once per style and column.
+            key = (repr(item), dash_col, style)
+            lines = _ITEMS.get(key)
+            if lines is None:
+                lines = render_block_entries(item, dash_col + 2, style)
+                lines = [dash + lines[0][dash_col + 2:], *lines[1:]]
+                if len(_ITEMS) < 10_000:
+                    _ITEMS[key] = lines
+            out += lines
         else:
             out.append(dash + render_flow(item))
     return out
