@@ -95,29 +95,27 @@ def _split_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
-def end_to_end(raw: Headers) -> tuple[Headers, dict[bytes, list[bytes]]]:
-    """Drop hop-by-hop headers (and the ones Connection names); also return the hop-by-hop values seen."""
-    hop: dict[bytes, list[bytes]] = {}
-    out: Headers = []
-    for name, value in raw:
-        low = name.lower()
-        if low in HOP_BY_HOP:
-            hop.setdefault(low, []).append(value)
-        else:
-            out.append((name, value))
+def drop_connection_named(headers: Headers, hop: dict[bytes, list[bytes]]) -> Headers:
+    """RFC 9110 section 7.6.1: headers that Connection names are hop-by-hop too."""
     conn = hop.get(b"connection")
     if conn:
         named = {t for v in conn for t in _split_tokens(v)} - {b"close", b"keep-alive", b"upgrade"}
         if named:
-            out = [(n, v) for n, v in out if n.lower() not in named]
-    return out, hop
+            return [(n, v) for n, v in headers if n.lower() not in named]
+    return headers
+
+
+# Only names of these lengths can be hop-by-hop or framing headers (Host 4, Expect 6,
+# Content-Length 14): other names skip lower() and set lookups, the per-header hot path.
+_WATCHED = frozenset(HOP_BY_HOP | {b"host", b"expect", b"content-length"})
+_WATCHED_LENGTHS = frozenset(len(n) for n in _WATCHED)
 
 
 class _Reader:
     """Shared parsing machinery for requests and responses."""
 
     __slots__ = ("_parser", "_events", "_raw", "_url", "_head_bytes", "_pending", "_in_head", "_trailers",
-                 "_in_body", "_upgraded", "_failed")
+                 "_in_body", "_upgraded", "_failed", "_hop", "_hosts", "_length", "_expect")
 
     def __init__(self) -> None:
         self._parser = None
@@ -131,12 +129,21 @@ class _Reader:
         self._in_body = False
         self._upgraded = False
         self._failed = False
+        self._hop: dict[bytes, list[bytes]] = {}
+        self._hosts: list[bytes] = []
+        self._length: bytes | None = None
+        self._expect: bytes | None = None
 
     # llhttp callbacks -----------------------------------------------------
     def on_message_begin(self) -> None:
         self._raw = []
         self._url = b""
         self._trailers = None
+        if self._hop:
+            self._hop = {}
+        if self._hosts:
+            self._hosts = []
+        self._length = self._expect = None
         self._in_head = True
         self._head_bytes = 0
         self._pending = 0
@@ -156,9 +163,21 @@ class _Reader:
                 self._trailers = []
             self._trailers.append((name, value))
             return
-        self._head_bytes += len(name) + len(value) + 4
+        n = len(name)
+        self._head_bytes += n + len(value) + 4
         if self._head_bytes > MAX_HEAD_BYTES:
             raise H1Error(431, "request header fields too large")
+        if n in _WATCHED_LENGTHS:
+            low = name.lower()
+            if low in HOP_BY_HOP:
+                self._hop.setdefault(low, []).append(value)
+                return
+            if low == b"host":
+                self._hosts.append(value)
+            elif low == b"content-length":
+                self._length = value
+            elif low == b"expect":
+                self._expect = value
         self._raw.append((name, value))
 
     def on_body(self, body: bytes) -> None:
@@ -220,25 +239,19 @@ class RequestReader(_Reader):
         method = p.get_method()
         if method == b"CONNECT":
             raise H1Error(501, "CONNECT is not supported")
-        headers, hop = end_to_end(self._raw)
-        host = None
-        n_host = 0
-        content_length = None
-        for name, value in headers:
-            low = name.lower()
-            if low == b"host":
-                n_host += 1
-                host = value
-            elif low == b"content-length":
-                content_length = int(value)  # llhttp checked digits and uniqueness
-        if n_host > 1:
+        hop = self._hop
+        headers = drop_connection_named(self._raw, hop) if hop else self._raw
+        hosts = self._hosts
+        if len(hosts) > 1:
             raise H1Error(400, "more than one Host header")
-        if version == "1.1" and n_host == 0:
+        if version == "1.1" and not hosts:
             raise H1Error(400, "missing Host header")
+        host = hosts[0] if hosts else None
+        content_length = int(self._length) if self._length is not None else None  # llhttp checked it
         chunked = b"transfer-encoding" in hop
         if chunked and version == "1.0":
             raise H1Error(400, "Transfer-Encoding in an HTTP/1.0 request")
-        expect = any(v.lower() == b"expect" and val.strip().lower() == b"100-continue" for v, val in headers)
+        expect = self._expect is not None and self._expect.strip().lower() == b"100-continue"
         upgrade = None
         if p.should_upgrade():
             values = hop.get(b"upgrade")
@@ -278,15 +291,13 @@ class ResponseReader(_Reader):
         version = p.get_http_version()
         if version not in ("1.1", "1.0"):
             raise H1Error(502, f"upstream spoke HTTP/{version}")
-        headers, hop = end_to_end(self._raw)
+        hop = self._hop
+        headers = drop_connection_named(self._raw, hop) if hop else self._raw
         if 100 <= status < 200 and status != 101:
             self._events.append(Interim(status, headers))
             self._in_body = False
             return
-        content_length = None
-        for name, value in headers:
-            if name.lower() == b"content-length":
-                content_length = int(value)
+        content_length = int(self._length) if self._length is not None else None
         chunked = b"transfer-encoding" in hop
         if chunked and version == "1.0":
             raise H1Error(502, "upstream sent Transfer-Encoding in HTTP/1.0")

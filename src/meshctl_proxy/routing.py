@@ -122,6 +122,15 @@ class DirectRouter:
     def observe(self, endpoint: Endpoint, outcome: Outcome) -> None:
         """Hook for balancers (peak-EWMA feeds on outcome.latency); nothing to learn by default."""
 
+    def direct(self, request: Request) -> bool:
+        """True when *request* needs nothing of dispatch() beyond select() and observe().
+
+        The HTTP/1 fast path (no task per request) is taken only then.  A router
+        that overrides dispatch() for some requests (retries, timeouts) answers
+        False for those and True for the rest.
+        """
+        return type(self).dispatch is DirectRouter.dispatch
+
     def target(self, request: Request) -> Target:
         ctx = request.context
         return Target(ctx.direction, request.authority, ctx.orig_dst, request.protocol)
