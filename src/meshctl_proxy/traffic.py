@@ -179,6 +179,17 @@ class TrafficRouter(DirectRouter):
             dest.generation = -1
         return dest
 
+    def direct(self, request: Request) -> bool:
+        """A request for a name the destination service is not asked about needs no route policy.
+
+        Then select()/observe() suffice and the HTTP/1 fast path may take it
+        (meshctl_proxy.routing.DirectRouter.direct).
+        """
+        if request.authority and self._candidate(request.authority) is not None:
+            return False
+        ctx = request.context
+        return ctx is None or ctx.orig_dst is None or self._candidate(ctx.target_addr) is None
+
     # -- the exchange -----------------------------------------------------------
     async def dispatch(self, request: Request, upstream) -> Response:
         dest = await self.logical_destination(request)
