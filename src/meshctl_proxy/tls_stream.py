@@ -17,7 +17,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-_READ = 256 * 1024
+_READ = 64 * 1024
+# One buffer for every connection: the event loop is single-threaded and each
+# read is copied out before the next, so sharing is safe and saves memory.
+_READ_BUFFER = bytearray(_READ)
+_READ_VIEW = memoryview(_READ_BUFFER)
 
 
 class TlsServerTransport(asyncio.Transport):
@@ -87,9 +91,12 @@ class TlsServerTransport(asyncio.Transport):
 
     def _read_plaintext(self) -> None:
         chunks, eof = [], False
+        buf = _READ_BUFFER
         while True:
             try:
-                chunk = self._ssl.read(_READ)
+                # Into one shared buffer, copied out at once: asking ssl for a fresh
+                # n-byte object per read costs an n-byte allocation per record.
+                n = self._ssl.read(_READ, buf)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify
@@ -98,13 +105,15 @@ class TlsServerTransport(asyncio.Transport):
             except ssl.SSLError:
                 self._raw.abort()
                 return
-            if not chunk:
+            if not n:
                 eof = True
                 break
-            chunks.append(chunk)
+            chunks.append(bytes(_READ_VIEW[:n]))
+            if not self._in.pending and not self._ssl.pending():
+                break  # all consumed: skip the SSLWantReadError a further read would raise
         self._flush()  # reads can produce records too (TLS 1.3 KeyUpdate replies)
         if chunks:
-            data = b"".join(chunks)
+            data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
             if self._app is None:
                 self._pending.append(data)
             else:

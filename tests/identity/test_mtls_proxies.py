@@ -247,8 +247,8 @@ def test_rotations_under_steady_load_fail_no_request(loop, workdir):
     pair = Pair(loop, workdir, svc)
     try:
         first = (pair.a.mesh.identity.current(), pair.b.mesh.identity.current())
-        results, deadline, n = [], time.monotonic() + 12, 0
-        # Bounded: at most 12 s and 3000 requests; A's idle pool is flushed every 50 requests so new
+        results, deadline, n = [], time.monotonic() + 20, 0
+        # Bounded: at most 20 s and 3000 requests; A's idle pool is flushed every 50 requests so new
         # handshakes happen with whatever certificates are current.
         while time.monotonic() < deadline and n < 3000:
             results.append(pair.get(f"/load/{n}")[0])
@@ -267,14 +267,14 @@ def test_rotations_under_steady_load_fail_no_request(loop, workdir):
 
 
 def test_identity_service_killed_traffic_continues_until_expiry_then_fails_closed(loop, workdir):
-    svc = IdentityService(workdir, leaf_lifetime="4s")
+    svc = IdentityService(workdir, leaf_lifetime="5s")
     pair = Pair(loop, workdir, svc)
     try:
         assert pair.get("/before")[0] == 200
         svc.kill()
         expiry = min(pair.a.mesh.identity.expiry, pair.b.mesh.identity.expiry)
         ok = 0
-        while time.time() < expiry - 0.3:
+        while time.time() < expiry - 1.0:  # a margin: a request in flight at expiry may fail, rightly
             assert pair.get("/during")[0] == 200
             ok += 1
             time.sleep(0.05)
