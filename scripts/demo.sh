@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, then mesh the sample workloads.
-# samples/shop/deployments.yaml is a saved `kubectl get -n shop deploy,svc -o yaml`, so this
-# is the pipeline `kubectl get -n shop deploy,svc -o yaml | meshctl inject - | kubectl apply -f -`
-# with the cluster left out at both ends.
+# The main job on a fresh machine: set up, then run the local demo (the three-API
+# shop meshed on loopback: identity and destination services, a proxy per API,
+# mTLS, retries), and show the pipeline that meshes the same workloads in a cluster.
+# Extra arguments go to `meshctl demo` (e.g. --duration 1m, --rps 50, -o json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-echo "--- meshctl inject - < samples/shop/deployments.yaml" >&2
-.venv/bin/meshctl inject - < samples/shop/deployments.yaml
+echo "--- meshctl inject - < samples/shop/deployments.yaml   (what kubectl apply would get in a cluster)" >&2
+.venv/bin/meshctl inject - < samples/shop/deployments.yaml > /dev/null
+echo "--- meshctl demo $*" >&2
+exec .venv/bin/meshctl demo "$@"

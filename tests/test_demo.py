@@ -1,0 +1,46 @@
+"""``meshctl demo`` end to end: real processes, real mTLS, real metrics, on loopback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_meshes_the_shop_and_retries_hide_price_failures():
+    r = run_cli("demo", "--duration", "4s", "--rps", "15", "--price-failure-rate", "0.3",
+                "--address-prefix", "127.0.11", "-o", "json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "proxy of price-api is ready (certificate issued)" in r.stderr
+    data = json.loads(r.stdout)
+    codes = data["ingress"]["statusCodes"]
+    assert sum(codes.values()) == 60
+    # Retries under the budget turn 30% price-api failures into (almost) none at the gateway.
+    assert codes.get("200", 0) >= 57, codes
+    stat = {s["name"]: s for s in data["stat"]}
+    assert set(stat) == {"product-gateway-api", "product-api", "price-api"}
+    assert stat["price-api"]["successRate"] < 0.9  # the injected failures are real
+    assert stat["product-gateway-api"]["successRate"] >= 0.95
+    # Traffic between the proxies is mTLS: inbound of both backends saw only TLS.
+    assert stat["product-api"]["meshedShare"] == 1.0
+    assert stat["price-api"]["meshedShare"] == 1.0
+    routes = {r["name"].split(" [")[0]: r for r in data["routes"]}
+    prices = routes["GET /api/prices"]
+    assert prices["actualRequests"] > prices["requests"]  # retries happened, and are counted
+    edges = {e["dst"].split(".")[0]: e for e in data["edges"]}
+    assert edges["price-api-svc"]["serverId"] == "price-api.shop.serviceaccount.identity.meshctl.cluster.local"
+    assert edges["product-api-svc"]["serverId"] == "product-api.shop.serviceaccount.identity.meshctl.cluster.local"
+    assert all(e["secured"] for e in data["edges"])
+
+
+def test_demo_refuses_bad_flags_in_one_line():
+    r = run_cli("demo", "--address-prefix", "10.0.0")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["Error: --address-prefix: expected three octets inside 127.0.0.0/8 "
+                                             "(e.g. 127.0.10), got '10.0.0'"]
+    r = run_cli("demo", "--duration", "soon")
+    assert r.returncode == 1 and "--duration" in r.stderr
