@@ -2,7 +2,8 @@
 
 Each pod is a namespace on the lab's bridge holding an app, a meshctl-proxy
 running as uid 2102, and the rules from ``meshctl-proxy init``.  The client
-app dials the server pod's address unchanged; the proof that the traffic
+app dials the server pod's address unchanged (HTTP/1.1, HTTP/2 with prior
+knowledge, opaque TCP); the proof that the traffic
 crossed both proxies is in their ``/metrics`` (outbound counts on the client
 pod, inbound counts on the server pod, equal to what the apps exchanged) and
 in the server app seeing its peer as 127.0.0.1 (the inbound proxy forwarding
@@ -14,17 +15,21 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from netns import Lab, Pod, wait_for_listener
 
+TESTS = Path(__file__).resolve().parent
+
 pytestmark = pytest.mark.netns
 
 PROXY_UID = 2102
 HTTP_PORT = 8080
 TCP_PORT = 9000
+H2_PORT = 8443
 REQUESTS = 25
 TCP_PAYLOAD = 200_000
 
@@ -91,6 +96,36 @@ report["tcp"] = {"sent": len(payload), "echoed_equal": echoed == payload, "echoe
 print(json.dumps(report))
 """
 
+# An HTTP/2 (prior knowledge) app on H2_PORT: the proxy tests' h2 server
+# (tests/proxy/apps.py), bound to the pod's wildcard address.
+H2_SERVER_APP = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from proxy.apps import H2App, H2Server
+
+async def main():
+    owner = H2Server()
+    await asyncio.get_running_loop().create_server(lambda: H2App(owner), "0.0.0.0", int(sys.argv[2]))
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+# REQUESTS POSTs over one HTTP/2 connection; each answer carries the sha256
+# of the body the server received and the :authority it saw.
+H2_CLIENT_APP = """
+import hashlib, json, sys, httpx
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = []
+with httpx.Client(http1=False, http2=True, timeout=10) as c:
+    for i in range(n):
+        body = b"h2 body %d" % i
+        r = c.post(f"http://{host}:{port}/echo?i={i}", content=body)
+        out.append([r.http_version, r.status_code, r.headers["x-body-sha256"] == hashlib.sha256(body).hexdigest(),
+                    r.headers["x-path"]])
+print(json.dumps(out))
+"""
+
 SCRAPE = """
 import sys, urllib.request
 print(urllib.request.urlopen("http://127.0.0.1:4191/metrics", timeout=5).read().decode())
@@ -143,41 +178,46 @@ def mesh(netns_lab: Lab):
     for pod in (client, server):
         pod.run([sys.executable, "-m", "meshctl_proxy", "init", "--iptables-mode", "nft"])
     server.python_popen(SERVER_APPS, str(HTTP_PORT), str(TCP_PORT))
-    wait_for_listener(server, HTTP_PORT)
-    wait_for_listener(server, TCP_PORT)
+    server.python_popen(H2_SERVER_APP, str(TESTS), str(H2_PORT))
+    for port in (HTTP_PORT, TCP_PORT, H2_PORT):
+        wait_for_listener(server, port)
     _start_proxy(client, "client")
     _start_proxy(server, "server")
     return client, server
 
 
-def test_http_and_tcp_cross_both_proxies(mesh):
+def test_http1_http2_and_tcp_cross_both_proxies(mesh):
     client, server = mesh
     out = client.python(CLIENT_APP, server.ip, str(HTTP_PORT), str(TCP_PORT), str(REQUESTS), str(TCP_PAYLOAD),
                         timeout=60).stdout
     report = json.loads(out)
+    h2 = json.loads(client.python(H2_CLIENT_APP, server.ip, str(H2_PORT), str(REQUESTS), timeout=60).stdout)
 
     # The apps talked to each other's addresses unchanged and got real answers;
     # the server app's peer is the inbound proxy on loopback, not the client pod.
     assert report["http"] == [[200, f"/r{i} from 127.0.0.1"] for i in range(REQUESTS)]
     assert report["tcp"] == {"sent": TCP_PAYLOAD + 12, "echoed_equal": True, "echoed": TCP_PAYLOAD + 12}
-
-    target = f"{server.ip}:{HTTP_PORT}"
-    tcp_target = f"{server.ip}:{TCP_PORT}"
+    assert h2 == [["HTTP/2", 200, True, f"/echo?i={i}"] for i in range(REQUESTS)]
 
     # Client pod: every request left through the outbound proxy, addressed to
     # the original destination it learnt from SO_ORIGINAL_DST.
-    out_samples = _wait_for(client, lambda s: _total(s, "response_total", direction="outbound") >= REQUESTS)
-    assert _total(out_samples, "request_total", direction="outbound") == REQUESTS
-    assert _total(out_samples, "request_total", direction="outbound", target_addr=target) == REQUESTS
+    out_samples = _wait_for(client, lambda s: _total(s, "response_total", direction="outbound") >= 2 * REQUESTS)
+    assert _total(out_samples, "request_total", direction="outbound") == 2 * REQUESTS
+    for port in (HTTP_PORT, H2_PORT):
+        assert _total(out_samples, "request_total", direction="outbound",
+                      target_addr=f"{server.ip}:{port}") == REQUESTS, port
     assert _total(out_samples, "response_total", direction="outbound", status_code="200",
-                  classification="success") == REQUESTS
+                  classification="success") == 2 * REQUESTS
     assert _total(out_samples, "request_total", direction="inbound") == 0
 
     # Server pod: the same requests arrived through the inbound proxy.
-    in_samples = _wait_for(server, lambda s: _total(s, "response_total", direction="inbound") >= REQUESTS)
-    assert _total(in_samples, "request_total", direction="inbound") == REQUESTS
+    in_samples = _wait_for(server, lambda s: _total(s, "response_total", direction="inbound") >= 2 * REQUESTS)
+    for port in (HTTP_PORT, H2_PORT):
+        assert sum(s.value for s in in_samples if s.name == "request_total" and s.labels["direction"] == "inbound"
+                   and s.labels["target_addr"].endswith(f":{port}")) == REQUESTS, port
+    assert _total(in_samples, "request_total", direction="inbound") == 2 * REQUESTS
     assert _total(in_samples, "response_total", direction="inbound", status_code="200",
-                  classification="success") == REQUESTS
+                  classification="success") == 2 * REQUESTS
     assert _total(in_samples, "request_total", direction="outbound") == 0
 
     # Opaque TCP: one connection through each proxy, counted per peer as
@@ -199,8 +239,8 @@ def test_http_and_tcp_cross_both_proxies(mesh):
     direct = client.python("import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read()"
                            ".decode())", f"http://[{server.ip6}]:{HTTP_PORT}/v6").stdout.strip()
     assert direct == f"/v6 from {client.ip6}"
-    assert _total(_samples(client), "request_total") == REQUESTS
-    assert _total(_samples(server), "request_total") == REQUESTS
+    assert _total(_samples(client), "request_total") == 2 * REQUESTS
+    assert _total(_samples(server), "request_total") == 2 * REQUESTS
 
 
 def _tcp_total(samples, name: str, direction: str, peer: str) -> float:
