@@ -216,6 +216,14 @@ def test_uninject_inverts_inject_and_inject_is_idempotent_on_dicts(template, opt
     again = inject_pod(injected, options, Workload("deployment", "web", "shop")).patch.apply(injected)
     assert again == injected
     assert omitempty(uninject_pod(injected).patch.apply(injected)) == omitempty(template)
+    if options.manual:
+        # What --manual adds is valid Kubernetes 1.31 whatever the (valid) pod around it.
+        names = [c["name"] for f in ("initContainers", "containers") for c in injected["spec"].get(f) or []]
+        if len(names) == len(set(names)):
+            import kubernetes_validate
+
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                                          "spec": injected["spec"]}, "1.31.0", strict=True)
 
 
 def _values(text: str) -> list:

@@ -243,7 +243,9 @@ def _yaml_safe_json(chunk: str) -> str:
 
 def _compose(source: str, number: int, chunk: str, line0: int, *, json: bool = False) -> Document:
     doc = Document(source, number, chunk, line0, None, json=json)
-    if chunk.count("[") + chunk.count("{") > MAX_DEPTH // 2 or _DEEP_LEAD.search(chunk):
+    if json:
+        _check_json_depth(doc)
+    elif _flow_openers(chunk) > MAX_DEPTH // 2 or _DEEP_LEAD.search(chunk):
         _check_depth(doc)
     try:
         doc.node = yaml.compose(chunk, Loader=_Loader)
@@ -260,6 +262,28 @@ def _yaml_error(doc: Document, exc: yaml.MarkedYAMLError) -> InputError:
     if exc.context and exc.problem and "while" not in exc.problem:
         problem = f"{exc.problem} ({exc.context})"
     return doc.error(problem, line=mark.line if mark else None)
+
+
+def _flow_openers(chunk: str) -> int:
+    # Empty "{}" and "[]" (all that kubectl writes in flow style) cannot nest
+    # anything: only the other openers can make flow nesting deep.
+    return chunk.count("{") - chunk.count("{}") + chunk.count("[") - chunk.count("[]")
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _check_json_depth(doc: Document) -> None:
+    """Exact nesting of a valid JSON text: strings are skipped, brackets counted."""
+    depth = 0
+    for m in _JSON_TOKEN.finditer(doc.text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise doc.error(f"nesting deeper than {MAX_DEPTH} levels", line=doc.text.count("\n", 0, m.start()))
+        elif c in "]}":
+            depth -= 1
 
 
 def _check_depth(doc: Document) -> None:

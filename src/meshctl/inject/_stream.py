@@ -9,7 +9,9 @@ the intermediate text again, so each pass addresses fresh node positions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -67,8 +69,29 @@ def _objects(value: Any, doc: yamlstream.Document) -> list[tuple[dict, Path]]:
     return [(value, ())]
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    # Composing builds large acyclic graphs of nodes and values (one `kind: List` of
+    # 2,000 Deployments is a single document): the cyclic collector would rescan them
+    # again and again (3.3 s instead of 1.1 s for that List) while reference counting
+    # frees them anyway.  Cycles (recursive aliases) are collected once it resumes.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _process(text: str, source: str, decide: Callable[[dict], Outcome], output: str | None,
              verify: bool) -> StreamResult:
+    with _gc_paused():
+        return _process_documents(text, source, decide, output, verify)
+
+
+def _process_documents(text: str, source: str, decide: Callable[[dict], Outcome], output: str | None,
+                       verify: bool) -> StreamResult:
     pieces: list[str] = []
     outcomes: list[Outcome] = []
     converted = 0
