@@ -3,23 +3,46 @@
 Everything else in meshctl asks this module for cluster data and receives
 plain dicts, so cores stay pure and the client is only imported (slowly: about
 0.3 s) by commands that really talk to a cluster.
+
+:class:`Cluster` is the whole surface: REST verbs on any resource by
+``apiVersion`` and plural (the client's configuration, TLS and auth, but not
+its model classes: responses stay the JSON the server sent), ``watch`` as a
+generator of ``(type, object)``, and the reviews (TokenReview,
+SelfSubjectAccessReview) the controllers and ``check`` need.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from meshctl.errors import ClusterError
 
 
-def _api_client(opts) -> Any:
+class ApiStatusError(ClusterError):
+    """The API server answered with an error Status (``code``, ``reason``, ``message``)."""
+
+    def __init__(self, code: int, reason: str, message: str):
+        super().__init__(f"{code} {reason}: {message}")
+        self.code = code
+        self.reason = reason
+        self.status_message = message
+
+
+class WatchExpired(ApiStatusError):
+    """The watch's resourceVersion is too old (410 Gone / Expired): list again, then watch."""
+
+
+def _load_configuration(*, kubeconfig: str | None, context: str | None):
     try:
         from kubernetes import client, config
     except ImportError as exc:  # pragma: no cover - a broken install
         raise ClusterError(f"the kubernetes client is not installed: {exc}") from None
     try:
         cfg = client.Configuration()
-        config.load_kube_config(config_file=opts.kubeconfig, context=opts.context, client_configuration=cfg)
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
     except Exception as exc:  # kubernetes raises ConfigException, TypeError, OSError...
         try:
             cfg = client.Configuration()
@@ -27,24 +50,195 @@ def _api_client(opts) -> Any:
         except Exception:
             raise ClusterError(f"cannot load kubeconfig: {exc}") from None
     cfg.retries = False
-    return client.ApiClient(cfg)
+    return cfg
+
+
+def _api_client(opts) -> Any:
+    from kubernetes import client
+
+    return client.ApiClient(_load_configuration(kubeconfig=opts.kubeconfig, context=opts.context))
+
+
+def resource_path(api_version: str, plural: str, *, namespace: str = "", name: str = "", subresource: str = "") -> str:
+    """The REST path of a collection or object: ``/api/v1/namespaces/NS/pods/NAME``."""
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = base + (f"/namespaces/{urllib.parse.quote(namespace)}" if namespace else "") + f"/{plural}"
+    if name:
+        path += f"/{urllib.parse.quote(name)}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+class Cluster:
+    """A connection to one API server, speaking plain dicts."""
+
+    def __init__(self, *, kubeconfig: str | None = None, context: str | None = None, timeout: float = 10.0):
+        from kubernetes import client
+
+        self._cfg = _load_configuration(kubeconfig=kubeconfig, context=context)
+        self._client = client.ApiClient(self._cfg)
+        self.timeout = timeout
+
+    @classmethod
+    def from_options(cls, opts, *, timeout: float = 10.0) -> "Cluster":
+        return cls(kubeconfig=opts.kubeconfig, context=opts.context, timeout=timeout)
+
+    @property
+    def host(self) -> str:
+        return self._cfg.host
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- raw requests ------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
+                 content_type: str = "application/json", timeout: float | tuple | None = None, stream: bool = False):
+        params = [(k, v) for k, v in (query or {}).items() if v is not None and v != ""]
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            method, url, headers, body, _ = self._client.param_serialize(
+                method=method, resource_path=path, query_params=params, header_params=headers, body=body,
+                auth_settings=["BearerToken"])
+            resp = self._client.call_api(method, url, header_params=headers, body=body,
+                                         _request_timeout=timeout or self.timeout)
+        except Exception as exc:  # urllib3 errors: connection refused, TLS, timeouts
+            raise ClusterError(f"cannot reach the Kubernetes API at {self._cfg.host}: {_short(exc)}") from None
+        if stream and 200 <= resp.status < 300:
+            return resp
+        raw = resp.read()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        if not 200 <= resp.status < 300:
+            if isinstance(data, dict) and data.get("kind") == "Status":
+                raise ApiStatusError(resp.status, data.get("reason", ""), data.get("message", ""))
+            raise ApiStatusError(resp.status, resp.reason or "", raw[:200].decode(errors="replace"))
+        return data
+
+    # --- verbs ------------------------------------------------------------------------
+
+    def version(self) -> dict:
+        return self._request("GET", "/version")
+
+    def api_resources(self, group_version: str) -> dict | None:
+        """The APIResourceList of a group/version, or None when the server does not serve it."""
+        path = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+        try:
+            return self._request("GET", path)
+        except ApiStatusError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def get(self, api_version: str, plural: str, name: str, *, namespace: str = "") -> dict | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self._request("GET", resource_path(api_version, plural, namespace=namespace, name=name))
+        except ApiStatusError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, plural: str, *, namespace: str = "", label_selector: str = "",
+             field_selector: str = "") -> dict:
+        """The list object (``items`` and ``metadata.resourceVersion``), following ``continue`` tokens."""
+        query = {"labelSelector": label_selector, "fieldSelector": field_selector, "limit": 500}
+        out = None
+        while True:
+            page = self._request("GET", resource_path(api_version, plural, namespace=namespace), query=query)
+            if out is None:
+                out = page
+            else:
+                out["items"].extend(page["items"])
+                out["metadata"] = page["metadata"]
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return out
+            query["continue"] = token
+
+    def create(self, api_version: str, plural: str, body: dict, *, namespace: str = "") -> dict:
+        return self._request("POST", resource_path(api_version, plural, namespace=namespace), body=body)
+
+    def patch(self, api_version: str, plural: str, name: str, patch: Any, *, namespace: str = "",
+              subresource: str = "", content_type: str = "application/merge-patch+json") -> dict:
+        path = resource_path(api_version, plural, namespace=namespace, name=name, subresource=subresource)
+        return self._request("PATCH", path, body=patch, content_type=content_type)
+
+    def delete(self, api_version: str, plural: str, name: str, *, namespace: str = "") -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            self._request("DELETE", resource_path(api_version, plural, namespace=namespace, name=name))
+        except ApiStatusError as exc:
+            if exc.code == 404:
+                return False
+            raise
+        return True
+
+    def watch(self, api_version: str, plural: str, *, namespace: str = "", resource_version: str = "",
+              label_selector: str = "", timeout_seconds: int = 300, bookmarks: bool = True) -> Iterator[tuple[str, dict]]:
+        """Stream ``(type, object)`` events; raises :class:`WatchExpired` on 410 (list again, then watch).
+
+        The stream ends when the server closes it (timeoutSeconds, restart):
+        callers watch again from the last resourceVersion they saw.
+        """
+        query = {"watch": "true", "resourceVersion": resource_version, "labelSelector": label_selector,
+                 "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": "true" if bookmarks else None}
+        resp = self._request("GET", resource_path(api_version, plural, namespace=namespace), query=query,
+                             timeout=(self.timeout, timeout_seconds + 30), stream=True)
+        buffer = b""
+        try:
+            for chunk in resp.response.stream(amt=None, decode_content=False):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        obj = event.get("object") or {}
+                        cls = WatchExpired if obj.get("code") in (410,) else ApiStatusError
+                        raise cls(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
+                    yield event["type"], event["object"]
+        except ClusterError:
+            raise
+        except Exception as exc:  # a connection cut mid-stream: the caller re-watches
+            raise ClusterError(f"watch {plural} interrupted: {_short(exc)}") from None
+        finally:
+            resp.response.release_conn()
+
+    # --- reviews ------------------------------------------------------------------------
+
+    def token_review(self, token: str, *, audiences: list[str]) -> dict:
+        """The TokenReview status (authenticated, user, audiences, error)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": list(audiences)}}
+        return self.create("authentication.k8s.io/v1", "tokenreviews", body).get("status") or {}
+
+    def can_i(self, verb: str, resource: str, *, group: str = "", namespace: str = "") -> bool:
+        """SelfSubjectAccessReview: may the current user do *verb* on *resource*?"""
+        attrs = {"verb": verb, "resource": resource, "group": group}
+        if namespace:
+            attrs["namespace"] = namespace
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attrs}}
+        return bool((self.create("authorization.k8s.io/v1", "selfsubjectaccessreviews", body).get("status") or {})
+                    .get("allowed"))
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
 
 
 def get_config_map(opts, namespace: str, name: str, *, timeout: float = 10.0) -> dict | None:
     """The ConfigMap's ``data``, or None when it does not exist."""
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    api = client.CoreV1Api(_api_client(opts))
-    try:
-        cm = api.read_namespaced_config_map(name, namespace, _request_timeout=timeout)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise ClusterError(f"reading configmap {namespace}/{name}: {exc.status} {exc.reason}") from None
-    except Exception as exc:
-        raise ClusterError(f"cannot reach the cluster: {exc}") from None
-    return dict(cm.data or {})
+    cm = Cluster.from_options(opts, timeout=timeout).get("v1", "configmaps", name, namespace=namespace)
+    return None if cm is None else dict(cm.get("data") or {})
 
 
 def read_mesh_config(opts):
