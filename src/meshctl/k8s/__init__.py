@@ -125,6 +125,17 @@ class Cluster:
     def version(self) -> dict:
         return self._request("GET", "/version")
 
+    def server_time(self) -> float:
+        """The API server's clock (its ``Date`` header), as a POSIX timestamp."""
+        import email.utils
+
+        resp = self._request("GET", "/version", stream=True)
+        date = resp.getheader("Date")
+        resp.read()
+        if not date:
+            raise ClusterError("the API server sent no Date header")
+        return email.utils.parsedate_to_datetime(date).timestamp()
+
     def api_resources(self, group_version: str) -> dict | None:
         """The APIResourceList of a group/version, or None when the server does not serve it."""
         path = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"

@@ -1,0 +1,96 @@
+"""``meshctl check``: is the control plane (or the data plane, or the cluster
+before an install) healthy?  Mirrors ``linkerd check``."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from typing import Optional
+
+import typer
+
+from meshctl.cli import _common
+
+
+class CheckOutput(str, enum.Enum):
+    table = "table"
+    json = "json"
+    short = "short"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("check")
+    def check(
+        ctx: typer.Context,
+        pre: bool = typer.Option(False, "--pre", help="Check whether meshctl can be installed on the cluster."),
+        proxy: bool = typer.Option(False, "--proxy", help="Also check the data-plane proxies."),
+        namespace: Optional[str] = typer.Option(None, "--namespace", "-n",
+                                                help="With --proxy: only this namespace's proxies (default: all)."),
+        wait: str = typer.Option("5m", "--wait", help="How long to retry checks that may still converge (e.g. 30s, 5m)."),
+        output: CheckOutput = typer.Option(CheckOutput.table, "--output", "-o", help="table, json or short."),
+        fail_on_warning: bool = typer.Option(False, "--fail-on-warning", help="Exit 1 on warnings too."),
+    ) -> None:
+        """Check the installation and report each check's verdict; exit 1 on a failure."""
+        import time
+
+        from meshctl import healthcheck
+        from meshctl.errors import InputError
+        from meshctl.healthcheck import checks
+        from meshctl.healthcheck.facts import ClusterFacts
+        from meshctl_proxy.config import parse_duration
+
+        opts = _common.global_options(ctx)
+        try:
+            wait_s = parse_duration(wait)
+        except ValueError as exc:
+            raise InputError(f"--wait: {exc}") from None
+        if namespace and not proxy:
+            raise InputError("--namespace only applies with --proxy")
+        facts = ClusterFacts(kubeconfig=opts.kubeconfig, context=opts.context, mesh_namespace=opts.mesh_namespace,
+                             data_plane_namespace=namespace or "", request_timeout=max(1.0, min(10.0, wait_s)))
+        report = healthcheck.Report(fail_on_warning=fail_on_warning)
+        spinner = _Spinner() if sys.stderr.isatty() else None
+        printed_category = None
+        for result in healthcheck.run(checks.categories(pre=pre, proxy=proxy), facts,
+                                      deadline=time.monotonic() + wait_s,
+                                      on_wait=spinner.waiting if spinner else None):
+            if spinner:
+                spinner.clear()
+            report.results.append(result)
+            if output == CheckOutput.table:
+                if result.category != printed_category:
+                    if printed_category is not None:
+                        print()
+                    print(f"{result.category}\n{'-' * len(result.category)}")
+                    printed_category = result.category
+                print("\n".join(healthcheck.render_result(result)), flush=True)
+        if spinner:
+            spinner.clear()
+        if output == CheckOutput.table:
+            print(f"\nStatus check results are {healthcheck.OK_MARK if report.success else healthcheck.ERR_MARK}")
+        elif output == CheckOutput.json:
+            print(healthcheck.render_json(report), end="")
+        else:
+            print(healthcheck.render_short(report), end="")
+        if not report.success:
+            raise typer.Exit(1)
+
+
+class _Spinner:
+    """One line on stderr, redrawn while a retried check waits; only used on a terminal."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self):
+        self._n = 0
+
+    def waiting(self, check, error: str) -> None:
+        self._n += 1
+        sys.stderr.write(f"\r\x1b[K{self.FRAMES[self._n % 4]} {check.description} -- waiting: {error[:80]}")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self._n:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._n = 0
