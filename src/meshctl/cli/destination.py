@@ -11,7 +11,9 @@ def register(app: typer.Typer) -> None:
 
     @group.command("serve")
     def serve(
-        registry: str = typer.Option(..., "--registry", help="YAML/JSON file of services, endpoints and profiles (watched)."),
+        ctx: typer.Context,
+        registry: str = typer.Option("", "--registry", help="YAML/JSON file of services, endpoints and profiles (watched)."),
+        kubernetes: bool = typer.Option(False, "--kubernetes", help="Watch the Kubernetes API instead of a registry file."),
         addr: str = typer.Option("127.0.0.1:8086", "--addr", help="HOST:PORT to listen on (Linkerd's destination port is 8086)."),
         heartbeat: float = typer.Option(5.0, "--heartbeat", min=0.05, help="Seconds of silence before a heartbeat line."),
     ) -> None:
@@ -30,7 +32,16 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise InputError(f"--addr: {exc}") from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        discovery = LocalRegistry(registry, on_error=lambda msg: _common.report(f"Error: {msg}"))
+        if kubernetes == bool(registry):
+            raise InputError("give exactly one of --registry FILE and --kubernetes")
+        if kubernetes:
+            from meshctl import k8s
+            from meshctl.k8s.discovery import KubernetesDiscovery
+
+            opts = _common.global_options(ctx)
+            discovery = KubernetesDiscovery(lambda: k8s.Cluster.from_options(opts), mesh=k8s.read_mesh_config(opts))
+        else:
+            discovery = LocalRegistry(registry, on_error=lambda msg: _common.report(f"Error: {msg}"))
         try:
             asyncio.run(run_server(discovery, host, port, heartbeat=heartbeat))
         except OSError as exc:

@@ -41,10 +41,8 @@ WEBHOOK_SERVICE = "meshctl-proxy-injector"
 CONTROLLER_UID = 2103  # Linkerd's controllers run as 2103, the proxy as 2102
 WEBHOOK_CERT_LIFETIME = dt.timedelta(days=365)
 
-# Ports of the controllers (Linkerd's numbers where it has them).
-DESTINATION_PORT, DESTINATION_ADMIN_PORT = 8086, 9996
-IDENTITY_PORT, IDENTITY_ADMIN_PORT = 8080, 9990
-INJECTOR_PORT, INJECTOR_ADMIN_PORT = 8443, 9995
+# Ports of the controllers (Linkerd's numbers).
+DESTINATION_PORT, IDENTITY_PORT, INJECTOR_PORT = 8086, 8080, 8443
 ISSUER_DIR = "/var/run/meshctl/identity/issuer"
 WEBHOOK_TLS_DIR = "/var/run/meshctl/tls"
 
@@ -145,16 +143,15 @@ def _anti_affinity(namespace: str, component: str) -> dict:
 
 
 def _commands(values: dict, namespace: str) -> dict:
-    common = [f"--controller-namespace={namespace}", f"--log-level={values['controllerLogLevel']}"]
+    # The controllers are meshctl's own `serve` commands, from the one image.
+    root = ["meshctl", f"--mesh-namespace={namespace}"]
     return {
-        "destination": ["meshctl-controller", "destination", f"--addr=0.0.0.0:{DESTINATION_PORT}",
-                        f"--admin-addr=0.0.0.0:{DESTINATION_ADMIN_PORT}",
-                        f"--cluster-domain={values['clusterDomain']}", *common],
-        "identity": ["meshctl-controller", "identity", f"--addr=0.0.0.0:{IDENTITY_PORT}",
-                     f"--admin-addr=0.0.0.0:{IDENTITY_ADMIN_PORT}", f"--issuer-dir={ISSUER_DIR}",
-                     f"--trust-domain={values['identityTrustDomain']}", *common],
-        "proxy-injector": ["meshctl-controller", "proxy-injector", f"--addr=0.0.0.0:{INJECTOR_PORT}",
-                           f"--admin-addr=0.0.0.0:{INJECTOR_ADMIN_PORT}", f"--tls-dir={WEBHOOK_TLS_DIR}", *common],
+        "destination": [*root, "destination", "serve", "--kubernetes", f"--addr=0.0.0.0:{DESTINATION_PORT}"],
+        "identity": [*root, "identity", "serve", f"--listen=0.0.0.0:{IDENTITY_PORT}",
+                     f"--trust-anchors-file={ISSUER_DIR}/ca.crt", f"--issuer-certificate-file={ISSUER_DIR}/tls.crt",
+                     f"--issuer-key-file={ISSUER_DIR}/tls.key", f"--trust-domain={values['identityTrustDomain']}"],
+        "proxy-injector": [*root, "proxy-injector", "serve", f"--addr=0.0.0.0:{INJECTOR_PORT}",
+                           f"--tls-dir={WEBHOOK_TLS_DIR}"],
     }
 
 

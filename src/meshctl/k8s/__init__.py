@@ -267,3 +267,40 @@ def read_mesh_config(opts):
 
 def control_plane_version(opts) -> str:
     return read_mesh_config(opts).proxy_version
+
+
+class KubernetesTokenReviewer:
+    """The identity service's token review, by the TokenReview API (as Linkerd's identity controller does).
+
+    The token must authenticate *and* the API server must confirm our audience
+    among the reviewed ones: a token minted for another audience (the API
+    server's own, say) proves nothing to the identity service.
+    """
+
+    def __init__(self, cluster: Cluster, *, audience: str | None = None):
+        from meshctl_proxy.config import IDENTITY_AUDIENCE
+
+        self.cluster = cluster
+        self.audience = audience or IDENTITY_AUDIENCE
+
+    def review(self, token: str):
+        from meshctl.identity.tokens import ServiceAccountRef, TokenRejected
+
+        try:
+            status = self.cluster.token_review(token, audiences=[self.audience])
+        except ClusterError as exc:
+            return TokenRejected(f"token review failed: {exc}")
+        if not status.get("authenticated"):
+            return TokenRejected(f"token not authenticated: {status.get('error') or 'no reason given'}")
+        if self.audience not in (status.get("audiences") or []):
+            return TokenRejected(f"token is not meant for {self.audience}")
+        username = (status.get("user") or {}).get("username", "")
+        parts = username.split(":")
+        if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"] or not all(parts[2:]):
+            return TokenRejected(f"{username or 'the token'} is not a ServiceAccount")
+        return ServiceAccountRef(namespace=parts[2], name=parts[3])
+
+
+def token_reviewer(opts) -> KubernetesTokenReviewer:
+    """The reviewer `meshctl identity serve` uses in a cluster (no --token-registry)."""
+    return KubernetesTokenReviewer(Cluster.from_options(opts))
