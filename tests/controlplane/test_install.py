@@ -252,7 +252,7 @@ def test_install_apply_refuse_upgrade_uninstall(kube, cluster, kubeconfig):
     issuer = cluster.get("v1", "secrets", "meshctl-identity-issuer", namespace="meshctl")
     webhook = cluster.get("v1", "secrets", "meshctl-proxy-injector-k8s-tls", namespace="meshctl")
 
-    up = _cli(kubeconfig, "upgrade", "--set", "controllerLogLevel=debug")
+    up = _cli(kubeconfig, "upgrade", "--set", "proxyInjector.timeoutSeconds=5")
     assert up.returncode == 0, up.stderr
     upgraded = [d for d in yaml.safe_load_all(up.stdout) if d]
     u_cm = by_kind(upgraded, "ConfigMap", "meshctl-config")
@@ -261,7 +261,7 @@ def test_install_apply_refuse_upgrade_uninstall(kube, cluster, kubeconfig):
     assert by_kind(upgraded, "Secret", "meshctl-proxy-injector-k8s-tls")["data"] == webhook["data"]
     dep = by_kind(upgraded, "Deployment", "meshctl-destination")
     assert dep["spec"]["replicas"] == 3  # --ha kept from the install's stored values
-    assert "--log-level=debug" in dep["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert by_kind(upgraded, "MutatingWebhookConfiguration")[0]["webhooks"][0]["timeoutSeconds"] == 5
 
     un = _cli(kubeconfig, "uninstall")
     assert un.returncode == 0, un.stderr

@@ -46,13 +46,16 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--wait: {exc}") from None
         if namespace and not proxy:
             raise InputError("--namespace only applies with --proxy")
+        # One request, and one attempt of a check, may take this long: never more
+        # than 10 s, never more than --wait unless that is under 2 s.
+        attempt_timeout = max(2.0, min(10.0, wait_s))
         facts = ClusterFacts(kubeconfig=opts.kubeconfig, context=opts.context, mesh_namespace=opts.mesh_namespace,
-                             data_plane_namespace=namespace or "", request_timeout=max(1.0, min(10.0, wait_s)))
+                             data_plane_namespace=namespace or "", request_timeout=attempt_timeout)
         report = healthcheck.Report(fail_on_warning=fail_on_warning)
         spinner = _Spinner() if sys.stderr.isatty() else None
         printed_category = None
         for result in healthcheck.run(checks.categories(pre=pre, proxy=proxy), facts,
-                                      deadline=time.monotonic() + wait_s,
+                                      deadline=time.monotonic() + wait_s, attempt_timeout=attempt_timeout,
                                       on_wait=spinner.waiting if spinner else None):
             if spinner:
                 spinner.clear()

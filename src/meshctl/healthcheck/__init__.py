@@ -82,21 +82,22 @@ class Report:
         return list(out.items())
 
 
-def run(categories: Iterable[Category], facts: Facts, *, deadline: float, clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+def run(categories: Iterable[Category], facts: Facts, *, deadline: float, attempt_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
         on_wait: Callable[[Check, str], None] | None = None) -> Iterator[CheckResult]:
     """Run the checks in order, yielding each result as it is known.
 
-    *deadline* is a *clock* time: retried checks stop retrying there, and no
-    attempt runs past it (an attempt still running then is an error saying so).
-    A fatal failure ends the run.
+    *deadline* is a *clock* time: retried checks stop retrying there.  Each
+    attempt may run until the deadline, or for *attempt_timeout* when less is
+    left, and never longer: an attempt still running then is an error saying
+    so.  A fatal failure ends the run.
     """
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="check")
     try:
         for category in categories:
             for check in category.checks:
-                result = _run_one(check, category.name, facts, pool, deadline=deadline, clock=clock, sleep=sleep,
-                                  on_wait=on_wait)
+                result = _run_one(check, category.name, facts, pool, deadline=deadline,
+                                  attempt_timeout=attempt_timeout, clock=clock, sleep=sleep, on_wait=on_wait)
                 yield result
                 if result.result == ERROR and check.fatal:
                     return
@@ -119,17 +120,14 @@ def _attempt(check: Check, facts: Facts) -> str:
     return ""
 
 
-def _run_one(check, category, facts, pool, *, deadline, clock, sleep, on_wait) -> CheckResult:
+def _run_one(check, category, facts, pool, *, deadline, attempt_timeout, clock, sleep, on_wait) -> CheckResult:
     while True:
-        remaining = deadline - clock()
-        if remaining <= 0:
-            error = f"timed out: the check did not finish before the deadline"
-        else:
-            future = pool.submit(_attempt, check, facts)
-            try:
-                error = future.result(timeout=remaining)
-            except concurrent.futures.TimeoutError:
-                error = "timed out: the check did not finish before the deadline"
+        timeout = max(deadline - clock(), attempt_timeout)
+        future = pool.submit(_attempt, check, facts)
+        try:
+            error = future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            error = f"timed out: the check did not finish within {timeout:.0f}s"
         if not error:
             return CheckResult(category, check.id, check.description, check.hint, SUCCESS)
         if check.retry and not error.startswith("timed out") and clock() + RETRY_INTERVAL < deadline:
