@@ -61,11 +61,16 @@ def identity_settings(tmp_path, anchor, port, token, *, name, min_refresh=10.0, 
 import pytest  # noqa: E402
 
 
+# Made an hour in the past: tests take their NOW at import, and in a full run
+# more than the 20 s backdating can pass between import and these fixtures.
+_MADE_AT = certs.utcnow() - dt.timedelta(hours=1)
+
+
 @pytest.fixture(scope="session")
 def anchor():
-    return certs.generate_trust_anchor()
+    return certs.generate_trust_anchor(now=_MADE_AT)
 
 
 @pytest.fixture(scope="session")
 def issuer(anchor):
-    return certs.generate_issuer(anchor)
+    return certs.generate_issuer(anchor, now=_MADE_AT)
