@@ -84,18 +84,10 @@ def test_json_shape_is_exact(installed, kubeconfig):
     assert doc["success"] == (rc == 0)
 
 
-# Until meshctl.inject lands on main, install renders the control-plane pods
-# without their proxy: the only verdicts that are not green say exactly that.
-UNMESHED = {"control plane proxies are healthy", "control plane proxies are up-to-date",
-            "control plane proxies and cli versions match"}
-
-
 def test_healthy_install(installed, kubeconfig):
     t_rc, t_out, j_rc, doc = both(kubeconfig, "--wait", "1s")
     failing = {d: v for d, v in verdicts(doc).items() if v[0] != "success"}
-    assert set(failing) == UNMESHED, failing
-    assert "has no meshctl-proxy container: it is not meshed" in failing["control plane proxies are healthy"][1]
-    return
+    assert failing == {}, failing
     assert t_rc == 0 and j_rc == 0 and doc["success"] is True
     assert t_out.rstrip().endswith("Status check results are √")
     rc, short, _ = check(kubeconfig, "-o", "short", "--wait", "3s")
@@ -174,9 +166,7 @@ def test_issuer_expiring_soon_warns_and_fail_on_warning(installed, kubeconfig):
     t_rc, t_out, j_rc, doc = both(kubeconfig, "--wait", "1s")
     assert_verdict(t_out, doc, "issuer cert is valid for at least 60 days", "warning", "issuer certificate will expire")
     assert_verdict(t_out, doc, "issuer cert is within its validity period", "success")
-    warnings_only = all(v[0] != "error" for d, v in verdicts(doc).items() if d not in UNMESHED)
-    if UNMESHED:
-        return
+    warnings_only = all(v[0] != "error" for v in verdicts(doc).values())
     assert warnings_only, verdicts(doc)
     assert t_rc == j_rc == 0 and doc["success"] is True
     rc, out, _ = check(kubeconfig, "--wait", "3s", "--fail-on-warning", "-o", "json")
@@ -333,6 +323,7 @@ def test_proxy_data_plane(installed, kubeconfig):
     assert_verdict(t_out, doc, "data plane proxies are ready", "success")
     assert_verdict(t_out, doc, "data plane proxies certificate match CA", "success")
     assert all(c["result"] == "success" for c in doc["categories"][-1]["checks"])
+    assert t_rc == j_rc == 0, t_out
 
     _meshed_pod(installed, "stale", anchors=certs.generate_trust_anchor().cert_pem, version="0.0.1")
     _meshed_pod(installed, "sick", ready=False)

@@ -283,3 +283,21 @@ def test_unreachable_cluster_points_at_ignore_cluster(tmp_path, kube):
     proc = run_cli("--kubeconfig", str(kc), "install", timeout=60)
     assert proc.returncode == 1 and proc.stdout == ""
     assert "--ignore-cluster" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_control_plane_pods_are_meshed(rendered):
+    from meshctl_proxy import config
+
+    for dep in by_kind(rendered, "Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        names = [c["name"] for c in spec.get("initContainers", [])]
+        assert names[:2] == ["meshctl-init", "meshctl-proxy"], names
+        proxy = spec["initContainers"][1]
+        assert proxy["restartPolicy"] == "Always"
+        env = {e["name"]: e.get("value") for e in proxy["env"]}
+        cm = by_kind(rendered, "ConfigMap", "meshctl-config")
+        assert env[config.SETTINGS_BY_FIELD["identity_trust_anchors"].env] == cm["data"]["identityTrustAnchorsPEM"]
+        want = "localhost.:8080" if dep["metadata"]["name"] == "meshctl-identity" else \
+            "meshctl-identity.meshctl.svc.cluster.local.:8080"
+        assert env[config.SETTINGS_BY_FIELD["identity_svc_addr"].env] == want
+        assert dep["spec"]["template"]["metadata"]["annotations"]["meshctl.io/proxy-version"] == cm["data"]["proxyVersion"]
