@@ -50,7 +50,7 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-from fakekube import patches, selectors
+from fakekube import admission, patches, selectors
 from fakekube.resources import BUILTIN_TYPES, ResourceType, crd_types
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -125,6 +125,9 @@ class FakeKube:
         self.admin_token = self.issue_user_token(self._admin)
         self.requests: list[tuple[str, str]] = []  # (method, path?query) for assertions
         self.clock_offset = 0.0  # seconds added to the Date header (clock-skew tests)
+        # Where a Service's port is really served, for calling admission webhooks:
+        # (namespace, service, port) -> (host, port).  A cluster's network does this.
+        self.service_endpoints: dict[tuple[str, str, int], tuple[str, int]] = {}
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="fakekube-")
@@ -474,6 +477,8 @@ class FakeKube:
             return self._token_review(body)
         if rt.kind in ("SelfSubjectAccessReview", "SubjectAccessReview"):
             return self._access_review(rt, body, user)
+        if isinstance(body, dict) and not dry_run:
+            body = admission.mutate(self, rt, ns, body, user)
         with self._lock:
             self._check_body(rt, ns, body)
             name = self._check_name(rt, body["metadata"])

@@ -36,14 +36,16 @@ def register(app: typer.Typer) -> None:
             raise InputError("give exactly one of --registry FILE and --kubernetes")
         if kubernetes:
             from meshctl import k8s
-            from meshctl.k8s.discovery import KubernetesDiscovery
+            from meshctl.k8s.discovery import KubernetesDiscovery, serve as run_synced
 
             opts = _common.global_options(ctx)
             discovery = KubernetesDiscovery(lambda: k8s.Cluster.from_options(opts), mesh=k8s.read_mesh_config(opts))
+            main = run_synced(discovery, host, port, heartbeat=heartbeat)
         else:
             discovery = LocalRegistry(registry, on_error=lambda msg: _common.report(f"Error: {msg}"))
+            main = run_server(discovery, host, port, heartbeat=heartbeat)
         try:
-            asyncio.run(run_server(discovery, host, port, heartbeat=heartbeat))
+            asyncio.run(main)
         except OSError as exc:
             raise InputError(f"--addr {addr}: {exc.strerror or exc}") from None
 

@@ -150,6 +150,18 @@ class KubernetesDiscovery(SnapshotDiscovery):
     def synced(self) -> bool:
         return all(e.is_set() for e in self._synced.values())
 
+    async def wait_synced(self, *, poll: float = 0.02) -> None:
+        """Until every resource was listed once and published: Linkerd's destination
+        likewise waits for its informer caches before serving, so that no proxy
+        is told "unknown" about a service that exists."""
+        while not self.synced:
+            await asyncio.sleep(poll)
+        # The last publish was scheduled with call_soon_threadsafe: let it run.
+        await asyncio.sleep(0)
+        with self._lock:
+            snapshot = build_snapshot(self._state, mesh=self.mesh)
+        self.publish(snapshot)
+
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop.clear()
@@ -240,3 +252,17 @@ class KubernetesDiscovery(SnapshotDiscovery):
                 self._loop.call_soon_threadsafe(self.publish, snapshot)
             except RuntimeError:  # the loop closed meanwhile
                 pass
+
+
+async def serve(discovery: KubernetesDiscovery, host: str, port: int, *, heartbeat: float) -> None:
+    """Run *discovery*, and serve proxies once it has synced, until cancelled."""
+    from meshctl.destination.server import DestinationServer
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(discovery.run())
+        await discovery.wait_synced()
+        server = DestinationServer(discovery, heartbeat=heartbeat)
+        srv = await server.start(host, port)
+        log.info("destination service (kubernetes) listening on %s:%s", *srv.sockets[0].getsockname()[:2])
+        async with srv:
+            await srv.serve_forever()
