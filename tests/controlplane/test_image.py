@@ -1,0 +1,285 @@
+"""The container image, built and run for real with podman (marked ``image``).
+
+No registry image can be pulled here, so the base is made the way the
+Dockerfile's BASE_IMAGE argument allows: ``debootstrap --variant=minbase``
+of bookworm with python3, python3-venv, iptables and ca-certificates,
+imported with ``podman import``.  The project and its dependencies go in as a
+wheelhouse made on the host (``pip wheel``); the build runs with
+``--network none``.  podman runs rootful with ``--runtime runc`` and a
+containers.conf holding ``default_ulimits = []`` (these machines refuse
+RLIMIT_NPROC inside a container).
+
+Each entry point the manifests use runs with the arguments they pass: the
+init container's ``meshctl-proxy init`` programs iptables in a container with
+NET_ADMIN and its own network namespace; ``meshctl-proxy`` serves traffic;
+the three controllers start against the fake API server and answer.
+
+Costs (docs/kubernetes.md): the base rootfs and the dependency wheels are
+cached in ``$MESHCTL_IMAGE_CACHE`` (default ``/var/cache/meshctl-image``);
+a cold run spends a few minutes in debootstrap, a warm one well under one.
+Skip locally with ``-m "not image"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import http.server
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshctl import install as core
+from meshctl.identity import certs
+from meshctl_proxy import config as proxy_config
+
+pytestmark = pytest.mark.image
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("MESHCTL_IMAGE_CACHE", "/var/cache/meshctl-image"))
+BASE = "localhost/meshctl-base:bookworm"
+IMAGE = "localhost/meshctl:test"
+MIRROR = os.environ.get("MESHCTL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+def _run(cmd, *, env=None, timeout=900, check=True, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory):
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text("[containers]\ndefault_ulimits = []\n")
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+    def podman(*args, **kw):
+        return _run(["podman", "--runtime", "runc", *args], env=env, **kw)
+
+    return podman
+
+
+def _base_image(podman) -> None:
+    if podman("image", "exists", BASE, check=False).returncode == 0:
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tarball = CACHE / "bookworm-minbase.tar"
+    if not tarball.exists():
+        rootfs = CACHE / "rootfs.tmp"
+        shutil.rmtree(rootfs, ignore_errors=True)
+        start = time.monotonic()
+        _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,iptables,ca-certificates",
+              "bookworm", str(rootfs), MIRROR], timeout=1800)
+        print(f"debootstrap took {time.monotonic() - start:.0f}s", file=sys.stderr)
+        partial = tarball.with_suffix(".partial")
+        with tarfile.open(partial, "w") as tar:
+            tar.add(rootfs, arcname=".")
+        partial.rename(tarball)
+        shutil.rmtree(rootfs, ignore_errors=True)
+    podman("import", "--change", "CMD=/bin/bash", str(tarball), BASE)
+
+
+def _wheelhouse(dest: Path) -> None:
+    deps = CACHE / "wheelhouse"
+    deps.mkdir(parents=True, exist_ok=True)
+    # Dependencies once (cached); the project's own wheel every time (the code changes).
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--find-links", str(deps), "--wheel-dir", str(deps), str(ROOT)],
+         timeout=1200)
+    for w in deps.glob("meshctl-*.whl"):
+        w.unlink()
+    dest.mkdir()
+    for w in deps.glob("*.whl"):
+        shutil.copy(w, dest)
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(dest), str(ROOT)], timeout=600)
+
+
+@pytest.fixture(scope="session")
+def image(podman, tmp_path_factory):
+    _base_image(podman)
+    ctx = tmp_path_factory.mktemp("build")
+    shutil.copy(ROOT / "Dockerfile", ctx / "Dockerfile")
+    _wheelhouse(ctx / "wheelhouse")
+    start = time.monotonic()
+    podman("build", "--network", "none", "--build-arg", f"BASE_IMAGE={BASE}", "-t", IMAGE, str(ctx), timeout=1200)
+    print(f"image build took {time.monotonic() - start:.0f}s", file=sys.stderr)
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def rendered():
+    values = core.install_values(ha=False, files=[], sets=[])
+    certificates = core.make_certificates(values, namespace="meshctl")
+    return certificates, core.render_control_plane(values, namespace="meshctl", certificates=certificates)
+
+
+def _deployment(objs, name):
+    return next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_runs_as_non_root_with_the_cli(podman, image):
+    out = podman("run", "--rm", image, "sh", "-c", "id -u; id -g; meshctl version --client; meshctl-proxy --version")
+    uid, gid, cli, proxy = out.stdout.split("\n")[:4]
+    assert uid == "2103" and gid == "2103"
+    assert cli == "Client version: 0.1.0" and proxy == "meshctl-proxy 0.1.0"
+
+
+def test_init_container_programs_iptables_in_its_own_network_namespace(podman, image, rendered):
+    _, objs = rendered
+    init = _deployment(objs, "meshctl-destination")["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["name"] == "meshctl-init"
+    argv = list(init.get("command") or []) + list(init.get("args") or [])
+    caps = init["securityContext"]["capabilities"]["add"]
+    cmd = " ".join(f"'{a}'" for a in argv)
+    out = podman("run", "--rm", "--network", "none", "--user", str(init["securityContext"].get("runAsUser", 0)),
+                 *[f"--cap-add={c}" for c in caps], image, "sh", "-c", f"{cmd} && iptables-save -t nat")
+    assert ":PROXY_INIT_REDIRECT" in out.stdout and ":PROXY_INIT_OUTPUT" in out.stdout
+    assert "--to-ports 4143" in out.stdout and "--to-ports 4140" in out.stdout
+    assert "--uid-owner 2102" in out.stdout
+    # Without NET_ADMIN the same command is refused, and says so.
+    denied = podman("run", "--rm", "--network", "none", "--user", "0", "--cap-drop=ALL", image, "sh", "-c", cmd,
+                    check=False)
+    assert denied.returncode != 0
+
+
+class _Backend(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"hello from the backend\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_proxy_serves_traffic(podman, image, rendered):
+    _, objs = rendered
+    template = _deployment(objs, "meshctl-destination")["spec"]["template"]["spec"]
+    proxy = next(c for c in template["initContainers"] if c["name"] == "meshctl-proxy")
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    outbound, inbound, admin, control = (_free_port() for _ in range(4))
+    env = {e["name"]: e["value"] for e in proxy["env"] if "value" in e}
+    # Host network instead of a pod: loopback listeners, no identity service or destination to reach.
+    env.update({
+        "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{outbound}", "MESHCTL_PROXY_INBOUND_LISTEN_ADDR":
+        f"127.0.0.1:{inbound}", "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{admin}",
+        "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": f"127.0.0.1:{control}", "MESHCTL_PROXY_IDENTITY_DISABLED": "true",
+        "MESHCTL_PROXY_DESTINATION_SVC_ADDR": "127.0.0.1:1", "MESHCTL_PROXY_POD_NAME": "image-test",
+        "MESHCTL_PROXY_POD_NAMESPACE": "meshctl", "MESHCTL_PROXY_POD_SERVICE_ACCOUNT": "meshctl-destination"})
+    env.pop("MESHCTL_PROXY_IDENTITY_LOCAL_NAME", None)
+    name = f"meshctl-proxy-test-{os.getpid()}"
+    args = ["run", "-d", "--rm", "--name", name, "--network", "host",
+            "--user", str(proxy["securityContext"]["runAsUser"])]
+    for k, v in env.items():
+        args += ["-e", f"{k}={v}"]
+    podman(*args, image, *(proxy.get("command") or ["meshctl-proxy"]), *(proxy.get("args") or []))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, podman("logs", name, check=False).stderr
+            time.sleep(0.2)
+        resp = httpx.get(f"http://127.0.0.1:{outbound}/", headers={"Host": f"127.0.0.1:{backend.server_port}"},
+                         timeout=5)
+        assert resp.status_code == 200 and resp.text == "hello from the backend\n"
+        metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+        assert "request_total" in metrics
+    finally:
+        podman("rm", "-f", name, check=False)
+        backend.shutdown()
+
+
+def _mount_dir(tmp_path: Path, name: str, files: dict[str, str]) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    d.chmod(0o755)
+    for fname, text in files.items():
+        (d / fname).write_text(text)
+        (d / fname).chmod(0o644)  # the controllers run as 2103
+    return d
+
+
+def test_controllers_start_and_answer(podman, image, rendered, kube, tmp_path):
+    certificates, objs = rendered
+    kube.put_all(core.render_crds())
+    kube.put_all(objs)
+    tmp_path.chmod(0o755)
+    kubedir = _mount_dir(tmp_path, "kube", {"config": kube.kubeconfig(tmp_path / "kc").read_text()})
+    secret = next(o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == core.ISSUER_SECRET)
+    issuer = _mount_dir(tmp_path, "issuer", {k: base64.b64decode(v).decode() for k, v in secret["data"].items()})
+    tls = _mount_dir(tmp_path, "tls", {"tls.crt": certificates.webhook_crt_pem, "tls.key": certificates.webhook_key_pem})
+    mounts = {"destination": [], "identity": [f"{issuer}:{core.ISSUER_DIR}:ro"],
+              "proxy-injector": [f"{tls}:{core.WEBHOOK_TLS_DIR}:ro"]}
+    ports, names = {}, []
+    try:
+        for component in core.COMPONENTS:
+            container = _deployment(objs, f"meshctl-{component}")["spec"]["template"]["spec"]["containers"][0]
+            port = ports[component] = _free_port()
+            argv = [a.replace("0.0.0.0:", f"127.0.0.1:{port}#").split("#")[0] if "0.0.0.0:" in a else a
+                    for a in container["command"]]
+            argv.insert(1, "--kubeconfig=/kube/config")
+            name = f"meshctl-{component}-test-{os.getpid()}"
+            names.append(name)
+            volumes = [f"{kubedir}:/kube:ro", *mounts[component]]
+            podman("run", "-d", "--rm", "--name", name, "--network", "host",
+                   "--user", str(container["securityContext"]["runAsUser"]),
+                   *[f"-v={v}" for v in volumes], image, *argv)
+        deadline = time.monotonic() + 45
+        pending = set(core.COMPONENTS)
+        while pending:
+            for component in sorted(pending):
+                if _answers(component, ports[component], certificates):
+                    pending.discard(component)
+            if pending:
+                assert time.monotonic() < deadline, {n: podman("logs", n, check=False).stderr[-2000:] for n in names}
+                time.sleep(0.3)
+    finally:
+        for name in names:
+            podman("rm", "-f", name, check=False)
+
+
+def _answers(component: str, port: int, certificates) -> bool:
+    try:
+        if component == "proxy-injector":
+            ctx = ssl.create_default_context(cadata=certificates.webhook_ca_pem)
+            with httpx.Client(verify=ctx, timeout=2) as client:
+                return client.get(f"https://127.0.0.1:{port}/ready",
+                                  extensions={"sni_hostname": core.webhook_dns_name("meshctl")}).status_code == 200
+        if component == "identity":
+            # The identity service serves TLS 1.3 with its own certificate, chained to the trust anchor.
+            ctx = ssl.create_default_context(cadata=certificates.trust_anchors_pem)
+            ctx.check_hostname = False
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+                with ctx.wrap_socket(raw) as tls:
+                    return tls.version() == "TLSv1.3"
+        # destination: resolves the control plane's own Service, read from the (fake) API server.
+        resp = httpx.get(f"http://127.0.0.1:{port}/v1/resolve",
+                         params={"authority": "meshctl-dst.meshctl.svc.cluster.local:8086"}, timeout=2)
+        return resp.status_code == 200 and resp.json().get("known") is True
+    except (OSError, httpx.HTTPError, ssl.SSLError):
+        return False
