@@ -30,7 +30,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import http.server
@@ -85,8 +84,7 @@ def _base_image(podman) -> None:
               "bookworm", str(rootfs), MIRROR], timeout=1800)
         print(f"debootstrap took {time.monotonic() - start:.0f}s", file=sys.stderr)
         partial = tarball.with_suffix(".partial")
-        with tarfile.open(partial, "w") as tar:
-            tar.add(rootfs, arcname=".")
+        _run(["tar", "-C", str(rootfs), "-cf", str(partial), "."])
         partial.rename(tarball)
         shutil.rmtree(rootfs, ignore_errors=True)
     podman("import", "--change", "CMD=/bin/bash", str(tarball), BASE)
