@@ -398,3 +398,38 @@ def test_check_ids_are_unique_and_stable():
             or c.id.startswith("meshctl-webhooks")
         assert c.hint and c.description
         assert not (c.fatal and c.warning)
+
+
+def test_spinner_only_on_a_terminal_and_only_on_stderr(installed, kubeconfig):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SRC
+
+    pod = installed.list("v1", "Pod", NS)[0]
+    pod["status"] = pod_status(pod, ready=False)
+    installed.put(pod)
+    args = [sys.executable, "-m", "meshctl", "--kubeconfig", kubeconfig, "check", "--wait", "3s"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1"}
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=ROOT, timeout=60)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    tty_err = b"".join(chunks).decode()
+    assert "control plane pods are ready -- waiting" in tty_err
+    assert "\x1b" not in proc.stdout.decode() and "waiting" not in proc.stdout.decode()
+    piped = run_cli("--kubeconfig", kubeconfig, "check", "--wait", "2s")
+    assert piped.stderr == "" and "\x1b" not in piped.stdout
