@@ -119,7 +119,7 @@ def test_list_selectors_and_pagination(kube, cluster):
     assert [o["metadata"]["name"] for o in cluster.list("v1", "configmaps", field_selector="metadata.name=c4")
             ["items"]] == ["c4"]
     page = cluster._request("GET", "/api/v1/namespaces/default/configmaps", query={"limit": 3})
-    assert len(page["items"]) == 3 and page["metadata"]["continue"]
+    assert len(page["items"]) == 3 and page["metadata"]["continue"] and page["metadata"]["remainingItemCount"] == 4
     assert len(cluster.list("v1", "configmaps", namespace="default")["items"]) == 7  # follows continue
     assert "kind" not in page["items"][0]  # items of built-in lists carry no kind, as the real server encodes them
 

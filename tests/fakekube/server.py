@@ -424,9 +424,9 @@ class FakeKube:
         limit = int(query.get("limit") or 0)
         items = items[start:]
         if limit and len(items) > limit:
-            items = items[:limit]
             meta["continue"] = base64.b64encode(str(start + limit).encode()).decode()
             meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
         if rt.builtin:
             # Items of built-in lists carry no apiVersion/kind, as the real server encodes them.
             for item in items:
