@@ -42,7 +42,9 @@ from meshctl import install as core
 from meshctl.identity import certs
 from meshctl_proxy import config as proxy_config
 
-pytestmark = pytest.mark.image
+# A cold cache runs debootstrap (about 3 min) and downloads the wheels (about 1.5 min) in the first
+# test's setup: more than the suite's 300 s default.
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MESHCTL_IMAGE_CACHE", "/var/cache/meshctl-image"))
