@@ -160,6 +160,12 @@ def https_server(tmp_path: Path):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "http://127.0.0.1:9/deploy.yaml")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if self.path != "/deploy.yaml":
                 self.send_error(404)
                 return
@@ -200,3 +206,21 @@ def test_https_errors_are_one_line(https_server):
     assert r.stderr.startswith(f"Error: {base}/missing.yaml: cannot fetch") and "404" in r.stderr
     r = run_cli("inject", f"{base}/deploy.yaml")  # certificate not trusted
     assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr
+
+
+def test_https_redirect_to_plain_http_is_refused(https_server):
+    base, cert = https_server
+    r = run_cli("inject", f"{base}/redirect", env={"SSL_CERT_FILE": str(cert)})
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (f"Error: {base}/redirect: redirected to http://127.0.0.1:9/deploy.yaml: "
+                        "plain http is refused\n")
+
+
+def test_verbose_after_the_command_as_linkerd_accepts_it(tmp_path: Path):
+    f = tmp_path / "d.yaml"
+    f.write_text(DEPLOY.format(name="web"))
+    after = run_cli("inject", "--verbose", str(f))
+    before = run_cli("--verbose", "inject", str(f))
+    assert after.returncode == before.returncode == 0
+    assert after.stderr == before.stderr
+    assert after.stderr.startswith('√ deployment "web": pods do not use host networking\n')

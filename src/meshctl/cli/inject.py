@@ -30,8 +30,16 @@ def _read_url(url: str, limit: int) -> bytes:
 
     from meshctl.errors import InputError
 
+    class HttpsOnly(urllib.request.HTTPRedirectHandler):
+        # A redirect must not downgrade to plain http: the refusal would be moot.
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            if not newurl.lower().startswith("https://"):
+                raise InputError(f"{url}: redirected to {newurl}: plain http is refused")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.build_opener(HttpsOnly)
     try:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as resp:  # noqa: S310 - https only
+        with opener.open(url, timeout=URL_TIMEOUT_SECONDS) as resp:
             data = resp.read(limit + 1)
     except urllib.error.HTTPError as exc:
         raise InputError(f"{url}: cannot fetch: HTTP {exc.code} {exc.reason}") from None
@@ -168,6 +176,8 @@ def _with_proxy_flags(func):
 
 
 OutputOption = typer.Option(None, "--output", "-o", help="Output format (default: as the input was written).")
+# linkerd's --verbose is persistent (accepted after the command too); the root's is the same flag.
+VerboseOption = typer.Option(False, "--verbose", help="Report the checks that passed too (√ lines).")
 
 
 def register(app: typer.Typer) -> None:
@@ -183,6 +193,7 @@ def register(app: typer.Typer) -> None:
         trust_anchors_file: Optional[str] = typer.Option(None, "--identity-trust-anchors-file",
                                                          help="PEM trust anchors of the mesh (needed with --manual --ignore-cluster)."),
         output: Optional[_common.OutputFormat] = OutputOption,
+        verbose: bool = VerboseOption,
         **proxy_flags: Optional[str],
     ) -> None:
         """Add the meshctl proxy to the workloads of Kubernetes manifests.
@@ -204,7 +215,7 @@ def register(app: typer.Typer) -> None:
             raise MeshctlError(str(exc)) from None
         fmt = output.value if output else None
         results = [inject_text(read_text(data, source), source, options, output=fmt) for source, data in read_inputs(inputs)]
-        _finish(ctx, results, fmt, uninject=False)
+        _finish(ctx, results, fmt, uninject=False, verbose=verbose)
 
     @app.command("uninject")
     def uninject(
@@ -212,6 +223,7 @@ def register(app: typer.Typer) -> None:
         inputs: list[str] = typer.Argument(..., metavar="(- | FILE | DIR | https://URL)...",
                                            help="Manifests: '-' for stdin, files, directories (recursive), https URLs."),
         output: Optional[_common.OutputFormat] = OutputOption,
+        verbose: bool = VerboseOption,
     ) -> None:
         """Remove what meshctl inject added (either mode) from Kubernetes manifests."""
         from meshctl.inject import uninject_text
@@ -219,13 +231,13 @@ def register(app: typer.Typer) -> None:
 
         fmt = output.value if output else None
         results = [uninject_text(read_text(data, source), source, output=fmt) for source, data in read_inputs(inputs)]
-        _finish(ctx, results, fmt, uninject=True)
+        _finish(ctx, results, fmt, uninject=True, verbose=verbose)
 
 
-def _finish(ctx: typer.Context, results, fmt: str | None, *, uninject: bool) -> None:
+def _finish(ctx: typer.Context, results, fmt: str | None, *, uninject: bool, verbose: bool) -> None:
     from meshctl.errors import MeshctlError
 
-    verbose = _common.global_options(ctx).verbose
+    verbose = verbose or _common.global_options(ctx).verbose
     outcomes = [o for r in results for o in r.outcomes]
     lines = _report(outcomes, verbose=verbose, uninject=uninject)
     refused = [o for o in outcomes if o.verdict == "refused"]
