@@ -410,8 +410,10 @@ class H1ServerConnection(asyncio.Protocol):
         Anything unusual falls back to the general path.
         """
         router = self.router
-        direct = getattr(router, "direct", None)
-        if direct is None or not direct(request):
+        # Asked of the router's own class: a wrapper that delegates attributes to an inner
+        # router (policy, authorization) must not be skipped by the inner one's answer.
+        direct = getattr(type(router), "direct", None)
+        if direct is None or not direct(router, request):
             return False
         endpoint = self._endpoints.get(request.authority) if self._pure_router else None
         if endpoint is None:

@@ -147,12 +147,24 @@ class _Sender:
         self.drain_waiter: asyncio.Future | None = None
         self.stats: TcpStats | None = None
         self.closed = False
+        self.flush_scheduled = False
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
         if data and not self.closed:
             self.stats.write_bytes += len(data)
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Write what h2 has queued at the end of this loop pass: streams answered together
+        share one write (a syscall per frame was the largest cost per request)."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self.flush_scheduled = False
+        self.flush()
 
     def wake_windows(self, stream_id: int) -> None:
         if stream_id == 0:
@@ -187,7 +199,7 @@ class _Sender:
             n = min(window, conn.max_outbound_frame_size, len(view))
             conn.send_data(stream_id, bytes(view[:n]))
             view = view[n:]
-            self.flush()
+            self.flush_soon()
             if self.write_paused:
                 self.drain_waiter = asyncio.get_running_loop().create_future()
                 await self.drain_waiter
@@ -461,7 +473,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             empty = body is EMPTY or (body.done and not body.trailers and body.complete and body.length == 0)
             self.conn.send_headers(sid, headers, end_stream=empty)
             st.responded = True
-            self.flush()
+            self.flush_soon()
             if not empty:
                 while data := await body.read():
                     await self.send_data(sid, data)
@@ -469,7 +481,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                     self.conn.send_headers(sid, [(k.lower(), v) for k, v in body.trailers], end_stream=True)
                 else:
                     self.conn.end_stream(sid)
-                self.flush()
+                self.flush_soon()
             grpc = response.header(b"grpc-status")
             if grpc is None and body.trailers:
                 grpc = next((v for k, v in body.trailers if k.lower() == b"grpc-status"), None)
@@ -647,7 +659,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         waiter = asyncio.get_running_loop().create_future()
         st = self.streams[sid] = _ClientStream(sid, request, waiter)
         conn.send_headers(sid, headers, end_stream=body is EMPTY)
-        self.flush()
+        self.flush_soon()
         if body is not EMPTY:
             st.body_task = asyncio.get_running_loop().create_task(self._send_body(st, body))
         try:
@@ -678,7 +690,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 self.conn.send_headers(sid, [(k.lower(), v) for k, v in body.trailers], end_stream=True)
             else:
                 self.conn.end_stream(sid)
-            self.flush()
+            self.flush_soon()
         except StreamReset as exc:  # the client reset: so do we, with its code
             self._reset_upstream(sid, exc.code)
         except BodyError:

@@ -205,3 +205,19 @@ def test_bad_chunk_mid_body_after_forwarding_started(proxy, app):
     assert reply.startswith(b"HTTP/1.1 400 ")
     time.sleep(0.05)
     assert len(app.requests) == before  # the upstream never saw a complete request
+
+
+def test_inbound_policy_applies_to_fast_path_requests(start_proxy, app):
+    """A bodiless GET on a warm connection takes the fast path; the inbound policy still decides."""
+    p = start_proxy(MESHCTL_PROXY_DEFAULT_INBOUND_POLICY="deny")
+    with httpx.Client() as client:
+        for _ in range(3):
+            r = client.get(p.url("inbound", "/secret"), headers={"Host": host(app)})
+            assert r.status_code == 403
+    allow = start_proxy()
+    with httpx.Client() as client:
+        for _ in range(3):
+            r = client.get(allow.url("inbound", "/x"), headers={"Host": host(app), "meshctl-client-id": "forged"})
+            assert r.status_code == 200
+            seen = {k: v for k, v in r.json()["headers"]}
+            assert "meshctl-client-id" not in seen  # only a verified peer identity is passed on
