@@ -23,6 +23,14 @@ WEB_SA = ServiceAccountRef("shop", "web")
 NOW = certs.utcnow()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_now():
+    """NOW per test, not per import: the issuer fixture is backdated only by the 20 s clock-skew
+    allowance, and collecting the whole suite on a loaded machine can take longer than that."""
+    global NOW
+    NOW = certs.utcnow()
+
+
 def csr(names, key=None) -> str:
     key = key or ec.generate_private_key(ec.SECP256R1())
     b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
@@ -36,7 +44,8 @@ def authority(anchor, issuer):
     return make_authority(anchor, issuer)
 
 
-def certify(authority, *, identity=WEB, reviewed=WEB_SA, csr_pem=None, now=NOW, monotonic=0.0):
+def certify(authority, *, identity=WEB, reviewed=WEB_SA, csr_pem=None, now=None, monotonic=0.0):
+    now = NOW if now is None else now
     return authority.certify(identity=identity, reviewed=reviewed, csr_pem=csr_pem or csr([x509.DNSName(WEB)]),
                              now=now, monotonic=monotonic)
 
