@@ -266,3 +266,24 @@ def test_text_edits_agree_with_the_patch_and_round_trip(template, options, style
     assert omitempty(_values(back.text)) == omitempty(_values(text))
     if "# a comment" in text:
         assert back.text.startswith("# a comment that must survive\n")
+
+
+def test_webhook_seam_reads_config_annotations_and_keeps_them():
+    annotated = pod()
+    annotated["metadata"]["annotations"] = {"meshctl.io/inject": "enabled",
+                                            "config.meshctl.io/proxy-cpu-request": "100m",
+                                            "config.meshctl.io/some-future-flag": "x"}
+    options = InjectOptions.from_annotations(annotated["metadata"]["annotations"], mesh=MANUAL.mesh)
+    assert (options.manual, options.overrides) == (True, {"proxy-cpu-request": "100m"})
+    result = inject_pod(annotated, options, Workload("deployment", "web", "shop"), keep_opt_in=True)
+    new = json_patch_apply(annotated, result.patch.json_patch(annotated))
+    assert new == result.patch.apply(annotated)
+    assert new["metadata"]["annotations"]["meshctl.io/inject"] == "enabled"
+    assert new["metadata"]["annotations"]["config.meshctl.io/proxy-cpu-request"] == "100m"
+    proxy = new["spec"]["initContainers"][1]
+    assert proxy["resources"] == {"requests": {"cpu": "100m"}}
+    # A second admission (e.g. a re-created pod spec) changes nothing.
+    again = inject_pod(new, options, Workload("deployment", "web", "shop"), keep_opt_in=True)
+    assert again.patch.apply(new) == new
+    with pytest.raises(OptionsError, match="--proxy-cpu-request"):
+        InjectOptions.from_annotations({"config.meshctl.io/proxy-cpu-request": "lots"})

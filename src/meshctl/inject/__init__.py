@@ -13,6 +13,12 @@ Per pod (the webhook's seam)::
 
     uninject_pod(pod).patch                       # removes exactly what inject adds
 
+The webhook reads its options from the pod's (and namespace's) annotations and
+keeps them on the pod::
+
+    options = InjectOptions.from_annotations({**namespace_annotations, **pod_annotations}, mesh=mesh)
+    result = inject_pod(pod, options, workload, keep_opt_in=True)
+
 Per object: :func:`inject_object` / :func:`uninject_object` find the pod
 template of a Deployment, StatefulSet, DaemonSet, ReplicaSet,
 ReplicationController, Job, CronJob or Pod, annotate a Namespace (and a

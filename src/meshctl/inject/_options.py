@@ -140,6 +140,18 @@ class InjectOptions:
                 overrides[name] = value
         return cls(manual=manual, overrides=overrides, mesh=mesh or MeshConfig())
 
+    @classmethod
+    def from_annotations(cls, annotations: Mapping[str, str], *, mesh: MeshConfig | None = None,
+                         manual: bool = True) -> "InjectOptions":
+        """Options from ``config.meshctl.io/<flag>`` annotations, as the admission webhook reads
+        them (the namespace's merged under the pod's, pod wins: the caller merges).
+
+        Unknown ``config.meshctl.io/*`` names are ignored, as Linkerd's injector ignores
+        annotations it does not know; a bad value is an :class:`OptionsError`.
+        """
+        flags = {name: annotations.get(CONFIG_PREFIX + name) for name in PROXY_FLAGS_BY_NAME}
+        return cls.from_flags(flags, manual=manual, mesh=mesh)
+
     def get(self, name: str) -> str | None:
         """The flag's effective value: the override, else its default."""
         return self.overrides.get(name, PROXY_FLAGS_BY_NAME[name].default)

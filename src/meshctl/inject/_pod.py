@@ -123,6 +123,10 @@ def _own_annotation(key: str, value: Any) -> bool:
     return key in OWN_ANNOTATIONS or key.startswith(CONFIG_PREFIX)
 
 
+def _opt_in(key: str) -> bool:
+    return key == INJECT_ANNOTATION or key.startswith(CONFIG_PREFIX)
+
+
 def _own_label(key: str) -> bool:
     return key in (CONTROL_PLANE_NS_LABEL, WORKLOAD_NS_LABEL) or key.startswith(PROXY_KIND_LABEL_PREFIX)
 
@@ -171,11 +175,14 @@ def _keep(additions: tuple[Addition, ...]) -> set[Path]:
 # --- inject ------------------------------------------------------------------------------
 
 
-def inject_pod(pod: dict, options: InjectOptions, workload: Workload = Workload()) -> PodResult:
+def inject_pod(pod: dict, options: InjectOptions, workload: Workload = Workload(), *,
+               keep_opt_in: bool = False) -> PodResult:
     """Decide how to mesh one pod (or pod template): refuse, skip, or a patch.
 
     Whatever meshctl added before is removed first, so injecting twice gives
-    the same result as injecting once.
+    the same result as injecting once.  ``keep_opt_in=True`` (the admission
+    webhook) leaves ``meshctl.io/inject`` and ``config.meshctl.io/*`` in place:
+    there they are the user's request, not something inject wrote.
     """
     spec = _dict(pod.get("spec"))
     if spec.get("hostNetwork") is True:
@@ -193,6 +200,8 @@ def inject_pod(pod: dict, options: InjectOptions, workload: Workload = Workload(
     if not warnings:
         checks.append("pods do not use UDP ports")
     old = own_paths(pod)
+    if keep_opt_in:
+        old = [p for p in old if not (p[:2] == ("metadata", "annotations") and _opt_in(p[2]))]
     base = PodPatch(removals=tuple(Remove(p) for p in old)).apply(pod) if old else pod
     additions = _manual_additions(base, options, workload) if options.manual else _annotation_additions(options)
     patch = PodPatch(_prune(pod, old, _keep(additions)), additions)
