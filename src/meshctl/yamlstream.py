@@ -846,9 +846,6 @@ class Editor:
         pending = self._pending.setdefault(("add", id(mapping)), [mapping, {}])
         _deep_merge(pending[1], entries)
 
-    def _column(self, index: int) -> int:
-        return index - self._line_start(index)
-
     def _fill_empty_json(self, coll: Node, value: Any) -> bool:
         """In pretty-printed JSON, fill an empty ``{}``/``[]`` the way json.dumps would indent it."""
         root = self.doc.node
