@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
         # One request, and one attempt of a check, may take this long: never more
         # than 10 s, never more than --wait unless that is under 2 s.
         attempt_timeout = max(2.0, min(10.0, wait_s))
+        from meshctl import k8s
+
+        k8s.preload()
         facts = ClusterFacts(kubeconfig=opts.kubeconfig, context=opts.context, mesh_namespace=opts.mesh_namespace,
                              data_plane_namespace=namespace or "", request_timeout=attempt_timeout)
         report = healthcheck.Report(fail_on_warning=fail_on_warning)

@@ -35,6 +35,15 @@ class WatchExpired(ApiStatusError):
     """The watch's resourceVersion is too old (410 Gone / Expired): list again, then watch."""
 
 
+def preload() -> None:
+    """Import the client library now (about 1 s; several on a busy machine).
+
+    Commands with deadlines (``check --wait``) call this before starting
+    their clock: an import cannot hang, so it must not eat a check's time.
+    """
+    import kubernetes.client  # noqa: F401
+
+
 def _load_configuration(*, kubeconfig: str | None, context: str | None):
     try:
         from kubernetes import client, config
