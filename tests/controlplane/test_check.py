@@ -433,3 +433,10 @@ def test_spinner_only_on_a_terminal_and_only_on_stderr(installed, kubeconfig):
     assert "\x1b" not in proc.stdout.decode() and "waiting" not in proc.stdout.decode()
     piped = run_cli("--kubeconfig", kubeconfig, "check", "--wait", "2s")
     assert piped.stderr == "" and "\x1b" not in piped.stdout
+
+
+def test_no_kubeconfig_fails_at_the_client(tmp_path):
+    t_rc, t_out, j_rc, doc = both(str(tmp_path / "missing"), "--wait", "1s")
+    assert t_rc == j_rc == 1
+    assert_verdict(t_out, doc, "can initialize the client", "error", "cannot load kubeconfig")
+    assert len(doc["categories"]) == 1 and len(doc["categories"][0]["checks"]) == 1
