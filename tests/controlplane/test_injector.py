@@ -110,9 +110,10 @@ def test_pod_annotation_meshes_with_the_same_core_as_the_cli(injector, kube):
     meshed = patched(pod, response)
     _, _, mesh = injector
     # Exactly what `meshctl inject --manual` makes of the same pod.
-    cli = inject.inject_pod(pod, inject.InjectOptions.from_flags({}, manual=True, mesh=mesh),
-                            inject.Workload("deployment", "web", "shop")).patch.apply(pod)
+    cli = inject.inject_pod(pod, inject.InjectOptions.from_annotations({}, mesh=mesh),
+                            inject.Workload("deployment", "web", "shop"), keep_opt_in=True).patch.apply(pod)
     assert meshed == cli
+    assert meshed["metadata"]["annotations"]["meshctl.io/inject"] == "enabled"  # the user's request stays
     env = proxy_env(meshed)
     assert env["MESHCTL_PROXY_WORKLOAD_KIND"] == "deployment" and env["MESHCTL_PROXY_WORKLOAD_NAME"] == "web"
     assert env[proxy_config.SETTINGS_BY_FIELD["identity_trust_anchors"].env] == mesh.trust_anchors_pem

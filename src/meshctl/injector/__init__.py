@@ -55,16 +55,12 @@ def wanted(pod: dict, namespace_obj: dict | None) -> bool:
     return _annotations(namespace_obj).get(INJECT_ANNOTATION) == "enabled"
 
 
-def config_flags(pod: dict, namespace_obj: dict | None) -> dict[str, str]:
-    """``config.meshctl.io/*`` flags: the namespace's, overridden by the pod's."""
-    from meshctl.inject import PROXY_FLAGS_BY_NAME
-
-    flags = {}
+def config_annotations(pod: dict, namespace_obj: dict | None) -> dict[str, str]:
+    """``config.meshctl.io/*`` annotations: the namespace's, overridden by the pod's."""
+    merged = {}
     for source in (_annotations(namespace_obj), _annotations(pod)):
-        for key, value in source.items():
-            if key.startswith(CONFIG_PREFIX) and key[len(CONFIG_PREFIX):] in PROXY_FLAGS_BY_NAME:
-                flags[key[len(CONFIG_PREFIX):]] = str(value)
-    return flags
+        merged.update({k: str(v) for k, v in source.items() if k.startswith(CONFIG_PREFIX)})
+    return merged
 
 
 def _response(uid: str, *, patch: list | None = None, warnings: list[str] | None = None) -> dict:
@@ -99,8 +95,9 @@ def _review(request: dict, uid: str, namespace_obj: dict | None, mesh: MeshConfi
     if not wanted(pod, namespace_obj):
         return _response(uid)
     namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace", "")
-    options = InjectOptions.from_flags(config_flags(pod, namespace_obj), manual=True, mesh=mesh)
-    result = inject_pod(pod, options, _workload(pod, namespace))
+    options = InjectOptions.from_annotations(config_annotations(pod, namespace_obj), mesh=mesh)
+    # keep_opt_in: the pod's meshctl.io/inject and config annotations are the user's request, kept as given.
+    result = inject_pod(pod, options, _workload(pod, namespace), keep_opt_in=True)
     if result.verdict != "injected":
         log.info("pod in %s not meshed: %s", namespace, result.reason)
         return _response(uid, warnings=[f"meshctl proxy-injector: pod not meshed: {result.reason}"]
