@@ -403,11 +403,13 @@ class H1ServerConnection(asyncio.Protocol):
     def _try_fast(self, request: Request, head: RequestHead) -> bool:
         """Send *request* from inside data_received and answer from the upstream's data_received.
 
-        Taken when the router says the request needs no per-request policy
-        (``router.direct(request)``), the request has no body and an idle pooled
-        connection exists.  It saves two event-loop passes and a coroutine
-        per request (about a third of the CPU per request, docs/performance.md).
-        Anything unusual falls back to the general path.
+        Taken when the router says the request needs nothing of dispatch() but
+        select() and observe() (``router.direct(request)``, asked of the router's
+        own class) and the request has no body.  It saves two event-loop passes
+        and a coroutine per request (docs/performance.md).  Once direct() has
+        said yes, the exchange stays here: a stale pooled connection is retried
+        once on a fresh one (a bodiless request may be, RFC 9112 section 9.3.1),
+        a connect failure is answered with its 502/504.
         """
         router = self.router
         # Asked of the router's own class: a wrapper that delegates attributes to an inner
@@ -415,47 +417,67 @@ class H1ServerConnection(asyncio.Protocol):
         direct = getattr(type(router), "direct", None)
         if direct is None or not direct(router, request):
             return False
-        endpoint = self._endpoints.get(request.authority) if self._pure_router else None
-        if endpoint is None:
-            try:
-                endpoint = router.select(router.target(request))
-            except ProxyError:
-                return False
-            if self._pure_router and len(self._endpoints) < 64:
-                self._endpoints[request.authority] = endpoint
-        conn = self.upstream.h1.take_idle(endpoint)
-        if conn is None:
-            return False
         stats = self._http_stats_for(request.authority)
         stats.requests += 1
         self.busy = True
         self.responding = False
         loop = asyncio.get_running_loop()
         start = loop.time()
+        endpoint = self._endpoints.get(request.authority) if self._pure_router else None
+        if endpoint is None:
+            try:
+                endpoint = router.select(router.target(request))
+            except ProxyError as exc:
+                self._fast_answer(request, head, exc.response(), stats, loop.time() - start)
+                return True
+            if self._pure_router and len(self._endpoints) < 64:
+                self._endpoints[request.authority] = endpoint
         observe = self._observing
+        pool = self.upstream.h1
+        retried = False
 
         def done(response: Response | None, exc: BaseException | None) -> None:
+            nonlocal retried
             latency = loop.time() - start
             if self.closed:
                 return
-            if exc is not None:  # e.g. the pooled connection had been closed: take the general path
-                stats.requests -= 1
-                self.busy = False
-                self.queue.insert(0, (request, head))
-                self._wake()
-                return
+            if exc is not None:
+                if isinstance(exc, UpstreamClosed) and exc.before_response and not retried:
+                    retried = True  # the pooled connection had been closed by the server
+                    self.stream_task = loop.create_task(connect_then_send())
+                    return
+                response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
             if observe:
-                router.observe(endpoint, Outcome(response.status, latency))
-            self.responding = True
-            keep = self._respond_now(request, head, response, stats, latency * 1000)
-            if keep is None:
-                self.stream_task = loop.create_task(self._finish_streaming(request, head, response, stats,
-                                                                           latency * 1000))
-                return
-            self._fast_finished(self._after_response(request, keep))
+                router.observe(endpoint, Outcome(response.status if response.error is None else None, latency,
+                                                 response.error))
+            self._fast_answer(request, head, response, stats, latency)
 
-        conn.start_exchange(request, done)
+        async def connect_then_send() -> None:
+            try:
+                conn = await pool.connect(endpoint, request.authority)
+            except ProxyError as exc:
+                done(None, exc)
+                return
+            if self.closed:
+                conn.transport.close()
+                return
+            conn.start_exchange(request, done)
+
+        conn = pool.take_idle(endpoint)
+        if conn is None:
+            self.stream_task = loop.create_task(connect_then_send())
+        else:
+            conn.start_exchange(request, done)
         return True
+
+    def _fast_answer(self, request: Request, head: RequestHead, response: Response, stats, latency: float) -> None:
+        self.responding = True
+        keep = self._respond_now(request, head, response, stats, latency * 1000)
+        if keep is None:
+            self.stream_task = asyncio.get_running_loop().create_task(
+                self._finish_streaming(request, head, response, stats, latency * 1000))
+            return
+        self._fast_finished(self._after_response(request, keep))
 
     async def _finish_streaming(self, request, head, response, stats, latency_ms) -> None:
         try:
