@@ -33,7 +33,7 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.h2limits import FloodGuard
 from meshctl_proxy.metrics import TcpStats, classify
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
-from meshctl_proxy.routing import mesh_identity, open_connection
+from meshctl_proxy.routing import DirectRouter, mesh_identity, open_connection
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -452,7 +452,14 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         status = 0
         try:
             try:
-                response = await self.router.dispatch(request, self.upstream)
+                router = self.router
+                direct = getattr(type(router), "direct", None)
+                if direct is not None and direct(router, request):
+                    # Nothing but select() + send + observe(), as DirectRouter.dispatch does:
+                    # skip the policy router's per-request machinery (see routing.DirectRouter.direct).
+                    response = await DirectRouter.dispatch(router, request, self.upstream)
+                else:
+                    response = await router.dispatch(request, self.upstream)
             except UpstreamReset as exc:
                 stats.response(502, "failure", (self.loop.time() - start) * 1000)
                 self._reset(sid, exc.code)
