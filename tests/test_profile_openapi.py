@@ -130,6 +130,7 @@ def test_base_path_rules():
     assert _routes({"swagger": "2.0", "paths": paths}) == ["GET /a"]
     assert _routes({"openapi": "3.0.0", "paths": paths}) == ["GET /a"]
     assert _routes({"openapi": "3.0.0", "servers": [{"url": "/"}], "paths": paths}) == ["GET /a"]
+    assert _routes({"openapi": "3.0.0", "servers": [{"url": "v1/"}], "paths": paths}) == ["GET /v1/a"]
     assert _routes({"openapi": "3.0.0", "servers": [{"url": "https://h:{p}/{b}", "variables": {
         "p": {"default": "443"}, "b": {"default": "x/y"}}}], "paths": paths}) == ["GET /x/y/a"]
     # The most specific servers list wins: operation, then path item, then root.

@@ -295,7 +295,10 @@ def _servers_base(servers: Any) -> str:
 
 
 def _clean_base(base: Any) -> str:
-    return str(base or "").rstrip("/")
+    # A relative server URL ("v1") is relative to where the spec is served;
+    # for a route it can only mean a path from the root.
+    base = str(base or "").rstrip("/")
+    return base if not base or base.startswith("/") else "/" + base
 
 
 def _join(base: str, path: str) -> str:
