@@ -203,6 +203,11 @@ def test_meshed_request_is_mtls_and_both_sides_name_the_peer(loop, workdir, serv
             assert dict((k.lower(), v) for k, v in json.loads(body)["headers"])["meshctl-client-id"] == A_ID
         assert metric_sum(pair.metrics(pair.a), "tls_handshakes_total", direction="outbound") == 1
         assert metric_sum(pair.metrics(pair.b), "request_total", direction="inbound", tls="true", client_id=A_ID) == 21
+        # `meshctl identity show` reads a running proxy's certificate from its admin port
+        host, port = pair.b.addresses["admin"]
+        shown = run_cli("identity", "show", "--admin", f"{host}:{port}")
+        assert shown.returncode == 0, shown.stderr
+        assert f"identity:     {B_ID}" in shown.stdout and "intermediate 1:" in shown.stdout
     finally:
         pair.close()
 
@@ -250,10 +255,12 @@ def test_rotations_under_steady_load_fail_no_request(loop, workdir):
     pair = Pair(loop, workdir, svc)
     try:
         first = (pair.a.mesh.identity.current(), pair.b.mesh.identity.current())
-        results, deadline, n = [], time.monotonic() + 20, 0
-        # Bounded: at most 20 s and 3000 requests; A's idle pool is flushed every 50 requests so new
+        results, deadline, n = [], time.monotonic() + 25, 0
+        # Steady and bounded: one request at a time, paced, for at most 25 s and 8000 requests, until
+        # both proxies have rotated three times; A's idle pool is flushed every 50 requests so new
         # handshakes happen with whatever certificates are current.
-        while time.monotonic() < deadline and n < 3000:
+        while time.monotonic() < deadline and n < 8000:
+            time.sleep(0.002)
             results.append(pair.get(f"/load/{n}")[0])
             n += 1
             if n % 50 == 0:
