@@ -154,16 +154,10 @@ class AuthorizingRouter:
     client-supplied one.
     """
 
-    # direct() authorizes a request the fast path may then still hand to dispatch()
-    # (no idle pooled connection); it is remembered so dispatch() does not count it
-    # twice.  Bounded: requests the fast path did take are never looked up again.
-    _PRE_AUTHORIZED_MAX = 256
-
     def __init__(self, inner, policy, stats) -> None:
         self.inner = inner
         self.policy = policy
         self.stats = stats
-        self._pre_authorized: dict[int, object] = {}
 
     def __getattr__(self, name):
         # select/target/observe/aclose pass through; anything that lets a request
@@ -177,37 +171,13 @@ class AuthorizingRouter:
     async def dispatch(self, request, upstream):
         from meshctl_proxy.model import ProxyError
 
-        if self._pre_authorized.pop(id(request), None) is not request:
-            ctx = request.context
-            port, decision = self.decide(ctx)
-            self.stats.count("http", decision, port)
-            if not decision.allowed:
-                raise ProxyError(403, decision.reason)
-            request.headers = strip_identity_header(request.headers, ctx.peer_identity)
-        return await self.inner.dispatch(request, upstream)
-
-    def direct(self, request) -> bool:
-        """The HTTP/1 fast path's question (``H1ServerConnection._try_fast``): may this request skip dispatch?
-
-        Only when the inner router says so *and* the policy allows it, in
-        which case it is counted and its identity header rewritten here, since
-        dispatch() will not see it.  A denied request takes the general path,
-        where dispatch() answers 403.
-        """
-        inner = getattr(self.inner, "direct", None)
-        if inner is None or not inner(request):
-            return False
         ctx = request.context
         port, decision = self.decide(ctx)
-        if not decision.allowed:
-            return False
         self.stats.count("http", decision, port)
+        if not decision.allowed:
+            raise ProxyError(403, decision.reason)
         request.headers = strip_identity_header(request.headers, ctx.peer_identity)
-        pre = self._pre_authorized
-        pre[id(request)] = request
-        if len(pre) > self._PRE_AUTHORIZED_MAX:
-            del pre[next(iter(pre))]
-        return True
+        return await self.inner.dispatch(request, upstream)
 
     def direct(self, request) -> bool:
         """The HTTP/1 fast path: allowed requests whose inner router needs no dispatch.
