@@ -203,6 +203,14 @@ def test_webhook_cert_mismatch(installed, kubeconfig):
     assert t_rc == j_rc == 1
     assert_verdict(t_out, doc, "proxy-injector webhook has valid cert", "success")
     assert_verdict(t_out, doc, "proxy-injector caBundle matches its cert", "error", "does not sign")
+    # The hint's repair: `meshctl upgrade | kubectl apply -f -` replaces the mismatched pair.
+    up = run_cli("--kubeconfig", kubeconfig, "upgrade", "-o", "json")
+    assert up.returncode == 0, up.stderr
+    for obj in json.loads(up.stdout)["items"]:
+        if obj["kind"] in ("MutatingWebhookConfiguration", "Secret"):
+            installed.put(obj)
+    rc, out, _ = check(kubeconfig, "-o", "json", "--wait", "1s")
+    assert verdicts(json.loads(out))["proxy-injector caBundle matches its cert"] == ("success", "")
 
 
 def test_webhook_cert_for_wrong_name(installed, kubeconfig):

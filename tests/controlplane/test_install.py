@@ -183,6 +183,8 @@ def test_set_and_values_file_precedence(tmp_path):
     (["--set", "ha"], "expected KEY=VALUE"),
     (["--set", "identity.issuer.lifetime=forever"], "identity.issuer.lifetime: expected a duration"),
     (["--set", "identity.issuerCrtPEM=x"], "go together"),
+    (["--set", "proxyInjector.crtPEM=x", "--set", "proxyInjector.keyPEM=y", "--set", "proxyInjector.caBundlePEM=z"],
+     "proxyInjector.crtPEM: not signed by proxyInjector.caBundlePEM"),
 ])
 def test_bad_values_are_one_line_errors(args, message):
     proc = run_cli("install", "--ignore-cluster", *args)

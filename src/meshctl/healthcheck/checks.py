@@ -498,14 +498,14 @@ MESHCTL_IDENTITY = Category("meshctl-identity", (
        "meshctl-config must hold identityTrustAnchorsPEM and meshctl-identity-issuer tls.crt/tls.key",
        certificate_config_valid, "config_map", "issuer_secret", fatal=True),
     _c("meshctl-identity.anchors-algorithm", "trust anchors are using supported crypto algorithm",
-       "make the trust anchor with ECDSA P-256 (`meshctl identity`)", anchors_algorithm, "config_map", fatal=True),
+       "make the trust anchor with ECDSA P-256 (`meshctl identity create`)", anchors_algorithm, "config_map", fatal=True),
     _c("meshctl-identity.anchors-valid", "trust anchors are within their validity period",
        "rotate the trust anchor (see docs/identity.md)", anchors_valid, "config_map", "now", fatal=True),
     _c("meshctl-identity.anchors-expiry", "trust anchors are valid for at least 60 days",
        "plan a trust anchor rotation (see docs/identity.md)", anchors_not_expiring, "config_map", "now",
        warning=True),
     _c("meshctl-identity.issuer-algorithm", "issuer cert is using supported crypto algorithm",
-       "make the issuer with ECDSA P-256 (`meshctl identity`)", issuer_algorithm, "issuer_secret", fatal=True),
+       "make the issuer with ECDSA P-256 (`meshctl identity create`)", issuer_algorithm, "issuer_secret", fatal=True),
     _c("meshctl-identity.issuer-valid", "issuer cert is within its validity period",
        "rotate the issuer: give a new one with `meshctl upgrade -f` (identity.issuerCrtPEM/issuerKeyPEM)",
        issuer_valid, "issuer_secret", "now", fatal=True),
@@ -519,11 +519,12 @@ MESHCTL_IDENTITY = Category("meshctl-identity", (
 
 MESHCTL_WEBHOOKS = Category("meshctl-webhooks-and-apisvc-tls", (
     _c("meshctl-webhooks.injector-cert", "proxy-injector webhook has valid cert",
-       "re-render the webhook certificate: `meshctl upgrade --set proxyInjector.crtPEM= | kubectl apply -f -`",
+       "delete secret meshctl-proxy-injector-k8s-tls in the mesh namespace; `meshctl upgrade | kubectl apply -f -` "
+       "then makes a new certificate",
        webhook_cert_valid, "webhook_secret", "mesh_namespace", "now", fatal=True),
     _c("meshctl-webhooks.injector-ca-bundle", "proxy-injector caBundle matches its cert",
-       "the MutatingWebhookConfiguration's caBundle must be the CA of secret meshctl-proxy-injector-k8s-tls: "
-       "re-apply both from one `meshctl upgrade`", webhook_ca_bundle_matches, "webhook_secret", "webhook_config",
+       "the MutatingWebhookConfiguration's caBundle must sign secret meshctl-proxy-injector-k8s-tls: "
+       "`meshctl upgrade | kubectl apply -f -` replaces a mismatched pair", webhook_ca_bundle_matches, "webhook_secret", "webhook_config",
        fatal=True),
     _c("meshctl-webhooks.injector-expiry", "proxy-injector cert is valid for at least 60 days",
        "renew the webhook certificate with `meshctl upgrade`", webhook_cert_not_expiring, "webhook_secret", "now",

@@ -104,9 +104,9 @@ def make_certificates(values: dict, *, namespace: str, now: dt.datetime | None =
     if w_crt or w_key or w_ca:
         if not (w_crt and w_key and w_ca):
             raise InputError("proxyInjector.crtPEM, proxyInjector.keyPEM and proxyInjector.caBundlePEM go together")
-        certs.load_certificates(w_crt, source="proxyInjector.crtPEM")
-        certs.load_private_key(w_key, source="proxyInjector.keyPEM")
-        certs.load_certificates(w_ca, source="proxyInjector.caBundlePEM")
+        if not webhook_pair_matches(w_crt, w_key, w_ca):
+            raise InputError("proxyInjector.crtPEM: not signed by proxyInjector.caBundlePEM, or not the "
+                             "certificate of proxyInjector.keyPEM")
     else:
         # The webhook's own little CA: the API server trusts it through the
         # caBundle only; it has nothing to do with the mesh's trust anchor.
@@ -116,6 +116,29 @@ def make_certificates(values: dict, *, namespace: str, now: dt.datetime | None =
                                 lifetime=WEBHOOK_CERT_LIFETIME, now=now)
         w_crt, w_key, w_ca = certs.cert_to_pem(leaf), certs.key_to_pem(leaf_key), ca.cert_pem
     return Certificates(anchors, crt, key, w_crt, w_key, w_ca)
+
+
+def webhook_pair_matches(crt_pem: str, key_pem: str, ca_pem: str) -> bool:
+    """Does the caBundle sign the serving certificate, and is the key the certificate's?"""
+    from cryptography.exceptions import InvalidSignature
+
+    from meshctl.identity import certs
+
+    try:
+        crt = certs.load_certificates(crt_pem, source="proxyInjector.crtPEM")[0]
+        key = certs.load_private_key(key_pem, source="proxyInjector.keyPEM")
+        cas = certs.load_certificates(ca_pem, source="proxyInjector.caBundlePEM")
+    except InputError:
+        return False
+    if key.public_key().public_numbers() != crt.public_key().public_numbers():
+        return False
+    for ca in cas:
+        try:
+            crt.verify_directly_issued_by(ca)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return False
 
 
 def _b64(text: str) -> str:
@@ -283,12 +306,15 @@ def existing_from_objects(*, config_data: dict, issuer_secret: dict | None, webh
     for hook in (webhook_config or {}).get("webhooks") or []:
         ca = base64.b64decode(hook.get("clientConfig", {}).get("caBundle", "")).decode()
         break
+    w_crt, w_key = secret_field(webhook_secret, "tls.crt"), secret_field(webhook_secret, "tls.key")
+    if not (ca and webhook_pair_matches(w_crt, w_key, ca)):
+        # A missing or mismatched webhook pair (the caBundle no longer signs the
+        # serving certificate) is not worth keeping: the upgrade makes a new pair.
+        w_crt = w_key = ca = ""
     return Existing(
         trust_anchors_pem=config_data.get("identityTrustAnchorsPEM", "") or secret_field(issuer_secret, "ca.crt"),
         issuer_crt_pem=secret_field(issuer_secret, "tls.crt"), issuer_key_pem=secret_field(issuer_secret, "tls.key"),
-        webhook_crt_pem=secret_field(webhook_secret, "tls.crt") if ca else "",
-        webhook_key_pem=secret_field(webhook_secret, "tls.key") if ca else "",
-        webhook_ca_pem=ca, values=stored,
+        webhook_crt_pem=w_crt, webhook_key_pem=w_key, webhook_ca_pem=ca, values=stored,
     )
 
 
