@@ -445,7 +445,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         ctx = self.ctx
         request = st.request
         stats = self.proxy.metrics.http(ctx.direction, request.authority, ctx.target_addr or request.authority,
-                                        ctx.tls)
+                                        ctx.tls, ctx.peer_identity)
         stats.requests += 1
         start = self.loop.time()
         sid = st.id

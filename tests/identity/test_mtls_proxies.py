@@ -306,3 +306,25 @@ def test_identity_service_killed_traffic_continues_until_expiry_then_fails_close
         assert len(served_after) == statuses.count(200)  # nothing reached the app once refused
     finally:
         pair.close()
+
+
+def test_http2_between_meshed_proxies_is_mtls_with_the_client_named(loop, workdir, service):
+    import httpx
+
+    from proxy.apps import H2Server
+
+    pair = Pair(loop, workdir, service)
+    h2app = loop.run(H2Server().start())
+    try:
+        authority = f"127.0.0.1:{h2app.port}"
+        with httpx.Client(http1=False, http2=True, timeout=10) as c:
+            for i in range(3):
+                r = c.post(pair.url(f"/echo?i={i}"), content=b"hi", headers={"Host": authority})
+                assert r.status_code == 200 and r.http_version == "HTTP/2"
+        b = pair.metrics(pair.b)
+        assert metric_sum(b, "request_total", direction="inbound", authority=authority, tls="true", client_id=A_ID) == 3
+        assert metric_sum(pair.metrics(pair.a), "tcp_open_total", direction="outbound", peer="dst", tls="true",
+                          server_id=B_ID) >= 1
+    finally:
+        loop.run(h2app.stop())
+        pair.close()
