@@ -275,3 +275,35 @@ def test_grpc_unary_and_streaming_call_through_the_proxy(proxy, loop_thread):
         assert metric_sum(m, "response_total", authority=auth, classification="failure") == 1  # grpc-status 5
     finally:
         server.stop(0)
+
+
+def test_sigterm_sends_goaway_and_finishes_open_streams(start_proxy, h2app):
+    import signal
+
+    from meshctl_proxy.http2_proxy import GoawayFilter
+
+    p = start_proxy(MESHCTL_PROXY_SHUTDOWN_GRACE_PERIOD="10s")
+    raw = RawH2(p.outbound)
+    sid = raw.request([(b":method", b"GET"), (b":path", b"/slow?s=1"), (b":authority", auth(h2app).encode()),
+                       (b":scheme", b"http")])
+    time.sleep(0.3)
+    p.proc.send_signal(signal.SIGTERM)
+    # h2's client would stop at the GOAWAY; take it out of the stream and keep reading.
+    goaway_filter = GoawayFilter()
+    goaways, events = [], []
+    raw.sock.settimeout(5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        data = raw.sock.recv(65536)
+        if not data:
+            break
+        data, found = goaway_filter.feed(data)
+        goaways += found
+        events += raw.conn.receive_data(data)
+        if any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in events):
+            break
+    assert goaways and goaways[0] == (sid, 0)  # NO_ERROR, naming the stream it will still serve
+    body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert body == b"slow"
+    raw.close()
+    assert p.proc.wait(10) == 0
