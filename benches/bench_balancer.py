@@ -328,6 +328,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.seconds = 6.0
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp), args.endpoints, args.base_ms, args.timeout_ms)
         try:
@@ -358,6 +359,8 @@ def main() -> int:
     print(f"Beyond Round Robin: {args.endpoints} endpoints at {args.base_ms:g} ms, one +{args.slow_ms:g} ms for the "
           f"middle half of each {args.seconds:g} s run, {args.rate:g} req/s open loop, route timeout "
           f"{args.timeout_ms} ms, real proxy + destination service on loopback")
+    # Tails on a 2-core machine follow whatever else runs: say how busy it was.
+    print(f"load average (1 min) before {load_before:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'run':34} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'success':>8} {'timeouts':>8}")
     for (balancer, slow), s in table.items():
         label = f"{balancer}, {'one slow endpoint' if slow else 'no slow endpoint'}"
