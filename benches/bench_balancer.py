@@ -1,19 +1,18 @@
 """Buoyant's "Beyond Round Robin", reproduced on loopback with the real proxy.
 
 Five endpoints answer in ~10 ms; in the middle half of a run one of them
-turns slow (+500 ms).  A steady open-loop load (requests start on schedule,
-whatever is still outstanding) goes through a real ``meshctl-proxy`` process
-whose outbound router resolves the service through a real
-``meshctl destination serve`` process; the route has a ``timeout``.  Runs,
-side by side in one invocation:
-
-- peak-EWMA, no slow endpoint (the baseline);
-- peak-EWMA, one endpoint slow;
-- round robin, one endpoint slow (and, for reference, round robin, no slow endpoint).
+turns slow (+500 ms).  Two real ``meshctl-proxy`` processes, one balancing
+with peak-EWMA and one with round robin, resolve the service through a real
+``meshctl destination serve`` process and stand in front of the same
+backends; a steady open-loop load (requests start on schedule, whatever is
+still outstanding) sends each of them a request at the same moments, so the
+slow window and the machine's own noise hit both alike.  Two phases: no slow
+endpoint (the baseline), then one slow endpoint.  The route has a
+``timeout``.
 
 Reported: p50 / p99 / p99.9 latency as the client sees it (a request cut by
 the timeout counts at its 504's latency) and the success rate.  Targets:
-peak-EWMA p99 (slow) <= 1.5 x the baseline p99, and >= 10 x lower than round
+peak-EWMA p99 (slow) <= 1.5 x its baseline p99, and >= 10 x lower than round
 robin's p99 (slow).
 
 Then the per-request cost of the policy objects (balancer pick + release,
@@ -22,11 +21,11 @@ core's forwarding path measured the same way (closed loop, one connection):
 a request through the proxy to a name it does not resolve (forwarded
 directly) vs one through discovery, balancing and route policy.
 
-    python benches/bench_balancer.py            # ~90 s
+    python benches/bench_balancer.py            # ~70 s
     python benches/bench_balancer.py --quick    # ~30 s, smoke
 
-Processes: backends (one process), the destination service, the proxy, and
-this load generator; all on 127.0.0.1.
+Processes: backends (one process), the destination service, the two
+proxies, and this load generator; all on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -130,17 +129,7 @@ class Stack:
                                 stderr=subprocess.PIPE)
         self.procs.append(proc)
         wait_port(out, proc, "proxy")
-        self.proxy = proc
         return out
-
-    def stop_proxy(self) -> None:
-        self.proxy.send_signal(signal.SIGTERM)
-        try:
-            self.proxy.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proxy.kill()
-            self.proxy.wait()
-        self.procs.remove(self.proxy)
 
     def stop(self) -> None:
         for p in self.procs:
@@ -164,22 +153,27 @@ async def set_delays(ports: list[int], ms: float) -> None:
         await set_delay(port, ms)
 
 
-async def open_loop(addr, *, rate: float, seconds: float, slow_port: int | None, base_ms: float, slow_ms: float,
-                    max_outstanding: int = 400) -> tuple[list, int]:
-    """Requests start every 1/rate s for *seconds*; returns (results, requests skipped at the outstanding cap)."""
-    idle: list[Client] = []
-    results = []
+async def open_loop(addrs: dict[str, tuple[str, int]], *, rate: float, seconds: float, slow_port: int | None,
+                    base_ms: float, slow_ms: float, max_outstanding: int = 400) -> tuple[dict, dict]:
+    """Every 1/rate s one request starts to each proxy in *addrs*, for *seconds*, whatever is outstanding.
+
+    Both proxies are loaded at the same moments, in front of the same backends:
+    the slow window and the machine's noise hit them alike.  Returns results
+    and requests skipped at the outstanding cap, per proxy.
+    """
+    idle: dict[str, list[Client]] = {name: [] for name in addrs}
+    results: dict[str, list] = {name: [] for name in addrs}
+    skipped = dict.fromkeys(addrs, 0)
     tasks: set[asyncio.Task] = set()
-    skipped = 0
     total = int(rate * seconds)
     start = time.perf_counter()
 
-    async def one() -> None:
-        client = idle.pop() if idle else Client(addr)
+    async def one(name: str) -> None:
+        client = idle[name].pop() if idle[name] else Client(addrs[name])
         r = await client.request(AUTH, "/work", timeout=10)
-        results.append(r)
+        results[name].append(r)
         if client.writer is not None:
-            idle.append(client)
+            idle[name].append(client)
 
     slow_on = slow_off = None
     if slow_port is not None:
@@ -192,16 +186,18 @@ async def open_loop(addr, *, rate: float, seconds: float, slow_port: int | None,
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        if len(tasks) >= max_outstanding:
-            skipped += 1
-            continue
-        t = asyncio.ensure_future(one())
-        tasks.add(t)
-        t.add_done_callback(tasks.discard)
+        for name in addrs:
+            if len(tasks) >= max_outstanding:
+                skipped[name] += 1
+                continue
+            t = asyncio.ensure_future(one(name))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks, timeout=30)
-    for c in idle:
-        c.close()
+    for clients in idle.values():
+        for c in clients:
+            c.close()
     return results, skipped
 
 
@@ -320,11 +316,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--endpoints", type=int, default=5)
-    ap.add_argument("--rate", type=float, default=200.0, help="requests per second (open loop)")
+    ap.add_argument("--rate", type=float, default=100.0, help="requests per second to each proxy (open loop)")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each run")
     ap.add_argument("--base-ms", type=float, default=10.0)
     ap.add_argument("--slow-ms", type=float, default=500.0, help="added latency of the slow endpoint")
-    ap.add_argument("--timeout-ms", type=int, default=300, help="the route's timeout")
+    ap.add_argument("--timeout-ms", type=int, default=1000, help="the route's timeout")
     args = ap.parse_args()
     if args.quick:
         args.seconds = 6.0
@@ -334,35 +330,32 @@ def main() -> int:
         try:
             ports = stack.start_backends()
             stack.start_destination()
-            runs = [("peak-ewma", False), ("peak-ewma", True), ("round-robin", True), ("round-robin", False)]
+            # Both balancers side by side, each in its own proxy process, loaded
+            # at the same moments: first with no slow endpoint, then with one.
+            addrs = {b: (HOST, stack.start_proxy(b)) for b in ("peak-ewma", "round-robin")}
+            # warm-up: discovery resolved, connections pooled, estimates learned
+            asyncio.run(open_loop(addrs, rate=args.rate, seconds=1.0, slow_port=None, base_ms=args.base_ms, slow_ms=0))
             table = {}
-            cost = {}
-            for balancer, slow in runs:
-                addr = (HOST, stack.start_proxy(balancer))
-                # warm-up: discovery resolved, connections pooled, estimates learned
-                asyncio.run(open_loop(addr, rate=args.rate, seconds=1.0, slow_port=None, base_ms=args.base_ms,
-                                      slow_ms=0))
+            for slow in (False, True):
                 results, skipped = asyncio.run(open_loop(
-                    addr, rate=args.rate, seconds=args.seconds, slow_port=ports[-1] if slow else None,
+                    addrs, rate=args.rate, seconds=args.seconds, slow_port=ports[-1] if slow else None,
                     base_ms=args.base_ms, slow_ms=args.slow_ms))
-                s = summarize(results)
-                s["skipped"] = skipped
-                table[(balancer, slow)] = s
-                if balancer == "peak-ewma" and not slow:
-                    # Backends answer at once here: what is left is the proxy's own cost.
-                    asyncio.run(set_delays(ports, 0))
-                    cost = asyncio.run(forwarding_cost(addr, ports[0], 2000 if not args.quick else 500))
-                    asyncio.run(set_delays(ports, args.base_ms))
-                stack.stop_proxy()
+                for balancer in addrs:
+                    summary = summarize(results[balancer])
+                    summary["skipped"] = skipped[balancer]
+                    table[(balancer, slow)] = summary
+            # Backends answer at once here: what is left is the proxy's own cost.
+            asyncio.run(set_delays(ports, 0))
+            cost = asyncio.run(forwarding_cost(addrs["peak-ewma"], ports[0], 2000 if not args.quick else 500))
         finally:
             stack.stop()
     print(f"Beyond Round Robin: {args.endpoints} endpoints at {args.base_ms:g} ms, one +{args.slow_ms:g} ms for the "
-          f"middle half of each {args.seconds:g} s run, {args.rate:g} req/s open loop, route timeout "
+          f"middle half of the {args.seconds:g} s slow phase, {args.rate:g} req/s to each proxy (open loop), route timeout "
           f"{args.timeout_ms} ms, real proxy + destination service on loopback")
     # Tails on a 2-core machine follow whatever else runs: say how busy it was.
     print(f"load average (1 min) before {load_before:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'run':34} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'success':>8} {'timeouts':>8}")
-    for (balancer, slow), s in table.items():
+    for (balancer, slow), s in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0] != "peak-ewma")):
         label = f"{balancer}, {'one slow endpoint' if slow else 'no slow endpoint'}"
         print(f"{label:34} {s['n']:>8} {s['p50']:>8.1f} {s['p99']:>8.1f} {s['p999']:>9.1f} "
               f"{s['success'] * 100:>7.2f}% {s['timeouts']:>8}" + (f"  ({s['skipped']} skipped)" if s["skipped"] else ""))
