@@ -169,7 +169,7 @@ def test_timeout_fires_on_time_and_bounds_retries(tmp_path):
             c = Client(lab.outbound)
             r = await c.request(AUTH, "/items/1")
             assert r.status == 504 and r.error == "request timeout"
-            assert 0.19 <= r.latency < 0.35, r.latency
+            assert 0.19 <= r.latency < 0.5, r.latency  # on time: not the backend's 1 s
             assert backend.hits == 1
         finally:
             await teardown(lab, [backend])
@@ -186,7 +186,7 @@ def test_changed_profile_applies_on_the_next_request(tmp_path):
             lab.set_registry({("web", "shop", 8080): [backend.address]}, [retry_profile(timeout="100ms")])
             await asyncio.sleep(0.2)
             r = await c.request(AUTH, "/items/1")
-            assert r.status == 504 and r.latency < 0.25
+            assert r.status == 504 and r.error == "request timeout" and r.latency < 0.3
         finally:
             await teardown(lab, [backend])
     run(main())
@@ -257,14 +257,14 @@ def test_no_endpoints_waits_in_a_bounded_queue_then_fails_fast(tmp_path):
             results = await asyncio.gather(*(Client(lab.outbound).request(AUTH) for _ in range(3)))
             by_latency = sorted(results, key=lambda r: r.latency)
             assert all(r.status == 503 for r in results)
-            assert by_latency[0].latency < 0.1 and "too many requests waiting" in by_latency[0].error
-            assert all(0.38 <= r.latency < 0.6 and "no endpoints" in r.error for r in by_latency[1:])
+            assert by_latency[0].latency < 0.2 and "too many requests waiting" in by_latency[0].error
+            assert all(0.38 <= r.latency < 0.8 and "no endpoints" in r.error for r in by_latency[1:])
             # Endpoints that appear while a request waits serve it.
             pending = asyncio.ensure_future(Client(lab.outbound).request(AUTH))
             await asyncio.sleep(0.1)
             lab.set_registry({("web", "shop", 8080): [backend.address]})
             r = await pending
-            assert r.status == 200 and r.latency < 0.35
+            assert r.status == 200 and r.latency < 0.39  # served before its 0.4 s fail-fast
         finally:
             await teardown(lab, [backend])
     run(main())
@@ -278,10 +278,12 @@ def test_an_endpoint_that_keeps_failing_is_set_aside(tmp_path):
         try:
             results = await load(lab.outbound, AUTH, requests=400, concurrency=4, max_seconds=20)
             failed = [r for r in results if r.status != 200]
-            # Seven consecutive failures set it aside (the default route is not retried);
-            # a probe after the 1 s backoff may fail once more.
-            assert 7 <= len(failed) <= 9, [r.error for r in failed]
+            # Seven consecutive failures set it aside (the default route is not retried); up to
+            # three more were already in flight (4 connections), and each probe after a backoff
+            # (1 s, then 2 s, 4 s, ...) fails once more: a handful in all, and rare at the end.
+            assert 7 <= len(failed) <= 14, [r.error for r in failed]
             assert all(r.status == 502 for r in failed)
+            assert sum(r.status != 200 for r in results[-200:]) <= 2
         finally:
             await teardown(lab, backends)
     run(main())
