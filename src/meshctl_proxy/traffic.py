@@ -58,7 +58,7 @@ class Destination:
     """One authority: its resolution, balancer, route policy and retry budget."""
 
     __slots__ = ("authority", "watch", "balancer", "generation", "policy", "budget", "endpoints", "waiting",
-                 "known", "_profile_doc")
+                 "known", "released", "_profile_doc")
 
     def __init__(self, authority: str, watch: Watch, balancer: Balancer) -> None:
         self.authority = authority
@@ -69,6 +69,9 @@ class Destination:
         self.budget = EMPTY_POLICY.budget.make()
         self.endpoints: dict[tuple[str, int], ProxyEndpoint] = {}
         self.waiting = 0  # requests queued for an endpoint
+        # Set when a request finishes while others wait: a successful probe
+        # brings a set-aside endpoint back, and the queue must hear it.
+        self.released = asyncio.Event()
         self.known = True
         self._profile_doc: object = None
 
@@ -256,6 +259,7 @@ class TrafficRouter(DirectRouter):
             except ProxyError as exc:
                 now = clock()
                 concrete.balancer.release(endpoint, now, rtt=None, failed=True)
+                _wake(concrete)
                 actual.response(exc.status, "failure", (now - sent) * 1000)
                 if replay is not None and budget.try_withdraw(now):
                     continue
@@ -266,10 +270,12 @@ class TrafficRouter(DirectRouter):
                 # must hear it or a hung endpoint would keep looking fast.
                 now = clock()
                 concrete.balancer.release(endpoint, now, rtt=now - sent, failed=False)
+                _wake(concrete)
                 raise
             now = clock()
             failed = route.is_failure(response.status)
             concrete.balancer.release(endpoint, now, rtt=now - sent, failed=failed)
+            _wake(concrete)
             actual.response(response.status, "failure" if failed else "success", (now - sent) * 1000)
             if failed and replay is not None and budget.try_withdraw(now):
                 await _discard(response)
@@ -295,13 +301,26 @@ class TrafficRouter(DirectRouter):
                     raise ProxyError(503, f"no endpoints available for {dest.authority}")
                 wake = dest.balancer.wake_at(now)  # a set-aside endpoint's probe time
                 wait = deadline - now if wake is None else min(deadline - now, max(0.001, wake - now))
-                await dest.watch.wait_changed(dest.generation, wait)
+                changed = asyncio.ensure_future(dest.watch.wait_changed(dest.generation, wait))
+                released = asyncio.ensure_future(dest.released.wait())
+                try:
+                    await asyncio.wait((changed, released), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                    released.cancel()
                 dest.refresh()
                 endpoint = dest.balancer.acquire(clock())
                 if endpoint is not None:
                     return endpoint, dest.endpoints[endpoint.address]
         finally:
             dest.waiting -= 1
+
+
+def _wake(dest: Destination) -> None:
+    """Tell requests queued on *dest* that an endpoint may be free again."""
+    if dest.waiting:
+        released, dest.released = dest.released, asyncio.Event()
+        released.set()
 
 
 async def _discard(response: Response) -> None:

@@ -287,3 +287,21 @@ def test_an_endpoint_that_keeps_failing_is_set_aside(tmp_path):
         finally:
             await teardown(lab, backends)
     run(main())
+
+
+def test_requests_queued_behind_a_set_aside_endpoint_go_as_soon_as_its_probe_succeeds(tmp_path):
+    async def main():
+        backend = Backend("only", fail_rate=1.0)
+        lab = await lab_with(tmp_path, [backend])
+        try:
+            c = Client(lab.outbound)
+            for _ in range(7):  # seven failures in a row: set aside for 1 s
+                assert (await c.request(AUTH)).status == 500
+            backend.fail_rate = 0.0
+            results = await asyncio.gather(*(Client(lab.outbound).request(AUTH) for _ in range(5)))
+            assert [r.status for r in results] == [200] * 5
+            # One probe after the 1 s backoff; the rest follow it at once, not at the 3 s fail-fast.
+            assert max(r.latency for r in results) < 2.0, [r.latency for r in results]
+        finally:
+            await teardown(lab, [backend])
+    run(main())
