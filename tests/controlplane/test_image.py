@@ -100,7 +100,10 @@ def _wheelhouse(dest: Path) -> None:
     # The project's own wheel every time (the code changes)...
     _run([*pip, "--no-deps", "--wheel-dir", str(dest), str(ROOT)], timeout=600)
     # ...its dependencies from the cache, offline when the cache has them all (a warm run asks no index).
-    resolve = ["--find-links", str(deps), "--find-links", str(dest), "--wheel-dir", str(deps), "meshctl"]
+    # Resolve from our wheel's path, never the name: PyPI has an unrelated "meshctl" with a higher
+    # version, which a by-name resolve picks on a cold cache (it did, in a cold run).
+    (own,) = dest.glob("meshctl-*.whl")
+    resolve = ["--find-links", str(deps), "--wheel-dir", str(deps), str(own)]
     if _run([*pip, "--no-index", *resolve], check=False, timeout=600).returncode != 0:
         _run([*pip, *resolve], timeout=1200)
     for w in deps.glob("*.whl"):
