@@ -44,3 +44,12 @@ def test_demo_refuses_bad_flags_in_one_line():
                                              "(e.g. 127.0.10), got '10.0.0'"]
     r = run_cli("demo", "--duration", "soon")
     assert r.returncode == 1 and "--duration" in r.stderr
+
+
+def test_demo_outside_a_checkout_says_what_is_missing(tmp_path):
+    from meshctl import demo
+    from meshctl.errors import MeshctlError
+
+    with pytest.raises(MeshctlError, match="needs the project's samples/ directory"):
+        demo.check_samples(tmp_path)
+    assert demo.check_samples() == demo.SAMPLES  # this checkout has them

@@ -97,8 +97,14 @@ def register(app: typer.Typer) -> None:
                 report(f"√ the shop is meshed: mTLS between proxies, endpoints and ServiceProfiles from the destination service")
                 before = run.scrape()
                 report(f"• sending {rps:g} rps to product-gateway-api for {duration}")
-                codes = run.drive(rps=rps, seconds=seconds,
-                                  on_tick=(lambda done, total: report(f"  {done}/{total} requests")) if verbose else (lambda d, t: None))
+                # Progress every five seconds of traffic (every second with --verbose).
+                every = max(1, int(rps)) * (1 if verbose else 5)
+
+                def tick(done: int, total: int) -> None:
+                    if done == total or (done - 1) % every == 0:
+                        report(f"  {done}/{total} requests sent")
+
+                codes = run.drive(rps=rps, seconds=seconds, on_tick=tick)
                 after = run.scrape()
             window = {name: after[name].minus(before[name]) for name in after}
             stats = viz.workload_stats(window)

@@ -110,6 +110,14 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+def check_samples(samples: Path = SAMPLES) -> Path:
+    """The demo runs the sample apps and specs of a source checkout; say so when they are not there."""
+    if not (samples / "apps" / "shop.py").is_file() or not (samples / "swagger").is_dir():
+        raise MeshctlError(f"meshctl demo needs the project's samples/ directory (not found at {samples}): "
+                           "run it from a source checkout (pip install -e .)")
+    return samples
+
+
 def profiles(plan: Plan, samples: Path = SAMPLES) -> list[dict]:
     """ServiceProfiles of the three APIs, generated from their specs as ``meshctl profile --open-api`` does."""
     from meshctl.profiles.openapi import from_openapi, load_spec
@@ -195,6 +203,7 @@ class DemoRun:
         from meshctl.identity.certs import generate_issuer, generate_trust_anchor
 
         plan, d = self.plan, self.dir
+        check_samples()
         self.progress("generating the trust anchor and issuer")
         anchor = generate_trust_anchor(common_name=f"root.{MESH_NAMESPACE}.{TRUST_DOMAIN}")
         issuer = generate_issuer(anchor, common_name=f"identity.{MESH_NAMESPACE}.{TRUST_DOMAIN}")
