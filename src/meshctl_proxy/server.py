@@ -317,20 +317,13 @@ class DetectProtocol(asyncio.Protocol):
             transport.pause_reading()
             proxy.spawn(proxy.terminate_tls(transport, ctx, initial, self.stats))
             return
-        if kind == detection.H1:
-            ctx.protocol = detection.H1
-            handler = H1ServerConnection(proxy, ctx, self.stats)
-            transport.set_protocol(handler)
-            handler.connection_made(transport)
-            handler.feed_initial(initial)
-            if eof:
-                handler.eof_received()
-            return
-        if kind == detection.H2:
-            from meshctl_proxy.http2_proxy import H2ServerConnection
-
-            ctx.protocol = detection.H2
-            handler = H2ServerConnection(proxy, ctx, self.stats)
+        if kind in (detection.H1, detection.H2):
+            if kind == detection.H1:
+                server_connection = H1ServerConnection
+            else:  # h2 is imported only when a connection speaks it (start-up, idle memory)
+                from meshctl_proxy.http2_proxy import H2ServerConnection as server_connection
+            ctx.protocol = kind
+            handler = server_connection(proxy, ctx, self.stats)
             transport.set_protocol(handler)
             handler.connection_made(transport)
             handler.feed_initial(initial)
