@@ -96,7 +96,9 @@ class H1ServerConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.rt.connections.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._serve())
+        # One lookup per connection: on Python 3.11 get_running_loop() is a getpid() syscall.
+        self.loop = loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._serve())
 
     def feed_initial(self, data: bytes) -> None:
         """The bytes protocol detection read (and counted) before handing over."""
@@ -421,7 +423,7 @@ class H1ServerConnection(asyncio.Protocol):
         stats.requests += 1
         self.busy = True
         self.responding = False
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         start = loop.time()
         endpoint = self._endpoints.get(request.authority) if self._pure_router else None
         if endpoint is None:
@@ -474,7 +476,7 @@ class H1ServerConnection(asyncio.Protocol):
         self.responding = True
         keep = self._respond_now(request, head, response, stats, latency * 1000)
         if keep is None:
-            self.stream_task = asyncio.get_running_loop().create_task(
+            self.stream_task = self.loop.create_task(
                 self._finish_streaming(request, head, response, stats, latency * 1000))
             return
         self._fast_finished(self._after_response(request, keep))
@@ -550,6 +552,7 @@ class H1ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.loop = asyncio.get_running_loop()
         if transport.get_extra_info("ssl_object") is not None:
             self.tls = "true"
         self.stats.opened += 1
@@ -673,7 +676,7 @@ class H1ClientConnection(asyncio.Protocol):
         """Send *request*; ``callback(response, None)`` once its head (and any body already read) is in,
         or ``callback(None, exc)`` if it fails first.  Called from our data_received: no task."""
         self._callback = callback
-        self._send_request(request, asyncio.get_running_loop(), None)
+        self._send_request(request, self.loop, None)
 
     def _fire(self, response: Response | None, exc: BaseException | None) -> None:
         callback, self._callback = self._callback, None

@@ -11,6 +11,7 @@ installed, else through as opaque TCP.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -25,6 +26,10 @@ from meshctl_proxy.tcp import PipeEnd, splice
 from meshctl_proxy.transparent import original_dst
 
 log = logging.getLogger("meshctl_proxy")
+
+# Young-generation collections every this many net container allocations (CPython: 700);
+# see settle_heap().
+GC_YOUNG_THRESHOLD = 20_000
 
 # Bytes we are willing to hold while deciding what protocol a connection speaks.
 MAX_DETECT_BYTES = 64 * 1024
@@ -350,6 +355,21 @@ def configure_logging(config) -> None:
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
 
 
+def settle_heap() -> None:
+    """Move everything built at start-up out of the collector's sight, and collect young objects less often.
+
+    The proxy allocates a few container objects per request, almost all freed
+    by reference counting.  With CPython's defaults a young-generation pass ran
+    every ~25 requests and the occasional full pass walked every module and
+    config object loaded at start (profiled: ~5% of the proxy's CPU under load,
+    and millisecond pauses in the latency tail).  ``gc.freeze()`` makes the
+    start-up heap permanent; cycles made while serving are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+
+
 async def serve(config, **seams) -> int:
     """Run a proxy until SIGTERM/SIGINT (or POST /shutdown) and its drain complete."""
     from meshctl_proxy.mtls import Mesh
@@ -358,6 +378,7 @@ async def serve(config, **seams) -> int:
     proxy = Proxy(config, **{**mesh.seams(), **seams})
     await proxy.start()
     mesh.attach(proxy)
+    settle_heap()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.begin_shutdown)
