@@ -11,10 +11,12 @@ Measured per target: closed-loop throughput with wrk (HTTP/1.1) and h2load
 (HTTP/2, prior knowledge), requests per second per proxy core (requests /
 proxy CPU seconds, from /proc), latency at a fixed 1,000 req/s (a paced
 open-loop client: wrk2 is not in Debian, h2load --rps prints no
-percentiles), and proxy RSS idle and under load.
+percentiles; the targets take turns in 1 s slices so machine noise
+falls on all alike), and proxy RSS idle and under load.
 
     python benches/bench_proxy.py                   # defaults: 5 s per run, 3 repeats
     python benches/bench_proxy.py --duration 3 --repeat 1 --no-h2
+    python benches/bench_proxy.py --latency-only --duration 10 --repeat 3
     python benches/bench_proxy.py --metrics         # hand-written counters vs prometheus_client
 
 Needs wrk, h2load (nghttp2-client), haproxy and nginx (scripts/apt-packages.txt).
@@ -39,6 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = "hello world\n"
+# Paced latency runs are cut into slices of this many seconds, targets taking turns.
+LATENCY_SLICE_S = 1.0
 
 
 def free_port() -> int:
@@ -258,12 +262,14 @@ async def _paced(port: int, host: str, rate: int, duration: float, conns: int) -
     return latencies
 
 
-def run_paced(port: int, host: str, *, rate: int, duration: float, conns: int = 16) -> dict:
+def run_paced(port: int, host: str, *, rate: int, duration: float, conns: int = 16) -> list[float]:
     import uvloop
 
-    lat = uvloop.run(_paced(port, host, rate, duration, conns))
-    lat.sort()
-    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return uvloop.run(_paced(port, host, rate, duration, conns))
+
+
+def latency_summary(lat: list[float]) -> dict:
+    q = statistics.quantiles(sorted(lat), n=100, method="inclusive")
     return {"p50": q[49], "p99": q[98], "n": len(lat)}
 
 
@@ -309,7 +315,7 @@ def bench(args) -> None:
             return r
 
         for rep in range(args.repeat):
-            for name, port, pids in h1_targets:
+            for name, port, pids in ([] if args.latency_only else h1_targets):
                 host_hdr = f"127.0.0.1:{up1}"
                 if name == "meshctl x1" and rep == 0:
                     # RSS under load: sampled in the middle of a wrk run.
@@ -319,14 +325,21 @@ def bench(args) -> None:
                     t.start()
                 measure("h1", name, port, pids, host_hdr,
                         lambda pt, h: run_wrk(pt, h, connections=args.connections, duration=args.duration))
-            if not args.no_h2:
+            if not (args.no_h2 or args.latency_only):
                 for name, port, pids in h2_targets:
                     measure("h2", name, port, pids, f"127.0.0.1:{up2}",
                             lambda pt, h: run_h2load(pt, h, connections=args.connections // 4 or 1,
                                                      duration=args.duration))
-            for name, port, pids in h1_targets:
-                r = run_paced(port, f"127.0.0.1:{up1}", rate=args.rate, duration=args.duration)
-                results.setdefault(("paced", name), []).append(r)
+            # Latency: the targets take turns in short slices, so a burst of noise from the
+            # rest of the machine falls on all of them alike instead of on one target's run.
+            slices = max(1, round(args.duration / LATENCY_SLICE_S))
+            pooled: dict[str, list[float]] = {name: [] for name, _p, _ in h1_targets}
+            for _ in range(slices):
+                for name, port, _pids in h1_targets:
+                    pooled[name] += run_paced(port, f"127.0.0.1:{up1}", rate=args.rate,
+                                              duration=args.duration / slices)
+            for name, lat in pooled.items():
+                results.setdefault(("paced", name), []).append(latency_summary(lat))
         report(results, idle_rss, load_rss, args)
     finally:
         procs.stop()
@@ -421,6 +434,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32, help="wrk connections (h2load uses a quarter, x10 streams)")
     ap.add_argument("--rate", type=int, default=1000, help="paced latency run: requests per second (default 1000)")
     ap.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 runs")
+    ap.add_argument("--latency-only", action="store_true", help="only the paced latency runs (and RSS idle)")
     ap.add_argument("--metrics", action="store_true", help="only the metrics hot-path micro-benchmark")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))

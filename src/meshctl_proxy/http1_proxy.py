@@ -71,6 +71,13 @@ class H1ServerConnection(asyncio.Protocol):
         self._pure_router = type(router) in (DirectRouter, InboundRouter)
         self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
         self._endpoints: dict[str, Endpoint] = {}
+        # Asked of the router's own class: a wrapper that delegates attributes to an inner
+        # router (policy, authorization) must not be skipped by the inner one's answer.
+        self._direct = getattr(type(router), "direct", None)
+        self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
+        self._fast_retried = False
+        self._host_bytes: bytes | None = None  # the last request's Host, and as str
+        self._host = ""
         self.upstream = runtime.upstreams[ctx.direction]
         self.reader = http1.RequestReader()
         self.transport = None
@@ -138,7 +145,8 @@ class H1ServerConnection(asyncio.Protocol):
     def _on_head(self, head: RequestHead) -> None:
         target = head.target
         authority = head.host
-        absolute = _absolute_form(target)
+        # Origin form ("/path") is the common case; only otherwise look for absolute form.
+        absolute = None if target[:1] == b"/" else _absolute_form(target)
         if absolute is not None:
             authority, target = absolute
         if head.chunked or head.content_length:
@@ -153,8 +161,11 @@ class H1ServerConnection(asyncio.Protocol):
             headers = [(k, authority if k.lower() == b"host" else v) for k, v in headers]
             if head.host is None:
                 headers.append((b"host", authority))
-        request = Request(head.method, target, (authority or b"").decode("latin-1"), headers, body,
-                          protocol="http/1", context=self.ctx, upgrade=head.upgrade)
+        if authority != self._host_bytes:  # the same Host as the last request: reuse its str
+            self._host_bytes = authority
+            self._host = (authority or b"").decode("latin-1")
+        request = Request(head.method, target, self._host, headers, body, b"http", "http/1", self.ctx, None,
+                          head.upgrade)
         if head.expect_continue:
             request.interim = self._interim
         if head.upgrade is not None:
@@ -414,9 +425,7 @@ class H1ServerConnection(asyncio.Protocol):
         a connect failure is answered with its 502/504.
         """
         router = self.router
-        # Asked of the router's own class: a wrapper that delegates attributes to an inner
-        # router (policy, authorization) must not be skipped by the inner one's answer.
-        direct = getattr(type(router), "direct", None)
+        direct = self._direct
         if direct is None or not direct(router, request):
             return False
         stats = self._http_stats_for(request.authority)
@@ -434,43 +443,44 @@ class H1ServerConnection(asyncio.Protocol):
                 return True
             if self._pure_router and len(self._endpoints) < 64:
                 self._endpoints[request.authority] = endpoint
-        observe = self._observing
-        pool = self.upstream.h1
-        retried = False
-
-        def done(response: Response | None, exc: BaseException | None) -> None:
-            nonlocal retried
-            latency = loop.time() - start
-            if self.closed:
-                return
-            if exc is not None:
-                if isinstance(exc, UpstreamClosed) and exc.before_response and not retried:
-                    retried = True  # the pooled connection had been closed by the server
-                    self.stream_task = loop.create_task(connect_then_send())
-                    return
-                response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
-            if observe:
-                router.observe(endpoint, Outcome(response.status if response.error is None else None, latency,
-                                                 response.error))
-            self._fast_answer(request, head, response, stats, latency)
-
-        async def connect_then_send() -> None:
-            try:
-                conn = await pool.connect(endpoint, request.authority)
-            except ProxyError as exc:
-                done(None, exc)
-                return
-            if self.closed:
-                conn.transport.close()
-                return
-            conn.start_exchange(request, done)
-
-        conn = pool.take_idle(endpoint)
+        # One fast exchange at a time per client connection (busy): its state lives here.
+        self._fast = (request, head, stats, start, endpoint)
+        self._fast_retried = False
+        conn = self.upstream.h1.take_idle(endpoint)
         if conn is None:
-            self.stream_task = loop.create_task(connect_then_send())
+            self.stream_task = loop.create_task(self._fast_connect())
         else:
-            conn.start_exchange(request, done)
+            conn.start_exchange(request, self._fast_done)
         return True
+
+    def _fast_done(self, response: Response | None, exc: BaseException | None) -> None:
+        """The upstream's answer (or failure) to the fast exchange in flight."""
+        request, head, stats, start, endpoint = self._fast
+        latency = self.loop.time() - start
+        if self.closed:
+            return
+        if exc is not None:
+            if isinstance(exc, UpstreamClosed) and exc.before_response and not self._fast_retried:
+                self._fast_retried = True  # the pooled connection had been closed by the server
+                self.stream_task = self.loop.create_task(self._fast_connect())
+                return
+            response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
+        if self._observing:
+            self.router.observe(endpoint, Outcome(response.status if response.error is None else None, latency,
+                                                  response.error))
+        self._fast_answer(request, head, response, stats, latency)
+
+    async def _fast_connect(self) -> None:
+        request, _head, _stats, _start, endpoint = self._fast
+        try:
+            conn = await self.upstream.h1.connect(endpoint, request.authority)
+        except ProxyError as exc:
+            self._fast_done(None, exc)
+            return
+        if self.closed:
+            conn.transport.close()
+            return
+        conn.start_exchange(request, self._fast_done)
 
     def _fast_answer(self, request: Request, head: RequestHead, response: Response, stats, latency: float) -> None:
         self.responding = True
@@ -553,6 +563,7 @@ class H1ClientConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.loop = asyncio.get_running_loop()
+        self._pause, self._resume = transport.pause_reading, transport.resume_reading  # each body's backpressure
         if transport.get_extra_info("ssl_object") is not None:
             self.tls = "true"
         self.stats.opened += 1
@@ -598,8 +609,7 @@ class H1ClientConnection(asyncio.Protocol):
                 or (self.request is not None and self.request.method == b"HEAD")):
             body = EMPTY
         else:
-            t = self.transport
-            body = Body(head.content_length, pause=t.pause_reading, resume=t.resume_reading)
+            body = Body(head.content_length, pause=self._pause, resume=self._resume)
             self.close_delimited = head.content_length is None and not head.chunked
         self.body = body
         self.response = Response(status, head.headers, body, head.reason, endpoint=self.endpoint)
@@ -777,8 +787,10 @@ class H1Pool:
         self.idle: dict[Endpoint, list[H1ClientConnection]] = {}
 
     def release(self, conn: H1ClientConnection) -> None:
-        idle = self.idle.setdefault(conn.endpoint, [])
-        if len(idle) >= self.MAX_IDLE:
+        idle = self.idle.get(conn.endpoint)
+        if idle is None:
+            idle = self.idle[conn.endpoint] = []
+        elif len(idle) >= self.MAX_IDLE:
             conn.transport.close()
             return
         conn.reused = True
