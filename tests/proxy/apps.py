@@ -170,7 +170,10 @@ class H2App(asyncio.Protocol):
     Paths: ``/echo`` (body back, request headers as x-req-* , trailers when the
     request has ``want-trailers: 1``), ``/big?size=N`` (flow-controlled body),
     ``/slow?s=F``, ``/reset?code=N`` (RST_STREAM before answering),
-    ``/stream?n=N&gap=F`` (DATA frames spaced in time).
+    ``/stream?n=N&gap=F`` (DATA frames spaced in time), ``/malformed?what=W``
+    (a response RFC 9113 calls malformed: ``upper`` a field name in upper
+    case, ``status`` a non-numeric :status, ``trailers`` a pseudo-header in
+    the trailers).
     """
 
     server: asyncio.AbstractServer | None = None
@@ -237,7 +240,19 @@ class H2App(asyncio.Protocol):
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         conn = self.conn
         try:
-            if url.path == "/reset":
+            if url.path == "/malformed":
+                what = q.get("what", "upper")
+                conn.config.validate_outbound_headers = conn.config.normalize_outbound_headers = False
+                try:  # h2 would refuse to send these
+                    status = b"2xx" if what == "status" else b"200"
+                    extra = [(b"X-Upper", b"1")] if what == "upper" else []
+                    conn.send_headers(sid, [(b":status", status), *extra])
+                    conn.send_data(sid, b"body")
+                    trailers = [(b":status", b"200")] if what == "trailers" else [(b"x-t", b"1")]
+                    conn.send_headers(sid, trailers, end_stream=True)
+                finally:
+                    conn.config.validate_outbound_headers = conn.config.normalize_outbound_headers = True
+            elif url.path == "/reset":
                 conn.reset_stream(sid, int(q.get("code", "2")))
             elif url.path == "/slow":
                 await asyncio.sleep(float(q.get("s", "0.5")))

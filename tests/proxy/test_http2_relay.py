@@ -17,7 +17,11 @@ import h2.events
 from meshctl_proxy import config
 from meshctl_proxy.body import Body
 from meshctl_proxy.h2limits import FloodGuard
-from meshctl_proxy.http2_proxy import STREAM_WINDOW, GoawayFilter, H2ServerConnection, UpstreamReset, end_to_end_h2
+import pytest
+from hpack import NeverIndexedHeaderTuple
+
+from meshctl_proxy.h2headers import MalformedHeaders, check_request, check_response, check_trailers, h2_fields
+from meshctl_proxy.http2_proxy import STREAM_WINDOW, GoawayFilter, H2ServerConnection, UpstreamReset
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Response
 from meshctl_proxy.server import Proxy
 
@@ -231,10 +235,66 @@ def test_drain_sends_goaway_and_finishes_open_streams():
     asyncio.run(main())
 
 
-def test_end_to_end_h2_drops_pseudo_and_connection_specific_fields():
-    got = end_to_end_h2([(b":method", b"GET"), (b"te", b"trailers"), (b"te", b"gzip"), (b"connection", b"x"),
-                         (b"upgrade", b"h2c"), (b"x-a", b"1")])
+def test_h2_fields_drops_pseudo_and_connection_specific_fields_and_lowers_names():
+    got = h2_fields([(b":method", b"GET"), (b"te", b"trailers"), (b"te", b"gzip"), (b"Connection", b"x"),
+                     (b"upgrade", b"h2c"), (b"X-A", b"1"), (b"host", b"h")], skip=b"host")
     assert got == [(b"te", b"trailers"), (b"x-a", b"1")]
+
+
+def test_h2_fields_keeps_credentials_out_of_the_hpack_table():
+    got = h2_fields([(b"Authorization", b"Bearer t"), (b"cookie", b"s=1"), (b"cookie", b"x" * 40),
+                     NeverIndexedHeaderTuple(b"x-secret", b"v"), (b"x-plain", b"v")])
+    assert [type(f) is NeverIndexedHeaderTuple for f in got] == [True, True, False, True, False]
+    assert got[0] == (b"authorization", b"Bearer t")
+
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc:80"), (b":path", b"/")]
+
+
+@pytest.mark.parametrize("headers", [
+    REQUEST + [(b"X-A", b"1")],
+    REQUEST + [(b"", b"1")],
+    REQUEST + [(b"x a", b"1")],
+    REQUEST + [(b"x\xffa", b"1")],
+    REQUEST + [(b"keep-alive", b"1")],
+    REQUEST + [(b"transfer-encoding", b"chunked")],
+    REQUEST + [(b"te", b"gzip")],
+    REQUEST + [(b"x-a", b"a\x00b")],
+    REQUEST + [(b"x-a", b"a\nb")],
+    REQUEST + [(b"x-a", b"a\t")],
+    REQUEST + [(b"host", b"a"), (b"host", b"a")],
+    REQUEST + [(b"host", b"other:80")],
+    REQUEST + [(b":protocol", b"websocket")],
+    [(b"x-a", b"1")] + REQUEST,
+    REQUEST + [(b":method", b"POST")],
+    REQUEST[1:],
+    REQUEST[:1] + REQUEST[2:],
+    REQUEST[:3],
+    REQUEST[:3] + [(b":path", b"")],
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")],
+    [(b":method", b"CONNECT"), (b":authority", b"a:1"), (b":path", b"/")],
+    REQUEST + [(b":status", b"200")],
+])
+def test_check_request_refuses_what_rfc_9113_calls_malformed(headers):
+    with pytest.raises(MalformedHeaders):
+        check_request(headers)
+
+
+def test_check_request_accepts_well_formed_blocks():
+    assert check_request(REQUEST + [(b"te", b"Trailers"), (b"x-a", b""), (b"x-b", b"a b")])[b":path"] == b"/"
+    assert check_request([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h")])
+    assert check_request([(b":method", b"CONNECT"), (b":authority", b"h:443")])[b":method"] == b"CONNECT"
+
+
+def test_check_response_and_trailers():
+    assert check_response([(b":status", b"204"), (b"x-a", b"1")]) == 204
+    for bad in ([(b"x-a", b"1")], [(b":status", b"2xx")], [(b":status", b"20")], [(b":status", b"200"),
+                (b":path", b"/")], [(b":status", b"200"), (b"Server", b"x")]):
+        with pytest.raises(MalformedHeaders):
+            check_response(bad)
+    check_trailers([(b"grpc-status", b"0")])
+    with pytest.raises(MalformedHeaders):
+        check_trailers([(b":status", b"200")])
 
 
 def test_flood_guard_counts_per_second():

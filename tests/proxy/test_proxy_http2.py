@@ -120,9 +120,12 @@ def test_unreachable_upstream_is_502_with_reason(proxy):
 class RawH2:
     """A bare h2 client over a socket, to send what polite clients never would."""
 
-    def __init__(self, addr) -> None:
+    def __init__(self, addr, *, validate: bool = True) -> None:
         self.sock = socket.create_connection(addr, timeout=5)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        # validate=False: h2 sends whatever header block it is given (to send malformed ones).
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=validate,
+            normalize_outbound_headers=validate))
         self.conn.initiate_connection()
         self.flush()
 
@@ -307,3 +310,67 @@ def test_sigterm_sends_goaway_and_finishes_open_streams(start_proxy, h2app):
     assert body == b"slow"
     raw.close()
     assert p.proc.wait(10) == 0
+
+
+MALFORMED_REQUESTS = {
+    "upper-case name": [(b"X-Upper", b"1")],
+    "connection-specific field": [(b"connection", b"keep-alive")],
+    "te other than trailers": [(b"te", b"gzip")],
+    "CR LF in a value": [(b"x-a", b"1\r\nx-injected: 1")],
+    "value with surrounding space": [(b"x-a", b" 1")],
+    "colon inside a name": [(b"x:a", b"1")],
+    "pseudo-header after a regular field": [(b"x-a", b"1"), (b":protocol", b"x")],
+    "host differs from :authority": [(b"host", b"elsewhere:80")],
+}
+
+
+def test_malformed_requests_are_refused_and_the_connection_goes_on(proxy, h2app):
+    """RFC 9113 sections 8.1.1 and 8.2: each is a stream error (PROTOCOL_ERROR); nothing reaches the upstream."""
+    raw = RawH2(proxy.outbound, validate=False)
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", auth(h2app).encode())]
+    cases = {name: base + [(b":path", b"/echo?bad=%d" % i)] + extra
+             for i, (name, extra) in enumerate(MALFORMED_REQUESTS.items())}
+    cases["no :path"] = base + [(b"x-a", b"1")]
+    cases["duplicate :method"] = [(b":method", b"GET")] + base + [(b":path", b"/echo?bad=dup")]
+    cases["empty :path"] = base + [(b":path", b"")]
+    cases["unknown pseudo-header"] = base + [(b":path", b"/echo?bad=pseudo"), (b":foo", b"1")]
+    before = len(h2app.requests)
+    for name, headers in cases.items():
+        sid = raw.request(headers)
+        events = raw.until_stream_done(sid)
+        resets = [e for e in events if isinstance(e, h2.events.StreamReset) and e.stream_id == sid]
+        assert resets and resets[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR, name
+        assert not [e for e in events if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid], name
+    assert len(h2app.requests) == before  # none went upstream
+    sid = raw.request(base + [(b":path", b"/echo?good=1"), (b"authorization", b"Bearer x"), (b"cookie", b"a=1")])
+    events = raw.until_stream_done(sid)
+    resp = next(e for e in events if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid)
+    assert dict(resp.headers)[b":status"] == b"200"
+    upstream_saw = h2app.requests[-1]
+    assert upstream_saw[b"authorization"] == b"Bearer x" and upstream_saw[b"cookie"] == b"a=1"
+    raw.close()
+
+
+def test_malformed_upstream_responses_fail_only_their_stream(proxy, h2app):
+    raw = RawH2(proxy.outbound)
+
+    def get(path: bytes) -> list:
+        return raw.until_stream_done(raw.request([(b":method", b"GET"), (b":path", path), (b":scheme", b"http"),
+                                                  (b":authority", auth(h2app).encode())]))
+
+    get(b"/echo")  # the pooled upstream connection exists
+    before = h2app.connections
+    for what in (b"upper", b"status"):
+        events = get(b"/malformed?what=" + what)
+        resp = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+        headers = dict(resp.headers)
+        assert headers[b":status"] == b"502", what
+        assert b"malformed" in headers[b"meshctl-proxy-error"], what
+    events = get(b"/malformed?what=trailers")  # the response had begun: the client's stream is reset
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets and resets[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert not [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+    events = get(b"/echo")
+    assert dict(next(e for e in events if isinstance(e, h2.events.ResponseReceived)).headers)[b":status"] == b"200"
+    assert h2app.connections == before  # the upstream connection outlived the bad streams
+    raw.close()
