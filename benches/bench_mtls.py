@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from meshctl.identity import certs  # noqa: E402
 from meshctl_proxy import tls  # noqa: E402
-from meshctl_proxy.tls_stream import TlsServerTransport  # noqa: E402
+from meshctl_proxy.tls_stream import TlsTransport  # noqa: E402
 
 SERVER = "b.bench.serviceaccount.identity.meshctl.cluster.local"
 CLIENT = "a.bench.serviceaccount.identity.meshctl.cluster.local"
@@ -72,7 +72,7 @@ async def _handshakes(n: int, *, server_ctx, client_ctx, server_hostname: str, m
                 asyncio.ensure_future(self.finish())
 
         async def finish(self):
-            t = TlsServerTransport(self.transport, server_ctx)
+            t = TlsTransport(server_ctx, server_side=True, raw=self.transport)
             self.transport.resume_reading()
             sslobj = await t.handshake(self.buf, timeout=10)
             tls.peer_identity(sslobj)

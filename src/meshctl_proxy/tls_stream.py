@@ -1,11 +1,21 @@
-"""Terminate TLS on a connection whose first bytes were already read.
+"""Mesh TLS as an ``asyncio.Transport`` over a plain one, both ends.
 
-Inbound protocol detection reads the ClientHello before anyone knows it is
+Inbound, protocol detection reads the ClientHello before anyone knows it is
 TLS, and ``loop.start_tls`` cannot be handed bytes already taken off the
-socket.  So mesh TLS is terminated here with ``ssl.MemoryBIO``: the raw
-transport feeds ciphertext in (the detected prefix first), the application
-protocol sees a plain ``asyncio.Transport`` whose ``ssl_object`` extra is the
-verified session.  It works the same on the default loop and uvloop.
+socket, so the session runs over ``ssl.MemoryBIO``: the raw transport feeds
+ciphertext in (the detected prefix first) and the application protocol sees
+a plain ``asyncio.Transport`` whose ``ssl_object`` extra is the verified
+session.  Outbound, :func:`connect` originates TLS the same way.
+
+Both ends use this rather than the event loop's SSL transport because it is
+cheaper per record (docs/performance.md, "mTLS between proxies"): uvloop's
+is Cython over the same ``ssl.MemoryBIO`` but asks ``ssl`` for a 256 KiB
+object on every read and ends each read on a raised ``SSLWantReadError``
+(whose message is formatted each time).  Here a read asks for one maximal
+record (RFC 8446 section 5.1: 2^14 bytes of plaintext), stops as soon as the
+input is consumed, and a write is one ``SSL_write`` and one raw write.
+Calls go to the ``_ssl`` object under ``ssl.SSLObject`` directly: its
+Python wrapper methods only forward, one frame per record saved.
 
 Half-close: like asyncio's own SSL transport, ``can_write_eof()`` is False
 (TLS 1.3 close_notify then continued reading is not something Python's ssl
@@ -17,35 +27,47 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-_READ = 64 * 1024
-# One buffer for every connection: the event loop is single-threaded and each
-# read is copied out before the next, so sharing is safe and saves memory.
-_READ_BUFFER = bytearray(_READ)
-_READ_VIEW = memoryview(_READ_BUFFER)
+# The most plaintext one TLS record carries (RFC 8446 section 5.1).  Asking
+# for exactly that per read allocates once and needs no copy out of a buffer.
+_MAX_RECORD = 16384
 
 
-class TlsServerTransport(asyncio.Transport):
-    """The plaintext side of a TLS session running over *raw*."""
+class TlsTransport(asyncio.Transport):
+    """The plaintext side of a TLS session running over a raw transport.
 
-    def __init__(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+    Server side: ``TlsTransport(context, server_side=True, raw=transport)``
+    takes over an accepted connection.  Client side: :func:`connect`.
+    """
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None,
+                 raw: asyncio.Transport | None = None) -> None:
         super().__init__()
-        self._raw = raw
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(self._in, self._out, server_side=True)
+        self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
+        self._sslobj = self._ssl._sslobj  # the C object the wrapper forwards to (module docstring)
+        self._raw: asyncio.Transport | None = None
         self._app: asyncio.Protocol | None = None
+        self._handshaking = True
         self._handshake: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending: list[bytes] = []  # plaintext that arrived before the app protocol was attached
         self._pending_eof = False
         self._lost: tuple | None = None
         self._closing = False
-        self._app_write_paused = False
-        raw.set_protocol(_RawSide(self))
+        if raw is not None:
+            self._raw = raw
+            raw.set_protocol(_RawSide(self))
+
+    def raw_protocol(self) -> asyncio.Protocol:
+        """A protocol factory for ``loop.create_connection``: the raw side of this session."""
+        return _RawSide(self)
 
     # --- the handshake -----------------------------------------------------------
-    async def handshake(self, prefix: bytes, *, timeout: float) -> ssl.SSLObject:
-        """Feed *prefix* (the bytes detection read) and complete the handshake, or raise."""
-        if prefix:
-            self._feed(prefix)
+    async def handshake(self, prefix: bytes = b"", *, timeout: float) -> ssl.SSLObject:
+        """Feed *prefix* (server: the bytes detection read), complete the handshake, or raise.
+
+        On the client side the first step writes the ClientHello.
+        """
+        self._feed(prefix)
         try:
             async with asyncio.timeout(timeout):
                 await self._handshake
@@ -73,30 +95,38 @@ class TlsServerTransport(asyncio.Transport):
 
     # --- ciphertext in ---------------------------------------------------------------
     def _feed(self, data: bytes) -> None:
-        self._in.write(data)
-        if not self._handshake.done():
-            try:
-                self._ssl.do_handshake()
-            except ssl.SSLWantReadError:
-                self._flush()
-                return
-            except (ssl.SSLError, ValueError) as exc:
-                self._flush()  # let the alert (bad certificate, ...) reach the client
-                self._handshake.set_exception(exc)
-                self._raw.close()
-                return
-            self._flush()
-            self._handshake.set_result(None)
+        if data:
+            self._in.write(data)
+        if self._handshaking and not self._advance_handshake():
+            return
         self._read_plaintext()
 
+    def _advance_handshake(self) -> bool:
+        """One handshake step; True once it is complete (the caller reads on)."""
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, ValueError) as exc:
+            self._handshaking = False
+            self._flush()  # let the alert (bad certificate, ...) reach the peer
+            if not self._handshake.done():
+                self._handshake.set_exception(exc)
+            self._raw.close()
+            return False
+        self._handshaking = False
+        self._flush()
+        if not self._handshake.done():
+            self._handshake.set_result(None)
+        return True
+
     def _read_plaintext(self) -> None:
-        chunks, eof = [], False
-        buf = _READ_BUFFER
+        read, incoming, sslobj = self._sslobj.read, self._in, self._sslobj
+        data, more, eof = b"", None, False
         while True:
             try:
-                # Into one shared buffer, copied out at once: asking ssl for a fresh
-                # n-byte object per read costs an n-byte allocation per record.
-                n = self._ssl.read(_READ, buf)
+                chunk = read(_MAX_RECORD)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify
@@ -105,15 +135,22 @@ class TlsServerTransport(asyncio.Transport):
             except ssl.SSLError:
                 self._raw.abort()
                 return
-            if not n:
+            if not chunk:
                 eof = True
                 break
-            chunks.append(bytes(_READ_VIEW[:n]))
-            if not self._in.pending and not self._ssl.pending():
+            if not data:
+                data = chunk
+            elif more is None:
+                more = [data, chunk]
+            else:
+                more.append(chunk)
+            if not incoming.pending and not sslobj.pending():
                 break  # all consumed: skip the SSLWantReadError a further read would raise
-        self._flush()  # reads can produce records too (TLS 1.3 KeyUpdate replies)
-        if chunks:
-            data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+        if self._out.pending:  # reads can produce records too (TLS 1.3 KeyUpdate replies)
+            self._raw.write(self._out.read())
+        if more is not None:
+            data = b"".join(more)
+        if data:
             if self._app is None:
                 self._pending.append(data)
             else:
@@ -140,10 +177,10 @@ class TlsServerTransport(asyncio.Transport):
     def write(self, data) -> None:
         if self._closing or not data:
             return
-        view, off = memoryview(data), 0
-        while off < len(view):
-            off += self._ssl.write(view[off:])
-        self._flush()
+        # Without SSL_MODE_ENABLE_PARTIAL_WRITE (Python never sets it) SSL_write takes all of
+        # *data* or fails, and a MemoryBIO never refuses output: one call, one raw write.
+        self._sslobj.write(data)
+        self._raw.write(self._out.read())
 
     def writelines(self, list_of_data) -> None:
         self.write(b"".join(list_of_data))
@@ -206,21 +243,45 @@ class TlsServerTransport(asyncio.Transport):
         return self._raw.get_write_buffer_limits()
 
 
+async def connect(protocol_factory, host: str, port: int, context: ssl.SSLContext, *, server_hostname: str,
+                  handshake_timeout: float) -> tuple[TlsTransport, asyncio.Protocol]:
+    """Originate TLS to *host*:*port* (SNI *server_hostname*): ``loop.create_connection(ssl=...)``'s contract.
+
+    A handshake that outlasts *handshake_timeout* raises ConnectionAbortedError,
+    as the event loop's own ``ssl_handshake_timeout`` does.
+    """
+    loop = asyncio.get_running_loop()
+    tls = TlsTransport(context, server_side=False, server_hostname=server_hostname)
+    await loop.create_connection(tls.raw_protocol, host, port)
+    try:
+        await tls.handshake(timeout=handshake_timeout)
+    except TimeoutError:
+        raise ConnectionAbortedError(f"TLS handshake with {host}:{port} took longer than "
+                                     f"{handshake_timeout} s") from None
+    protocol = protocol_factory()
+    tls.start(protocol)
+    return tls, protocol
+
+
 class _RawSide(asyncio.Protocol):
     """The raw transport's protocol: ciphertext in, events passed to the TLS side."""
 
     __slots__ = ("tls",)
 
-    def __init__(self, tls: TlsServerTransport) -> None:
+    def __init__(self, tls: TlsTransport) -> None:
         self.tls = tls
+
+    def connection_made(self, transport) -> None:  # client side: loop.create_connection
+        self.tls._raw = transport
 
     def data_received(self, data: bytes) -> None:
         self.tls._feed(data)
 
     def eof_received(self) -> bool:
         tls = self.tls
-        if not tls._handshake.done():
-            tls._handshake.set_exception(ConnectionResetError("client closed during the TLS handshake"))
+        if tls._handshaking:
+            if not tls._handshake.done():
+                tls._handshake.set_exception(ConnectionResetError("peer closed during the TLS handshake"))
             return False
         tls._on_eof()
         return True  # the app decides (through eof_received) whether to close
@@ -228,8 +289,9 @@ class _RawSide(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         tls = self.tls
         tls._closing = True
-        if not tls._handshake.done():
-            tls._handshake.set_exception(exc or ConnectionResetError("connection lost during the TLS handshake"))
+        if tls._handshaking:
+            if not tls._handshake.done():
+                tls._handshake.set_exception(exc or ConnectionResetError("connection lost during the TLS handshake"))
             return
         if tls._app is None:
             tls._lost = (exc,)
