@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import time
 
@@ -281,8 +282,6 @@ def test_grpc_unary_and_streaming_call_through_the_proxy(proxy, loop_thread):
 
 
 def test_sigterm_sends_goaway_and_finishes_open_streams(start_proxy, h2app):
-    import signal
-
     from meshctl_proxy.http2_proxy import GoawayFilter
 
     p = start_proxy(MESHCTL_PROXY_SHUTDOWN_GRACE_PERIOD="10s")
@@ -374,3 +373,16 @@ def test_malformed_upstream_responses_fail_only_their_stream(proxy, h2app):
     assert dict(next(e for e in events if isinstance(e, h2.events.ResponseReceived)).headers)[b":status"] == b"200"
     assert h2app.connections == before  # the upstream connection outlived the bad streams
     raw.close()
+
+
+def test_debug_logging_does_not_write_header_values(start_proxy, h2app):
+    """hpack logs every field it codes at DEBUG; the proxy silences it (credentials would reach the log)."""
+    p = start_proxy(MESHCTL_PROXY_LOG_LEVEL="debug")
+    with client() as c:
+        r = c.get(p.url("outbound", "/echo"), headers={"Host": auth(h2app), "authorization": "Bearer sekrit-42"})
+        assert r.status_code == 200
+    p.proc.send_signal(signal.SIGTERM)
+    p.proc.wait(10)
+    err = p.proc.stderr.read()
+    assert b"DEBUG" in err  # debug logging was on
+    assert b"sekrit-42" not in err
