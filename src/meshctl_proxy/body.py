@@ -102,6 +102,11 @@ class Body:
         return self._done and not self._chunks
 
     @property
+    def buffered(self) -> int:
+        """Bytes delivered and not yet read."""
+        return self._buffered
+
+    @property
     def complete(self) -> bool:
         """The producer has delivered the whole body (it may still be unread)."""
         return self._done and self._exc is None

@@ -35,7 +35,7 @@ from meshctl_proxy.h2headers import (MalformedHeaders, check_request, check_resp
                                      regular_fields)
 from meshctl_proxy.h2limits import FloodGuard
 from meshctl_proxy.metrics import TcpStats, classify
-from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
+from meshctl_proxy.model import ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
 from meshctl_proxy.routing import DirectRouter, mesh_identity, open_connection
 
 log = logging.getLogger("meshctl_proxy.http2")
@@ -211,6 +211,10 @@ class _Sender:
             await self.send_data(stream_id, data, end_stream=last)
             if last:
                 return
+        self.end_body(stream_id, body)
+
+    def end_body(self, stream_id: int, body: Body) -> None:
+        """End a stream whose body has been sent: with its trailers, or an empty END_STREAM."""
         if body.trailers:
             self.conn.send_headers(stream_id, h2_fields(body.trailers), end_stream=True)
         else:
@@ -237,7 +241,7 @@ class _Sender:
 
 
 class _ServerStream:
-    __slots__ = ("id", "request", "body", "task", "responded")
+    __slots__ = ("id", "request", "body", "task", "responded", "upstream")
 
     def __init__(self, stream_id: int, request: Request, body: Body) -> None:
         self.id = stream_id
@@ -245,6 +249,17 @@ class _ServerStream:
         self.body = body
         self.task: asyncio.Task | None = None
         self.responded = False
+        # Direct path: (upstream connection, its stream id) while the response is awaited.
+        self.upstream: tuple[H2ClientConnection, int] | None = None
+
+    def cancel(self) -> None:
+        """The client's stream is gone: stop serving it, and cancel the upstream stream too (RFC 9113 section 8.7)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.upstream is not None:
+            conn, sid = self.upstream
+            self.upstream = None
+            conn.cancel(sid)
 
 
 class H2ServerConnection(_Sender, asyncio.Protocol):
@@ -341,8 +356,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.body.abort(StreamReset(ev.error_code, "client reset the stream"))
-                if st.task is not None and not st.task.done():
-                    st.task.cancel()
+                st.cancel()
             if reason:
                 self.calm(reason)
         elif t is h2.events.WindowUpdated:
@@ -387,7 +401,81 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         request = Request(method, pseudo.get(b":path", b"/"), authority.decode("latin-1"), headers, body,
                           scheme=pseudo.get(b":scheme", b"http"), protocol="h2", context=self.ctx)
         st = self.streams[sid] = _ServerStream(sid, request, body)
+        if body is EMPTY and self._try_direct(st):
+            return
         st.task = self.loop.create_task(self._serve_stream(st))
+
+    # -- the direct path: no task, no future -------------------------------------------------
+    def _try_direct(self, st: _ServerStream) -> bool:
+        """Send a bodiless request upstream from this callback when the router asks nothing of it but
+        select() and observe() (routing.DirectRouter.direct, as the HTTP/1 fast path) and a pooled
+        upstream connection has room; the response is written from that connection's callback.
+
+        A task per stream, its chain of coroutines and a future per response were a tenth of the
+        CPU per request.  False: take the general path (_serve_stream), which handles the rest.
+        """
+        router = self.router
+        direct = getattr(type(router), "direct", None)
+        pool = getattr(self.upstream, "h2", None)
+        request = st.request
+        if direct is None or pool is None or not direct(router, request):
+            return False
+        try:
+            endpoint = router.select(router.target(request))
+        except ProxyError:
+            return False  # the general path answers it
+        conn = pool.usable(endpoint)
+        if conn is None:
+            return False
+        stats = self._stats(request)
+        stats.requests += 1
+        start = self.loop.time()
+        usid = conn.start(request, lambda response, exc: self._direct_done(st, endpoint, stats, start, response, exc))
+        if usid is None:
+            stats.requests -= 1
+            return False
+        st.upstream = (conn, usid)
+        return True
+
+    def _direct_done(self, st: _ServerStream, endpoint: Endpoint, stats, start: float, response: Response | None,
+                     exc: Exception | None) -> None:
+        st.upstream = None
+        sid = st.id
+        latency = self.loop.time() - start
+        if isinstance(exc, UpstreamReset) and exc.code == h2.errors.ErrorCodes.REFUSED_STREAM:
+            # Nothing was processed (RFC 9113 section 8.7): the general path sends it again, once.
+            if not self.closed and sid in self.streams:
+                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start))
+            return
+        if exc is not None:
+            self.router.observe(endpoint, Outcome(None, latency, getattr(exc, "reason", str(exc))))
+        else:
+            self.router.observe(endpoint, Outcome(response.status, latency))
+        if self.closed or sid not in self.streams:
+            return
+        if isinstance(exc, UpstreamReset):
+            stats.response(502, "failure", latency * 1000)
+            self._reset(sid, exc.code)
+            self._end(sid)
+            return
+        if exc is not None:
+            response = exc.response() if isinstance(exc, ProxyError) else ProxyError(
+                502, f"proxy error: {type(exc).__name__}").response()
+        try:
+            answered = self._respond_now(st, response)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._end(sid)
+            return
+        if answered:
+            self._record(stats, response, latency * 1000)
+            self._end(sid)
+        else:  # a body still to come, or beyond the peer's window: relay it in a task
+            st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, response=response,
+                                                               latency_ms=latency * 1000))
+
+    def _end(self, sid: int) -> None:
+        self.streams.pop(sid, None)
+        self._maybe_close()
 
     def _refuse_malformed(self, sid: int, exc: MalformedHeaders) -> None:
         # RFC 9113 section 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
@@ -429,8 +517,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
     def _abort_streams(self) -> None:
         for st in list(self.streams.values()):
             st.body.abort(StreamReset(h2.errors.ErrorCodes.CANCEL, "connection closed"))
-            if st.task is not None and not st.task.done():
-                st.task.cancel()
+            st.cancel()
         self.streams.clear()
 
     def connection_lost(self, exc) -> None:
@@ -466,52 +553,92 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self.transport.close()
 
     # -- one stream -------------------------------------------------------------------------
-    async def _serve_stream(self, st: _ServerStream) -> None:
+    def _stats(self, request: Request):
         ctx = self.ctx
-        request = st.request
-        stats = self.proxy.metrics.http(ctx.direction, request.authority, ctx.target_addr or request.authority,
-                                        ctx.tls, ctx.peer_identity)
-        stats.requests += 1
-        start = self.loop.time()
+        return self.proxy.metrics.http(ctx.direction, request.authority, ctx.target_addr or request.authority,
+                                       ctx.tls, ctx.peer_identity)
+
+    @staticmethod
+    def _record(stats, response: Response, latency_ms: float) -> None:
+        status = response.status
+        grpc = response.header(b"grpc-status")
+        trailers = response.body.trailers
+        if grpc is None and trailers:
+            grpc = next((v for k, v in trailers if k.lower() == b"grpc-status"), None)
+        stats.response(status, classify(status, grpc), latency_ms)
+
+    def _respond_now(self, st: _ServerStream, response: Response) -> bool:
+        """Write the response head, and the body too when it is all here and fits the peer's windows.
+
+        True: the stream is answered.  False: the body still has to be relayed (send_body).
+        """
         sid = st.id
-        status = 0
+        body = response.body
+        conn = self.conn
+        headers = [(b":status", b"%d" % response.status), *h2_fields(response.headers)]
+        empty = body is EMPTY or (body.done and not body.trailers and body.complete and body.length == 0)
+        conn.send_headers(sid, headers, end_stream=empty)
+        st.responded = True
+        self.flush_soon()
+        if empty:
+            return True
+        if (not body.complete or self.write_paused
+                or body.buffered > min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)):
+            return False
+        data = body.read_nowait()
+        if data:
+            conn.send_data(sid, data, end_stream=not body.trailers)
+            if body.trailers:
+                self.end_body(sid, body)
+        else:
+            self.end_body(sid, body)
+        return True
+
+    async def _serve_stream(self, st: _ServerStream, *, stats=None, start: float = 0.0,
+                            response: Response | None = None, latency_ms: float = 0.0) -> None:
+        """The general path: dispatch through the router, then relay the response.
+
+        The direct path hands over here with *stats* already counted (a refused stream to send
+        again), or with the *response* whose body is still to be relayed.
+        """
+        request = st.request
+        if stats is None:
+            stats = self._stats(request)
+            stats.requests += 1
+            start = self.loop.time()
+        sid = st.id
+        status = response.status if response is not None else 0
         try:
-            try:
-                router = self.router
-                direct = getattr(type(router), "direct", None)
-                if direct is not None and direct(router, request):
-                    # Nothing but select() + send + observe(), as DirectRouter.dispatch does:
-                    # skip the policy router's per-request machinery (see routing.DirectRouter.direct).
-                    response = await DirectRouter.dispatch(router, request, self.upstream)
-                else:
-                    response = await router.dispatch(request, self.upstream)
-            except UpstreamReset as exc:
-                stats.response(502, "failure", (self.loop.time() - start) * 1000)
-                self._reset(sid, exc.code)
-                return
-            except ProxyError as exc:
-                response = exc.response()
-            except BodyError:
-                return  # the client reset its own stream
-            except Exception as exc:
-                log.exception("dispatch failed")
-                response = ProxyError(502, f"proxy error: {type(exc).__name__}").response()
-            latency_ms = (self.loop.time() - start) * 1000
-            status = response.status
-            body = response.body
-            headers = [(b":status", b"%d" % status), *h2_fields(response.headers)]
-            if self.closed or sid not in self.streams:
-                return
-            empty = body is EMPTY or (body.done and not body.trailers and body.complete and body.length == 0)
-            self.conn.send_headers(sid, headers, end_stream=empty)
-            st.responded = True
-            self.flush_soon()
-            if not empty:
-                await self.send_body(sid, body)
-            grpc = response.header(b"grpc-status")
-            if grpc is None and body.trailers:
-                grpc = next((v for k, v in body.trailers if k.lower() == b"grpc-status"), None)
-            stats.response(status, classify(status, grpc), latency_ms)
+            if response is None:
+                try:
+                    router = self.router
+                    direct = getattr(type(router), "direct", None)
+                    if direct is not None and direct(router, request):
+                        # Nothing but select() + send + observe(), as DirectRouter.dispatch does:
+                        # skip the policy router's per-request machinery (see routing.DirectRouter.direct).
+                        response = await DirectRouter.dispatch(router, request, self.upstream)
+                    else:
+                        response = await router.dispatch(request, self.upstream)
+                except UpstreamReset as exc:
+                    stats.response(502, "failure", (self.loop.time() - start) * 1000)
+                    self._reset(sid, exc.code)
+                    return
+                except ProxyError as exc:
+                    response = exc.response()
+                except BodyError:
+                    return  # the client reset its own stream
+                except Exception as exc:
+                    log.exception("dispatch failed")
+                    response = ProxyError(502, f"proxy error: {type(exc).__name__}").response()
+                latency_ms = (self.loop.time() - start) * 1000
+                status = response.status
+                if self.closed or sid not in self.streams:
+                    return
+                if self._respond_now(st, response):
+                    self._record(stats, response, latency_ms)
+                    return
+            await self.send_body(sid, response.body)
+            self._record(stats, response, latency_ms)
         except StreamReset as exc:  # the upstream reset mid-response: pass the code on
             stats.response(status or 502, "failure", (self.loop.time() - start) * 1000)
             self._reset(sid, exc.code)
@@ -537,15 +664,32 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
 
 
 class _ClientStream:
-    __slots__ = ("id", "request", "waiter", "body", "body_task", "response")
+    __slots__ = ("id", "request", "waiter", "on_response", "body", "body_task", "response")
 
-    def __init__(self, stream_id: int, request: Request, waiter: asyncio.Future) -> None:
+    def __init__(self, stream_id: int, request: Request, waiter: asyncio.Future | None, on_response=None) -> None:
         self.id = stream_id
         self.request = request
-        self.waiter = waiter
+        self.waiter = waiter  # send(): the awaiting coroutine's future
+        self.on_response = on_response  # start(): called once instead
         self.body: Body | None = None
         self.body_task: asyncio.Task | None = None
         self.response: Response | None = None
+
+    def settle(self, response: Response | None, exc: BaseException | None = None) -> bool:
+        """Hand the response (or the failure) over; False when that was done already."""
+        callback = self.on_response
+        if callback is not None:
+            self.on_response = None
+            callback(response, exc)
+            return True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return False
+        if exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(response)
+        return True
 
 
 class H2ClientConnection(_Sender, asyncio.Protocol):
@@ -560,6 +704,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         self.streams: dict[int, _ClientStream] = {}
         self.goaway_filter = GoawayFilter()
         self.goaway = False
+        self.answered: list[_ClientStream] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -626,6 +771,10 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 self.wake_windows(ev.stream_id)
             elif t is h2.events.RemoteSettingsChanged:
                 self.wake_windows(0)
+        if self.answered:
+            answered, self.answered = self.answered, []
+            for st in answered:
+                st.settle(st.response)
         for last_stream_id, _code in goaways:
             self.goaway = True
             self.pool.forget(self)
@@ -653,8 +802,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         except MalformedHeaders as exc:
             self.streams.pop(ev.stream_id, None)
             self._malformed(ev.stream_id, exc)
-            if not st.waiter.done():
-                st.waiter.set_exception(ProxyError(502, f"upstream sent a malformed response: {exc}"))
+            st.settle(None, ProxyError(502, f"upstream sent a malformed response: {exc}"))
             if st.body_task is not None and not st.body_task.done():
                 st.body_task.cancel()
             return
@@ -666,26 +814,25 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             body = Body(None, on_consumed=lambda n, sid=sid: self.ack(sid, n), high_water=STREAM_WINDOW)
         st.body = body
         st.response = Response(status, regular_fields(ev.headers), body, endpoint=self.endpoint)
-        if not st.waiter.done():
-            st.waiter.set_result(st.response)
+        if st.on_response is not None:
+            self.answered.append(st)  # handed over after this read's events: its body may be in them
+        else:
+            st.settle(st.response)
 
     def _fail_stream(self, st: _ClientStream, code: int) -> None:
-        if not st.waiter.done():
-            st.waiter.set_exception(UpstreamReset(code))
-        elif st.body is not None:
+        if not st.settle(None, UpstreamReset(code)) and st.body is not None:
             st.body.abort(StreamReset(code, "upstream reset the stream"))
         if st.body_task is not None and not st.body_task.done():
             st.body_task.cancel()
 
     def _fail_all(self, exc: ProxyError) -> None:
-        for st in list(self.streams.values()):
-            if not st.waiter.done():
-                st.waiter.set_exception(exc)
-            elif st.body is not None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for st in streams:
+            if not st.settle(None, exc) and st.body is not None:
                 st.body.abort(StreamReset(h2.errors.ErrorCodes.CANCEL, "upstream connection lost"))
             if st.body_task is not None and not st.body_task.done():
                 st.body_task.cancel()
-        self.streams.clear()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -697,12 +844,31 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
+    @staticmethod
+    def _head(request: Request) -> list[tuple[bytes, bytes]]:
+        return [(b":method", request.method), (b":scheme", request.scheme),
+                (b":authority", request.authority.encode("latin-1")), (b":path", request.target),
+                *h2_fields(request.headers, skip=b"host")]
+
+    def start(self, request: Request, on_response) -> int | None:
+        """Send a bodiless request; ``on_response(response, exc)`` is called once, from this connection's
+        callbacks (the direct path).  The stream id, or None when h2 would not open a stream now."""
+        conn = self.conn
+        sid = conn.get_next_available_stream_id()
+        st = self.streams[sid] = _ClientStream(sid, request, None, on_response)
+        try:
+            conn.send_headers(sid, self._head(request), end_stream=True)
+        except h2.exceptions.ProtocolError:
+            del self.streams[sid]
+            st.on_response = None
+            return None
+        self.flush_soon()
+        return sid
+
     async def send(self, request: Request) -> Response:
         conn = self.conn
         sid = conn.get_next_available_stream_id()
-        headers = [(b":method", request.method), (b":scheme", request.scheme),
-                   (b":authority", request.authority.encode("latin-1")), (b":path", request.target),
-                   *h2_fields(request.headers, skip=b"host")]
+        headers = self._head(request)
         body = request.body
         waiter = asyncio.get_running_loop().create_future()
         st = self.streams[sid] = _ClientStream(sid, request, waiter)
@@ -714,10 +880,11 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             return await waiter
         except asyncio.CancelledError:
             # The client went away (or reset): cancel upstream too, RFC 9113 section 8.7.
-            self._cancel(sid)
+            self.cancel(sid)
             raise
 
-    def _cancel(self, sid: int) -> None:
+    def cancel(self, sid: int) -> None:
+        """Forget stream *sid* and reset it (CANCEL): nobody wants its response any more."""
         st = self.streams.pop(sid, None)
         if st is not None and st.body_task is not None and not st.body_task.done():
             st.body_task.cancel()
@@ -743,8 +910,8 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
 
     def _reset_upstream(self, sid: int, code: int) -> None:
         st = self.streams.pop(sid, None)
-        if st is not None and not st.waiter.done():
-            st.waiter.set_exception(BodyError("request body failed"))
+        if st is not None:
+            st.settle(None, BodyError("request body failed"))
         if not self.closed:
             try:
                 self.conn.reset_stream(sid, code)
@@ -763,6 +930,10 @@ class H2Pool:
         self.connect_timeout = connect_timeout
         self.conns: dict[Endpoint, list[H2ClientConnection]] = {}
         self._connecting: dict[Endpoint, asyncio.Future] = {}
+
+    def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
+        """A connection to *endpoint* with room for one more stream, if one is open."""
+        return next((c for c in self.conns.get(endpoint, ()) if c.usable), None)
 
     def forget(self, conn: H2ClientConnection) -> None:
         conns = self.conns.get(conn.endpoint)
@@ -800,7 +971,7 @@ class H2Pool:
 
     async def send(self, request: Request, endpoint: Endpoint) -> Response:
         for attempt in range(2):
-            conn = next((c for c in self.conns.get(endpoint, ()) if c.usable), None)
+            conn = self.usable(endpoint)
             if conn is None:
                 conn = await self._connect(endpoint, request.authority)
             try:

@@ -173,7 +173,8 @@ class H2App(asyncio.Protocol):
     ``/stream?n=N&gap=F`` (DATA frames spaced in time), ``/malformed?what=W``
     (a response RFC 9113 calls malformed: ``upper`` a field name in upper
     case, ``status`` a non-numeric :status, ``trailers`` a pseudo-header in
-    the trailers).
+    the trailers), ``/goaway?delay=F`` (then GOAWAY naming this stream as the
+    last one served: later streams are refused).
     """
 
     server: asyncio.AbstractServer | None = None
@@ -252,6 +253,13 @@ class H2App(asyncio.Protocol):
                     conn.send_headers(sid, trailers, end_stream=True)
                 finally:
                     conn.config.validate_outbound_headers = conn.config.normalize_outbound_headers = True
+            elif url.path == "/goaway":  # after a delay: GOAWAY naming this stream as the last it serves
+                from hyperframe.frame import GoAwayFrame
+
+                await asyncio.sleep(float(q.get("delay", "0.3")))
+                self.transport.write(conn.data_to_send() + GoAwayFrame(0, last_stream_id=sid).serialize())
+                conn.send_headers(sid, [(b":status", b"200")])
+                await self.send_all(sid, b"bye", True)
             elif url.path == "/reset":
                 conn.reset_stream(sid, int(q.get("code", "2")))
             elif url.path == "/slow":

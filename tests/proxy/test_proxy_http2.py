@@ -386,3 +386,32 @@ def test_debug_logging_does_not_write_header_values(start_proxy, h2app):
     err = p.proc.stderr.read()
     assert b"DEBUG" in err  # debug logging was on
     assert b"sekrit-42" not in err
+
+
+def test_streams_an_upstream_goaway_refuses_are_sent_again_on_a_new_connection(proxy, h2app):
+    """RFC 9113 section 6.8: streams above GOAWAY's last stream id were not processed, so they may be retried."""
+    raw = RawH2(proxy.outbound)
+
+    def get(path: bytes) -> int:
+        return raw.request([(b":method", b"GET"), (b":path", path), (b":scheme", b"http"),
+                            (b":authority", auth(h2app).encode())])
+
+    raw.until_stream_done(get(b"/echo"))  # a pooled upstream connection exists
+    before = h2app.connections
+    first = get(b"/goaway?delay=0.4")
+    time.sleep(0.1)
+    second = get(b"/slow?s=1")  # in flight on the same upstream connection when the GOAWAY comes
+    events, ended = [], set()
+    deadline = time.monotonic() + 5
+    while ended != {first, second} and time.monotonic() < deadline:
+        evs = raw.events()
+        if evs is None:
+            break
+        events += evs
+        ended |= {e.stream_id for e in evs if isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset))}
+    assert not [e for e in events if isinstance(e, h2.events.StreamReset)]
+    data = {sid: b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+            for sid in (first, second)}
+    assert data == {first: b"bye", second: b"slow"}
+    assert h2app.connections == before + 1  # the refused stream went again, on a new connection
+    raw.close()
