@@ -1,13 +1,13 @@
 """What mTLS costs: handshakes, and the two-proxy path with and without it, in one run.
 
-    python benches/bench_mtls.py [--requests-seconds 8] [--connections 16] [--handshakes 400]
+    python benches/bench_mtls.py [--seconds 6] [--connections 16] [--rounds 2] [--handshakes 400]
 
 1. Handshakes per second per core, both sides in one process on one core:
    - baseline: a plain Python ``ssl`` TLS 1.3 handshake (server certificate
      only, P-256, ``create_default_context`` with hostname check);
    - mesh: what two proxies do (both certificates, the client's
-     ``MeshConnector`` path with the SAN identity check, the server's
-     MemoryBIO termination after detection read the ClientHello).
+     ``MeshConnector`` path: ``tls_stream.connect`` and the SAN identity
+     check; the server's termination after detection read the ClientHello).
 2. The two-proxy path, ``wrk`` -> proxy A (outbound) -> proxy B (inbound) ->
    a small HTTP server, each proxy its own process on loopback, once with
    plaintext between the proxies and once with mTLS.  Connections between the
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from meshctl.identity import certs  # noqa: E402
-from meshctl_proxy import tls  # noqa: E402
+from meshctl_proxy import tls, tls_stream  # noqa: E402
 from meshctl_proxy.tls_stream import TlsTransport  # noqa: E402
 
 SERVER = "b.bench.serviceaccount.identity.meshctl.cluster.local"
@@ -91,10 +91,24 @@ async def _handshakes(n: int, *, server_ctx, client_ctx, server_hostname: str, m
         server = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=server_ctx)
     port = server.sockets[0].getsockname()[1]
     start = time.process_time()
+    class OneByte(asyncio.Protocol):
+        def __init__(self):
+            self.got = loop.create_future()
+
+        def data_received(self, data):
+            if not self.got.done():
+                self.got.set_result(data)
+
     for _ in range(n):
+        if mesh:  # what MeshConnector does: tls_stream.connect, then the SAN identity check
+            transport, proto = await tls_stream.connect(OneByte, "127.0.0.1", port, client_ctx,
+                                                        server_hostname=server_hostname, handshake_timeout=10)
+            tls.verify_peer_identity(transport.get_extra_info("ssl_object"), server_hostname)
+            await proto.got
+            await done.get()
+            transport.close()
+            continue
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname=server_hostname)
-        if mesh:
-            tls.verify_peer_identity(writer.get_extra_info("ssl_object"), server_hostname)
         await reader.readexactly(1)
         await done.get()
         writer.close()

@@ -56,7 +56,12 @@ def client_context(*, trust_anchors_pem: str, cert_file: str | None = None, key_
 
 def server_context(*, trust_anchors_pem: str, cert_file: str, key_file: str) -> ssl.SSLContext:
     """For terminating mesh TLS: presents our certificate, requires and verifies the client's."""
-    return _base_context(True, trust_anchors_pem=trust_anchors_pem, cert_file=cert_file, key_file=key_file)
+    ctx = _base_context(True, trust_anchors_pem=trust_anchors_pem, cert_file=cert_file, key_file=key_file)
+    # No TLS 1.3 session tickets (RFC 8446 section 4.6.1): OpenSSL sends two after every handshake,
+    # each sealed by us and parsed by the peer, yet a proxy never resumes (its pooled connections
+    # are long-lived, and it passes no session to wrap_bio), so they are pure cost.
+    ctx.num_tickets = 0
+    return ctx
 
 
 # The ALPN lists the proxy's connection pools ask for; one client context each,

@@ -122,7 +122,7 @@ class TlsTransport(asyncio.Transport):
         return True
 
     def _read_plaintext(self) -> None:
-        read, incoming, sslobj = self._sslobj.read, self._in, self._sslobj
+        read, incoming = self._sslobj.read, self._in
         data, more, eof = b"", None, False
         while True:
             try:
@@ -144,8 +144,11 @@ class TlsTransport(asyncio.Transport):
                 more = [data, chunk]
             else:
                 more.append(chunk)
-            if not incoming.pending and not sslobj.pending():
-                break  # all consumed: skip the SSLWantReadError a further read would raise
+            if not incoming.pending:
+                # All consumed: skip the SSLWantReadError a further read would raise.  A read of
+                # _MAX_RECORD empties its record, so nothing decrypted is left behind either
+                # (and SSLObject.pending() would cost a GIL release, as every _ssl call does).
+                break
         if self._out.pending:  # reads can produce records too (TLS 1.3 KeyUpdate replies)
             self._raw.write(self._out.read())
         if more is not None:
@@ -275,7 +278,12 @@ class _RawSide(asyncio.Protocol):
         self.tls._raw = transport
 
     def data_received(self, data: bytes) -> None:
-        self.tls._feed(data)
+        tls = self.tls
+        if tls._handshaking:
+            tls._feed(data)
+        else:
+            tls._in.write(data)
+            tls._read_plaintext()
 
     def eof_received(self) -> bool:
         tls = self.tls
