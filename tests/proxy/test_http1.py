@@ -2,10 +2,50 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 
 from meshctl_proxy import http1
 from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, RequestReader, ResponseHead, ResponseReader, Upgrade
+
+_NAMES = ("End", "H1Error", "Interim", "RequestHead", "RequestReader", "ResponseHead", "ResponseReader", "Upgrade")
+
+
+def _source_module():
+    """http1.py run as plain Python, whether or not the compiled extension is what imports."""
+    path = Path(http1.__file__).with_name("http1.py")
+    loader = importlib.machinery.SourceFileLoader("meshctl_proxy._http1_source", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    sys.modules[loader.name] = module  # dataclasses look their module up while the class is made
+    loader.exec_module(module)
+    return module
+
+
+_SOURCE = _source_module()
+
+
+@pytest.fixture(autouse=True, params=["imported", "source"])
+def implementation(request, monkeypatch):
+    """Every test twice: with the module as imported (compiled by setup.py when built) and as source.
+
+    The two must never differ: the compiled one is what runs in the proxy, the
+    source is the reference and what runs where no compiler was available.
+    """
+    module = http1 if request.param == "imported" else _SOURCE
+    monkeypatch.setitem(globals(), "http1", module)
+    for name in _NAMES:
+        monkeypatch.setitem(globals(), name, getattr(module, name))
+    return module
+
+
+def test_both_implementations_are_exercised(implementation):
+    reader = implementation.RequestReader()
+    assert type(reader).__module__ == implementation.__name__
+    assert (implementation is _SOURCE) == (implementation.__file__.endswith(".py"))
 
 
 def events(data: bytes, reader=None):

@@ -1,0 +1,31 @@
+# Compile-time declarations for http1.py (Cython "augmenting .pxd"): the readers become
+# extension types with C-typed fields, so llhttp's callbacks into them skip the
+# interpreter's attribute dictionaries.  http1.py stays plain Python and runs as is
+# where the extension was not built (docs/performance.md).
+
+cdef class _Reader:
+    cdef object _parser
+    cdef list _events
+    cdef list _raw
+    cdef bytes _url
+    cdef Py_ssize_t _head_bytes
+    cdef Py_ssize_t _pending
+    cdef bint _in_head
+    cdef object _trailers
+    cdef bint _in_body
+    cdef bint _upgraded
+    cdef bint _failed
+    cdef dict _hop
+    cdef list _hosts
+    cdef object _length
+    cdef object _expect
+    cdef bint _counting
+
+
+cdef class RequestReader(_Reader):
+    pass
+
+
+cdef class ResponseReader(_Reader):
+    cdef bint _head_request
+    cdef public bint no_reuse
