@@ -17,8 +17,8 @@ from meshctl_proxy import http1
 from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.metrics import TcpStats, classify
-from meshctl_proxy.model import ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.routing import DirectRouter, InboundRouter, mesh_identity, open_connection
+from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
+from meshctl_proxy.routing import DirectRouter, InboundRouter, http_series, mesh_identity, open_connection
 from meshctl_proxy.tcp import PipeEnd, splice
 
 log = logging.getLogger("meshctl_proxy.http1")
@@ -98,6 +98,8 @@ class H1ServerConnection(asyncio.Protocol):
         self.stream_task: asyncio.Task | None = None
         self._http_stats = None
         self._http_key = None
+        self._http_endpoint: Endpoint | None = None
+        self._outbound = ctx.direction == OUTBOUND
 
     # -- transport callbacks ---------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -275,18 +277,19 @@ class H1ServerConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _http_stats_for(self, authority: str):
-        key = authority
-        if key != self._http_key or self._http_stats is None:
-            ctx = self.ctx
-            self._http_stats = self.rt.metrics.http(ctx.direction, authority, ctx.target_addr or authority, ctx.tls,
-                                                    ctx.peer_identity)
-            self._http_key = key
+    def _http_stats_for(self, authority: str, endpoint: Endpoint | None = None):
+        """The series this request counts in (routing.http_series), remembered while it repeats."""
+        if authority != self._http_key or endpoint is not self._http_endpoint or self._http_stats is None:
+            self._http_stats = http_series(self.rt.metrics, self.ctx, authority, self.upstream.connector, endpoint)
+            self._http_key = authority
+            self._http_endpoint = endpoint
         return self._http_stats
 
     async def _exchange(self, loop, request: Request, head: RequestHead) -> bool:
-        stats = self._http_stats_for(request.authority)
-        stats.requests += 1
+        # Outbound series are labelled by the endpoint's hop, known once dispatch() has answered.
+        stats = None if self._outbound else self._http_stats_for(request.authority)
+        if stats is not None:
+            stats.requests += 1
         start = loop.time()
         self.responding = False
         try:
@@ -295,6 +298,9 @@ class H1ServerConnection(asyncio.Protocol):
             response = exc.response()
         except BodyError:
             if self.broken is not None:
+                if stats is None:
+                    stats = self._http_stats_for(request.authority)
+                    stats.requests += 1
                 stats.response(self.broken.status, "failure", (loop.time() - start) * 1000)
                 self._write(http1.error_response(self.broken.status, self.broken.reason))
                 self.responding = True
@@ -308,6 +314,9 @@ class H1ServerConnection(asyncio.Protocol):
         latency_ms = (loop.time() - start) * 1000
         status = response.status
         self.responding = True
+        if stats is None:
+            stats = self._http_stats_for(request.authority, response.endpoint)
+            stats.requests += 1
 
         if status == 101 and response.upgraded is not None:
             stats.response(101, "success", latency_ms)
@@ -428,8 +437,6 @@ class H1ServerConnection(asyncio.Protocol):
         direct = self._direct
         if direct is None or not direct(router, request):
             return False
-        stats = self._http_stats_for(request.authority)
-        stats.requests += 1
         self.busy = True
         self.responding = False
         loop = self.loop
@@ -439,10 +446,14 @@ class H1ServerConnection(asyncio.Protocol):
             try:
                 endpoint = router.select(router.target(request))
             except ProxyError as exc:
+                stats = self._http_stats_for(request.authority)
+                stats.requests += 1
                 self._fast_answer(request, head, exc.response(), stats, loop.time() - start)
                 return True
             if self._pure_router and len(self._endpoints) < 64:
                 self._endpoints[request.authority] = endpoint
+        stats = self._http_stats_for(request.authority, endpoint)
+        stats.requests += 1
         # One fast exchange at a time per client connection (busy): its state lives here.
         self._fast = (request, head, stats, start, endpoint)
         self._fast_retried = False

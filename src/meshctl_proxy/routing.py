@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from meshctl_proxy.model import INBOUND, Endpoint, Outcome, ProxyError, Request, Response, Target
+from meshctl_proxy.model import INBOUND, OUTBOUND, Endpoint, Outcome, ProxyError, Request, Response, Target
 
 
 class Upstream(Protocol):
@@ -54,6 +54,22 @@ def mesh_identity(connector, endpoint) -> str | None:
     """
     probe = getattr(connector, "mesh_identity", None)
     return probe(endpoint) if probe is not None else None
+
+
+def http_series(metrics, ctx, authority: str, connector, endpoint: Endpoint | None):
+    """The request/response series (``request_total``, ``response_total``...) a request counts in.
+
+    Labelled as Linkerd labels them: inbound by the accepted connection (``tls``
+    and the verified ``client_id``); outbound by the hop to the endpoint the
+    request went to: ``tls="true"`` and ``server_id`` when this proxy
+    originated mTLS to it.  A request answered before any endpoint was chosen
+    (a proxy error) counts as plaintext.
+    """
+    target = ctx.target_addr or authority
+    if ctx.direction == OUTBOUND:
+        server_id = mesh_identity(connector, endpoint) if endpoint is not None else None
+        return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id)
+    return metrics.http(ctx.direction, authority, target, ctx.tls, ctx.peer_identity)
 
 
 async def open_connection(connector: Connector, endpoint: Endpoint, protocol_factory, *, timeout: float,

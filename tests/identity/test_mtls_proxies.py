@@ -191,6 +191,12 @@ def test_meshed_request_is_mtls_and_both_sides_name_the_peer(loop, workdir, serv
         assert seen["meshctl-client-id"] == A_ID  # the verified peer, never what the client claimed
         a, b = pair.metrics(pair.a), pair.metrics(pair.b)
         assert metric_sum(a, "tcp_open_total", direction="outbound", peer="dst", tls="true", server_id=B_ID) == 1
+        # Outbound request series are labelled by the mTLS hop, as Linkerd's are (not by the app's
+        # plaintext connection to its own proxy).
+        assert metric_sum(a, "request_total", direction="outbound", tls="true", server_id=B_ID) == 1
+        assert metric_sum(a, "response_total", direction="outbound", tls="true", server_id=B_ID,
+                          classification="success", status_code="200") == 1
+        assert metric_sum(a, "request_total", direction="outbound", tls="no_identity") == 0
         assert metric_sum(b, "request_total", direction="inbound", tls="true", client_id=A_ID) == 1
         assert metric_sum(b, "tcp_open_total", direction="inbound", peer="src", tls="true", client_id=A_ID) == 1
         assert metric_sum(b, "request_total", direction="inbound", tls="no_identity") == 0
