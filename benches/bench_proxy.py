@@ -62,9 +62,15 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of *pid* so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def rss_mb(pid: int) -> float:
@@ -306,11 +312,17 @@ def bench(args) -> None:
         load_rss: list[float] = []
 
         def measure(kind: str, name: str, port: int, pids: list, host: str, fn):
-            before = sum(cpu_seconds(p.pid) for p in pids)
+            before = [cpu_split(p.pid) for p in pids]
             r = fn(port, host)
-            cpu = sum(cpu_seconds(p.pid) for p in pids) - before
+            after = [cpu_split(p.pid) for p in pids]
+            user = sum(a[0] - b[0] for a, b in zip(after, before))
+            system = sum(a[1] - b[1] for a, b in zip(after, before))
+            cpu = user + system
             r["per_core"] = r["requests"] / cpu if cpu > 0 else None
             r["cpu"] = cpu
+            # Where a request's CPU goes: the proxy's own code (user) and the kernel's socket work (sys).
+            r["user_us"] = user / r["requests"] * 1e6 if r["requests"] else None
+            r["sys_us"] = system / r["requests"] * 1e6 if r["requests"] else None
             results.setdefault((kind, name), []).append(r)
             return r
 
@@ -362,13 +374,16 @@ def report(results: dict, idle_rss: float, load_rss: list[float], args) -> None:
         if not any(k == kind for k, _ in results):
             continue
         print(f"## throughput ({tool})\n")
-        print("| target | req/s | proxy CPU-s | req/s per proxy core | errors |")
-        print("| --- | --- | --- | --- | --- |")
+        print("| target | req/s | proxy CPU-s | req/s per proxy core | CPU us/req user + sys | errors |")
+        print("| --- | --- | --- | --- | --- | --- |")
         for name in ("direct", "meshctl x1", "meshctl x2", "haproxy"):
             runs = results.get((kind, name), [])
+            proxied = name != "direct"
+            split = (f"{statistics.median([r['user_us'] for r in runs]):.1f} + "
+                     f"{statistics.median([r['sys_us'] for r in runs]):.1f}") if proxied else "-"
             print(f"| {name} | {_fmt_runs([r['rps'] for r in runs])} | "
-                  f"{_fmt_runs([r['cpu'] for r in runs], '{:.2f}') if name != 'direct' else '-'} | "
-                  f"{_fmt_runs([r['per_core'] for r in runs]) if name != 'direct' else '-'} | "
+                  f"{_fmt_runs([r['cpu'] for r in runs], '{:.2f}') if proxied else '-'} | "
+                  f"{_fmt_runs([r['per_core'] for r in runs]) if proxied else '-'} | {split} | "
                   f"{sum(r['errors'] for r in runs)} |")
         mesh = statistics.median([r["per_core"] for r in results[(kind, "meshctl x1")] if r["per_core"]])
         ha = statistics.median([r["per_core"] for r in results[(kind, "haproxy")] if r["per_core"]])
