@@ -35,8 +35,8 @@ from meshctl_proxy.h2headers import (MalformedHeaders, check_request, check_resp
                                      regular_fields)
 from meshctl_proxy.h2limits import FloodGuard
 from meshctl_proxy.metrics import TcpStats, classify
-from meshctl_proxy.model import ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.routing import DirectRouter, mesh_identity, open_connection
+from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
+from meshctl_proxy.routing import DirectRouter, http_series, mesh_identity, open_connection
 
 log = logging.getLogger("meshctl_proxy.http2")
 # hpack logs every field it encodes or decodes, values included (so credentials), at DEBUG through
@@ -427,8 +427,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         conn = pool.usable(endpoint)
         if conn is None:
             return False
-        stats = self._stats(request)
-        stats.requests += 1
+        stats = self._counted(request, endpoint)
         start = self.loop.time()
         usid = conn.start(request, lambda response, exc: self._direct_done(st, endpoint, stats, start, response, exc))
         if usid is None:
@@ -553,10 +552,14 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self.transport.close()
 
     # -- one stream -------------------------------------------------------------------------
-    def _stats(self, request: Request):
-        ctx = self.ctx
-        return self.proxy.metrics.http(ctx.direction, request.authority, ctx.target_addr or request.authority,
-                                       ctx.tls, ctx.peer_identity)
+    def _stats(self, request: Request, endpoint: Endpoint | None = None):
+        """The series *request* counts in (routing.http_series): outbound, the hop to *endpoint*."""
+        return http_series(self.proxy.metrics, self.ctx, request.authority, self.upstream.connector, endpoint)
+
+    def _counted(self, request: Request, endpoint: Endpoint | None = None):
+        stats = self._stats(request, endpoint)
+        stats.requests += 1
+        return stats
 
     @staticmethod
     def _record(stats, response: Response, latency_ms: float) -> None:
@@ -603,9 +606,10 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         """
         request = st.request
         if stats is None:
-            stats = self._stats(request)
-            stats.requests += 1
             start = self.loop.time()
+            # Outbound requests count in their endpoint's hop series, known once dispatch() answers.
+            if self.ctx.direction != OUTBOUND:
+                stats = self._counted(request)
         sid = st.id
         status = response.status if response is not None else 0
         try:
@@ -620,7 +624,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                     else:
                         response = await router.dispatch(request, self.upstream)
                 except UpstreamReset as exc:
-                    stats.response(502, "failure", (self.loop.time() - start) * 1000)
+                    (stats or self._counted(request)).response(502, "failure", (self.loop.time() - start) * 1000)
                     self._reset(sid, exc.code)
                     return
                 except ProxyError as exc:
@@ -632,6 +636,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                     response = ProxyError(502, f"proxy error: {type(exc).__name__}").response()
                 latency_ms = (self.loop.time() - start) * 1000
                 status = response.status
+                if stats is None:
+                    stats = self._counted(request, response.endpoint)
                 if self.closed or sid not in self.streams:
                     return
                 if self._respond_now(st, response):
@@ -640,10 +646,10 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             await self.send_body(sid, response.body)
             self._record(stats, response, latency_ms)
         except StreamReset as exc:  # the upstream reset mid-response: pass the code on
-            stats.response(status or 502, "failure", (self.loop.time() - start) * 1000)
+            (stats or self._counted(request)).response(status or 502, "failure", (self.loop.time() - start) * 1000)
             self._reset(sid, exc.code)
         except BodyError:
-            stats.response(status or 502, "failure", (self.loop.time() - start) * 1000)
+            (stats or self._counted(request)).response(status or 502, "failure", (self.loop.time() - start) * 1000)
             self._reset(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
         except (asyncio.CancelledError, ConnectionError):
             pass

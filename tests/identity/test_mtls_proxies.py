@@ -329,6 +329,8 @@ def test_http2_between_meshed_proxies_is_mtls_with_the_client_named(loop, workdi
                 assert r.status_code == 200 and r.http_version == "HTTP/2"
         b = pair.metrics(pair.b)
         assert metric_sum(b, "request_total", direction="inbound", authority=authority, tls="true", client_id=A_ID) == 3
+        assert metric_sum(pair.metrics(pair.a), "response_total", direction="outbound", authority=authority,
+                          tls="true", server_id=B_ID, status_code="200") == 3
         assert metric_sum(pair.metrics(pair.a), "tcp_open_total", direction="outbound", peer="dst", tls="true",
                           server_id=B_ID) >= 1
     finally:
