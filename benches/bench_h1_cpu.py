@@ -1,0 +1,161 @@
+"""CPU per proxied HTTP/1.1 request, in one process, without sockets: the proxy's own Python cost.
+
+The real protocol objects run on a real uvloop loop: ``H1ServerConnection`` (the
+client-facing side, outbound, routed by Host as in bench_proxy's "meshctl x1")
+takes wrk's request, the fast path sends it on a pooled ``H1ClientConnection``,
+which reads nginx's response (five headers, a 12-byte body) and the answer goes
+back.  Only the transports are stand-ins (they keep what is written), so the
+figure is the proxy's code alone: no syscalls, no kernel socket work.  Run under
+wrk (bench_proxy) the same request also costs the kernel's part and uvloop's.
+
+Side by side, in alternating subprocesses: ``meshctl_proxy.http1`` as imported
+(compiled by setup.py when built) and the same module run from its ``.py``
+source, the baseline.  ``--against SRC`` adds another source tree (e.g. a
+``git worktree`` of main) as a third column.
+
+    python benches/bench_h1_cpu.py                 # 20,000 requests per run, 5 runs each, best of each
+    python benches/bench_h1_cpu.py --against /work/other/src
+
+Bounded: a fixed number of requests per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 15:00:00 GMT\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
+            b"hello world\n")
+
+
+def _child(requests: int, runs: int, source: bool) -> None:
+    """One variant in this process: print {"us": best CPU microseconds per request, "module": file}."""
+    import asyncio
+    import gc
+    import importlib.machinery
+    import importlib.util
+    import time
+
+    if source:  # the plain-Python http1, even where the compiled extension would import
+        import meshctl_proxy
+
+        path = Path(meshctl_proxy.__file__).with_name("http1.py")
+        loader = importlib.machinery.SourceFileLoader("meshctl_proxy.http1", str(path))
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+        sys.modules[loader.name] = module
+        loader.exec_module(module)
+    import uvloop
+
+    from meshctl_proxy import config, http1
+    from meshctl_proxy.http1_proxy import H1ClientConnection, H1ServerConnection
+    from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint
+    from meshctl_proxy.routing import default_router
+    from meshctl_proxy.server import Proxy
+
+    class Transport:
+        def __init__(self) -> None:
+            self.out: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.out.append(data)
+
+        def get_extra_info(self, name, default=None):
+            return default
+
+        def pause_reading(self) -> None: ...
+
+        def resume_reading(self) -> None: ...
+
+        def close(self) -> None: ...
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def main() -> float:
+        proxy = Proxy(config.load({"MESHCTL_PROXY_IDENTITY_DISABLED": "true"}))
+        proxy.routers[OUTBOUND] = default_router(OUTBOUND, "127.0.0.1", frozenset())
+        ctx = ConnectionContext(OUTBOUND, ("127.0.0.1", 50000), ("127.0.0.1", 4140), None)
+        server = H1ServerConnection(proxy, ctx, proxy.metrics.tcp(OUTBOUND, "src", None, None, "no_identity"))
+        client_side = Transport()
+        server.connection_made(client_side)
+        pool = proxy.upstreams[OUTBOUND].h1
+        upstream = H1ClientConnection(pool, Endpoint("127.0.0.1", 8080),
+                                      proxy.metrics.tcp(OUTBOUND, "dst", None, None, "no_identity"))
+        upstream_side = Transport()
+        upstream.connection_made(upstream_side)
+        pool.release(upstream)
+
+        def one() -> None:
+            server.data_received(REQUEST)
+            upstream.data_received(RESPONSE)
+
+        for _ in range(2000):
+            one()
+        # The exchange really happened: the request went up, the response came back.
+        assert upstream_side.out[-1].startswith(b"GET / HTTP/1.1\r\n"), upstream_side.out[-1]
+        assert client_side.out[-1].startswith(b"HTTP/1.1 200 OK\r\n") and client_side.out[-1].endswith(b"hello world\n")
+        gc.collect()
+        gc.freeze()  # as the proxy does after start-up (server.settle_heap)
+        best = float("inf")
+        for _ in range(runs):
+            client_side.out.clear()
+            upstream_side.out.clear()
+            t0 = time.process_time()
+            for _ in range(requests):
+                one()
+            best = min(best, (time.process_time() - t0) / requests * 1e6)
+            assert len(client_side.out) == requests
+        return best
+
+    us = uvloop.run(main())
+    print(json.dumps({"us": us, "module": Path(http1.__file__).name}))
+
+
+def _run(src: Path, requests: int, runs: int, source: bool) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    args = [sys.executable, __file__, "--child", "--requests", str(requests), "--runs", str(runs)]
+    out = subprocess.run(args + (["--source"] if source else []), env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=20_000, help="requests per timed run (default 20,000)")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per process; the best counts (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating subprocess rounds (default 3)")
+    ap.add_argument("--against", type=Path, help="another source tree, run the same way (its http1 as imported)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--source", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.requests, args.runs, args.source)
+        return
+    variants = [("http1 as imported", ROOT / "src", False), ("http1 from source (baseline)", ROOT / "src", True)]
+    if args.against:
+        variants.append((f"{args.against} as imported", args.against, False))
+    best: dict[str, float] = {}
+    modules: dict[str, str] = {}
+    for _ in range(args.rounds):
+        for name, src, source in variants:
+            r = _run(src, args.requests, args.runs, source)
+            best[name] = min(best.get(name, float("inf")), r["us"])
+            modules[name] = r["module"]
+    base = best["http1 from source (baseline)"]
+    print(f"\n# bench_h1_cpu: {args.rounds} rounds x {args.runs} runs x {args.requests} requests, best of each\n")
+    print("| variant | http1 module | CPU us per proxied request | vs source |")
+    print("| --- | --- | ---: | ---: |")
+    for name, _src, _source in variants:
+        print(f"| {name} | {modules[name]} | {best[name]:.2f} | {best[name] / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
