@@ -279,6 +279,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.draining = False
         self.goaway_sent = False
         self.loop = asyncio.get_running_loop()
+        self.bodiless: list[_ServerStream] = []  # requests of this read, started once its events are in
 
     # -- transport callbacks ------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -319,6 +320,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self._on_event(ev)
             if self.closed:
                 return
+        if self.bodiless:
+            self._start_bodiless()
         if goaways:
             self.draining = True  # the client is going away: finish what is open, then close
             self._maybe_close()
@@ -401,9 +404,18 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         request = Request(method, pseudo.get(b":path", b"/"), authority.decode("latin-1"), headers, body,
                           scheme=pseudo.get(b":scheme", b"http"), protocol="h2", context=self.ctx)
         st = self.streams[sid] = _ServerStream(sid, request, body)
-        if body is EMPTY and self._try_direct(st):
+        if body is EMPTY:
+            # Started once this read's events are in, so that a stream the client resets in the same
+            # read (rapid reset, CVE-2023-44487) never reaches the upstream, as with a task.
+            self.bodiless.append(st)
             return
         st.task = self.loop.create_task(self._serve_stream(st))
+
+    def _start_bodiless(self) -> None:
+        starting, self.bodiless = self.bodiless, []
+        for st in starting:
+            if self.streams.get(st.id) is st and not self._try_direct(st):
+                st.task = self.loop.create_task(self._serve_stream(st))
 
     # -- the direct path: no task, no future -------------------------------------------------
     def _try_direct(self, st: _ServerStream) -> bool:
@@ -518,6 +530,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             st.body.abort(StreamReset(h2.errors.ErrorCodes.CANCEL, "connection closed"))
             st.cancel()
         self.streams.clear()
+        self.bodiless.clear()
 
     def connection_lost(self, exc) -> None:
         self.closed = True

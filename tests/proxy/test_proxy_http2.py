@@ -415,3 +415,24 @@ def test_streams_an_upstream_goaway_refuses_are_sent_again_on_a_new_connection(p
     assert data == {first: b"bye", second: b"slow"}
     assert h2app.connections == before + 1  # the refused stream went again, on a new connection
     raw.close()
+
+
+def test_streams_reset_in_the_same_read_never_reach_the_upstream(proxy, h2app):
+    """Rapid reset (CVE-2023-44487): a request cancelled at once costs the upstream nothing."""
+    raw = RawH2(proxy.outbound)
+    raw.until_stream_done(raw.request([(b":method", b"GET"), (b":path", b"/echo"), (b":scheme", b"http"),
+                                       (b":authority", auth(h2app).encode())]))  # pooled upstream connection
+    before = len(h2app.requests)
+    for _ in range(50):  # under the rapid-reset limit; one write, so one read on loopback
+        sid = raw.conn.get_next_available_stream_id()
+        raw.conn.send_headers(sid, [(b":method", b"GET"), (b":path", b"/slow?s=1&rapid=1"), (b":scheme", b"http"),
+                                    (b":authority", auth(h2app).encode())], end_stream=True)
+        raw.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    raw.flush()
+    sid = raw.request([(b":method", b"GET"), (b":path", b"/echo?after=1"), (b":scheme", b"http"),
+                       (b":authority", auth(h2app).encode())])
+    events = raw.until_stream_done(sid)
+    assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in events)
+    rapid = [r for r in h2app.requests[before:] if b"rapid=1" in r[b":path"]]
+    assert len(rapid) <= 2  # only if the kernel split that one write across reads
+    raw.close()
