@@ -1,6 +1,7 @@
-"""What mTLS costs: handshakes, and the two-proxy path with and without it, in one run.
+"""What mTLS costs: handshakes, records, and the two-proxy path with and without it, in one run.
 
     python benches/bench_mtls.py [--seconds 6] [--connections 16] [--rounds 2] [--handshakes 400]
+                                 [--echo-round-trips 32000]
 
 1. Handshakes per second per core, both sides in one process on one core:
    - baseline: a plain Python ``ssl`` TLS 1.3 handshake (server certificate
@@ -8,7 +9,11 @@
    - mesh: what two proxies do (both certificates, the client's
      ``MeshConnector`` path: ``tls_stream.connect`` and the SAN identity
      check; the server's termination after detection read the ClientHello).
-2. The two-proxy path, ``wrk`` -> proxy A (outbound) -> proxy B (inbound) ->
+2. The record path alone: CPU per echo round trip of a 180-byte message over
+   16 connections, both ends in one process (steady even on a shared
+   machine): plaintext, uvloop's own SSL transport at both ends, and
+   ``tls_stream`` at both ends (what the proxies run).
+3. The two-proxy path, ``wrk`` -> proxy A (outbound) -> proxy B (inbound) ->
    a small HTTP server, each proxy its own process on loopback, once with
    plaintext between the proxies and once with mTLS.  Connections between the
    proxies are pooled, so mTLS costs encryption, not handshakes.
@@ -28,6 +33,7 @@ import re
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -140,7 +146,111 @@ def bench_handshakes(n: int, workdir: Path, anchor: certs.KeyPair, issuer: certs
     return out
 
 
-# --- 2. the two-proxy path ----------------------------------------------------------------
+# --- 2. the record path alone, in-process ---------------------------------------------------
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class _PingPong(asyncio.Protocol):
+    """Sends MSG, waits for it back, *left* times."""
+
+    MSG = b"x" * 180  # about a proxied request head
+
+    def connection_made(self, transport):
+        self.transport, self.left, self.done = transport, 0, None
+
+    def data_received(self, data):
+        self.left -= 1
+        if self.left > 0:
+            self.transport.write(self.MSG)
+        else:
+            self.done.set_result(None)
+
+
+class _TerminateThenEcho(asyncio.Protocol):
+    """The proxy's inbound side: the first bytes are the ClientHello, terminated by TlsTransport."""
+
+    def __init__(self, server_ctx, tasks):
+        self.server_ctx, self.tasks = server_ctx, tasks
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.pause_reading()
+        task = asyncio.ensure_future(self._terminate(data))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _terminate(self, prefix):
+        t = TlsTransport(self.server_ctx, server_side=True, raw=self.transport)
+        self.transport.resume_reading()
+        await t.handshake(prefix, timeout=10)
+        t.start(_Echo())
+
+
+async def _echo_cpu_us(mode: str, server_ctx, client_ctx, *, round_trips: int, connections: int = 16) -> float:
+    """CPU per echo round trip, both ends in this process: what the record path costs, steady under load."""
+    loop = asyncio.get_running_loop()
+    tasks: set = set()
+    if mode == "tls_stream":
+        server = await loop.create_server(lambda: _TerminateThenEcho(server_ctx, tasks), "127.0.0.1", 0)
+    else:
+        server = await loop.create_server(_Echo, "127.0.0.1", 0, ssl=server_ctx if mode == "uvloop_ssl" else None)
+    port = server.sockets[0].getsockname()[1]
+    clients = []
+    for _ in range(connections):
+        if mode == "tls_stream":
+            _, p = await tls_stream.connect(_PingPong, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
+                                            handshake_timeout=10)
+        elif mode == "uvloop_ssl":
+            _, p = await loop.create_connection(_PingPong, "127.0.0.1", port, ssl=client_ctx, server_hostname=SERVER)
+        else:
+            _, p = await loop.create_connection(_PingPong, "127.0.0.1", port)
+        clients.append(p)
+
+    async def run(per_connection: int) -> None:
+        for c in clients:
+            c.left, c.done = per_connection, loop.create_future()
+            c.transport.write(c.MSG)
+        await asyncio.wait_for(asyncio.gather(*(c.done for c in clients)), 60)
+
+    await run(100)  # warm up
+    start = time.process_time()
+    await run(round_trips // connections)
+    cpu = time.process_time() - start
+    for c in clients:
+        c.transport.close()
+    server.close()
+    return cpu / (round_trips // connections * connections) * 1e6
+
+
+def bench_records(round_trips: int, workdir: Path, anchor: certs.KeyPair, issuer: certs.KeyPair,
+                  *, rounds: int = 3) -> dict:
+    """plaintext vs uvloop's SSL transport (both ends) vs tls_stream (both ends, as the proxies run)."""
+    import uvloop
+
+    _, s_cert, s_key = write_leaf(workdir, issuer, SERVER)
+    _, c_cert, c_key = write_leaf(workdir, issuer, CLIENT)
+    server_ctx = tls.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
+    client_ctx = tls.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key)
+    runs: dict[str, list[float]] = {"plaintext": [], "uvloop_ssl": [], "tls_stream": []}
+    for _ in range(rounds):  # alternating, best of each: the floor, least disturbed by other load
+        for mode in runs:
+            runs[mode].append(uvloop.run(_echo_cpu_us(mode, server_ctx, client_ctx, round_trips=round_trips)))
+    out = {mode: {"cpu_us_per_round_trip_best": round(min(v), 2), "runs": [round(x, 2) for x in v]}
+           for mode, v in runs.items()}
+    for mode in ("uvloop_ssl", "tls_stream"):
+        out[mode]["added_us_vs_plaintext"] = round(min(runs[mode]) - min(runs["plaintext"]), 2)
+    return out
+
+
+# --- 3. the two-proxy path ----------------------------------------------------------------
 
 BACKEND = textwrap.dedent("""
     import asyncio, sys
@@ -333,7 +443,7 @@ def bench_path(workdir: Path, *, seconds: float, connections: int, rounds: int) 
         cpu = sorted(r["proxy_cpu_us_per_request"] for r in runs)
         summary[mode] = {"rps_runs": [r["rps"] for r in runs], "rps_best": best["rps"],
                          "proxy_cpu_us_per_request_runs": [round(c, 1) for c in cpu],
-                         "proxy_cpu_us_per_request_median": round(cpu[len(cpu) // 2], 1),
+                         "proxy_cpu_us_per_request_median": round(statistics.median(cpu), 1),
                          "outbound_inbound_cpu_us": [(r["outbound_proxy_cpu_us"], r["inbound_proxy_cpu_us"]) for r in runs],
                          "p50_ms": best["p50_ms"], "p99_ms": best["p99_ms"],
                          "non_2xx": sum(r["non_2xx"] for r in runs), "socket_errors": [r["socket_errors"] for r in runs]}
@@ -352,10 +462,12 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="runs per mode, alternating")
     ap.add_argument("--handshakes", type=int, default=400)
+    ap.add_argument("--echo-round-trips", type=int, default=32000, help="per run of the in-process record bench")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("bench_mtls: wrk is not installed (scripts/apt-packages.txt lists it)", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()  # other work on a shared machine skews req/s more than CPU per request
     with tempfile.TemporaryDirectory(prefix="bench-mtls-") as d:
         workdir = Path(d)
         anchor = certs.generate_trust_anchor()
@@ -364,13 +476,17 @@ def main() -> int:
         (workdir / "issuer.crt").write_text(issuer.cert_pem)
         (workdir / "issuer.key").write_text(issuer.key_pem)
         report = {"handshakes": bench_handshakes(args.handshakes, workdir, anchor, issuer),
+                  "records_in_process": bench_records(args.echo_round_trips, workdir, anchor, issuer),
                   "two_proxy_path": bench_path(workdir, seconds=args.seconds, connections=args.connections,
                                                rounds=args.rounds),
-                  "cores": os.cpu_count(), "python": sys.version.split()[0]}
+                  "cores": os.cpu_count(), "python": sys.version.split()[0],
+                  "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
     print(json.dumps(report, indent=2))
     path = report["two_proxy_path"]
     print(f"mTLS throughput cost on pooled connections: {path['mtls_throughput_cost']:.1%} by best req/s, "
-          f"{path['mtls_cpu_bound_throughput_cost']:.1%} by proxy CPU per request (target <= 15%)", file=sys.stderr)
+          f"{path['mtls_cpu_bound_throughput_cost']:.1%} by proxy CPU per request (target <= 15%); "
+          f"load average {report['load_average_1m_before_after'][0]} before, "
+          f"{report['load_average_1m_before_after'][1]} after", file=sys.stderr)
     return 0
 
 
