@@ -316,9 +316,12 @@ PROXY = textwrap.dedent("""
     from meshctl_proxy.model import Endpoint
     from meshctl_proxy.routing import DirectRouter
     host, port, identity = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None
+    # One Endpoint object, as the balancer hands out the same ones from its set (a new one per
+    # request would defeat the per-connection caches keyed by endpoint identity).
+    ENDPOINT = Endpoint(host, port, identity)
     class Static(DirectRouter):
         def select(self, target):
-            return Endpoint(host, port, identity)
+            return ENDPOINT
     sys.exit(server.run(config.load(os.environ), outbound_router=Static()))
 """)
 

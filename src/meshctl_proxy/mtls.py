@@ -159,6 +159,11 @@ class AuthorizingRouter:
         self.inner = inner
         self.policy = policy
         self.stats = stats
+        # Bound once, being asked for on every request: __getattr__ only runs after the normal
+        # lookup has raised AttributeError inside CPython, about 0.5 us a time.
+        for name in ("select", "target"):
+            if hasattr(inner, name):
+                setattr(self, name, getattr(inner, name))
 
     def __getattr__(self, name):
         # select/target/observe/aclose pass through; anything that lets a request
