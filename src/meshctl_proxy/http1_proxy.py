@@ -16,9 +16,9 @@ import logging
 from meshctl_proxy import http1
 from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
-from meshctl_proxy.metrics import TcpStats, classify
+from meshctl_proxy.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.routing import DirectRouter, InboundRouter, http_series, mesh_identity, open_connection
+from meshctl_proxy.routing import DirectRouter, EndpointPool, InboundRouter, http_series
 from meshctl_proxy.tcp import PipeEnd, splice
 
 log = logging.getLogger("meshctl_proxy.http1")
@@ -343,13 +343,6 @@ class H1ServerConnection(asyncio.Protocol):
                 keep = False  # HTTP/1.0 client: the body ends when we close
         return keep, no_body, chunked
 
-    def _record(self, stats, response: Response, latency_ms: float) -> None:
-        body = response.body
-        grpc_status = response.header(b"grpc-status")
-        if grpc_status is None and body.trailers:
-            grpc_status = next((v for k, v in body.trailers if k.lower() == b"grpc-status"), None)
-        stats.response(response.status, classify(response.status, grpc_status), latency_ms)
-
     def _respond_now(self, request: Request, head: RequestHead, response: Response, stats,
                      latency_ms: float) -> bool | None:
         """Write the whole response in one write when its body is already here; None when it must stream.
@@ -370,7 +363,7 @@ class H1ServerConnection(asyncio.Protocol):
             if chunked:
                 out += http1.last_chunk(body.trailers)
         self._write(out)
-        self._record(stats, response, latency_ms)
+        stats.record(response, latency_ms)
         return keep
 
     async def _respond_streaming(self, request: Request, head: RequestHead, response: Response, stats,
@@ -406,7 +399,7 @@ class H1ServerConnection(asyncio.Protocol):
             stats.response(response.status, "failure", latency_ms)
             self.transport.abort()
             return False
-        self._record(stats, response, latency_ms)
+        stats.record(response, latency_ms)
         return keep
 
     def _after_response(self, request: Request, keep: bool) -> bool:
@@ -608,7 +601,7 @@ class H1ClientConnection(asyncio.Protocol):
                     self.transport.pause_reading()
                     self.response.upgraded = Upgraded(self.transport, ev.tail,
                                                       self.request.upgrade or b"", self.stats)
-                    self.pool.detach(self)
+                    self.pool.forget(self)
 
     def _on_head(self, head: ResponseHead) -> None:
         status = head.status
@@ -663,7 +656,7 @@ class H1ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.stats.closed += 1
-        self.pool.detach(self)
+        self.pool.forget(self)
         if self._callback is not None and self.response is None:
             self._fire(None, UpstreamClosed("upstream closed the connection before responding", before_response=True))
         waiter = self._waiter
@@ -784,23 +777,16 @@ class H1ClientConnection(asyncio.Protocol):
             pass
 
 
-class H1Pool:
-    """Idle upstream HTTP/1.1 connections per endpoint (keep-alive reuse)."""
+class H1Pool(EndpointPool):
+    """Idle upstream HTTP/1.1 connections per endpoint (keep-alive reuse): ``conns`` holds the idle ones."""
 
     # Per endpoint.  Enough for a busy sidecar's fan-out; more are closed on release.
     MAX_IDLE = 128
 
-    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float) -> None:
-        self.connector = connector
-        self.metrics = metrics
-        self.direction = direction
-        self.connect_timeout = connect_timeout
-        self.idle: dict[Endpoint, list[H1ClientConnection]] = {}
-
     def release(self, conn: H1ClientConnection) -> None:
-        idle = self.idle.get(conn.endpoint)
+        idle = self.conns.get(conn.endpoint)
         if idle is None:
-            idle = self.idle[conn.endpoint] = []
+            idle = self.conns[conn.endpoint] = []
         elif len(idle) >= self.MAX_IDLE:
             conn.transport.close()
             return
@@ -808,34 +794,18 @@ class H1Pool:
         idle.append(conn)
 
     def take_idle(self, endpoint: Endpoint) -> H1ClientConnection | None:
-        idle = self.idle.get(endpoint)
+        idle = self.conns.get(endpoint)
         while idle:
             conn = idle.pop()
             if not conn.closed:
                 return conn
         return None
 
-    def detach(self, conn: H1ClientConnection) -> None:
-        idle = self.idle.get(conn.endpoint)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def close_idle(self) -> None:
-        for idle in self.idle.values():
-            for conn in idle:
-                conn.transport.close()
-        self.idle.clear()
-
     async def connect(self, endpoint: Endpoint, authority: str | None) -> H1ClientConnection:
-        server_id = mesh_identity(self.connector, endpoint)
-        stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
-                                 "true" if server_id else "no_identity", server_id)
-        _transport, conn = await open_connection(self.connector, endpoint, lambda: H1ClientConnection(self, endpoint, stats),
-                                                 timeout=self.connect_timeout, alpn=["http/1.1"])
-        return conn
+        return await self.dial(endpoint, authority, H1ClientConnection, alpn=["http/1.1"])
 
     async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        idle = self.idle.get(endpoint)
+        idle = self.conns.get(endpoint)
         while idle:
             conn = idle.pop()
             if conn.closed:

@@ -34,9 +34,9 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.h2headers import (MalformedHeaders, check_request, check_response, check_trailers, h2_fields,
                                      regular_fields)
 from meshctl_proxy.h2limits import FloodGuard
-from meshctl_proxy.metrics import TcpStats, classify
+from meshctl_proxy.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.routing import DirectRouter, http_series, mesh_identity, open_connection
+from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series
 
 log = logging.getLogger("meshctl_proxy.http2")
 # hpack logs every field it encodes or decodes, values included (so credentials), at DEBUG through
@@ -478,7 +478,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self._end(sid)
             return
         if answered:
-            self._record(stats, response, latency * 1000)
+            stats.record(response, latency * 1000)
             self._end(sid)
         else:  # a body still to come, or beyond the peer's window: relay it in a task
             st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, response=response,
@@ -574,15 +574,6 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         stats.requests += 1
         return stats
 
-    @staticmethod
-    def _record(stats, response: Response, latency_ms: float) -> None:
-        status = response.status
-        grpc = response.header(b"grpc-status")
-        trailers = response.body.trailers
-        if grpc is None and trailers:
-            grpc = next((v for k, v in trailers if k.lower() == b"grpc-status"), None)
-        stats.response(status, classify(status, grpc), latency_ms)
-
     def _respond_now(self, st: _ServerStream, response: Response) -> bool:
         """Write the response head, and the body too when it is all here and fits the peer's windows.
 
@@ -654,10 +645,10 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                 if self.closed or sid not in self.streams:
                     return
                 if self._respond_now(st, response):
-                    self._record(stats, response, latency_ms)
+                    stats.record(response, latency_ms)
                     return
             await self.send_body(sid, response.body)
-            self._record(stats, response, latency_ms)
+            stats.record(response, latency_ms)
         except StreamReset as exc:  # the upstream reset mid-response: pass the code on
             (stats or self._counted(request)).response(status or 502, "failure", (self.loop.time() - start) * 1000)
             self._reset(sid, exc.code)
@@ -939,43 +930,24 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 pass
 
 
-class H2Pool:
+class H2Pool(EndpointPool):
     """One multiplexed upstream connection per endpoint (more when one is full or going away)."""
 
     def __init__(self, connector, metrics, direction: str, *, connect_timeout: float) -> None:
-        self.connector = connector
-        self.metrics = metrics
-        self.direction = direction
-        self.connect_timeout = connect_timeout
-        self.conns: dict[Endpoint, list[H2ClientConnection]] = {}
+        super().__init__(connector, metrics, direction, connect_timeout=connect_timeout)
         self._connecting: dict[Endpoint, asyncio.Future] = {}
 
     def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
         """A connection to *endpoint* with room for one more stream, if one is open."""
         return next((c for c in self.conns.get(endpoint, ()) if c.usable), None)
 
-    def forget(self, conn: H2ClientConnection) -> None:
-        conns = self.conns.get(conn.endpoint)
-        if conns and conn in conns:
-            conns.remove(conn)
-
-    def close(self) -> None:
-        for conns in self.conns.values():
-            for conn in conns:
-                conn.transport.close()
-        self.conns.clear()
-
     async def _connect(self, endpoint: Endpoint, authority: str) -> H2ClientConnection:
         pending = self._connecting.get(endpoint)
         if pending is not None:  # share one handshake among requests that arrive together
             return await asyncio.shield(pending)
         fut = self._connecting[endpoint] = asyncio.get_running_loop().create_future()
-        server_id = mesh_identity(self.connector, endpoint)
-        stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
-                                 "true" if server_id else "no_identity", server_id)
         try:
-            _t, conn = await open_connection(self.connector, endpoint, lambda: H2ClientConnection(self, endpoint, stats),
-                                             timeout=self.connect_timeout, alpn=["h2"])
+            conn = await self.dial(endpoint, authority, H2ClientConnection, alpn=["h2"])
         except ProxyError as err:
             exc = err
         else:

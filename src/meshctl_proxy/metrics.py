@@ -74,6 +74,11 @@ class HttpStats:
         rs.sum_ms += latency_ms
         rs.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
 
+    def record(self, response, latency_ms: float) -> None:
+        """Count a whole *response* (a model.Response), classified as Linkerd classifies it."""
+        status = response.status
+        self.response(status, classify(status, response.grpc_status()), latency_ms)
+
 
 class TcpStats:
     """Connection counters for one (direction, peer, authority, target_addr, tls)."""

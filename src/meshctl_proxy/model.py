@@ -17,6 +17,16 @@ from meshctl_proxy.body import EMPTY, Body
 
 Headers = list[tuple[bytes, bytes]]
 
+
+def find_header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of the field *name* (any case) in *headers*, or None."""
+    name = name.lower()
+    n = len(name)
+    for k, v in headers:
+        if len(k) == n and k.lower() == name:  # len() first: no lowered copy of every name
+            return v
+    return None
+
 INBOUND = "inbound"
 OUTBOUND = "outbound"
 
@@ -106,12 +116,7 @@ class Request:
     tunnel: object | None = None
 
     def header(self, name: bytes) -> bytes | None:
-        name = name.lower()
-        n = len(name)
-        for k, v in self.headers:
-            if len(k) == n and k.lower() == name:  # len() first: no lowered copy of every name
-                return v
-        return None
+        return find_header(self.headers, name)
 
     def replace(self, **changes) -> "Request":
         """A copy with *changes* (a retry gets a fresh body each attempt)."""
@@ -132,12 +137,14 @@ class Response:
     upgraded: object | None = None
 
     def header(self, name: bytes) -> bytes | None:
-        name = name.lower()
-        n = len(name)
-        for k, v in self.headers:
-            if len(k) == n and k.lower() == name:  # len() first: no lowered copy of every name
-                return v
-        return None
+        return find_header(self.headers, name)
+
+    def grpc_status(self) -> bytes | None:
+        """grpc-status from the headers (a Trailers-Only response) or else the trailers, for classification."""
+        status = find_header(self.headers, b"grpc-status")
+        if status is None and self.body.trailers:
+            status = find_header(self.body.trailers, b"grpc-status")
+        return status
 
 
 ERROR_HEADER = b"meshctl-proxy-error"  # as Linkerd's l5d-proxy-error

@@ -84,6 +84,44 @@ async def open_connection(connector: Connector, endpoint: Endpoint, protocol_fac
         raise ProxyError(502, f"connect to {endpoint.addr} failed: {exc.strerror or exc}") from None
 
 
+class EndpointPool:
+    """Upstream connections per endpoint, as the HTTP/1 and HTTP/2 pools keep them.
+
+    ``conns[endpoint]`` lists the connections the pool holds (idle ones for
+    HTTP/1, multiplexed ones for HTTP/2); each connection knows its
+    ``endpoint`` and ``transport``.  Subclasses say how a connection is picked
+    and when it goes back.
+    """
+
+    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float) -> None:
+        self.connector = connector
+        self.metrics = metrics
+        self.direction = direction
+        self.connect_timeout = connect_timeout
+        self.conns: dict[Endpoint, list] = {}
+
+    def forget(self, conn) -> None:
+        """*conn* is closing or unusable: the pool stops handing it out."""
+        conns = self.conns.get(conn.endpoint)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def close(self) -> None:
+        for conns in self.conns.values():
+            for conn in conns:
+                conn.transport.close()
+        self.conns.clear()
+
+    async def dial(self, endpoint: Endpoint, authority: str | None, protocol_factory, *, alpn: list[str]):
+        """A new connection to *endpoint*, its tcp_* series labelled with the mTLS identity it must present."""
+        server_id = mesh_identity(self.connector, endpoint)
+        stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
+                                 "true" if server_id else "no_identity", server_id)
+        _transport, conn = await open_connection(self.connector, endpoint, lambda: protocol_factory(self, endpoint, stats),
+                                                 timeout=self.connect_timeout, alpn=alpn)
+        return conn
+
+
 def split_authority(authority: str, default_port: int = 80) -> tuple[str, int]:
     """``host[:port]`` / ``[v6]:port`` -> (host, port); ValueError when malformed."""
     authority = authority.strip()

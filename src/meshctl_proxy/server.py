@@ -58,7 +58,7 @@ class HttpUpstream:
         return await self.h1.send(request, endpoint)
 
     def close(self) -> None:
-        self.h1.close_idle()
+        self.h1.close()
         if self.h2 is not None:
             self.h2.close()
 

@@ -270,7 +270,7 @@ def test_rotations_under_steady_load_fail_no_request(loop, workdir):
             results.append(pair.get(f"/load/{n}")[0])
             n += 1
             if n % 50 == 0:
-                loop.loop.call_soon_threadsafe(pair.a.upstreams["outbound"].h1.close_idle)
+                loop.loop.call_soon_threadsafe(pair.a.upstreams["outbound"].h1.close)
             if min(pair.a.mesh.identity.refreshes, pair.b.mesh.identity.refreshes) >= 4 and n >= 200:
                 break
         assert min(pair.a.mesh.identity.refreshes, pair.b.mesh.identity.refreshes) >= 4, "fewer than 3 rotations"
