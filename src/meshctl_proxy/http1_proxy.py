@@ -18,6 +18,7 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
+from meshctl_proxy.outbox import outbox
 from meshctl_proxy.routing import DirectRouter, EndpointPool, InboundRouter, http_series
 from meshctl_proxy.tcp import PipeEnd, splice
 
@@ -47,6 +48,26 @@ class Upgraded:
         self.protocol_name = protocol_name
 
 
+class _HeldWrites(asyncio.Protocol):
+    """Both ends' writes go out at the end of the event loop's pass (meshctl_proxy.outbox).
+
+    Every close, abort and hand-over flushes first, so nothing written before
+    it goes after it.  ``connection_made`` sets ``_outbox``.
+    """
+
+    def _write(self, data: bytes) -> None:
+        self.stats.write_bytes += len(data)
+        self._outbox.write(self.transport, data)
+
+    def _close(self) -> None:
+        self._outbox.flush()
+        self.transport.close()
+
+    def _abort(self) -> None:
+        self._outbox.flush()
+        self.transport.abort()
+
+
 def _absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
     """RFC 9112 section 3.2.2: ``http://host/path`` -> (authority, path); the target wins over Host."""
     low = target[:8].lower()
@@ -58,7 +79,7 @@ def _absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
-class H1ServerConnection(asyncio.Protocol):
+class H1ServerConnection(_HeldWrites):
     """A client's HTTP/1.x connection to the proxy."""
 
     def __init__(self, runtime, ctx: ConnectionContext, stats: TcpStats) -> None:
@@ -107,6 +128,7 @@ class H1ServerConnection(asyncio.Protocol):
         self.rt.connections.add(self)
         # One lookup per connection: on Python 3.11 get_running_loop() is a getpid() syscall.
         self.loop = loop = asyncio.get_running_loop()
+        self._outbox = outbox(loop)
         self.task = loop.create_task(self._serve())
 
     def feed_initial(self, data: bytes) -> None:
@@ -189,7 +211,7 @@ class H1ServerConnection(asyncio.Protocol):
             self.current_body = None
         if not self.busy and not self.queue:
             self._write(http1.error_response(exc.status, exc.reason))
-            self.transport.close()
+            self._close()
         waiter = self._wakeup
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -202,7 +224,7 @@ class H1ServerConnection(asyncio.Protocol):
         # Let the in-flight response finish (the client may have half-closed), then close.
         self.draining = True
         if not self.busy and not self.queue:
-            self.transport.close()
+            self._close()
         return True
 
     def connection_lost(self, exc) -> None:
@@ -232,9 +254,6 @@ class H1ServerConnection(asyncio.Protocol):
             self._drain_waiter = asyncio.get_running_loop().create_future()
             await self._drain_waiter
 
-    def _write(self, data: bytes) -> None:
-        self.stats.write_bytes += len(data)
-        self.transport.write(data)
 
     def _interim(self, status: int, headers) -> None:
         """Relay 100 Continue (RFC 9110 section 15.2) while the final response is pending."""
@@ -245,7 +264,7 @@ class H1ServerConnection(asyncio.Protocol):
         """Graceful shutdown: finish the response in flight, then close."""
         self.draining = True
         if not self.busy and not self.queue and self.transport is not None:
-            self.transport.close()
+            self._close()
 
     # -- the request loop -----------------------------------------------------------
     async def _serve(self) -> None:
@@ -270,12 +289,12 @@ class H1ServerConnection(asyncio.Protocol):
             if not self.closed and not self.tunnelled:
                 if self.broken is not None and not self.responding:
                     self._write(http1.error_response(self.broken.status, self.broken.reason))
-                self.transport.close()
+                self._close()
         except asyncio.CancelledError:
             pass
         except ConnectionError:
             if self.transport is not None:
-                self.transport.abort()
+                self._abort()
 
     def _http_stats_for(self, authority: str, endpoint: Endpoint | None = None):
         """The series this request counts in (routing.http_series), remembered while it repeats."""
@@ -397,7 +416,7 @@ class H1ServerConnection(asyncio.Protocol):
         except BodyError:
             # The upstream failed mid-body: HTTP/1 can only say so by cutting the connection.
             stats.response(response.status, "failure", latency_ms)
-            self.transport.abort()
+            self._abort()
             return False
         stats.record(response, latency_ms)
         return keep
@@ -507,11 +526,11 @@ class H1ServerConnection(asyncio.Protocol):
         if self.closed:
             return
         if not keep:
-            self.transport.close()
+            self._close()
         elif self.queue:
             self._wake()
         elif self.draining:
-            self.transport.close()
+            self._close()
 
     def _wake(self) -> None:
         waiter = self._wakeup
@@ -529,6 +548,7 @@ class H1ServerConnection(asyncio.Protocol):
         self.rt.connections.discard(self)
         pending = b"".join(self.tunnel_buf or [])
         self.tunnel_buf = None
+        self._outbox.flush()  # the 101 goes before anything the tunnel writes
         self.transport.set_protocol(down)
         down.connection_made(self.transport)
         upgraded.transport.set_protocol(up)
@@ -539,7 +559,7 @@ class H1ServerConnection(asyncio.Protocol):
         self.transport.resume_reading()
 
 
-class H1ClientConnection(asyncio.Protocol):
+class H1ClientConnection(_HeldWrites):
     """One pooled upstream HTTP/1.1 connection; one exchange at a time."""
 
     def __init__(self, pool: "H1Pool", endpoint: Endpoint, stats: TcpStats) -> None:
@@ -567,6 +587,7 @@ class H1ClientConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.loop = asyncio.get_running_loop()
+        self._outbox = outbox(self.loop)
         self._pause, self._resume = transport.pause_reading, transport.resume_reading  # each body's backpressure
         if transport.get_extra_info("ssl_object") is not None:
             self.tls = "true"
@@ -639,7 +660,7 @@ class H1ClientConnection(asyncio.Protocol):
         if self.keep and not self.reader.no_reuse:
             self.pool.release(self)
         else:
-            self.transport.close()
+            self._close()
 
     def _fail(self, exc: ProxyError) -> None:
         if self._callback is not None and self.response is None:
@@ -651,7 +672,7 @@ class H1ClientConnection(asyncio.Protocol):
             self.body.abort(BodyError(exc.reason))
         self.keep = False
         if self.transport is not None:
-            self.transport.abort()
+            self._abort()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -682,9 +703,6 @@ class H1ClientConnection(asyncio.Protocol):
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
-    def _write(self, data: bytes) -> None:
-        self.stats.write_bytes += len(data)
-        self.transport.write(data)
 
     def start_exchange(self, request: Request, callback) -> None:
         """Send *request*; ``callback(response, None)`` once its head (and any body already read) is in,
@@ -709,7 +727,7 @@ class H1ClientConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             if self._waiter is waiter:  # still our exchange: its state on the wire is unknown
                 self.keep = False
-                self.transport.abort()
+                self._abort()
             raise
         finally:
             # The connection may already be back in the pool and carrying the
@@ -772,7 +790,7 @@ class H1ClientConnection(asyncio.Protocol):
             if self.body is not None and not self.response_done:
                 self.body.abort(BodyError("request body failed"))
             self.keep = False
-            self.transport.abort()
+            self._abort()
         except (ConnectionError, asyncio.CancelledError):
             pass
 
