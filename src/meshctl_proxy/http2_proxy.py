@@ -1,19 +1,30 @@
 """HTTP/2 with prior knowledge: the client-facing server connection and the pooled upstream client.
 
-The h2 library is the sans-IO protocol machine; this module relays streams
+libnghttp2 (the HTTP/2 engine of nghttp2, curl and Apache httpd), through its
+sans-IO binding ngh2, is the protocol machine; this module relays streams
 between two of them.  An HTTP/2 request goes upstream as HTTP/2 (gRPC needs
-trailers end to end), multiplexed over one connection per endpoint.
+trailers end to end), multiplexed over one connection per endpoint.  It
+replaced the pure-Python h2 + hpack + hyperframe stack, which cost ~115 us of
+CPU per proxied request by itself against ~5 us here (docs/performance.md).
 
-Flow control holds end to end: DATA from one side is acknowledged
-(WINDOW_UPDATE) only when the other side has taken it
-(``Body(on_consumed=...)``), and we send only within the peer's window,
-waiting for its WINDOW_UPDATE otherwise (RFC 9113 section 5.2).
+Flow control holds end to end: libnghttp2's automatic WINDOW_UPDATEs are off,
+DATA from one side is acknowledged only when the other side has taken it
+(``Body(on_consumed=...)``), and we hand libnghttp2 only what fits the peer's
+windows, waiting for its WINDOW_UPDATE otherwise (RFC 9113 section 5.2), so
+the proxy never reads ahead of the slower side.
 
 Resets travel both ways with their error code (a client's RST_STREAM cancels
 the upstream stream; an upstream reset resets the client's stream).  A GOAWAY
-from upstream refuses the streams it did not process (REFUSED_STREAM, which
-clients may retry); a graceful drain sends GOAWAY with the last stream id and
-serves the streams already open.
+from upstream refuses the streams it did not process (libnghttp2 closes them
+with REFUSED_STREAM, which the pool retries once); a graceful drain sends
+GOAWAY with the last stream id and serves the streams already open.
+
+Abuse is answered with GOAWAY(ENHANCE_YOUR_CALM) and a close
+(meshctl_proxy.h2limits): rapid reset, PING and SETTINGS floods, streams
+beyond SETTINGS_MAX_CONCURRENT_STREAMS.  libnghttp2 refuses the last one
+itself, as RFC 9113 section 5.1.2 allows, with PROTOCOL_ERROR; the proxy
+sends ENHANCE_YOUR_CALM in its place, as Go's and Envoy's servers answer
+abuse, so every limit reads the same to a client.
 """
 
 from __future__ import annotations
@@ -21,35 +32,43 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import hpack.hpack
-from hyperframe.frame import GoAwayFrame
+import ngh2
+from ngh2 import (ConnectionClosed, DataReceived, GoAwayReceived, NGH2Error, PingReceived, RequestReceived,
+                  ResponseReceived, Role, SettingsReceived, StreamClosed, TrailersReceived, WindowUpdated)
 
 from meshctl_proxy.body import EMPTY, Body, BodyError
-from meshctl_proxy.h2headers import (MalformedHeaders, check_request, check_response, check_trailers, h2_fields,
-                                     regular_fields)
-from meshctl_proxy.h2limits import FloodGuard
+from meshctl_proxy.h2headers import MalformedHeaders, h2_fields, request_fields
+from meshctl_proxy.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
 from meshctl_proxy.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
 from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series
 
 log = logging.getLogger("meshctl_proxy.http2")
-# hpack logs every field it encodes or decodes, values included (so credentials), at DEBUG through
-# its module logger: ~50 calls per proxied request, ~4% of the proxy's CPU even when nothing is
-# written, and at the proxy's "debug" level bearer tokens in the log.  h2's own logger is already
-# its no-op DummyLogger; hpack gets one too.
-hpack.hpack.log = h2.config.DummyLogger()
 
 MAX_HEADER_LIST_SIZE = 64 * 1024  # as the HTTP/1 head limit
 # Receive windows: what one stream, and the whole connection, may have in flight
 # towards us (the RFC's 64 KiB default caps a stream at 64 KiB per round trip).
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1 << 20
+
+# RFC 9113 section 7 error codes, as plain ints (the hot paths compare them).
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
+ENHANCE_YOUR_CALM = 0xB
+_MAX_CONCURRENT_STREAMS = int(ngh2.Setting.MAX_CONCURRENT_STREAMS)
+_StreamResetEvent = ngh2.StreamReset
+
+_SERVER_CONFIG = ngh2.Configuration(
+    auto_window_update=False,  # credit goes back as the upstream takes the bytes (module docstring)
+    max_inbound_header_list_size=MAX_HEADER_LIST_SIZE,
+    # libnghttp2's own rapid-reset bucket (CVE-2023-44487), a backstop above FloodGuard's limit, which
+    # answers first and with ENHANCE_YOUR_CALM; libnghttp2 would close with INTERNAL_ERROR.
+    stream_reset_rate_limit=(10 * MAX_RESETS_PER_SECOND, 2 * MAX_RESETS_PER_SECOND),
+)
+_CLIENT_CONFIG = ngh2.Configuration(auto_window_update=False, max_inbound_header_list_size=MAX_HEADER_LIST_SIZE)
 
 
 class StreamReset(BodyError):
@@ -68,76 +87,28 @@ class UpstreamReset(ProxyError):
         self.code = code
 
 
-class GoawayFilter:
-    """Takes GOAWAY frames out of the byte stream before h2 sees them.
-
-    h2 closes its whole state machine on receiving GOAWAY, after which frames
-    for streams still in flight are protocol errors.  RFC 9113 section 6.8 says
-    those streams (ids up to last_stream_id) continue; so the proxy handles
-    GOAWAY itself and h2 never sees it.  Everything else passes through.
-    """
-
-    __slots__ = ("buf", "skip", "passing")
-
-    def __init__(self, *, skip: int = 0) -> None:
-        self.buf = b""  # an incomplete frame header, or an incomplete GOAWAY frame
-        self.skip = skip  # the client preface, which is not a frame
-        self.passing = 0  # bytes of the current (non-GOAWAY) frame still to pass through
-
-    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
-        buf = self.buf + data if self.buf else data
-        self.buf = b""
-        out: list[bytes] = []
-        goaways: list[tuple[int, int]] = []
-        pos, n = 0, len(buf)
-        if self.skip:
-            pos = min(self.skip, n)
-            out.append(buf[:pos])
-            self.skip -= pos
-        if self.passing and pos < n:
-            k = min(self.passing, n - pos)
-            out.append(buf[pos:pos + k])
-            self.passing -= k
-            pos += k
-        while pos < n:
-            if n - pos < 9:
-                self.buf = buf[pos:]
-                break
-            length = int.from_bytes(buf[pos:pos + 3], "big")
-            end = pos + 9 + length
-            if buf[pos + 3] == 0x07:  # GOAWAY
-                if end > n:
-                    self.buf = buf[pos:]
-                    break
-                if length >= 8:
-                    last = int.from_bytes(buf[pos + 9:pos + 13], "big") & 0x7FFFFFFF
-                    goaways.append((last, int.from_bytes(buf[pos + 13:pos + 17], "big")))
-                pos = end
-            elif end <= n:
-                out.append(buf[pos:end])
-                pos = end
-            else:
-                out.append(buf[pos:])
-                self.passing = end - n
-                pos = n
-        return (out[0] if len(out) == 1 else b"".join(out)), goaways
+def goaway_frame(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
+    """A GOAWAY frame (RFC 9113 section 6.8), for the closes the proxy writes itself."""
+    payload = (last_stream_id & 0x7FFFFFFF).to_bytes(4, "big") + int(code).to_bytes(4, "big") + debug
+    return len(payload).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00" + payload
 
 
-def _config(client_side: bool) -> h2.config.H2Configuration:
-    # h2's header validation and normalisation, both ways, are done by meshctl_proxy.h2headers in one
-    # pass per block instead (h2's cost a fifth of the CPU per request): check_* on every block
-    # received, h2_fields on every block sent.  Cookies stay split (RFC 9113 section 8.2.3 allows it
-    # between HTTP/2 hops; the HTTP/1 side never sees these blocks).
-    return h2.config.H2Configuration(client_side=client_side, header_encoding=None,
-                                     validate_inbound_headers=False, normalize_inbound_headers=False,
-                                     validate_outbound_headers=False, normalize_outbound_headers=False)
+def without_goaway(data: bytes) -> bytes:
+    """*data* (whole frames from libnghttp2) less its GOAWAY frames: the proxy sends its own in their place."""
+    out, pos, n = [], 0, len(data)
+    while pos + 9 <= n:
+        end = pos + 9 + int.from_bytes(data[pos:pos + 3], "big")
+        if data[pos + 3] != 0x07:
+            out.append(data[pos:end])
+        pos = end
+    return b"".join(out)
 
 
 class _Sender:
-    """Writes DATA within the peer's flow-control windows; shared by both ends."""
+    """Hands DATA to libnghttp2 within the peer's flow-control windows and writes its output; both ends."""
 
     def __init__(self) -> None:
-        self.conn: h2.connection.H2Connection = None
+        self.conn: ngh2.Connection = None
         self.transport = None
         self.window_waiters: dict[int, asyncio.Future] = {}
         self.write_paused = False
@@ -145,23 +116,33 @@ class _Sender:
         self.stats: TcpStats | None = None
         self.closed = False
         self.flush_scheduled = False
+        self.pending = 0  # DATA bytes handed to libnghttp2 since the last flush (not yet off its windows)
+        self.loop = asyncio.get_running_loop()
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
+        self.pending = 0
         if data and not self.closed:
             self.stats.write_bytes += len(data)
             self.transport.write(data)
 
     def flush_soon(self) -> None:
-        """Write what h2 has queued at the end of this loop pass: streams answered together
+        """Write what libnghttp2 has queued at the end of this loop pass: streams answered together
         share one write (a syscall per frame was the largest cost per request)."""
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            self.loop.call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
         self.flush_scheduled = False
-        self.flush()
+        if not self.closed:
+            self.flush()
+
+    def window(self, stream_id: int) -> int:
+        """How many more DATA bytes the peer's windows take on *stream_id* now."""
+        conn = self.conn
+        return min(conn.stream_remote_window_size(stream_id) - conn.queued_body_size(stream_id),
+                   conn.remote_window_size - self.pending)
 
     def wake_windows(self, stream_id: int) -> None:
         if stream_id == 0:
@@ -183,29 +164,34 @@ class _Sender:
             self.drain_waiter.set_exception(exc)
 
     async def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
-        """Send *data* within the peer's windows; END_STREAM goes on its last frame."""
+        """Send *data* within the peer's windows; END_STREAM goes on its last frame.
+
+        libnghttp2 would queue past the windows by itself; holding the rest here
+        instead is what keeps the proxy from reading the other side ahead of this peer.
+        """
         conn = self.conn
         view = memoryview(data)
         while view:
             if self.closed:
                 raise ConnectionResetError("connection closed")
-            window = conn.local_flow_control_window(stream_id)
+            window = self.window(stream_id)
             if window <= 0:
-                fut = self.window_waiters[stream_id] = asyncio.get_running_loop().create_future()
+                fut = self.window_waiters[stream_id] = self.loop.create_future()
                 await fut
                 continue
-            n = min(window, conn.max_outbound_frame_size, len(view))
+            n = min(window, len(view))
             conn.send_data(stream_id, data if n == len(data) else bytes(view[:n]),
                            end_stream=end_stream and n == len(view))
+            self.pending += n
             view = view[n:]
             self.flush_soon()
             if self.write_paused:
-                self.drain_waiter = asyncio.get_running_loop().create_future()
+                self.drain_waiter = self.loop.create_future()
                 await self.drain_waiter
 
     async def send_body(self, stream_id: int, body: Body) -> None:
         """Relay *body* and end the stream: END_STREAM rides on the last DATA frame when no
-        trailers follow (one frame and one h2 call fewer than an empty DATA frame after it)."""
+        trailers follow (one frame fewer than an empty DATA frame after it)."""
         while data := await body.read():
             last = body.done and body.complete and not body.trailers
             await self.send_data(stream_id, data, end_stream=last)
@@ -216,7 +202,7 @@ class _Sender:
     def end_body(self, stream_id: int, body: Body) -> None:
         """End a stream whose body has been sent: with its trailers, or an empty END_STREAM."""
         if body.trailers:
-            self.conn.send_headers(stream_id, h2_fields(body.trailers), end_stream=True)
+            self.conn.send_trailers(stream_id, h2_fields(body.trailers))
         else:
             self.conn.end_stream(stream_id)
         self.flush_soon()
@@ -227,7 +213,7 @@ class _Sender:
             return
         try:
             self.conn.acknowledge_received_data(n, stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+        except NGH2Error:
             return
         self.flush_soon()
 
@@ -272,27 +258,27 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.stats = stats
         self.router = proxy.routers[ctx.direction]
         self.upstream = proxy.upstreams[ctx.direction]
-        self.conn = h2.connection.H2Connection(_config(client_side=False))
+        self.conn = ngh2.Connection(Role.SERVER, _SERVER_CONFIG)
         self.streams: dict[int, _ServerStream] = {}
         self.guard = FloodGuard()
-        self.goaway_filter = GoawayFilter(skip=24)  # the preface
         self.draining = False
         self.goaway_sent = False
-        self.loop = asyncio.get_running_loop()
+        self.last_sid = 0  # the highest stream id the client opened (GOAWAY's last_stream_id)
         self.bodiless: list[_ServerStream] = []  # requests of this read, started once its events are in
+        self._authority = (b"", "")  # the last :authority and its str: clients repeat it on every stream
 
     # -- transport callbacks ------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.proxy.connections.add(self)
+        log.debug("h2 client %s: connection accepted", self.ctx.client_addr)
         conn = self.conn
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.proxy.config.http2_max_concurrent_streams,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        conn.initiate_connection({
+            ngh2.Setting.MAX_CONCURRENT_STREAMS: self.proxy.config.http2_max_concurrent_streams,
+            ngh2.Setting.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+            ngh2.Setting.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
         })
-        conn.initiate_connection()
-        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        conn.set_local_window_size(CONNECTION_WINDOW)
         self.flush()
 
     def feed_initial(self, data: bytes) -> None:
@@ -304,57 +290,86 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.stats.read_bytes += len(data)
         if self.closed:
             return
-        data, goaways = self.goaway_filter.feed(data)
+        conn = self.conn
         try:
-            events = self.conn.receive_data(data) if data else []
-        except h2.exceptions.TooManyStreamsError:
-            self.calm("more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS", h2_failed=True)
+            conn.receive_data(data)
+        except ngh2.DenialOfServiceError as exc:
+            self.calm(str(exc))
             return
-        except h2.exceptions.DenialOfServiceError as exc:
-            self.calm(str(exc), h2_failed=True)
-            return
-        except h2.exceptions.ProtocolError as exc:
+        except NGH2Error as exc:
             self._protocol_error(exc)
             return
-        for ev in events:
-            self._on_event(ev)
+        on_event = self._on_event
+        for ev in conn.events():
+            on_event(ev)
             if self.closed:
                 return
         if self.bodiless:
             self._start_bodiless()
-        if goaways:
-            self.draining = True  # the client is going away: finish what is open, then close
-            self._maybe_close()
         self.flush()
+        # Streams libnghttp2 closed while writing (a reset it sent for a malformed DATA frame) report here.
+        for ev in conn.events():
+            on_event(ev)
+            if self.closed:
+                return
+
+    def flush(self) -> None:
+        conn = self.conn
+        data = conn.data_to_send()
+        self.pending = 0
+        if self.closed:
+            return
+        if not conn.want_read:
+            self._finished(data)
+        elif data:
+            self.stats.write_bytes += len(data)
+            self.transport.write(data)
+
+    def _finished(self, data: bytes) -> None:
+        """libnghttp2 is done with the connection: a drain completed, or it closed it on an error."""
+        closed = next((ev for ev in self.conn.events() if type(ev) is ConnectionClosed), None)
+        if closed is not None and closed.error_code == PROTOCOL_ERROR and b"concurrent streams" in closed.debug_data:
+            log.warning("h2 client %s: more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS",
+                        self.ctx.client_addr)
+            self._close_with(ENHANCE_YOUR_CALM, "more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS",
+                             data=data)
+            return
+        self.closed = True
+        if data:
+            self.stats.write_bytes += len(data)
+            self.transport.write(data)
+        self._abort_streams()
+        if closed is not None and closed.error_code:
+            log.info("h2 client %s: connection error %d: %s", self.ctx.client_addr, closed.error_code,
+                     closed.debug_data.decode("latin-1"))
+            self._linger()
+        else:  # a drain that completed: every stream was answered
+            self.transport.close()
 
     def _on_event(self, ev) -> None:
         t = type(ev)
-        if t is h2.events.DataReceived:
+        if t is RequestReceived:
+            self._on_request(ev)
+        elif t is StreamClosed:
+            if ev.error_code:  # closed by libnghttp2 (a malformed frame) or after a reset: stop serving it
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None:
+                    st.body.abort(StreamReset(ev.error_code, "stream closed"))
+                    st.cancel()
+                    self._maybe_close()
+        elif t is DataReceived:
             st = self.streams.get(ev.stream_id)
             if st is None:  # a stream we refused or reset: its bytes still count against the connection
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                self.conn.acknowledge_received_data(len(ev.data), ev.stream_id)
                 return
-            padding = ev.flow_controlled_length - len(ev.data)
-            if padding:
-                self.conn.acknowledge_received_data(padding, ev.stream_id)
             st.body.feed(ev.data)
-        elif t is h2.events.RequestReceived:
-            self._on_request(ev)
-        elif t is h2.events.StreamEnded:
-            st = self.streams.get(ev.stream_id)
-            if st is not None:
+            if ev.end_stream:
                 st.body.finish()
-        elif t is h2.events.TrailersReceived:
+        elif t is TrailersReceived:
             st = self.streams.get(ev.stream_id)
             if st is not None:
-                try:
-                    check_trailers(ev.headers)
-                except MalformedHeaders as exc:
-                    self._refuse_malformed(ev.stream_id, exc)
-                    st.body.abort(StreamReset(h2.errors.ErrorCodes.PROTOCOL_ERROR, f"malformed trailers: {exc}"))
-                    return
-                st.body.finish(ev.headers)
-        elif t is h2.events.StreamReset:
+                st.body.finish(list(ev.headers))
+        elif t is _StreamResetEvent:
             reason = self.guard.on_reset(self.loop.time())
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
@@ -362,47 +377,53 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                 st.cancel()
             if reason:
                 self.calm(reason)
-        elif t is h2.events.WindowUpdated:
+        elif t is WindowUpdated:
             self.wake_windows(ev.stream_id)
-        elif t is h2.events.RemoteSettingsChanged:
+        elif t is SettingsReceived:
             self.wake_windows(0)
             reason = self.guard.on_settings(self.loop.time())
             if reason:
                 self.calm(reason)
-        elif t is h2.events.PingReceived:
+        elif t is PingReceived:
             reason = self.guard.on_ping(self.loop.time())
             if reason:
                 self.calm(reason)
-        elif t is h2.events.ConnectionTerminated:
+        elif t is GoAwayReceived:
             self.draining = True  # the client said goodbye: finish what is open, then close
             self._maybe_close()
 
     def _on_request(self, ev) -> None:
         sid = ev.stream_id
+        if sid > self.last_sid:
+            self.last_sid = sid
         if self.draining:
-            self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.conn.reset_stream(sid, REFUSED_STREAM)
             return
         try:
-            pseudo = check_request(ev.headers)
+            pseudo, headers = request_fields(ev.headers)
         except MalformedHeaders as exc:
             self._refuse_malformed(sid, exc)
             return
         method = pseudo[b":method"]
-        if method == b"CONNECT":
-            self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        if method == b"CONNECT":  # not offered (no SETTINGS_ENABLE_CONNECT_PROTOCOL either)
+            self.conn.reset_stream(sid, PROTOCOL_ERROR)
             return
-        headers = regular_fields(ev.headers)
         authority = pseudo.get(b":authority")
-        if authority is None:
+        if authority is None:  # libnghttp2 lets a request carry Host instead
             authority = next((v for k, v in headers if k == b"host"), b"")
-        if ev.stream_ended:
+        cached = self._authority
+        if authority == cached[0]:
+            host = cached[1]
+        else:
+            host = authority.decode("latin-1")
+            self._authority = (authority, host)
+        if ev.end_stream:
             body = EMPTY
         else:
             length = next((v for k, v in headers if k == b"content-length"), None)
             body = Body(int(length) if length and length.isdigit() else None,
                         on_consumed=lambda n, sid=sid: self.ack(sid, n), high_water=STREAM_WINDOW)
-        request = Request(method, pseudo.get(b":path", b"/"), authority.decode("latin-1"), headers, body,
-                          scheme=pseudo.get(b":scheme", b"http"), protocol="h2", context=self.ctx)
+        request = Request(method, pseudo[b":path"], host, headers, body, pseudo[b":scheme"], "h2", self.ctx)
         st = self.streams[sid] = _ServerStream(sid, request, body)
         if body is EMPTY:
             # Started once this read's events are in, so that a stream the client resets in the same
@@ -453,7 +474,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         st.upstream = None
         sid = st.id
         latency = self.loop.time() - start
-        if isinstance(exc, UpstreamReset) and exc.code == h2.errors.ErrorCodes.REFUSED_STREAM:
+        if isinstance(exc, UpstreamReset) and exc.code == REFUSED_STREAM:
             # Nothing was processed (RFC 9113 section 8.7): the general path sends it again, once.
             if not self.closed and sid in self.streams:
                 st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start))
@@ -474,7 +495,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                 502, f"proxy error: {type(exc).__name__}").response()
         try:
             answered = self._respond_now(st, response)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except NGH2Error:
             self._end(sid)
             return
         if answered:
@@ -491,43 +512,45 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
     def _refuse_malformed(self, sid: int, exc: MalformedHeaders) -> None:
         # RFC 9113 section 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
         log.info("h2 client %s: stream %d: malformed header block: %s", self.ctx.client_addr, sid, exc)
-        self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self.conn.reset_stream(sid, PROTOCOL_ERROR)
 
-    def calm(self, reason: str, *, h2_failed: bool = False) -> None:
+    def calm(self, reason: str) -> None:
         """GOAWAY(ENHANCE_YOUR_CALM) and close: the client is abusing the connection."""
         log.warning("h2 client %s: %s", self.ctx.client_addr, reason)
-        self._close_with(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, reason, h2_failed=h2_failed)
+        self._close_with(ENHANCE_YOUR_CALM, reason)
 
     def _protocol_error(self, exc: Exception) -> None:
         log.info("h2 client %s: protocol error: %s", self.ctx.client_addr, exc)
-        self._close_with(h2.errors.ErrorCodes.PROTOCOL_ERROR, str(exc), h2_failed=True)
+        self._close_with(PROTOCOL_ERROR, str(exc))
 
-    def _close_with(self, code, reason: str, *, h2_failed: bool) -> None:
-        if h2_failed:
-            # h2 closed its state machine on the error and queued its own GOAWAY
-            # (PROTOCOL_ERROR): replace that with the frame that names our reason.
-            self.conn.clear_outbound_data_buffer()
-            frame = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id, error_code=code,
-                                additional_data=reason.encode()[:200])
-            self.stats.write_bytes += len(frame.serialize())
-            self.transport.write(frame.serialize())
-        else:
-            self.conn.close_connection(error_code=code, additional_data=reason.encode()[:200])
-            self.flush()
+    def _close_with(self, code: int, reason: str, *, data: bytes | None = None) -> None:
+        """GOAWAY naming *reason*, written by hand: the connection ends here whatever libnghttp2's state."""
+        if self.closed:
+            return
+        if data is None:
+            data = self.conn.data_to_send()
+        # What libnghttp2 queued (PING ACKs, resets) goes first; a GOAWAY of its own (it may have decided to
+        # end the connection already) gives way to the one naming our reason.
+        out = without_goaway(data) + goaway_frame(self.last_sid, code, reason.encode()[:200])
+        self.stats.write_bytes += len(out)
+        self.transport.write(out)
         self.closed = True  # read nothing more from this client
         self._abort_streams()
+        self._linger()
+
+    def _linger(self) -> None:
         # Half-close and linger briefly: closing with unread input would send a TCP RST,
         # which can destroy the GOAWAY before the client reads it.
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()
-            asyncio.get_running_loop().call_later(1.0, transport.close)
+            self.loop.call_later(1.0, transport.close)
         else:
             transport.close()
 
     def _abort_streams(self) -> None:
         for st in list(self.streams.values()):
-            st.body.abort(StreamReset(h2.errors.ErrorCodes.CANCEL, "connection closed"))
+            st.body.abort(StreamReset(CANCEL, "connection closed"))
             st.cancel()
         self.streams.clear()
         self.bodiless.clear()
@@ -543,26 +566,23 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         return False
 
     def drain(self) -> None:
-        """Graceful shutdown: GOAWAY naming the last stream we accept, serve those, then close.
-
-        h2's close_connection() would stop the state machine at once, so the
-        GOAWAY frame is written by hand and the connection keeps serving.
-        """
+        """Graceful shutdown: GOAWAY naming the last stream we accept, serve those, then close."""
         if self.closed:
             return
         self.draining = True
         if not self.goaway_sent:
             self.goaway_sent = True
-            last = max(self.streams, default=self.conn.highest_inbound_stream_id)
+            self.conn.send_goaway(NO_ERROR, last_stream_id=self.last_sid)
             self.flush()
-            frame = GoAwayFrame(0, last_stream_id=last, error_code=0)
-            self.transport.write(frame.serialize())
         self._maybe_close()
 
     def _maybe_close(self) -> None:
         if self.draining and not self.streams and not self.closed:
             self.flush()
-            self.transport.close()
+            if not self.closed:
+                self.closed = True
+                self.transport.close()
+
 
     # -- one stream -------------------------------------------------------------------------
     def _stats(self, request: Request, endpoint: Endpoint | None = None):
@@ -584,17 +604,17 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         conn = self.conn
         headers = [(b":status", b"%d" % response.status), *h2_fields(response.headers)]
         empty = body is EMPTY or (body.done and not body.trailers and body.complete and body.length == 0)
-        conn.send_headers(sid, headers, end_stream=empty)
+        conn.send_response(sid, headers, end_stream=empty)
         st.responded = True
         self.flush_soon()
         if empty:
             return True
-        if (not body.complete or self.write_paused
-                or body.buffered > min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)):
+        if not body.complete or self.write_paused or body.buffered > self.window(sid):
             return False
         data = body.read_nowait()
         if data:
             conn.send_data(sid, data, end_stream=not body.trailers)
+            self.pending += len(data)
             if body.trailers:
                 self.end_body(sid, body)
         else:
@@ -654,10 +674,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self._reset(sid, exc.code)
         except BodyError:
             (stats or self._counted(request)).response(status or 502, "failure", (self.loop.time() - start) * 1000)
-            self._reset(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-        except (asyncio.CancelledError, ConnectionError):
-            pass
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._reset(sid, INTERNAL_ERROR)
+        except (asyncio.CancelledError, ConnectionError, NGH2Error):
             pass
         finally:
             self.streams.pop(sid, None)
@@ -669,7 +687,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         try:
             self.conn.reset_stream(sid, code)
             self.flush()
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except NGH2Error:
             pass
 
 
@@ -710,120 +728,143 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         self.pool = pool
         self.endpoint = endpoint
         self.stats = stats
-        self.conn = h2.connection.H2Connection(_config(client_side=True))
+        self.conn = ngh2.Connection(Role.CLIENT, _CLIENT_CONFIG)
         self.streams: dict[int, _ClientStream] = {}
-        self.goaway_filter = GoawayFilter()
         self.goaway = False
+        self.max_streams = 100  # the server's SETTINGS_MAX_CONCURRENT_STREAMS, as libnghttp2 assumes until it comes
         self.answered: list[_ClientStream] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.stats.opened += 1
+        log.debug("h2 upstream %s: connected", self.endpoint.addr)
         conn = self.conn
-        conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        conn.initiate_connection({
+            ngh2.Setting.ENABLE_PUSH: 0,
+            ngh2.Setting.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            ngh2.Setting.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
         })
-        conn.initiate_connection()
-        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        conn.set_local_window_size(CONNECTION_WINDOW)
         self.flush()
 
     @property
     def usable(self) -> bool:
-        return (not self.closed and not self.goaway
-                and len(self.streams) < self.conn.remote_settings.max_concurrent_streams)
+        return not self.closed and not self.goaway and len(self.streams) < self.max_streams
 
     def data_received(self, data: bytes) -> None:
         self.stats.read_bytes += len(data)
-        data, goaways = self.goaway_filter.feed(data)
+        if self.closed:
+            return
+        conn = self.conn
         try:
-            events = self.conn.receive_data(data) if data else []
-        except h2.exceptions.ProtocolError as exc:
+            conn.receive_data(data)
+        except NGH2Error as exc:
             log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
-            self.goaway = True
-            self._fail_all(UpstreamReset(h2.errors.ErrorCodes.PROTOCOL_ERROR))
+            self._lost(UpstreamReset(PROTOCOL_ERROR))
             self.transport.abort()
             return
+        self._dispatch(conn.events())
+        self.flush()
+        # Streams libnghttp2 reset while writing (a malformed response: it sends the RST_STREAM) report here.
+        events = conn.events()
+        if events and not self.closed:
+            self._dispatch(events)
+            self.flush()
+        if self.goaway and not self.streams and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _dispatch(self, events) -> None:
+        conn = self.conn
+        streams = self.streams
         for ev in events:
             t = type(ev)
-            if t is h2.events.DataReceived:
-                st = self.streams.get(ev.stream_id)
+            if t is DataReceived:
+                st = streams.get(ev.stream_id)
                 if st is None or st.body is None:  # cancelled or refused: the connection's credit comes back
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    conn.acknowledge_received_data(len(ev.data), ev.stream_id)
                     continue
-                padding = ev.flow_controlled_length - len(ev.data)
-                if padding:
-                    self.conn.acknowledge_received_data(padding, ev.stream_id)
                 st.body.feed(ev.data)
-            elif t is h2.events.ResponseReceived:
-                self._on_response(ev)
-            elif t is h2.events.StreamEnded:
-                st = self.streams.pop(ev.stream_id, None)
-                if st is not None and st.body is not None:
+                if ev.end_stream:
+                    del streams[ev.stream_id]
                     st.body.finish()
-            elif t is h2.events.TrailersReceived:
-                st = self.streams.pop(ev.stream_id, None)
+            elif t is ResponseReceived:
+                self._on_response(ev)
+            elif t is StreamClosed:
+                st = streams.pop(ev.stream_id, None)
+                if st is not None:  # closed before we saw its end: libnghttp2 refused or reset it
+                    self._on_closed(st, ev)
+            elif t is TrailersReceived:
+                st = streams.pop(ev.stream_id, None)
                 if st is not None and st.body is not None:
-                    try:
-                        check_trailers(ev.headers)
-                    except MalformedHeaders as exc:
-                        self._malformed(ev.stream_id, exc)
-                        st.body.abort(StreamReset(h2.errors.ErrorCodes.PROTOCOL_ERROR,
-                                                  f"upstream sent malformed trailers: {exc}"))
-                        continue
-                    st.body.finish(ev.headers)
-            elif t is h2.events.StreamReset:
-                st = self.streams.pop(ev.stream_id, None)
+                    st.body.finish(list(ev.headers))
+            elif t is _StreamResetEvent:
+                st = streams.pop(ev.stream_id, None)
                 if st is not None:
                     self._fail_stream(st, ev.error_code)
-            elif t is h2.events.WindowUpdated:
+            elif t is WindowUpdated:
                 self.wake_windows(ev.stream_id)
-            elif t is h2.events.RemoteSettingsChanged:
+            elif t is SettingsReceived:
+                limit = ev.settings.get(_MAX_CONCURRENT_STREAMS)
+                if limit is not None:
+                    self.max_streams = limit
                 self.wake_windows(0)
+            elif t is GoAwayReceived:
+                # libnghttp2 closes the streams the server will not process (above last_stream_id)
+                # with REFUSED_STREAM: the pool sends those again on a new connection.
+                self.goaway = True
+                self.pool.forget(self)
         if self.answered:
             answered, self.answered = self.answered, []
             for st in answered:
                 st.settle(st.response)
-        for last_stream_id, _code in goaways:
+
+    def flush(self) -> None:
+        conn = self.conn
+        data = conn.data_to_send()
+        self.pending = 0
+        if self.closed:
+            return
+        if data:
+            self.stats.write_bytes += len(data)
+            self.transport.write(data)
+        if not conn.want_read and not self.goaway:
+            # libnghttp2 ended the connection (a protocol error by the server): nothing more comes.
             self.goaway = True
             self.pool.forget(self)
-            # Streams the server never processed are refused: the client may retry them.
-            for sid in [s for s in self.streams if s > last_stream_id]:
-                self._fail_stream(self.streams.pop(sid), h2.errors.ErrorCodes.REFUSED_STREAM)
-        self.flush()
-        if self.goaway and not self.streams:
+            self._lost(UpstreamReset(PROTOCOL_ERROR))
+            self.closed = True
             self.transport.close()
 
-    def _malformed(self, sid: int, exc: MalformedHeaders) -> None:
-        # RFC 9113 section 8.1.1: a stream error of type PROTOCOL_ERROR; the other streams go on.
-        log.info("h2 upstream %s: stream %d: malformed header block: %s", self.endpoint.addr, sid, exc)
-        try:
-            self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
-
-    def _on_response(self, ev) -> None:
-        st = self.streams.get(ev.stream_id)
-        if st is None:
-            return
-        try:
-            status = check_response(ev.headers)
-        except MalformedHeaders as exc:
-            self.streams.pop(ev.stream_id, None)
-            self._malformed(ev.stream_id, exc)
-            st.settle(None, ProxyError(502, f"upstream sent a malformed response: {exc}"))
+    def _on_closed(self, st: _ClientStream, ev) -> None:
+        code = ev.error_code
+        if code == PROTOCOL_ERROR and st.response is None:
+            # libnghttp2 found the response head malformed (RFC 9113 section 8.1.1) and reset the stream.
+            reason = str(ev.local_error) if ev.local_error is not None else "invalid header block"
+            log.info("h2 upstream %s: stream %d: malformed response: %s", self.endpoint.addr, st.id, reason)
+            st.settle(None, ProxyError(502, f"upstream sent a malformed response: {reason}"))
             if st.body_task is not None and not st.body_task.done():
                 st.body_task.cancel()
             return
-        if ev.stream_ended:
+        if code == PROTOCOL_ERROR:
+            log.info("h2 upstream %s: stream %d: malformed response body or trailers", self.endpoint.addr, st.id)
+        self._fail_stream(st, code or CANCEL)
+
+    def _on_response(self, ev) -> None:
+        sid = ev.stream_id
+        st = self.streams.get(sid)
+        if st is None:
+            return
+        headers = ev.headers
+        # libnghttp2 checked the block: :status (three digits) comes first and is the only pseudo-header.
+        status = int(headers[0][1])
+        if ev.end_stream:
             body = EMPTY
-            self.streams.pop(ev.stream_id, None)
+            del self.streams[sid]
         else:
-            sid = ev.stream_id
             body = Body(None, on_consumed=lambda n, sid=sid: self.ack(sid, n), high_water=STREAM_WINDOW)
         st.body = body
-        st.response = Response(status, regular_fields(ev.headers), body, endpoint=self.endpoint)
+        st.response = Response(status, headers[1:], body, b"", self.endpoint)
         if st.on_response is not None:
             self.answered.append(st)  # handed over after this read's events: its body may be in them
         else:
@@ -835,12 +876,12 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         if st.body_task is not None and not st.body_task.done():
             st.body_task.cancel()
 
-    def _fail_all(self, exc: ProxyError) -> None:
+    def _lost(self, exc: ProxyError) -> None:
         streams = list(self.streams.values())
         self.streams.clear()
         for st in streams:
             if not st.settle(None, exc) and st.body is not None:
-                st.body.abort(StreamReset(h2.errors.ErrorCodes.CANCEL, "upstream connection lost"))
+                st.body.abort(StreamReset(CANCEL, "upstream connection lost"))
             if st.body_task is not None and not st.body_task.done():
                 st.body_task.cancel()
 
@@ -849,7 +890,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         self.stats.closed += 1
         self.pool.forget(self)
         self.fail_waiters(ConnectionResetError("upstream connection lost"))
-        self._fail_all(ProxyError(502, "upstream connection lost"))
+        self._lost(ProxyError(502, "upstream connection lost"))
 
     def eof_received(self) -> bool:
         return False
@@ -862,30 +903,23 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
 
     def start(self, request: Request, on_response) -> int | None:
         """Send a bodiless request; ``on_response(response, exc)`` is called once, from this connection's
-        callbacks (the direct path).  The stream id, or None when h2 would not open a stream now."""
-        conn = self.conn
-        sid = conn.get_next_available_stream_id()
-        st = self.streams[sid] = _ClientStream(sid, request, None, on_response)
+        callbacks (the direct path).  The stream id, or None when libnghttp2 would not open a stream now."""
         try:
-            conn.send_headers(sid, self._head(request), end_stream=True)
-        except h2.exceptions.ProtocolError:
-            del self.streams[sid]
-            st.on_response = None
+            sid = self.conn.send_request(self._head(request), end_stream=True)
+        except NGH2Error:
             return None
+        self.streams[sid] = _ClientStream(sid, request, None, on_response)
         self.flush_soon()
         return sid
 
     async def send(self, request: Request) -> Response:
-        conn = self.conn
-        sid = conn.get_next_available_stream_id()
-        headers = self._head(request)
         body = request.body
-        waiter = asyncio.get_running_loop().create_future()
+        sid = self.conn.send_request(self._head(request), end_stream=body is EMPTY)
+        waiter = self.loop.create_future()
         st = self.streams[sid] = _ClientStream(sid, request, waiter)
-        conn.send_headers(sid, headers, end_stream=body is EMPTY)
         self.flush_soon()
         if body is not EMPTY:
-            st.body_task = asyncio.get_running_loop().create_task(self._send_body(st, body))
+            st.body_task = self.loop.create_task(self._send_body(st, body))
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -901,9 +935,9 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         if self.closed:
             return
         try:
-            self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            self.conn.reset_stream(sid, CANCEL)
             self.flush()
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except NGH2Error:
             pass
 
     async def _send_body(self, st: _ClientStream, body: Body) -> None:
@@ -913,9 +947,8 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         except StreamReset as exc:  # the client reset: so do we, with its code
             self._reset_upstream(sid, exc.code)
         except BodyError:
-            self._reset_upstream(sid, h2.errors.ErrorCodes.CANCEL)
-        except (asyncio.CancelledError, ConnectionError, h2.exceptions.StreamClosedError,
-                h2.exceptions.ProtocolError):
+            self._reset_upstream(sid, CANCEL)
+        except (asyncio.CancelledError, ConnectionError, NGH2Error):
             pass
 
     def _reset_upstream(self, sid: int, code: int) -> None:
@@ -926,7 +959,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             try:
                 self.conn.reset_stream(sid, code)
                 self.flush()
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            except NGH2Error:
                 pass
 
 
@@ -970,6 +1003,6 @@ class H2Pool(EndpointPool):
             except UpstreamReset as exc:
                 # REFUSED_STREAM means the server did no work (RFC 9113 section 8.7): safe to retry
                 # once when the body can be sent again.
-                if exc.code != h2.errors.ErrorCodes.REFUSED_STREAM or request.body is not EMPTY or attempt:
+                if exc.code != REFUSED_STREAM or request.body is not EMPTY or attempt:
                     raise
         raise AssertionError("unreachable")

@@ -18,11 +18,15 @@ from meshctl_proxy import config
 from meshctl_proxy.body import Body
 from meshctl_proxy.h2limits import FloodGuard
 import pytest
-from hpack import NeverIndexedHeaderTuple
+from ngh2 import NeverIndexedHeader
 
-from meshctl_proxy.h2headers import MalformedHeaders, check_request, check_response, check_trailers, h2_fields
-from meshctl_proxy.http2_proxy import STREAM_WINDOW, GoawayFilter, H2ServerConnection, UpstreamReset
-from meshctl_proxy.model import OUTBOUND, ConnectionContext, Response
+from .h2wire import GoawayFilter
+
+from meshctl_proxy.h2headers import h2_fields
+from meshctl_proxy.http2_proxy import (STREAM_WINDOW, H2ClientConnection, H2Pool, H2ServerConnection, StreamReset,
+                                       UpstreamReset)
+from meshctl_proxy.metrics import Metrics
+from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.server import Proxy
 
 
@@ -73,7 +77,7 @@ class CodeRouter:
 
 
 class Harness:
-    def __init__(self, handler, **env) -> None:
+    def __init__(self, handler, *, validate: bool = True, **env) -> None:
         cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0", **env})
         self.proxy = Proxy(cfg)
         self.proxy.routers[OUTBOUND] = CodeRouter(handler)
@@ -81,7 +85,10 @@ class Harness:
         self.server = H2ServerConnection(self.proxy, ctx, self.proxy.metrics.tcp(OUTBOUND, "src", None, None, "x"))
         self.transport = MemoryTransport()
         self.server.connection_made(self.transport)
-        self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        # validate=False: h2 sends whatever header block it is given (to send malformed ones).
+        self.client = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=validate,
+            normalize_outbound_headers=validate))
         self.client.initiate_connection()
         self.events: list = []
         self.goaways: list = []
@@ -243,8 +250,8 @@ def test_h2_fields_drops_pseudo_and_connection_specific_fields_and_lowers_names(
 
 def test_h2_fields_keeps_credentials_out_of_the_hpack_table():
     got = h2_fields([(b"Authorization", b"Bearer t"), (b"cookie", b"s=1"), (b"cookie", b"x" * 40),
-                     NeverIndexedHeaderTuple(b"x-secret", b"v"), (b"x-plain", b"v")])
-    assert [type(f) is NeverIndexedHeaderTuple for f in got] == [True, True, False, True, False]
+                     NeverIndexedHeader(b"x-secret", b"v"), (b"x-plain", b"v")])
+    assert [type(f) is NeverIndexedHeader for f in got] == [True, True, False, True, False]
     assert got[0] == (b"authorization", b"Bearer t")
 
 
@@ -275,26 +282,137 @@ REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc:80
     [(b":method", b"CONNECT"), (b":authority", b"a:1"), (b":path", b"/")],
     REQUEST + [(b":status", b"200")],
 ])
-def test_check_request_refuses_what_rfc_9113_calls_malformed(headers):
-    with pytest.raises(MalformedHeaders):
-        check_request(headers)
+def test_malformed_request_blocks_are_refused_with_protocol_error(headers):
+    """RFC 9113 sections 8.1.1, 8.2 and 8.3: each is a stream error (PROTOCOL_ERROR) and never reaches the router."""
+    seen = []
+
+    async def handler(request):
+        seen.append(request)
+        return Response(200, [], Body.of(b"ok"))
+
+    async def main():
+        h = Harness(handler, validate=False)
+        sid = h.client.get_next_available_stream_id()
+        h.client.send_headers(sid, headers, end_stream=True)
+        await h.settle()
+        resets = [e for e in h.events if isinstance(e, h2.events.StreamReset) and e.stream_id == sid]
+        assert resets and resets[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        assert not [e for e in h.events if isinstance(e, h2.events.ResponseReceived)]
+        assert not seen
+        good = h.client.get_next_available_stream_id()  # the connection goes on
+        h.client.send_headers(good, REQUEST, end_stream=True)
+        await h.settle()
+        assert any(isinstance(e, h2.events.ResponseReceived) and e.stream_id == good for e in h.events)
+
+    asyncio.run(main())
 
 
-def test_check_request_accepts_well_formed_blocks():
-    assert check_request(REQUEST + [(b"te", b"Trailers"), (b"x-a", b""), (b"x-b", b"a b")])[b":path"] == b"/"
-    assert check_request([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h")])
-    assert check_request([(b":method", b"CONNECT"), (b":authority", b"h:443")])[b":method"] == b"CONNECT"
+def test_well_formed_request_blocks_are_served():
+    seen = []
+
+    async def handler(request):
+        seen.append(request)
+        return Response(200, [], Body.of(b"ok"))
+
+    async def main():
+        h = Harness(handler, validate=False)
+        for headers in (REQUEST + [(b"te", b"Trailers"), (b"x-a", b""), (b"x-b", b"a b")],
+                        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h")]):
+            sid = h.client.get_next_available_stream_id()
+            h.client.send_headers(sid, headers, end_stream=True)
+            await h.settle()
+            resp = next(e for e in h.events if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid)
+            assert dict(resp.headers)[b":status"] == b"200"
+        assert [r.target for r in seen] == [b"/", b"/"]
+        assert seen[1].authority == "h"  # Host stands in for :authority
+        assert (b"x-b", b"a b") in list(seen[0].headers)
+        # A well-formed CONNECT is still refused: the proxy does not offer it.
+        sid = h.client.get_next_available_stream_id()
+        h.client.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"h:443")], end_stream=True)
+        await h.settle()
+        resets = [e for e in h.events if isinstance(e, h2.events.StreamReset) and e.stream_id == sid]
+        assert resets and resets[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        assert len(seen) == 2
+
+    asyncio.run(main())
 
 
-def test_check_response_and_trailers():
-    assert check_response([(b":status", b"204"), (b"x-a", b"1")]) == 204
-    for bad in ([(b"x-a", b"1")], [(b":status", b"2xx")], [(b":status", b"20")], [(b":status", b"200"),
-                (b":path", b"/")], [(b":status", b"200"), (b"Server", b"x")]):
-        with pytest.raises(MalformedHeaders):
-            check_response(bad)
-    check_trailers([(b"grpc-status", b"0")])
-    with pytest.raises(MalformedHeaders):
-        check_trailers([(b":status", b"200")])
+class Upstream:
+    """The proxy's upstream connection over an in-memory transport, facing an h2 server that sends what it is told."""
+
+    def __init__(self) -> None:
+        self.pool = H2Pool(None, Metrics(), OUTBOUND, connect_timeout=1.0)
+        endpoint = Endpoint("127.0.0.1", 1)
+        self.conn = H2ClientConnection(self.pool, endpoint, self.pool.metrics.tcp(OUTBOUND, "dst", None, "x", "no"))
+        self.pool.conns[endpoint] = [self.conn]
+        self.transport = MemoryTransport()
+        self.conn.connection_made(self.transport)
+        self.server = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False))
+        self.server.initiate_connection()
+        self.requests: list = []
+        self.pump()
+
+    def pump(self) -> None:
+        for _ in range(20):
+            moved = False
+            out = self.transport.take()
+            if out:
+                self.requests += [e for e in self.server.receive_data(out) if isinstance(e, h2.events.RequestReceived)]
+                moved = True
+            data = self.server.data_to_send()
+            if data:
+                self.conn.data_received(data)
+                moved = True
+            if not moved:
+                break
+
+    async def exchange(self, head, *, data: bytes = b"", trailers=None):
+        """Send a request through the proxy's connection; the server answers *head*, *data*, *trailers*."""
+        task = asyncio.ensure_future(self.conn.send(Request(b"GET", b"/", "svc", [], protocol="h2")))
+        for _ in range(3):
+            await asyncio.sleep(0)
+            self.pump()
+        sid = self.requests[-1].stream_id
+        self.server.send_headers(sid, head, end_stream=not data and not trailers)
+        if data:
+            self.server.send_data(sid, data, end_stream=not trailers)
+        if trailers:
+            self.server.send_headers(sid, trailers, end_stream=True)
+        self.pump()
+        return await asyncio.wait_for(task, 2)
+
+
+@pytest.mark.parametrize("head", [
+    [(b"x-a", b"1")],
+    [(b":status", b"2xx")],
+    [(b":status", b"20")],
+    [(b":status", b"200"), (b":path", b"/")],
+    [(b":status", b"200"), (b"Server", b"x")],
+])
+def test_malformed_upstream_response_heads_are_502(head):
+    async def main():
+        up = Upstream()
+        with pytest.raises(ProxyError) as err:
+            await up.exchange(head, data=b"x")
+        assert err.value.status == 502 and "malformed" in err.value.reason
+        response = await up.exchange([(b":status", b"204"), (b"x-a", b"1")])  # the connection goes on
+        assert response.status == 204 and list(response.headers) == [(b"x-a", b"1")]
+
+    asyncio.run(main())
+
+
+def test_upstream_trailers_pass_and_malformed_ones_reset_the_stream():
+    async def main():
+        up = Upstream()
+        response = await up.exchange([(b":status", b"200")], data=b"x", trailers=[(b"grpc-status", b"0")])
+        assert await response.body.read_all(100) == b"x" and response.body.trailers == [(b"grpc-status", b"0")]
+        response = await up.exchange([(b":status", b"200")], data=b"x", trailers=[(b":status", b"200")])
+        with pytest.raises(StreamReset) as err:
+            await response.body.read_all(100)
+        assert err.value.code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+    asyncio.run(main())
 
 
 def test_flood_guard_counts_per_second():

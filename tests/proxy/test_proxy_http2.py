@@ -282,7 +282,7 @@ def test_grpc_unary_and_streaming_call_through_the_proxy(proxy, loop_thread):
 
 
 def test_sigterm_sends_goaway_and_finishes_open_streams(start_proxy, h2app):
-    from meshctl_proxy.http2_proxy import GoawayFilter
+    from .h2wire import GoawayFilter
 
     p = start_proxy(MESHCTL_PROXY_SHUTDOWN_GRACE_PERIOD="10s")
     raw = RawH2(p.outbound)
