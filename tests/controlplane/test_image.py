@@ -103,6 +103,10 @@ def _wheelhouse(dest: Path) -> None:
     # Resolve from our wheel's path, never the name: PyPI has an unrelated "meshctl" with a higher
     # version, which a by-name resolve picks on a cold cache (it did, in a cold run).
     (own,) = dest.glob("meshctl-*.whl")
+    # pip saves our own wheel into the cache too, and a later resolve would read the dependencies from that
+    # stale copy (same file name) instead of *own*: a new dependency never reached the image.
+    for stale in deps.glob("meshctl-*.whl"):
+        stale.unlink()
     resolve = ["--find-links", str(deps), "--wheel-dir", str(deps), str(own)]
     if _run([*pip, "--no-index", *resolve], check=False, timeout=600).returncode != 0:
         _run([*pip, *resolve], timeout=1200)
