@@ -1,13 +1,16 @@
-"""Limits the h2 library does not enforce, sans-IO: floods that cost the server more than the client.
+"""Limits on floods that cost the server more than the client, sans-IO, each answered with ENHANCE_YOUR_CALM.
 
 - Rapid reset (CVE-2023-44487): a client opens streams and resets them at
   once; each costs us an upstream request while it costs the client two
   frames.  hyper/h2 (Linkerd's stack) bounds "pending accept reset streams";
-  we bound client resets per second.
+  we bound client resets per second.  libnghttp2 has a token bucket of its
+  own, kept as a backstop above this one (it would close with INTERNAL_ERROR).
 - PING and SETTINGS floods (CVE-2019-9512, CVE-2019-9515): each one makes us
-  queue an ACK; a client that never reads grows our buffers.
+  queue an ACK.  libnghttp2 only bounds the ACKs queued unsent (a client that
+  never reads); a client that reads and floods costs us CPU all the same.
 - Streams beyond our advertised SETTINGS_MAX_CONCURRENT_STREAMS
-  (CVE-2019-9518-like abuse): h2 raises TooManyStreamsError.
+  (CVE-2019-9518-like abuse): libnghttp2 detects it and ends the connection;
+  http2_proxy sends ENHANCE_YOUR_CALM in place of its PROTOCOL_ERROR.
 
 Every breach is answered with GOAWAY(ENHANCE_YOUR_CALM), as Go's and
 Envoy's servers do, and the connection is closed.
