@@ -29,3 +29,30 @@ cdef class RequestReader(_Reader):
 cdef class ResponseReader(_Reader):
     cdef bint _head_request
     cdef public bint no_reuse
+
+
+cdef class _Head:
+    pass
+
+
+cdef class RequestHead(_Head):
+    cdef public bytes method
+    cdef public bytes target
+    cdef public bytes version
+    cdef public list headers
+    cdef public object host
+    cdef public bint keep_alive
+    cdef public object content_length
+    cdef public bint chunked
+    cdef public bint expect_continue
+    cdef public object upgrade
+
+
+cdef class ResponseHead(_Head):
+    cdef public int status
+    cdef public bytes reason
+    cdef public bytes version
+    cdef public list headers
+    cdef public bint keep_alive
+    cdef public object content_length
+    cdef public bint chunked

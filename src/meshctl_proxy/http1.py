@@ -50,29 +50,53 @@ class H1Error(Exception):
         self.reason = reason
 
 
-@dataclasses.dataclass(slots=True)
-class RequestHead:
-    method: bytes
-    target: bytes
-    version: bytes  # b"1.0" or b"1.1"
-    headers: Headers  # end-to-end headers (hop-by-hop removed), in order, names as sent
-    host: bytes | None
-    keep_alive: bool
-    content_length: int | None
-    chunked: bool
-    expect_continue: bool
-    upgrade: bytes | None  # Upgrade header value when Connection: upgrade
+class _Head:
+    """Fields by name; a plain class rather than a dataclass so that the compiled build
+    (http1.pxd) makes it an extension type with a C constructor: two are made per request."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self._fields)
 
 
-@dataclasses.dataclass(slots=True)
-class ResponseHead:
-    status: int
-    reason: bytes
-    version: bytes
-    headers: Headers
-    keep_alive: bool
-    content_length: int | None
-    chunked: bool
+class RequestHead(_Head):
+    _fields = ("method", "target", "version", "headers", "host", "keep_alive", "content_length", "chunked",
+               "expect_continue", "upgrade")
+    __slots__ = _fields
+
+    def __init__(self, method: bytes, target: bytes, version: bytes, headers: Headers, host: bytes | None,
+                 keep_alive: bool, content_length: int | None, chunked: bool, expect_continue: bool,
+                 upgrade: bytes | None) -> None:
+        self.method = method
+        self.target = target
+        self.version = version  # b"1.0" or b"1.1"
+        self.headers = headers  # end-to-end headers (hop-by-hop removed), in order, names as sent
+        self.host = host
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade  # Upgrade header value when Connection: upgrade
+
+
+class ResponseHead(_Head):
+    _fields = ("status", "reason", "version", "headers", "keep_alive", "content_length", "chunked")
+    __slots__ = _fields
+
+    def __init__(self, status: int, reason: bytes, version: bytes, headers: Headers, keep_alive: bool,
+                 content_length: int | None, chunked: bool) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
 
 
 @dataclasses.dataclass(slots=True)
@@ -97,6 +121,8 @@ class Upgrade:
 def _split_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
+
+_VERSION_BYTES = {"1.1": b"1.1", "1.0": b"1.0"}  # the only two a head gets past the version check with
 
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"upgrade"))
 
@@ -277,7 +303,7 @@ class RequestReader(_Reader):
             upgrade = values[0]
         self._in_body = True
         self._events.append(RequestHead(
-            method, self._url, version.encode(), headers, host, p.should_keep_alive(), content_length,
+            method, self._url, _VERSION_BYTES[version], headers, host, p.should_keep_alive(), content_length,
             chunked, expect, upgrade))
 
     def after_upgrade_refused(self, tail: bytes) -> list:
@@ -322,7 +348,7 @@ class ResponseReader(_Reader):
         reason = self._url
         self._in_body = True
         keep_alive = p.should_keep_alive()
-        self._events.append(ResponseHead(status, reason, version.encode(), headers, keep_alive,
+        self._events.append(ResponseHead(status, reason, _VERSION_BYTES[version], headers, keep_alive,
                                          content_length, chunked))
         if self._head_request:
             # RFC 9110 section 9.3.2: no body, whatever the framing headers say.  llhttp

@@ -59,17 +59,22 @@ class ResponseStats:
 class HttpStats:
     """Request and response counters for one (direction, authority, target_addr, tls)."""
 
-    __slots__ = ("requests", "responses")
+    __slots__ = ("requests", "responses", "_plain")
 
     def __init__(self) -> None:
         self.requests = 0
         self.responses: dict[tuple[int, str], ResponseStats] = {}
+        self._plain: dict[int, ResponseStats] = {}  # by status, for responses without grpc-status
 
-    def response(self, status: int, classification: str, latency_ms: float) -> None:
+    def _series(self, status: int, classification: str) -> ResponseStats:
         key = (status, classification)
         rs = self.responses.get(key)
         if rs is None:
             rs = self.responses[key] = ResponseStats()
+        return rs
+
+    def response(self, status: int, classification: str, latency_ms: float) -> None:
+        rs = self._series(status, classification)
         rs.count += 1
         rs.sum_ms += latency_ms
         rs.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
@@ -77,7 +82,16 @@ class HttpStats:
     def record(self, response, latency_ms: float) -> None:
         """Count a whole *response* (a model.Response), classified as Linkerd classifies it."""
         status = response.status
-        self.response(status, classify(status, response.grpc_status()), latency_ms)
+        grpc_status = response.grpc_status()
+        if grpc_status is None:  # the per-request path: the class follows from the status alone
+            rs = self._plain.get(status)
+            if rs is None:
+                rs = self._plain[status] = self._series(status, classify(status))
+        else:
+            rs = self._series(status, classify(status, grpc_status))
+        rs.count += 1
+        rs.sum_ms += latency_ms
+        rs.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
 
 
 class TcpStats:
