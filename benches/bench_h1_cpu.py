@@ -57,7 +57,7 @@ def _child(requests: int, runs: int, source: bool) -> None:
     from meshctl_proxy import config, http1
     from meshctl_proxy.http1_proxy import H1ClientConnection, H1ServerConnection
     from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint
-    from meshctl_proxy.routing import default_router
+    from meshctl_proxy.traffic import TrafficRouter
     from meshctl_proxy.server import Proxy
 
     class Transport:
@@ -81,7 +81,9 @@ def _child(requests: int, runs: int, source: bool) -> None:
 
     async def main() -> float:
         proxy = Proxy(config.load({"MESHCTL_PROXY_IDENTITY_DISABLED": "true"}))
-        proxy.routers[OUTBOUND] = default_router(OUTBOUND, "127.0.0.1", frozenset())
+        # The outbound router the proxy runs (server.Proxy.start): discovery, balancing and route
+        # policy, which passes names the destination service is not asked about straight through.
+        proxy.routers[OUTBOUND] = TrafficRouter.from_config(proxy.config, metrics=proxy.route_metrics)
         ctx = ConnectionContext(OUTBOUND, ("127.0.0.1", 50000), ("127.0.0.1", 4140), None)
         server = H1ServerConnection(proxy, ctx, proxy.metrics.tcp(OUTBOUND, "src", None, None, "no_identity"))
         client_side = Transport()

@@ -24,6 +24,10 @@ from meshctl_proxy.tcp import PipeEnd, splice
 
 log = logging.getLogger("meshctl_proxy.http1")
 
+# select() implementations that depend on nothing but the request's target (and the
+# router's own listeners, fixed once serving).
+_PURE_SELECTS = (DirectRouter.select, InboundRouter.select)
+
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
 
@@ -87,9 +91,15 @@ class H1ServerConnection(_HeldWrites):
         self.ctx = ctx
         self.stats = stats
         self.router = router = runtime.routers[ctx.direction]
-        # The default routers' select() is a pure function of the request's target and
-        # their observe() does nothing: the fast path may remember the one and skip the other.
-        self._pure_router = type(router) in (DirectRouter, InboundRouter)
+        # The default routers' select() is a pure function of the request's target: the fast
+        # path may remember its answer per authority.  Asked of the methods, not the class:
+        # TrafficRouter, the outbound default, selects as DirectRouter does for the names
+        # the destination service is not asked about (the only ones direct() lets through).
+        cls = type(router)
+        self._pure_router = (getattr(cls, "select", None) in _PURE_SELECTS
+                             and getattr(cls, "target", None) is DirectRouter.target
+                             and getattr(cls, "endpoint_for", None) is DirectRouter.endpoint_for
+                             and getattr(cls, "_looping", None) is DirectRouter._looping)
         self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
         self._endpoints: dict[str, Endpoint] = {}
         # Asked of the router's own class: a wrapper that delegates attributes to an inner
