@@ -28,6 +28,25 @@ log = logging.getLogger("meshctl_proxy.http1")
 # router's own listeners, fixed once serving).
 _PURE_SELECTS = (DirectRouter.select, InboundRouter.select)
 
+
+def _pure_select(router) -> bool:
+    """True when *router*'s select() is a pure function of the target: the fast path may then
+    remember its answer per authority.
+
+    Asked of the bound methods that will run, not of the router's class: TrafficRouter (the
+    outbound default) selects as DirectRouter does for the names the destination service is
+    not asked about, the only ones its direct() lets through, and AuthorizingRouter (the
+    inbound policy) hands select() and target() to the InboundRouter it wraps.
+    """
+    select = getattr(router, "select", None)
+    owner = getattr(select, "__self__", None)
+    if owner is None or getattr(select, "__func__", None) not in _PURE_SELECTS:
+        return False
+    target = getattr(router, "target", None)
+    cls = type(owner)
+    return (getattr(target, "__func__", None) is DirectRouter.target and getattr(target, "__self__", None) is owner
+            and cls.endpoint_for is DirectRouter.endpoint_for and cls._looping is DirectRouter._looping)
+
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
 
@@ -91,15 +110,7 @@ class H1ServerConnection(_HeldWrites):
         self.ctx = ctx
         self.stats = stats
         self.router = router = runtime.routers[ctx.direction]
-        # The default routers' select() is a pure function of the request's target: the fast
-        # path may remember its answer per authority.  Asked of the methods, not the class:
-        # TrafficRouter, the outbound default, selects as DirectRouter does for the names
-        # the destination service is not asked about (the only ones direct() lets through).
-        cls = type(router)
-        self._pure_router = (getattr(cls, "select", None) in _PURE_SELECTS
-                             and getattr(cls, "target", None) is DirectRouter.target
-                             and getattr(cls, "endpoint_for", None) is DirectRouter.endpoint_for
-                             and getattr(cls, "_looping", None) is DirectRouter._looping)
+        self._pure_router = _pure_select(router)
         self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
         self._endpoints: dict[str, Endpoint] = {}
         # Asked of the router's own class: a wrapper that delegates attributes to an inner
