@@ -59,6 +59,14 @@ def request_fields(headers) -> tuple[dict[bytes, bytes], tuple]:
     return pseudo, regular
 
 
+# Names seen to need nothing from h2_fields (lower case, not connection-specific, not te, not a
+# credential, not host): most blocks are made of a few such names, repeated on every request, and a set
+# lookup per field is what they then cost.  Bounded: a peer sending endless new names only misses it.
+_PLAIN: set[bytes] = set()
+_PLAIN_MAX = 1024
+_NOT_PLAIN = CONNECTION_SPECIFIC | SENSITIVE | {b"te", b"cookie", b"host"}
+
+
 def h2_fields(headers, *, skip: bytes = b"") -> Headers:
     """Regular fields ready for libnghttp2 to send.
 
@@ -66,11 +74,15 @@ def h2_fields(headers, *, skip: bytes = b"") -> Headers:
     "trailers", never-indexed for credentials.  Fields that arrived
     never-indexed keep that type, so the proxy preserves it as an
     intermediary must (RFC 7541 section 7.1.3).  *skip* drops one more field
-    (the Host a request carries as :authority).
+    (the Host a request carries as :authority; it must be one of _NOT_PLAIN).
     """
     out = []
+    plain = _PLAIN
     for field in headers:
         name = field[0]
+        if name in plain:
+            out.append(field)
+            continue
         lower = name.lower()
         if lower in CONNECTION_SPECIFIC or lower == skip or lower[:1] == b":":
             continue
@@ -81,5 +93,7 @@ def h2_fields(headers, *, skip: bytes = b"") -> Headers:
             field = NeverIndexedHeader(lower, field[1])
         elif lower != name:
             field = NeverIndexedHeader(lower, field[1]) if type(field) is NeverIndexedHeader else (lower, field[1])
+        elif name not in _NOT_PLAIN and len(plain) < _PLAIN_MAX:
+            plain.add(name)
         out.append(field)
     return out

@@ -41,7 +41,7 @@ from meshctl_proxy.h2headers import MalformedHeaders, h2_fields, request_fields
 from meshctl_proxy.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
 from meshctl_proxy.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series
+from meshctl_proxy.routing import DirectRouter, EndpointPool, InboundRouter, http_series
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -59,6 +59,8 @@ REFUSED_STREAM = 0x7
 CANCEL = 0x8
 ENHANCE_YOUR_CALM = 0xB
 _MAX_CONCURRENT_STREAMS = int(ngh2.Setting.MAX_CONCURRENT_STREAMS)
+_STATUS = {code: b"%d" % code for code in range(100, 600)}
+SMALL_BODY = 16 * 1024  # see H2ServerConnection._respond_now
 _StreamResetEvent = ngh2.StreamReset
 
 _SERVER_CONFIG = ngh2.Configuration(
@@ -256,8 +258,17 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.proxy = proxy
         self.ctx = ctx
         self.stats = stats
-        self.router = proxy.routers[ctx.direction]
+        self.router = router = proxy.routers[ctx.direction]
         self.upstream = proxy.upstreams[ctx.direction]
+        # As the HTTP/1 fast path: asked of the router's own class (a wrapper must not be skipped by
+        # the inner router's answer); the default routers' select() is a pure function of the target
+        # and their observe() does nothing, so the direct path remembers the one and skips the other.
+        self._direct = getattr(type(router), "direct", None)
+        # TrafficRouter keeps DirectRouter's select(): its policy lives in dispatch(), which direct() rules out.
+        self._pure_router = getattr(type(router), "select", None) in (DirectRouter.select, InboundRouter.select)
+        self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
+        self._endpoints: dict[str, Endpoint] = {}
+        self._series: tuple = ("", None, None)  # (authority, endpoint, its HttpStats) of the last request
         self.conn = ngh2.Connection(Role.SERVER, _SERVER_CONFIG)
         self.streams: dict[int, _ServerStream] = {}
         self.guard = FloodGuard()
@@ -448,19 +459,28 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         CPU per request.  False: take the general path (_serve_stream), which handles the rest.
         """
         router = self.router
-        direct = getattr(type(router), "direct", None)
+        direct = self._direct
         pool = getattr(self.upstream, "h2", None)
         request = st.request
         if direct is None or pool is None or not direct(router, request):
             return False
-        try:
-            endpoint = router.select(router.target(request))
-        except ProxyError:
-            return False  # the general path answers it
+        authority = request.authority
+        endpoint = self._endpoints.get(authority) if self._pure_router else None
+        if endpoint is None:
+            try:
+                endpoint = router.select(router.target(request))
+            except ProxyError:
+                return False  # the general path answers it
+            if self._pure_router and len(self._endpoints) < 64:
+                self._endpoints[authority] = endpoint
         conn = pool.usable(endpoint)
         if conn is None:
             return False
-        stats = self._counted(request, endpoint)
+        series = self._series
+        if series[0] != authority or series[1] is not endpoint:
+            series = self._series = (authority, endpoint, self._stats(request, endpoint))
+        stats = series[2]
+        stats.requests += 1
         start = self.loop.time()
         usid = conn.start(request, lambda response, exc: self._direct_done(st, endpoint, stats, start, response, exc))
         if usid is None:
@@ -481,7 +501,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             return
         if exc is not None:
             self.router.observe(endpoint, Outcome(None, latency, getattr(exc, "reason", str(exc))))
-        else:
+        elif self._observing:
             self.router.observe(endpoint, Outcome(response.status, latency))
         if self.closed or sid not in self.streams:
             return
@@ -602,14 +622,19 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         sid = st.id
         body = response.body
         conn = self.conn
-        headers = [(b":status", b"%d" % response.status), *h2_fields(response.headers)]
+        status = response.status
+        headers = h2_fields(response.headers)
+        headers.insert(0, (b":status", _STATUS.get(status) or b"%d" % status))
         empty = body is EMPTY or (body.done and not body.trailers and body.complete and body.length == 0)
         conn.send_response(sid, headers, end_stream=empty)
         st.responded = True
         self.flush_soon()
         if empty:
             return True
-        if not body.complete or self.write_paused or body.buffered > self.window(sid):
+        # A small body that is all here goes to libnghttp2 whatever the windows: it sends only within them
+        # and holds the rest, at most SMALL_BODY per stream, which spares three window look-ups per request.
+        if (not body.complete or self.write_paused
+                or (body.buffered > SMALL_BODY and body.buffered > self.window(sid))):
             return False
         data = body.read_nowait()
         if data:
@@ -746,10 +771,6 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         })
         conn.set_local_window_size(CONNECTION_WINDOW)
         self.flush()
-
-    @property
-    def usable(self) -> bool:
-        return not self.closed and not self.goaway and len(self.streams) < self.max_streams
 
     def data_received(self, data: bytes) -> None:
         self.stats.read_bytes += len(data)
@@ -972,7 +993,10 @@ class H2Pool(EndpointPool):
 
     def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
         """A connection to *endpoint* with room for one more stream, if one is open."""
-        return next((c for c in self.conns.get(endpoint, ()) if c.usable), None)
+        for conn in self.conns.get(endpoint, ()):
+            if not conn.closed and not conn.goaway and len(conn.streams) < conn.max_streams:
+                return conn
+        return None
 
     async def _connect(self, endpoint: Endpoint, authority: str) -> H2ClientConnection:
         pending = self._connecting.get(endpoint)
