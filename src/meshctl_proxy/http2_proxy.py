@@ -215,7 +215,7 @@ class _Sender:
             return
         try:
             self.conn.acknowledge_received_data(n, stream_id)
-        except NGH2Error:
+        except (NGH2Error, ValueError):  # ValueError: more than libnghttp2 holds unacknowledged
             return
         self.flush_soon()
 
@@ -548,7 +548,10 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         if self.closed:
             return
         if data is None:
-            data = self.conn.data_to_send()
+            try:
+                data = self.conn.data_to_send()
+            except NGH2Error:  # libnghttp2 gave up on the session (a flood it caught): nothing of its own to send
+                data = b""
         # What libnghttp2 queued (PING ACKs, resets) goes first; a GOAWAY of its own (it may have decided to
         # end the connection already) gives way to the one naming our reason.
         out = without_goaway(data) + goaway_frame(self.last_sid, code, reason.encode()[:200])
@@ -781,6 +784,8 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             conn.receive_data(data)
         except NGH2Error as exc:
             log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
+            self.closed = self.goaway = True  # libnghttp2 will not be asked anything more
+            self.pool.forget(self)
             self._lost(UpstreamReset(PROTOCOL_ERROR))
             self.transport.abort()
             return

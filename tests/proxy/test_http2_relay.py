@@ -435,3 +435,38 @@ def test_goaway_filter_finds_frames_across_feed_boundaries():
         out2, g2 = f.feed(stream[cut:])
         assert out1 + out2 == b"P" * 24 + data + data
         assert g1 + g2 == [(7, 0)]
+
+
+def _one_read_flood(send) -> list:
+    """The client's frames from *send* reach the proxy in one read; the GOAWAYs it answers with."""
+    async def main():
+        async def handler(request):
+            return Response(200, [], Body.of(b"ok"))
+
+        h = Harness(handler)
+        send(h.client)
+        h.server.data_received(h.client.data_to_send())
+        out, goaways = h.filter.feed(h.transport.take())
+        assert h.transport.eof  # half-closed after the GOAWAY
+        return goaways
+
+    return asyncio.run(main())
+
+
+def test_a_flood_libnghttp2_catches_in_one_read_is_still_enhance_your_calm():
+    # 1,500 PINGs in one read: libnghttp2 refuses to queue that many ACKs and gives up on the session.
+    goaways = _one_read_flood(lambda c: [c.ping(b"%08d" % i) for i in range(1500)])
+    assert [code for _last, code in goaways] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+def test_resets_past_libnghttp2s_own_bucket_in_one_read_are_enhance_your_calm():
+    # More resets in one read than libnghttp2's own rapid-reset bucket holds: it would close with
+    # INTERNAL_ERROR; the proxy's GOAWAY says why instead.
+    def send(c):
+        for _ in range(2500):
+            sid = c.get_next_available_stream_id()
+            c.send_headers(sid, REQUEST, end_stream=True)
+            c.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+
+    goaways = _one_read_flood(send)
+    assert [code for _last, code in goaways] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
