@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 import ngh2
 from ngh2 import (ConnectionClosed, DataReceived, GoAwayReceived, NGH2Error, PingReceived, RequestReceived,
@@ -217,7 +218,8 @@ class _Sender:
             self.conn.acknowledge_received_data(n, stream_id)
         except (NGH2Error, ValueError):  # ValueError: more than libnghttp2 holds unacknowledged
             return
-        self.flush_soon()
+        if not self.flush_scheduled:
+            self.flush_soon()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -229,14 +231,13 @@ class _Sender:
 
 
 class _ServerStream:
-    __slots__ = ("id", "request", "body", "task", "responded", "upstream")
+    __slots__ = ("id", "request", "body", "task", "upstream")
 
     def __init__(self, stream_id: int, request: Request, body: Body) -> None:
         self.id = stream_id
         self.request = request
         self.body = body
         self.task: asyncio.Task | None = None
-        self.responded = False
         # Direct path: (upstream connection, its stream id) while the response is awaited.
         self.upstream: tuple[H2ClientConnection, int] | None = None
 
@@ -312,17 +313,22 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             return
         on_event = self._on_event
         for ev in conn.events():
-            on_event(ev)
-            if self.closed:
-                return
+            t = type(ev)
+            if t is RequestReceived:
+                self._on_request(ev)
+            elif t is not StreamClosed or ev.error_code:  # a stream that closed cleanly needs nothing
+                on_event(ev)
+                if self.closed:
+                    return
         if self.bodiless:
             self._start_bodiless()
         self.flush()
         # Streams libnghttp2 closed while writing (a reset it sent for a malformed DATA frame) report here.
         for ev in conn.events():
-            on_event(ev)
-            if self.closed:
-                return
+            if type(ev) is not StreamClosed or ev.error_code:
+                on_event(ev)
+                if self.closed:
+                    return
 
     def flush(self) -> None:
         conn = self.conn
@@ -433,7 +439,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         else:
             length = next((v for k, v in headers if k == b"content-length"), None)
             body = Body(int(length) if length and length.isdigit() else None,
-                        on_consumed=lambda n, sid=sid: self.ack(sid, n), high_water=STREAM_WINDOW)
+                        on_consumed=partial(self.ack, sid), high_water=STREAM_WINDOW)
         request = Request(method, pseudo[b":path"], host, headers, body, pseudo[b":scheme"], "h2", self.ctx)
         st = self.streams[sid] = _ServerStream(sid, request, body)
         if body is EMPTY:
@@ -476,13 +482,17 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         conn = pool.usable(endpoint)
         if conn is None:
             return False
+        if conn.endpoint is not endpoint and self._pure_router:
+            # Remember the pool's own key: the pool's dict then matches it by identity, not by
+            # the dataclass's __eq__ (a tuple built each side, per request).
+            endpoint = self._endpoints[authority] = conn.endpoint
         series = self._series
         if series[0] != authority or series[1] is not endpoint:
             series = self._series = (authority, endpoint, self._stats(request, endpoint))
         stats = series[2]
         stats.requests += 1
         start = self.loop.time()
-        usid = conn.start(request, lambda response, exc: self._direct_done(st, endpoint, stats, start, response, exc))
+        usid = conn.start(request, partial(self._direct_done, st, endpoint, stats, start))
         if usid is None:
             stats.requests -= 1
             return False
@@ -520,7 +530,9 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             return
         if answered:
             stats.record(response, latency * 1000)
-            self._end(sid)
+            del self.streams[sid]
+            if self.draining:
+                self._maybe_close()
         else:  # a body still to come, or beyond the peer's window: relay it in a task
             st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, response=response,
                                                                latency_ms=latency * 1000))
@@ -630,8 +642,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         headers.insert(0, (b":status", _STATUS.get(status) or b"%d" % status))
         empty = body is EMPTY or (body.done and not body.trailers and body.complete and body.length == 0)
         conn.send_response(sid, headers, end_stream=empty)
-        st.responded = True
-        self.flush_soon()
+        if not self.flush_scheduled:
+            self.flush_soon()
         if empty:
             return True
         # A small body that is all here goes to libnghttp2 whatever the windows: it sends only within them
@@ -720,11 +732,10 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
 
 
 class _ClientStream:
-    __slots__ = ("id", "request", "waiter", "on_response", "body", "body_task", "response")
+    __slots__ = ("id", "waiter", "on_response", "body", "body_task", "response")
 
-    def __init__(self, stream_id: int, request: Request, waiter: asyncio.Future | None, on_response=None) -> None:
+    def __init__(self, stream_id: int, waiter: asyncio.Future | None, on_response=None) -> None:
         self.id = stream_id
-        self.request = request
         self.waiter = waiter  # send(): the awaiting coroutine's future
         self.on_response = on_response  # start(): called once instead
         self.body: Body | None = None
@@ -888,7 +899,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             body = EMPTY
             del self.streams[sid]
         else:
-            body = Body(None, on_consumed=lambda n, sid=sid: self.ack(sid, n), high_water=STREAM_WINDOW)
+            body = Body(None, on_consumed=partial(self.ack, sid), high_water=STREAM_WINDOW)
         st.body = body
         st.response = Response(status, headers[1:], body, b"", self.endpoint)
         if st.on_response is not None:
@@ -934,15 +945,16 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             sid = self.conn.send_request(self._head(request), end_stream=True)
         except NGH2Error:
             return None
-        self.streams[sid] = _ClientStream(sid, request, None, on_response)
-        self.flush_soon()
+        self.streams[sid] = _ClientStream(sid, None, on_response)
+        if not self.flush_scheduled:
+            self.flush_soon()
         return sid
 
     async def send(self, request: Request) -> Response:
         body = request.body
         sid = self.conn.send_request(self._head(request), end_stream=body is EMPTY)
         waiter = self.loop.create_future()
-        st = self.streams[sid] = _ClientStream(sid, request, waiter)
+        st = self.streams[sid] = _ClientStream(sid, waiter)
         self.flush_soon()
         if body is not EMPTY:
             st.body_task = self.loop.create_task(self._send_body(st, body))
