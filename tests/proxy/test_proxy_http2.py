@@ -436,3 +436,23 @@ def test_streams_reset_in_the_same_read_never_reach_the_upstream(proxy, h2app):
     rapid = [r for r in h2app.requests[before:] if b"rapid=1" in r[b":path"]]
     assert len(rapid) <= 2  # only if the kernel split that one write across reads
     raw.close()
+
+
+def test_streams_of_one_connection_go_where_each_authority_says(proxy, h2app, loop_thread):
+    """The direct path remembers an authority's endpoint per connection; each authority keeps its own."""
+    other = loop_thread.run(H2Server().start())
+    try:
+        raw = RawH2(proxy.outbound)
+        for round_ in range(3):
+            for app in (h2app, other):
+                sid = raw.request([(b":method", b"GET"), (b":path", b"/echo?r=%d" % round_), (b":scheme", b"http"),
+                                   (b":authority", auth(app).encode())])
+                events = raw.until_stream_done(sid)
+                resp = next(e for e in events if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid)
+                assert dict(resp.headers)[b":status"] == b"200"
+                assert app.requests[-1][b":path"] == b"/echo?r=%d" % round_
+                assert app.requests[-1][b":authority"] == auth(app).encode()
+        assert len([r for r in other.requests if r[b":path"].startswith(b"/echo?r=")]) == 3
+        raw.close()
+    finally:
+        loop_thread.run(other.stop())
