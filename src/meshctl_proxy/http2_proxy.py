@@ -323,6 +323,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         if self.bodiless:
             self._start_bodiless()
         self.flush()
+        if self.closed:
+            return
         # Streams libnghttp2 closed while writing (a reset it sent for a malformed DATA frame) report here.
         for ev in conn.events():
             if type(ev) is not StreamClosed or ev.error_code:
@@ -377,7 +379,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         elif t is DataReceived:
             st = self.streams.get(ev.stream_id)
             if st is None:  # a stream we refused or reset: its bytes still count against the connection
-                self.conn.acknowledge_received_data(len(ev.data), ev.stream_id)
+                self.ack(ev.stream_id, len(ev.data))
                 return
             st.body.feed(ev.data)
             if ev.end_stream:
@@ -812,14 +814,13 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             self.transport.close()
 
     def _dispatch(self, events) -> None:
-        conn = self.conn
         streams = self.streams
         for ev in events:
             t = type(ev)
             if t is DataReceived:
                 st = streams.get(ev.stream_id)
                 if st is None or st.body is None:  # cancelled or refused: the connection's credit comes back
-                    conn.acknowledge_received_data(len(ev.data), ev.stream_id)
+                    self.ack(ev.stream_id, len(ev.data))
                     continue
                 st.body.feed(ev.data)
                 if ev.end_stream:

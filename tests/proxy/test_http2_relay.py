@@ -15,7 +15,7 @@ import h2.errors
 import h2.events
 
 from meshctl_proxy import config
-from meshctl_proxy.body import Body
+from meshctl_proxy.body import Body, BodyError
 from meshctl_proxy.h2limits import FloodGuard
 import pytest
 from ngh2 import NeverIndexedHeader
@@ -470,3 +470,31 @@ def test_resets_past_libnghttp2s_own_bucket_in_one_read_are_enhance_your_calm():
 
     goaways = _one_read_flood(send)
     assert [code for _last, code in goaways] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+def test_a_body_shorter_than_its_content_length_resets_the_stream_and_fails_the_relay():
+    """RFC 9113 section 8.1.1: DATA that does not add up to content-length is malformed (libnghttp2 resets it)."""
+    started, failures = [], []
+
+    async def handler(request):
+        started.append(request)
+        try:
+            await request.body.read_all(1000)
+        except (BodyError, asyncio.CancelledError) as exc:  # the body failed, or the relay was cancelled
+            failures.append(exc)
+            raise
+        return Response(200, [], Body.of(b"ok"))
+
+    async def main():
+        h = Harness(handler)
+        sid = h.request(b"/upload", end=False, extra=[(b"content-length", b"10")])
+        await h.settle()  # the relay is waiting for the body
+        h.client.send_data(sid, b"12345", end_stream=True)
+        await h.settle()
+        resets = [e for e in h.events if isinstance(e, h2.events.StreamReset) and e.stream_id == sid]
+        assert resets and resets[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        assert len(started) == len(failures) == 1  # the relay stopped instead of waiting for five more bytes
+        assert not [e for e in h.events if isinstance(e, h2.events.ResponseReceived)]
+        assert sid not in h.server.streams
+
+    asyncio.run(main())
