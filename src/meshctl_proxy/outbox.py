@@ -52,6 +52,10 @@ class Outbox:
             for transport, data in held:
                 try:
                     transport.write(data)
+                except (RuntimeError, ConnectionError) as exc:
+                    # Closed meanwhile by someone who did not flush (the pools at shutdown): the
+                    # peer is gone or going, as it would be for a write made after the close.
+                    log.debug("held write dropped: %s", exc)
                 except Exception:  # one broken transport must not cost the others their bytes
                     log.exception("held write failed")
 
