@@ -28,7 +28,7 @@ class BodyError(Exception):
 
 class Body:
     __slots__ = ("_chunks", "_buffered", "_done", "_exc", "_waiter", "trailers", "length",
-                 "_pause", "_resume", "_on_consumed", "_paused", "_high")
+                 "_pause", "_resume", "_on_consumed", "_paused", "_high", "_discarding")
 
     def __init__(self, length: int | None = None, *, pause: Callable[[], None] | None = None,
                  resume: Callable[[], None] | None = None, on_consumed: Callable[[int], None] | None = None,
@@ -45,6 +45,7 @@ class Body:
         self._on_consumed = on_consumed
         self._paused = False
         self._high = high_water
+        self._discarding = False
 
     @classmethod
     def of(cls, data: bytes = b"", trailers: list[tuple[bytes, bytes]] | None = None) -> "Body":
@@ -60,6 +61,8 @@ class Body:
     # -- producer side ---------------------------------------------------------
     def feed(self, data: bytes) -> None:
         if self._done:
+            if self._discarding and self._on_consumed is not None:
+                self._on_consumed(len(data))  # nobody will read it: its credit goes straight back
             return
         self._chunks.append(data)
         self._buffered += len(data)
@@ -86,6 +89,31 @@ class Body:
         self._exc = exc
         self._done = True
         self._chunks.clear()
+        self._wake()
+
+    def discard(self, exc: BaseException | None = None) -> None:
+        """The consumer will read no more (its side went away, or the exchange ended without it).
+
+        Buffered bytes and any fed later are dropped with their credit returned
+        (``on_consumed``) at once: HTTP/2 flow-control windows are shared by a
+        connection's streams, and credit held by a body nobody reads would stall
+        the others.  A read after this raises *exc* (BodyError by default).  A
+        body already read to its end (EMPTY among them) is left as it is.
+        """
+        if self._done and not self._chunks:
+            return
+        n = self._buffered
+        self._chunks.clear()
+        self._buffered = 0
+        if self._exc is None:
+            self._exc = exc or BodyError("the body's reader went away")
+        self._done = True
+        self._discarding = True
+        if self._paused:
+            self._paused = False
+            self._resume()
+        if n and self._on_consumed is not None:
+            self._on_consumed(n)
         self._wake()
 
     def _wake(self) -> None:

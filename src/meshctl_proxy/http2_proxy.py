@@ -373,7 +373,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if ev.error_code:  # closed by libnghttp2 (a malformed frame) or after a reset: stop serving it
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
-                    st.body.abort(StreamReset(ev.error_code, "stream closed"))
+                    st.body.discard(StreamReset(ev.error_code, "stream closed"))
                     st.cancel()
                     self._maybe_close()
         elif t is DataReceived:
@@ -392,7 +392,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             reason = self.guard.on_reset(self.loop.time())
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
-                st.body.abort(StreamReset(ev.error_code, "client reset the stream"))
+                st.body.discard(StreamReset(ev.error_code, "client reset the stream"))
                 st.cancel()
             if reason:
                 self.calm(reason)
@@ -516,6 +516,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         elif self._observing:
             self.router.observe(endpoint, Outcome(response.status, latency))
         if self.closed or sid not in self.streams:
+            if response is not None:
+                response.body.discard()  # nobody will relay it: its upstream credit goes back
             return
         if isinstance(exc, UpstreamReset):
             stats.response(502, "failure", latency * 1000)
@@ -528,6 +530,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         try:
             answered = self._respond_now(st, response)
         except NGH2Error:
+            response.body.discard()
             self._end(sid)
             return
         if answered:
@@ -678,6 +681,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                 stats = self._counted(request)
         sid = st.id
         status = response.status if response is not None else 0
+        completed = False
         try:
             if response is None:
                 try:
@@ -708,9 +712,11 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                     return
                 if self._respond_now(st, response):
                     stats.record(response, latency_ms)
+                    completed = True
                     return
             await self.send_body(sid, response.body)
             stats.record(response, latency_ms)
+            completed = True
         except StreamReset as exc:  # the upstream reset mid-response: pass the code on
             (stats or self._counted(request)).response(status or 502, "failure", (self.loop.time() - start) * 1000)
             self._reset(sid, exc.code)
@@ -721,7 +727,29 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             pass
         finally:
             self.streams.pop(sid, None)
+            self._release(st, response, completed)
             self._maybe_close()
+
+    def _release(self, st: _ServerStream, response: Response | None, completed: bool) -> None:
+        """The exchange on *st* is over: whatever of its bodies nobody will read gives its credit back.
+
+        A complete response to a request still being sent ends the request too: RST_STREAM(NO_ERROR),
+        as RFC 9113 section 8.1 lets a server ask, so the client stops sending what nobody reads.
+        """
+        if response is not None and not completed:
+            response.body.discard()  # its upstream's credit (the stream is abandoned mid-response)
+        body = st.body
+        if not body.done:
+            if completed and not body.complete and not self.closed:
+                # libnghttp2 sends RST_STREAM ahead of queued DATA: only once the response is all out.
+                self.flush()
+                try:
+                    sent = not self.conn.queued_body_size(st.id)
+                except NGH2Error:
+                    sent = False
+                if sent:
+                    self._reset(st.id, NO_ERROR)
+            body.discard()
 
     def _reset(self, sid: int, code: int) -> None:
         if self.closed:
@@ -910,7 +938,8 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
 
     def _fail_stream(self, st: _ClientStream, code: int) -> None:
         if not st.settle(None, UpstreamReset(code)) and st.body is not None:
-            st.body.abort(StreamReset(code, "upstream reset the stream"))
+            # The connection goes on: the credit of what was buffered must come back to it.
+            st.body.discard(StreamReset(code, "upstream reset the stream"))
         if st.body_task is not None and not st.body_task.done():
             st.body_task.cancel()
 
@@ -969,8 +998,11 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
     def cancel(self, sid: int) -> None:
         """Forget stream *sid* and reset it (CANCEL): nobody wants its response any more."""
         st = self.streams.pop(sid, None)
-        if st is not None and st.body_task is not None and not st.body_task.done():
-            st.body_task.cancel()
+        if st is not None:
+            if st.body_task is not None and not st.body_task.done():
+                st.body_task.cancel()
+            if st.body is not None:
+                st.body.discard()
         if self.closed:
             return
         try:
@@ -994,6 +1026,8 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         st = self.streams.pop(sid, None)
         if st is not None:
             st.settle(None, BodyError("request body failed"))
+            if st.body is not None:
+                st.body.discard()
         if not self.closed:
             try:
                 self.conn.reset_stream(sid, code)

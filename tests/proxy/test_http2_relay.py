@@ -498,3 +498,42 @@ def test_a_body_shorter_than_its_content_length_resets_the_stream_and_fails_the_
         assert sid not in h.server.streams
 
     asyncio.run(main())
+
+
+def test_a_response_that_ends_before_its_request_gives_back_the_connections_credit():
+    """An upstream may answer without reading the request (RFC 9113 section 8.1): the proxy then resets the
+    client's stream with NO_ERROR after the response, and credits what nobody will read to the connection,
+    which would otherwise stall every other stream after a few such requests."""
+    async def handler(request):
+        return Response(413, [], Body.of(b"too big"))
+
+    async def main():
+        h = Harness(handler)
+        for _ in range(8):  # 8 x 200 KB: h2 refuses to send past the 1 MiB connection window, so the
+            sid = h.request(b"/upload", body=b"x" * 200_000, end=False)  # credit must have come back
+            await h.settle()
+            got = [e for e in h.events if getattr(e, "stream_id", None) == sid]
+            assert dict(next(e for e in got if isinstance(e, h2.events.ResponseReceived)).headers)[b":status"] == b"413"
+            assert b"".join(e.data for e in got if isinstance(e, h2.events.DataReceived)) == b"too big"
+            resets = [e for e in got if isinstance(e, h2.events.StreamReset)]
+            assert resets and resets[0].error_code == h2.errors.ErrorCodes.NO_ERROR
+        sid = h.request(b"/after", body=b"y" * 100_000)  # and the connection still carries bodies
+        await h.settle()
+        assert any(isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid for e in h.events)
+
+    asyncio.run(main())
+
+
+def test_a_discarded_body_credits_what_it_held_and_what_comes_later():
+    from meshctl_proxy.body import EMPTY
+
+    credited = []
+    body = Body(None, on_consumed=credited.append)
+    body.feed(b"abc")
+    body.discard()
+    body.feed(b"de")
+    assert credited == [3, 2]
+    with pytest.raises(BodyError):  # never read as a (truncated) complete body
+        body.read_nowait()
+    EMPTY.discard()  # the shared empty body is left as it is
+    assert EMPTY.read_nowait() == b""
