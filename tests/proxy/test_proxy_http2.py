@@ -456,3 +456,24 @@ def test_streams_of_one_connection_go_where_each_authority_says(proxy, h2app, lo
         raw.close()
     finally:
         loop_thread.run(other.stop())
+
+
+def test_downloads_the_client_abandons_do_not_stall_the_shared_upstream_connection(proxy, h2app):
+    """Each reset mid-response leaves bytes the proxy had buffered from upstream: their credit must go back, or
+    a few abandoned downloads would exhaust the shared upstream connection's window for every other client."""
+    before = h2app.connections
+    for _ in range(8):  # 8 x 3 MB started, each abandoned after its first bytes
+        raw = RawH2(proxy.outbound)
+        sid = raw.request([(b":method", b"GET"), (b":path", b"/big?size=3000000"), (b":scheme", b"http"),
+                           (b":authority", auth(h2app).encode())])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(isinstance(e, h2.events.DataReceived)
+                                                      for e in (raw.events(timeout=1) or [])):
+            pass
+        raw.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        raw.flush()
+        raw.close()
+    with client() as c:
+        r = c.get(proxy.url("outbound", "/big?size=1000000"), headers={"Host": auth(h2app)})
+        assert len(r.content) == 1000000 - 1000000 % 256
+    assert h2app.connections - before <= 1  # one shared upstream connection carried them all
