@@ -130,6 +130,11 @@ class Body:
         return self._done and not self._chunks
 
     @property
+    def discarded(self) -> bool:
+        """The consumer has gone (discard()): the producer may as well stop."""
+        return self._discarding
+
+    @property
     def buffered(self) -> int:
         """Bytes delivered and not yet read."""
         return self._buffered

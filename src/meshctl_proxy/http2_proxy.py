@@ -850,10 +850,13 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 if st is None or st.body is None:  # cancelled or refused: the connection's credit comes back
                     self.ack(ev.stream_id, len(ev.data))
                     continue
-                st.body.feed(ev.data)
+                body = st.body
+                body.feed(ev.data)
                 if ev.end_stream:
                     del streams[ev.stream_id]
-                    st.body.finish()
+                    body.finish()
+                elif body.discarded:  # nobody will read the rest: stop the upstream (RFC 9113 section 8.7)
+                    self.cancel(ev.stream_id)
             elif t is ResponseReceived:
                 self._on_response(ev)
             elif t is StreamClosed:

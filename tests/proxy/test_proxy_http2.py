@@ -462,6 +462,7 @@ def test_downloads_the_client_abandons_do_not_stall_the_shared_upstream_connecti
     """Each reset mid-response leaves bytes the proxy had buffered from upstream: their credit must go back, or
     a few abandoned downloads would exhaust the shared upstream connection's window for every other client."""
     before = h2app.connections
+    resets = len(h2app.resets)
     for _ in range(8):  # 8 x 3 MB started, each abandoned after its first bytes
         raw = RawH2(proxy.outbound)
         sid = raw.request([(b":method", b"GET"), (b":path", b"/big?size=3000000"), (b":scheme", b"http"),
@@ -477,3 +478,5 @@ def test_downloads_the_client_abandons_do_not_stall_the_shared_upstream_connecti
         r = c.get(proxy.url("outbound", "/big?size=1000000"), headers={"Host": auth(h2app)})
         assert len(r.content) == 1000000 - 1000000 % 256
     assert h2app.connections - before <= 1  # one shared upstream connection carried them all
+    # ... and the upstream was told to stop each abandoned one (RFC 9113 section 8.7), not left to send it all.
+    assert [code for _sid, code in h2app.resets[resets:]] == [h2.errors.ErrorCodes.CANCEL] * 8
