@@ -802,6 +802,9 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         self.goaway = False
         self.max_streams = 100  # the server's SETTINGS_MAX_CONCURRENT_STREAMS, as libnghttp2 assumes until it comes
         self.answered: list[_ClientStream] = []
+        # Request bodies being sent, by stream: a stream can outlive its entry in self.streams (the
+        # response is complete, the request is not) and its sender must stop when the stream closes.
+        self.body_tasks: dict[int, asyncio.Task] = {}
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -863,6 +866,11 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 st = streams.pop(ev.stream_id, None)
                 if st is not None:  # closed before we saw its end: libnghttp2 refused or reset it
                     self._on_closed(st, ev)
+                if self.body_tasks:
+                    task = self.body_tasks.pop(ev.stream_id, None)
+                    if task is not None:  # nothing more can be sent on it (it would wait for credit forever)
+                        task.cancel()
+                        self.window_waiters.pop(ev.stream_id, None)
             elif t is TrailersReceived:
                 st = streams.pop(ev.stream_id, None)
                 if st is not None and st.body is not None:
@@ -949,6 +957,9 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
     def _lost(self, exc: ProxyError) -> None:
         streams = list(self.streams.values())
         self.streams.clear()
+        tasks, self.body_tasks = self.body_tasks, {}
+        for task in tasks.values():
+            task.cancel()
         for st in streams:
             if not st.settle(None, exc) and st.body is not None:
                 st.body.abort(StreamReset(CANCEL, "upstream connection lost"))
@@ -990,7 +1001,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         st = self.streams[sid] = _ClientStream(sid, waiter)
         self.flush_soon()
         if body is not EMPTY:
-            st.body_task = self.loop.create_task(self._send_body(st, body))
+            st.body_task = self.body_tasks[sid] = self.loop.create_task(self._send_body(st, body))
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -1024,6 +1035,8 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             self._reset_upstream(sid, CANCEL)
         except (asyncio.CancelledError, ConnectionError, NGH2Error):
             pass
+        finally:
+            self.body_tasks.pop(sid, None)
 
     def _reset_upstream(self, sid: int, code: int) -> None:
         st = self.streams.pop(sid, None)

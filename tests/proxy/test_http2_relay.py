@@ -537,3 +537,27 @@ def test_a_discarded_body_credits_what_it_held_and_what_comes_later():
         body.read_nowait()
     EMPTY.discard()  # the shared empty body is left as it is
     assert EMPTY.read_nowait() == b""
+
+
+def test_a_request_body_sender_stops_when_the_upstream_closes_the_stream():
+    """An upstream may answer and close the stream before taking the whole request (RFC 9113 section 8.1): the
+    task sending the rest, waiting for credit that will never come, must end (it held its chunk forever)."""
+    async def main():
+        up = Upstream()
+        body = Body(None)
+        task = asyncio.ensure_future(up.conn.send(Request(b"POST", b"/", "svc", [], body, protocol="h2")))
+        body.feed(b"x" * 300_000)  # more than the upstream's 64 KiB window
+        for _ in range(3):
+            await asyncio.sleep(0)
+            up.pump()
+        sid = up.requests[-1].stream_id
+        assert up.conn.body_tasks  # sending, and stuck on the window
+        up.server.send_headers(sid, [(b":status", b"413")], end_stream=True)
+        up.server.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
+        up.pump()
+        assert (await asyncio.wait_for(task, 2)).status == 413
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not up.conn.body_tasks
+
+    asyncio.run(main())
