@@ -19,33 +19,10 @@ from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, ResponseHead
 from meshctl_proxy.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
 from meshctl_proxy.outbox import outbox
-from meshctl_proxy.routing import DirectRouter, EndpointPool, InboundRouter, http_series
+from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series, select_is_pure
 from meshctl_proxy.tcp import PipeEnd, splice
 
 log = logging.getLogger("meshctl_proxy.http1")
-
-# select() implementations that depend on nothing but the request's target (and the
-# router's own listeners, fixed once serving).
-_PURE_SELECTS = (DirectRouter.select, InboundRouter.select)
-
-
-def _pure_select(router) -> bool:
-    """True when *router*'s select() is a pure function of the target: the fast path may then
-    remember its answer per authority.
-
-    Asked of the bound methods that will run, not of the router's class: TrafficRouter (the
-    outbound default) selects as DirectRouter does for the names the destination service is
-    not asked about, the only ones its direct() lets through, and AuthorizingRouter (the
-    inbound policy) hands select() and target() to the InboundRouter it wraps.
-    """
-    select = getattr(router, "select", None)
-    owner = getattr(select, "__self__", None)
-    if owner is None or getattr(select, "__func__", None) not in _PURE_SELECTS:
-        return False
-    target = getattr(router, "target", None)
-    cls = type(owner)
-    return (getattr(target, "__func__", None) is DirectRouter.target and getattr(target, "__self__", None) is owner
-            and cls.endpoint_for is DirectRouter.endpoint_for and cls._looping is DirectRouter._looping)
 
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
@@ -110,7 +87,7 @@ class H1ServerConnection(_HeldWrites):
         self.ctx = ctx
         self.stats = stats
         self.router = router = runtime.routers[ctx.direction]
-        self._pure_router = _pure_select(router)
+        self._pure_router = select_is_pure(router)
         self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
         self._endpoints: dict[str, Endpoint] = {}
         # Asked of the router's own class: a wrapper that delegates attributes to an inner

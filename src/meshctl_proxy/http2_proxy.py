@@ -42,8 +42,7 @@ from meshctl_proxy.h2headers import MalformedHeaders, h2_fields, request_fields
 from meshctl_proxy.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
 from meshctl_proxy.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.http1_proxy import _pure_select
-from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series
+from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series, select_is_pure
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -266,7 +265,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         # the inner router's answer); the default routers' select() is a pure function of the target
         # and their observe() does nothing, so the direct path remembers the one and skips the other.
         self._direct = getattr(type(router), "direct", None)
-        self._pure_router = _pure_select(router)  # the HTTP/1 fast path's rule, asked of the bound methods
+        self._pure_router = select_is_pure(router)  # the HTTP/1 fast path's rule, asked of the bound methods
         self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
         self._endpoints: dict[str, Endpoint] = {}
         self._series: tuple = ("", None, None)  # (authority, endpoint, its HttpStats) of the last request

@@ -225,6 +225,30 @@ class InboundRouter(DirectRouter):
         return self.endpoint_for(self.forward_host, port)
 
 
+# select() implementations that depend on nothing but the request's target (and the
+# router's own listeners, fixed once serving).
+_PURE_SELECTS = (DirectRouter.select, InboundRouter.select)
+
+
+def select_is_pure(router) -> bool:
+    """True when *router*'s select() is a pure function of the target: the HTTP/1 fast path
+    and the HTTP/2 direct path may then remember its answer per authority.
+
+    Asked of the bound methods that will run, not of the router's class: TrafficRouter (the
+    outbound default) selects as DirectRouter does for the names the destination service is
+    not asked about, the only ones its direct() lets through, and AuthorizingRouter (the
+    inbound policy) hands select() and target() to the InboundRouter it wraps.
+    """
+    select = getattr(router, "select", None)
+    owner = getattr(select, "__self__", None)
+    if owner is None or getattr(select, "__func__", None) not in _PURE_SELECTS:
+        return False
+    target = getattr(router, "target", None)
+    cls = type(owner)
+    return (getattr(target, "__func__", None) is DirectRouter.target and getattr(target, "__self__", None) is owner
+            and cls.endpoint_for is DirectRouter.endpoint_for and cls._looping is DirectRouter._looping)
+
+
 def default_router(direction: str, forward_host: str, own_addrs: frozenset[tuple[str, int]]) -> DirectRouter:
     if direction == INBOUND:
         return InboundRouter(forward_host, own_addrs=own_addrs)

@@ -1,10 +1,9 @@
-"""Which routers' select() the HTTP/1 fast path may remember per authority (http1_proxy._pure_select)."""
+"""Which routers' select() the HTTP/1 fast path may remember per authority (routing.select_is_pure)."""
 
 from meshctl_proxy import config
-from meshctl_proxy.http1_proxy import _pure_select
 from meshctl_proxy.mtls import AuthorizingRouter
 from meshctl_proxy.route_metrics import RouteMetrics
-from meshctl_proxy.routing import DirectRouter, InboundRouter
+from meshctl_proxy.routing import DirectRouter, InboundRouter, select_is_pure
 from meshctl_proxy.traffic import TrafficRouter
 
 
@@ -20,14 +19,14 @@ class OwnEndpoints(InboundRouter):
 
 def test_the_routers_a_proxy_runs_select_purely():
     traffic = TrafficRouter.from_config(config.load({}), metrics=RouteMetrics())
-    assert _pure_select(DirectRouter())
-    assert _pure_select(traffic)  # the outbound default: DirectRouter's select for what direct() passes
-    assert _pure_select(InboundRouter("127.0.0.1"))
-    assert _pure_select(AuthorizingRouter(InboundRouter("127.0.0.1"), None, None))  # the inbound default
+    assert select_is_pure(DirectRouter())
+    assert select_is_pure(traffic)  # the outbound default: DirectRouter's select for what direct() passes
+    assert select_is_pure(InboundRouter("127.0.0.1"))
+    assert select_is_pure(AuthorizingRouter(InboundRouter("127.0.0.1"), None, None))  # the inbound default
 
 
 def test_a_router_that_selects_its_own_way_is_asked_every_time():
-    assert not _pure_select(PicksItsOwn())
-    assert not _pure_select(OwnEndpoints("127.0.0.1"))
-    assert not _pure_select(AuthorizingRouter(PicksItsOwn(), None, None))
-    assert not _pure_select(object())
+    assert not select_is_pure(PicksItsOwn())
+    assert not select_is_pure(OwnEndpoints("127.0.0.1"))
+    assert not select_is_pure(AuthorizingRouter(PicksItsOwn(), None, None))
+    assert not select_is_pure(object())
