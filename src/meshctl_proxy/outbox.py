@@ -28,21 +28,35 @@ _BY_LOOP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Outbox:
-    """One event loop's held writes; :func:`outbox` gives the running loop's."""
+    """One event loop's held writes; :func:`outbox` gives the running loop's.
 
-    __slots__ = ("_loop", "_held")
+    The first write of a pass goes out at once, so a lone request (the common
+    case below saturation) waits for nothing; the writes after it in the same
+    pass are held to its end.  Holding the first as well measured +0.03 ms at
+    the median and twice the p99 through two proxies at 1,000 req/s
+    (docs/performance.md).
+    """
+
+    __slots__ = ("_loop", "_held", "_in_pass")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._held: list = []
+        self._in_pass = False
 
     def write(self, transport, data: bytes) -> None:
-        held = self._held
-        if not held:
-            # call_soon from an I/O callback runs after every other callback of this
-            # poll, before the loop polls again: the end of the pass.
-            self._loop.call_soon(self.flush)
-        held.append((transport, data))
+        if self._in_pass:
+            self._held.append((transport, data))
+            return
+        self._in_pass = True
+        # call_soon from an I/O callback runs after every other callback of this
+        # poll, before the loop polls again: the end of the pass.
+        self._loop.call_soon(self._end_pass)
+        transport.write(data)
+
+    def _end_pass(self) -> None:
+        self._in_pass = False
+        self.flush()
 
     def flush(self) -> None:
         """Send everything held, in order (also before a close, so nothing overtakes it)."""
