@@ -49,7 +49,8 @@ class Upgraded:
 
 
 class _HeldWrites(asyncio.Protocol):
-    """Both ends' writes go out at the end of the event loop's pass (meshctl_proxy.outbox).
+    """Both ends write through the loop's outbox (meshctl_proxy.outbox): a pass's first write
+    goes at once, the rest at the end of the pass.
 
     Every close, abort and hand-over flushes first, so nothing written before
     it goes after it.  ``connection_made`` sets ``_outbox``.
@@ -251,7 +252,6 @@ class H1ServerConnection(_HeldWrites):
         if self.write_paused:
             self._drain_waiter = asyncio.get_running_loop().create_future()
             await self._drain_waiter
-
 
     def _interim(self, status: int, headers) -> None:
         """Relay 100 Continue (RFC 9110 section 15.2) while the final response is pending."""
@@ -700,7 +700,6 @@ class H1ClientConnection(_HeldWrites):
         self.write_paused = False
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
-
 
     def start_exchange(self, request: Request, callback) -> None:
         """Send *request*; ``callback(response, None)`` once its head (and any body already read) is in,

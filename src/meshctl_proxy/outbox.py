@@ -1,4 +1,4 @@
-"""Writes held until the end of the event loop's pass, then sent together.
+"""Writes after the first of an event loop's pass, held to the end of the pass and sent together.
 
 On loopback a write is the dearest thing a proxy does per request: the
 kernel runs the receiving side of TCP in the writer's context and wakes the
@@ -9,7 +9,8 @@ for HAProxy, which also finishes a pass over its ready events before it
 sends.  Written as each event is handled, the first write of a pass wakes
 nginx, nginx answers and sleeps again, and the next write wakes it again;
 written together at the end of the pass, one wake-up finds every request of
-the pass waiting (docs/performance.md, "Writes at the end of the pass").
+the pass waiting (docs/performance.md, "HTTP/1.1, second pass").  The first
+write of a pass still goes at once (see :class:`Outbox`).
 
 The order of the bytes on each transport is kept (one list, in order), and
 whoever closes, aborts or hands over a transport flushes first (``flush()``),
