@@ -123,11 +123,24 @@ class _Sender:
         self.loop = asyncio.get_running_loop()
 
     def flush(self) -> None:
-        data = self.conn.data_to_send()
+        conn = self.conn
+        data = conn.data_to_send()
         self.pending = 0
-        if data and not self.closed:
-            self.stats.write_bytes += len(data)
-            self.transport.write(data)
+        if self.closed:
+            return
+        if not conn.want_read:
+            self._ended(data)
+        elif data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        self.stats.write_bytes += len(data)
+        self.transport.write(data)
+
+    def _ended(self, data: bytes) -> None:
+        """libnghttp2 wants nothing more from the peer: a drain completed or it ended the connection.
+        *data* is its last output; each end says what follows."""
+        raise NotImplementedError
 
     def flush_soon(self) -> None:
         """Write what libnghttp2 has queued at the end of this loop pass: streams answered together
@@ -331,19 +344,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                 if self.closed:
                     return
 
-    def flush(self) -> None:
-        conn = self.conn
-        data = conn.data_to_send()
-        self.pending = 0
-        if self.closed:
-            return
-        if not conn.want_read:
-            self._finished(data)
-        elif data:
-            self.stats.write_bytes += len(data)
-            self.transport.write(data)
-
-    def _finished(self, data: bytes) -> None:
+    def _ended(self, data: bytes) -> None:
         """libnghttp2 is done with the connection: a drain completed, or it closed it on an error."""
         closed = next((ev for ev in self.conn.events() if type(ev) is ConnectionClosed), None)
         if closed is not None and closed.error_code == PROTOCOL_ERROR and b"concurrent streams" in closed.debug_data:
@@ -354,8 +355,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             return
         self.closed = True
         if data:
-            self.stats.write_bytes += len(data)
-            self.transport.write(data)
+            self._write(data)
         self._abort_streams()
         if closed is not None and closed.error_code:
             log.info("h2 client %s: connection error %d: %s", self.ctx.client_addr, closed.error_code,
@@ -571,8 +571,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         # What libnghttp2 queued (PING ACKs, resets) goes first; a GOAWAY of its own (it may have decided to
         # end the connection already) gives way to the one naming our reason.
         out = without_goaway(data) + goaway_frame(self.last_sid, code, reason.encode()[:200])
-        self.stats.write_bytes += len(out)
-        self.transport.write(out)
+        self._write(out)
         self.closed = True  # read nothing more from this client
         self._abort_streams()
         self._linger()
@@ -895,16 +894,10 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             for st in answered:
                 st.settle(st.response)
 
-    def flush(self) -> None:
-        conn = self.conn
-        data = conn.data_to_send()
-        self.pending = 0
-        if self.closed:
-            return
+    def _ended(self, data: bytes) -> None:
         if data:
-            self.stats.write_bytes += len(data)
-            self.transport.write(data)
-        if not conn.want_read and not self.goaway:
+            self._write(data)
+        if not self.goaway:
             # libnghttp2 ended the connection (a protocol error by the server): nothing more comes.
             self.goaway = True
             self.pool.forget(self)
