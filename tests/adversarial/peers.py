@@ -418,7 +418,7 @@ class MeshAuthority:
     def client_context(self, san: str, *, alpn: tuple[str, ...] = ("http/1.1",)):
         """A client context presenting a leaf whose one DNS SAN is *san* (whatever it says)."""
         from meshctl.identity import certs
-        from meshctl_proxy import tls
+        from meshctl_proxy.identity import tls_contexts as tls
 
         key = certs.new_private_key()
         leaf = certs.issue_leaf(self.issuer, public_key=key.public_key(), dns_name=san)
@@ -434,7 +434,7 @@ def tls_http1_exchange(addr, ctx, server_name: str, data: bytes, *, timeout: flo
     """Send *data* over TLS (SNI *server_name*), read until the peer closes; (bytes, server's identity)."""
     import ssl
 
-    from meshctl_proxy import tls
+    from meshctl_proxy.identity import tls_contexts as tls
 
     with socket.create_connection(addr, timeout=timeout) as raw:
         with ctx.wrap_socket(raw, server_hostname=server_name) as sock:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshctl_proxy.tls import parse_identity_name
+from meshctl_proxy.identity.tls_contexts import parse_identity_name
 
 from .peers import H2Client, tls_http1_exchange
 

@@ -89,7 +89,7 @@ def test_other_subject_attributes_do_not_matter_but_the_san_still_does(authority
 @pytest.fixture
 def service_tls(mesh):
     """Connect to the mesh's identity service over TLS, checking it is who it says."""
-    from meshctl_proxy import tls
+    from meshctl_proxy.identity import tls_contexts as tls
 
     ctx = tls.client_context(trust_anchors_pem=mesh.anchor.cert_pem, alpn=("http/1.1",))
 
