@@ -29,7 +29,9 @@ def _is_loopback(host: str) -> bool:
 class AdminProtocol(asyncio.Protocol):
     def __init__(self, proxy) -> None:
         self.proxy = proxy
-        self.reader = http1.RequestReader()
+        # A request one of the proxy's own listeners forwarded here carries its Via mark: refused (508),
+        # so the admin endpoints answer only what reached the admin listener itself (docs/security.md, 4).
+        self.reader = http1.RequestReader(tuple(getattr(proxy, "loop_markers", {}).values()))
         self.transport = None
         self.head: RequestHead | None = None
 

@@ -99,7 +99,9 @@ class H1ServerConnection(_HeldWrites):
         self._host_bytes: bytes | None = None  # the last request's Host, and as str
         self._host = ""
         self.upstream = runtime.upstreams[ctx.direction]
-        self.reader = http1.RequestReader()
+        marker = runtime.loop_markers[ctx.direction]
+        self.reader = http1.RequestReader((marker,))
+        self._via = (b"via", marker.entry("http/1"))  # added to every request forwarded (wire.loop_marker)
         self.transport = None
         self.queue: list[tuple[Request, RequestHead]] = []
         self.current_body: Body | None = None
@@ -184,6 +186,11 @@ class H1ServerConnection(_HeldWrites):
             headers = [(k, authority if k.lower() == b"host" else v) for k, v in headers]
             if head.host is None:
                 headers.append((b"host", authority))
+        elif head.host is None and self.ctx.orig_dst is not None:
+            # An HTTP/1.0 request without Host goes upstream as HTTP/1.1, which must carry one
+            # (RFC 9112 section 3.2): the address it was sent to, as hyper takes it from the URI.
+            headers.append((b"host", self.ctx.target_addr.encode()))
+        headers.append(self._via)
         if authority != self._host_bytes:  # the same Host as the last request: reuse its str
             self._host_bytes = authority
             self._host = (authority or b"").decode("latin-1")
