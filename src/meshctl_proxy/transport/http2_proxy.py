@@ -20,7 +20,7 @@ with REFUSED_STREAM, which the pool retries once); a graceful drain sends
 GOAWAY with the last stream id and serves the streams already open.
 
 Abuse is answered with GOAWAY(ENHANCE_YOUR_CALM) and a close
-(meshctl_proxy.h2limits): rapid reset, PING and SETTINGS floods, streams
+(meshctl_proxy.wire.h2limits): rapid reset, PING and SETTINGS floods, streams
 beyond SETTINGS_MAX_CONCURRENT_STREAMS.  libnghttp2 refuses the last one
 itself, as RFC 9113 section 5.1.2 allows, with PROTOCOL_ERROR; the proxy
 sends ENHANCE_YOUR_CALM in its place, as Go's and Envoy's servers answer
@@ -38,11 +38,11 @@ from ngh2 import (ConnectionClosed, DataReceived, GoAwayReceived, NGH2Error, Pin
                   ResponseReceived, Role, SettingsReceived, StreamClosed, TrailersReceived, WindowUpdated)
 
 from meshctl_proxy.body import EMPTY, Body, BodyError
-from meshctl_proxy.h2headers import MalformedHeaders, h2_fields, request_fields
-from meshctl_proxy.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
-from meshctl_proxy.metrics import TcpStats
+from meshctl_proxy.wire.h2headers import MalformedHeaders, h2_fields, request_fields
+from meshctl_proxy.wire.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
+from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series, select_is_pure
+from meshctl_proxy.policy.router import DirectRouter, EndpointPool, http_series, select_is_pure
 
 log = logging.getLogger("meshctl_proxy.http2")
 
