@@ -21,12 +21,12 @@ reported as ``tls="true"`` in metrics.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from meshctl_proxy.model import INBOUND, OUTBOUND, Endpoint, Outcome, ProxyError, Request, Response, Target
+from meshctl_proxy.wire.addresses import canonical_host, is_local_host
 
 
 class Upstream(Protocol):
@@ -141,26 +141,28 @@ class DirectRouter:
     """Default outbound router: the original destination, else the Host (ingress mode).
 
     *own_addrs* are the proxy's own listeners: a request addressed to one of
-    them would loop back into the proxy, so it gets a 502 instead.
+    them would loop back into the proxy, so it gets a 502 instead.  Hosts are
+    compared, and endpoints named, in canonical form (``wire.addresses``):
+    ``127.1``, ``0x7f000001``, ``::ffff:127.0.0.1`` and ``LOCALHOST`` are the
+    loopback address they spell, not other hosts.
     """
 
     def __init__(self, *, own_addrs: frozenset[tuple[str, int]] = frozenset()) -> None:
+        self.set_own_addrs(own_addrs)
+
+    def set_own_addrs(self, own_addrs: frozenset[tuple[str, int]]) -> None:
         self.own_ports = {port for _host, port in own_addrs}
-        self.own_addrs = own_addrs
+        self.own_addrs = frozenset((canonical_host(host), port) for host, port in own_addrs)
 
     def _looping(self, host: str, port: int) -> bool:
         if port not in self.own_ports:
             return False
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return host == "localhost"
-        return ip.is_loopback or ip.is_unspecified or (str(ip), port) in self.own_addrs
+        return is_local_host(host) or (canonical_host(host), port) in self.own_addrs
 
     def endpoint_for(self, host: str, port: int) -> Endpoint:
         if self._looping(host, port):
             raise ProxyError(502, "request would loop back into the proxy")
-        return Endpoint(host, port)
+        return Endpoint(canonical_host(host), port)
 
     def select(self, target: Target) -> Endpoint:
         if target.orig_dst is not None:

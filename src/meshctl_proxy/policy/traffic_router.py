@@ -128,10 +128,6 @@ class TrafficRouter(DirectRouter):
                    failfast_timeout=cfg.outbound_failfast_timeout, buffer_capacity=cfg.outbound_buffer_capacity,
                    metrics=metrics, own_addrs=own_addrs)
 
-    def set_own_addrs(self, own_addrs: frozenset[tuple[str, int]]) -> None:
-        self.own_addrs = own_addrs
-        self.own_ports = {port for _host, port in own_addrs}
-
     async def aclose(self) -> None:
         await self.client.aclose()
 

@@ -102,6 +102,7 @@ class H1ServerConnection(_HeldWrites):
         marker = runtime.loop_markers[ctx.direction]
         self.reader = http1.RequestReader((marker,))
         self._via = (b"via", marker.entry("http/1"))  # added to every request forwarded (wire.loop_marker)
+        self._head_timer: asyncio.TimerHandle | None = None  # runs while a request head is incomplete
         self.transport = None
         self.queue: list[tuple[Request, RequestHead]] = []
         self.current_body: Body | None = None
@@ -151,6 +152,16 @@ class H1ServerConnection(_HeldWrites):
             self._refuse(exc)
             return
         self._on_events(events)
+        if self._head_timer is None and self.reader.head_incomplete() and not self.closed:
+            self._head_timer = self.loop.call_later(self.rt.config.header_read_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        """A request head begun and not finished in time: 408 (nginx's client_header_timeout, Node's
+        headersTimeout), then close.  A client sending its head a byte at a time holds a connection
+        and its buffers for as long as it likes otherwise."""
+        self._head_timer = None
+        if not self.closed and self.broken is None and self.reader.head_incomplete():
+            self._refuse(H1Error(408, "request head not received in time"))
 
     def _on_events(self, events: list) -> None:
         for ev in events:
@@ -168,6 +179,9 @@ class H1ServerConnection(_HeldWrites):
                 return
 
     def _on_head(self, head: RequestHead) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         target = head.target
         authority = head.host
         # Origin form ("/path") is the common case; only otherwise look for absolute form.
@@ -237,6 +251,8 @@ class H1ServerConnection(_HeldWrites):
         self.closed = True
         self.stats.closed += 1
         self.rt.connections.discard(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         if self.current_body is not None:
             self.current_body.abort(BodyError("client disconnected"))
         for request, _head in self.queue:
@@ -616,7 +632,8 @@ class H1ClientConnection(_HeldWrites):
             if t is bytes:
                 self.body.feed(ev)
             elif t is ResponseHead:
-                self._on_head(ev)
+                if self._on_head(ev) is False:
+                    return  # the connection is dropped: the rest of this read is not anyone's response
             elif t is End:
                 self._on_end(ev)
             elif t is Interim:
@@ -630,6 +647,15 @@ class H1ClientConnection(_HeldWrites):
                     self.pool.forget(self)
 
     def _on_head(self, head: ResponseHead) -> None:
+        if self.response_done or self.request is None:
+            # A response nobody asked for (a second one after the first, or on an idle pooled connection):
+            # the upstream is out of step, and whatever it says next would answer the next client's
+            # request.  Closed, as hyper does ("unexpected message"); the response already relayed stands.
+            log.warning("upstream %s sent a response nobody asked for: connection closed", self.endpoint.addr)
+            self.keep = False
+            self.pool.forget(self)
+            self._abort()
+            return False
         status = head.status
         if status == 101 and (self.request is None or self.request.upgrade is None):
             self._fail(ProxyError(502, "upstream switched protocols unasked"))

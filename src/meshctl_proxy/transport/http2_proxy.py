@@ -469,7 +469,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             length = next((v for k, v in headers if k == b"content-length"), None)
             body = Body(int(length) if length and length.isdigit() else None,
                         on_consumed=partial(self.ack, sid), high_water=STREAM_WINDOW)
-        headers.append(self._via)
+        headers = (*headers, self._via)  # libnghttp2 hands over a tuple
         request = Request(method, pseudo[b":path"], host, headers, body, pseudo[b":scheme"], "h2", self.ctx)
         st = self.streams[sid] = _ServerStream(sid, request, body)
         if body is EMPTY:

@@ -308,6 +308,10 @@ class _Reader:
                 raise H1Error(431, "request header fields too large")
         return events
 
+    def head_incomplete(self) -> bool:
+        """True while a message head has begun and is not yet complete (the header-read timeout runs)."""
+        return self._in_head
+
     def _resume_plain(self, tail: bytes) -> list:
         """Go on parsing as plain HTTP/1.1 after a request whose only Upgrade was dropped (h2c).
 

@@ -42,5 +42,5 @@ def strip_identity_headers(headers: list[tuple[bytes, bytes]], client_identity: 
     if any(len(k) in lengths and is_identity_header(k) for k, _ in headers):
         headers = [(k, v) for k, v in headers if not (len(k) in lengths and is_identity_header(k))]
     if client_identity:
-        headers = headers + [(IDENTITY_HEADER, client_identity.encode())]
+        headers = [*headers, (IDENTITY_HEADER, client_identity.encode())]  # HTTP/2 hands over a tuple
     return headers
