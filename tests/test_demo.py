@@ -15,7 +15,7 @@ def test_demo_meshes_the_shop_and_retries_hide_price_failures():
     r = run_cli("demo", "run", "--duration", "4s", "--rps", "15", "--price-failure-rate", "0.3",
                 "--address-prefix", "127.0.11", "-o", "json", timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "proxy of price-api is ready (certificate issued)" in r.stderr
+    assert "price-api-proxy is ready (certificate issued by the identity service)" in r.stderr
     data = json.loads(r.stdout)
     codes = data["ingress"]["statusCodes"]
     assert sum(codes.values()) == 60

@@ -52,6 +52,9 @@ PRICES = {1: 499.0, 2: 189.5, 3: 19.9, 4: 34.0, 5: 45.25}
 
 class ShopHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real services do
+    # The head and the body go out in two writes; with Nagle's algorithm the body then
+    # waits for the peer's delayed ACK (40 ms on Linux) on every kept-alive request.
+    disable_nagle_algorithm = True
     server_version = "shop/1"
     app: "App"
 
@@ -172,6 +175,14 @@ class GatewayApi(App):
         return 200, {**product, "price": price["price"]}
 
 
+class ShopServer(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a proxy opening ten connections at once
+    # overflows it, the SYNs are retried after a second, and the proxy's 100 ms connect
+    # timeout towards the app answers 504 first.  Real servers listen with 128 or more.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 KNOBS_POLL_S = 0.2
 
 
@@ -230,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.knobs:
         watch_knobs(app, args.knobs)
     handler = type("Handler", (ShopHandler,), {"app": app})
-    server = ThreadingHTTPServer((args.host, args.port), handler)
-    server.daemon_threads = True
+    server = ShopServer((args.host, args.port), handler)
     print(f"shop: {args.api} API listening on {args.host}:{server.server_port}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

@@ -85,6 +85,8 @@ def register(app: typer.Typer) -> None:
                                    "redirection, as in a cluster (root only)."),
         foreground: bool = typer.Option(False, "--foreground", help="Stay in the foreground; Ctrl-C brings the mesh down."),
         address_prefix: str = typer.Option("127.0.10", "--address-prefix", help="Loopback /24 of the pods (without --netns)."),
+        traffic: float = typer.Option(0.0, "--traffic", help="Keep sending this many requests per second to the gateway "
+                                      "(a load generator process, stopped by down)."),
     ) -> None:
         """Start the local mesh (control plane, three APIs with their proxies, Prometheus, dashboard) and return when it is ready."""
         import hashlib
@@ -104,8 +106,10 @@ def register(app: typer.Typer) -> None:
             plan = core.Plan(prefix="", price_failure_rate=0.0, netns_id=lab)
         else:
             plan = core.Plan(prefix=core.validate_prefix(address_prefix), price_failure_rate=0.0)
+        if not 0 <= traffic <= 200:
+            raise MeshctlError(f"--traffic: expected requests per second in [0, 200], got {traffic:g}")
         core.check_samples()
-        outcome = d.up(plan)
+        outcome = d.up(plan, traffic=traffic)
         mesh = state.load(d.dir)
         if outcome == "already up":
             _common.report(f"the local mesh in {d.dir} is already up")

@@ -4,7 +4,7 @@ In a cluster, ``kubectl apply`` of a ServiceProfile reaches the proxies through 
 destination service's watch on the API server.  Here the destination service watches
 its registry file (``registry.json``, :class:`meshctl.destination.registry.LocalRegistry`),
 so applying is: validate with the project's one ServiceProfile model
-(:mod:`meshctl_proxy.profile`), replace the profile of that name in the registry
+(:mod:`meshctl_proxy.policy.service_profile`), replace the profile of that name in the registry
 (tmp + rename), and wait until the destination service has published the new version:
 from then on the proxies' open watches carry it, with no restart.
 
@@ -39,7 +39,7 @@ def parse_profiles(data: bytes, *, source: str) -> list[dict[str, Any]]:
     """The ServiceProfile documents of *data*, each checked by the profile model; InputError naming
     the source, document number and field of the first problems otherwise (nothing is applied then)."""
     from meshctl.profiles import text
-    from meshctl_proxy.profile import ProfileError, ServiceProfile
+    from meshctl_proxy.policy.service_profile import ProfileError, ServiceProfile
 
     documents = [(n, d) for n, d in text.parse_documents(data, source=source) if d is not None]
     if not documents:

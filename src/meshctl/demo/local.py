@@ -339,7 +339,7 @@ class LocalDemo:
                                    f"`meshctl demo down --dir DIR`, or choose another --address-prefix)")
 
     def up(self, plan: plan_mod.Plan, *, prometheus: bool = True, profiles: bool = False,
-           dashboard: bool = True) -> str:
+           dashboard: bool = True, traffic: float = 0.0) -> str:
         """Bring the mesh up; returns "started", "already up" or "restarted: NAMES"."""
         with self._locked():
             if self._load_record():
@@ -351,9 +351,9 @@ class LocalDemo:
                 # A record without mesh.json: an `up` that was killed or failed half-way.
                 self.progress(f"cleaning up a demo that did not finish starting in {self.dir}")
                 self._stop_all()
-            return self._start(plan, prometheus=prometheus, profiles=profiles, dashboard=dashboard)
+            return self._start(plan, prometheus=prometheus, profiles=profiles, dashboard=dashboard, traffic=traffic)
 
-    def _start(self, plan: plan_mod.Plan, *, prometheus: bool, profiles: bool, dashboard: bool) -> str:
+    def _start(self, plan: plan_mod.Plan, *, prometheus: bool, profiles: bool, dashboard: bool, traffic: float) -> str:
         if prometheus:
             from meshctl.viz import localprom
 
@@ -383,6 +383,8 @@ class LocalDemo:
                 self._start_prometheus(plan)
             if dashboard:
                 self._start_dashboard()
+            if traffic:
+                self._start_traffic(plan, traffic)
             state.save(self.mesh_state(), self.dir)
         except BaseException:
             self.progress("stopping what was started")
@@ -402,6 +404,15 @@ class LocalDemo:
         self.progress(f"starting Prometheus on {url}, scraping the {len(targets)} proxies")
         self._spawn(ProcessSpec("prometheus", (), health=f"{url}/-/ready", kind="prometheus"))
         self.extra["prometheus_url"] = url
+
+    def _start_traffic(self, plan: plan_mod.Plan, rps: float) -> None:
+        """A steady trickle of requests to the gateway, as emojivoto's vote-bot gives Linkerd's demo:
+        the dashboard and the stats have something to show before anyone runs ab.  Bounded: a day."""
+        seconds = 24 * 3600
+        self.progress(f"starting a load generator: {rps:g} requests per second to the gateway for at most 24h")
+        self._spawn(ProcessSpec("traffic", (sys.executable, "-m", "meshctl", "demo", "load",
+                                            f"{plan.gateway_url}/api/products/1", "-n", str(int(rps * seconds)),
+                                            "-c", "2", "--rps", f"{rps:g}", "--max-time", f"{seconds}s")))
 
     def _start_dashboard(self) -> None:
         """The dashboard (``meshctl dashboard``), when this meshctl has it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshctl_proxy.routing import DirectRouter
+from meshctl_proxy.policy.router import DirectRouter
 
 
 @pytest.mark.parametrize("listeners, host, port, loops", [
