@@ -7,7 +7,7 @@ admin addresses) and carry the labels Linkerd's pod discovery relabels to:
 ``job="linkerd-proxy"`` (the job name of Linkerd's scrape config), so every
 query, dashboard and command reads the same series in both places.
 
-The proxy also exports its own pod labels (``meshctl_proxy.metrics``, for
+The proxy also exports its own pod labels (``meshctl_proxy.telemetry.metrics``, for
 scrapes without a Prometheus); ``honor_labels: true`` keeps them instead of
 Prometheus renaming them to ``exported_namespace`` etc. on conflict.  They
 carry the same values as the target labels, so nothing is lost either way.
