@@ -82,7 +82,8 @@ class PrometheusClient:
             text = " ".join(response.text.split())[:200] or "empty body"
             raise PrometheusError(f"{where}: HTTP {response.status_code}: {text}") from None
         if not isinstance(body, dict) or body.get("status") != "success":
-            error = body.get("error") if isinstance(body, dict) else None
+            # Prometheus says "error"; an API server proxying it says "message" (a Status).
+            error = (body.get("error") or body.get("message")) if isinstance(body, dict) else None
             kind = body.get("errorType") if isinstance(body, dict) else None
             said = f"{kind}: {error}" if kind and error else error or f"unexpected answer {str(body)[:200]}"
             raise PrometheusError(f"{where}: HTTP {response.status_code}: {said}")

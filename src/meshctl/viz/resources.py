@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from meshctl.errors import MeshctlError
-
-
-class UsageError(MeshctlError):
-    """Bad arguments: exit 2, as every usage error of the CLI."""
-
-    exit_code = 2
+from meshctl.errors import UsageError
 
 
 # Canonical kind -> the names linkerd accepts for it (kubectl's short names, singular, plural).
