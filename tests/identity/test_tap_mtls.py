@@ -16,8 +16,9 @@ import pytest
 
 from helpers_identity import anchor, issuer, leaf_files  # noqa: F401 (fixtures)
 from meshctl.viz import tap as client
-from meshctl_proxy import config, tls
-from meshctl_proxy.server import Proxy
+from meshctl_proxy import config
+from meshctl_proxy.identity import tls_contexts as tls
+from meshctl_proxy.transport.server import Proxy
 from proxy.apps import LoopThread
 
 WEB_ID = "web.shop.serviceaccount.identity.meshctl.cluster.local"

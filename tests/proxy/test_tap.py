@@ -19,8 +19,9 @@ import time
 import pytest
 
 from meshctl.viz import tap as client
-from meshctl_proxy import config, tap
-from meshctl_proxy.server import Proxy
+from meshctl_proxy import config
+from meshctl_proxy.telemetry import tap
+from meshctl_proxy.transport.server import Proxy
 
 from .conftest import parse_metrics
 

@@ -1,6 +1,6 @@
 """Live requests from proxies' tap (``meshctl viz tap|top|profile --tap``): the client side.
 
-The proxy serves tap on its control listener (``meshctl_proxy.tap``; the wire
+The proxy serves tap on its control listener (``meshctl_proxy.telemetry.tap``; the wire
 protocol is in docs/proxy.md, "Tap"): one ``POST /tap`` with a JSON filter,
 answered by a chunked stream of JSON lines.  This module holds
 
@@ -108,7 +108,7 @@ class TapCredentials:
     trust_anchors: str
 
     def context(self) -> ssl.SSLContext:
-        from meshctl_proxy import tls
+        from meshctl_proxy.identity import tls_contexts as tls
 
         try:
             with open(self.trust_anchors) as f:
@@ -203,7 +203,7 @@ class LocalResolver:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TapQuery:
-    """The filter sent to every proxy (``meshctl_proxy.tap.TapFilter`` reads it)."""
+    """The filter sent to every proxy (``meshctl_proxy.telemetry.tap.TapFilter`` reads it)."""
 
     direction: str | None = None
     method: str | None = None
@@ -242,7 +242,7 @@ async def subscribe(target: TapTarget, query: TapQuery, creds: TapCredentials | 
         raise StreamEnded(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     try:
         if ssl_ctx is not None:
-            from meshctl_proxy import tls
+            from meshctl_proxy.identity import tls_contexts as tls
 
             try:
                 tls.verify_peer_identity(writer.get_extra_info("ssl_object"), target.identity)
@@ -317,21 +317,25 @@ async def tap_all(targets: list[TapTarget], query: TapQuery, creds: TapCredentia
                   stop: asyncio.Event, reconnect: bool = True) -> None:
     """Subscribe to every target until *stop*; says (via *notice*) when a stream ends, and reconnects.
 
-    A refusal (403, 400, TLS) is final: raised as TapError once every stream
-    has stopped, because retrying cannot change it.
+    Final, raised as TapError once every stream has stopped, because retrying
+    cannot change them: every proxy refusing (403, 400, TLS), or none of them
+    reachable at the first attempt (a wrong address, nothing running).
     """
     context = creds.context() if creds is not None else None
     refused: list[TapError] = []
+    unreachable: list[str] = []
+    connected: set[TapTarget] = set()
 
     async def one(target: TapTarget) -> None:
-        connected_once = False
+        attempts = 0
         while not stop.is_set():
+            attempts += 1
             try:
                 async for event in subscribe(target, query, creds, context=context):
                     if event.get("event") == "hello":
-                        if connected_once:
+                        if target in connected:
                             notice(f"tap: {target.name} ({target.pod}): subscribed again")
-                        connected_once = True
+                        connected.add(target)
                         continue
                     on_event(target, event)
             except TapError as exc:
@@ -340,8 +344,12 @@ async def tap_all(targets: list[TapTarget], query: TapQuery, creds: TapCredentia
                     stop.set()
                 return
             except StreamEnded as exc:
-                notice(f"tap: {target.name} ({target.pod}): {exc}"
-                       + ("; retrying" if reconnect else ""))
+                if attempts == 1 and target not in connected:
+                    unreachable.append(f"{target.name} ({target.pod}): {exc}")
+                    if len(unreachable) == len(targets):
+                        stop.set()
+                        return
+                notice(f"tap: {target.name} ({target.pod}): {exc}" + ("; retrying" if reconnect else ""))
                 if not reconnect:
                     return
             try:
@@ -350,18 +358,19 @@ async def tap_all(targets: list[TapTarget], query: TapQuery, creds: TapCredentia
                 pass
 
     tasks = [asyncio.create_task(one(t)) for t in targets]
+    stopper = asyncio.create_task(stop.wait())
     try:
-        stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
-            # Every stream returned by itself (no reconnect): wait for the rest.
-            await asyncio.gather(*tasks)
+            await asyncio.wait([stopper, asyncio.gather(*tasks)], return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in (*tasks, stopper):
             t.cancel()
         await asyncio.gather(*tasks, stopper, return_exceptions=True)
     if refused and len(refused) == len(targets):
         raise refused[0]
+    if len(unreachable) == len(targets):
+        raise TapError(f"cannot reach any proxy's control listener: {unreachable[0]}")
     for exc in refused:
         notice(f"tap: {exc}")
 

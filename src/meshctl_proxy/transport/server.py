@@ -105,10 +105,10 @@ class Proxy:
         self.draining = False
         self.stopped: asyncio.Event | None = None
         # Per-request observers (tap, later policy): called once per request while the list is
-        # non-empty; the tap hub is in it only while someone subscribes (meshctl_proxy.tap).
+        # non-empty; the tap hub is in it only while someone subscribes (meshctl_proxy.telemetry.tap).
         self.observers: list = []
-        from meshctl_proxy.mtls import identity_enabled
-        from meshctl_proxy.tap import TapAccess, TapHub, TapServer
+        from meshctl_proxy.identity.mesh import identity_enabled
+        from meshctl_proxy.telemetry.tap import TapAccess, TapHub, TapServer
 
         info = {"namespace": config.pod_namespace, "pod": config.pod_name}
         if config.workload_kind and config.workload_name:

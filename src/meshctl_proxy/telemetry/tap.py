@@ -44,9 +44,9 @@ import json
 import logging
 import time
 
-from meshctl_proxy import http1
-from meshctl_proxy.admin import is_loopback
-from meshctl_proxy.http1 import End, H1Error, RequestHead
+from meshctl_proxy.wire import http1
+from meshctl_proxy.telemetry.admin import is_loopback
+from meshctl_proxy.wire.http1 import End, H1Error, RequestHead
 
 log = logging.getLogger("meshctl_proxy.tap")
 
@@ -408,8 +408,8 @@ class ControlProtocol(asyncio.Protocol):
         return http
 
     async def _terminate(self, transport, initial: bytes) -> None:
-        from meshctl_proxy import tls as mesh_tls
-        from meshctl_proxy.tls_stream import TlsTransport
+        from meshctl_proxy.identity import tls_contexts as mesh_tls
+        from meshctl_proxy.identity.tls_transport import TlsTransport
 
         creds = self.server.server_identity.current() if self.server.server_identity is not None else None
         if creds is None:
