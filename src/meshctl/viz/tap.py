@@ -586,7 +586,7 @@ def profile_from_requests(requests: Iterable[tuple[str, str]], *, name: str, nam
     from collections import Counter
 
     from meshctl.profiles.openapi import path_regex
-    from meshctl_proxy.profile import RequestMatch, Route, ServiceProfile
+    from meshctl_proxy.policy.service_profile import RequestMatch, Route, ServiceProfile
 
     seen = Counter((method.upper(), route_template(path)) for method, path in requests)
     chosen = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[:route_limit]
