@@ -231,6 +231,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http2_max_concurrent_streams", "100", parse_positive_int,
             "Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); "
             "more is answered with GOAWAY(ENHANCE_YOUR_CALM)."),
+    Setting("upstream_idle_timeout", "90s", parse_duration,
+            "An idle upstream connection (HTTP/1 kept alive, HTTP/2 without open streams) is closed after this "
+            "long (hyper's pool default)."),
+    Setting("upstream_max_idle", "1024", parse_positive_int,
+            "Idle upstream connections kept per direction, across all endpoints; past it the longest idle is closed."),
     Setting("max_authority_labels", "1000", parse_positive_int,
             "Distinct authority label values kept in metrics; the rest are counted under authority=\"overflow\"."),
 )

@@ -18,8 +18,8 @@ LAUNCH = """
 import os, sys
 from meshctl_proxy import config
 from meshctl_proxy.model import Endpoint
-from meshctl_proxy.routing import DirectRouter
-from meshctl_proxy.server import run
+from meshctl_proxy.policy.router import DirectRouter
+from meshctl_proxy.transport.server import run
 
 class ForwardTo(DirectRouter):
     def select(self, target):

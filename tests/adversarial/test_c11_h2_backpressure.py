@@ -15,7 +15,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from _hb_local import chain
+from ._hb_local import chain
 
 CHUNK = 64 * 1024
 CHUNKS = 16  # 1 MiB per stream

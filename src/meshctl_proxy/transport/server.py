@@ -21,7 +21,7 @@ from meshctl_proxy.wire import detect as detection
 from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
-from meshctl_proxy.policy.router import TcpConnector, default_router, mesh_identity, open_connection
+from meshctl_proxy.policy.router import IDLE_TIMEOUT, MAX_IDLE, TcpConnector, default_router, mesh_identity, open_connection
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 from meshctl_proxy.transport.original_dst import original_dst
 
@@ -39,12 +39,13 @@ class HttpUpstream:
     """``send(request, endpoint)``: the upstream exchange routers call (HTTP/1 pool or HTTP/2 pool)."""
 
     def __init__(self, direction: str, connector, metrics: Metrics, *, connect_timeout: float,
-                 h2_settings: dict | None = None) -> None:
+                 h2_settings: dict | None = None, idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE) -> None:
         self.direction = direction
         self.connector = connector
         self.metrics = metrics
         self.connect_timeout = connect_timeout
-        self.h1 = H1Pool(connector, metrics, direction, connect_timeout=connect_timeout)
+        self.idle = {"idle_timeout": idle_timeout, "max_idle": max_idle}  # each pool's bounds (EndpointPool)
+        self.h1 = H1Pool(connector, metrics, direction, connect_timeout=connect_timeout, **self.idle)
         self.h2 = None
         self.h2_settings = h2_settings or {}
 
@@ -53,7 +54,8 @@ class HttpUpstream:
             if self.h2 is None:
                 from meshctl_proxy.transport.http2_proxy import H2Pool
 
-                self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout)
+                self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout,
+                                 **self.idle)
             return await self.h2.send(request, endpoint)
         return await self.h1.send(request, endpoint)
 
@@ -88,9 +90,11 @@ class Proxy:
         self.routers: dict = {}
         self.upstreams = {
             OUTBOUND: HttpUpstream(OUTBOUND, self.connector, self.metrics,
-                                   connect_timeout=config.outbound_connect_timeout),
+                                   connect_timeout=config.outbound_connect_timeout,
+                                   idle_timeout=config.upstream_idle_timeout, max_idle=config.upstream_max_idle),
             INBOUND: HttpUpstream(INBOUND, self.connector, self.metrics,
-                                  connect_timeout=config.inbound_connect_timeout),
+                                  connect_timeout=config.inbound_connect_timeout,
+                                  idle_timeout=config.upstream_idle_timeout, max_idle=config.upstream_max_idle),
         }
         self.opaque_ports = {OUTBOUND: config.outbound_ports_disable_protocol_detection,
                              INBOUND: config.inbound_ports_disable_protocol_detection}
