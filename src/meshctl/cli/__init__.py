@@ -44,8 +44,7 @@ def _register() -> None:
     import pkgutil
 
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        # viz_*.py are ``meshctl viz`` sub-commands: viz.py registers them on its sub-app.
-        if not info.name.startswith(("_", "viz_")):
+        if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}").register(app)
 
 

@@ -1,9 +1,9 @@
 """``meshctl viz``: the observability extension's commands, as ``linkerd viz``.
 
-A typer sub-app.  Its commands live in modules named ``viz_*.py`` beside this one
-(``viz_tap.py``: tap, top, profile --tap; ``viz_install.py``: install, uninstall,
-check), each exposing ``register(viz_app)``: the root registers this module, this
-module registers those, so adding a viz command is adding a file.
+A typer sub-app.  Its other commands live in modules named ``viz_*.py`` beside this
+one (``viz_tap.py``: tap, top, profile --tap; ``viz_install.py``: install, uninstall,
+check), each exposing ``register_viz(viz_app)`` (and a no-op ``register(app)`` for the
+root's loop): adding a viz command is adding a file.
 
 ``stat``, ``routes`` and ``edges`` read golden metrics from a Prometheus:
 ``--prometheus-url``; else, with a kubeconfig, the viz Prometheus through the
@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(viz_app, name="viz")
     for info in sorted(pkgutil.iter_modules(cli_package.__path__), key=lambda i: i.name):
         if info.name.startswith("viz_"):
-            importlib.import_module(f"meshctl.cli.{info.name}").register(viz_app)
+            importlib.import_module(f"meshctl.cli.{info.name}").register_viz(viz_app)
 
 
 @viz_app.command("stat")
