@@ -87,7 +87,8 @@ class Destination:
         self.balancer.update(eps)
         # The proxy's Endpoint carries the identity mTLS must verify; only a
         # meshed endpoint has one.
-        self.endpoints = {e.address: ProxyEndpoint(e.host, e.port, e.identity if e.meshed and e.identity else None)
+        self.endpoints = {e.address: ProxyEndpoint(e.host, e.port, e.identity if e.meshed and e.identity else None,
+                                                     e.labels)
                           for e in eps}
         doc = res.profile if res is not None else None
         if doc != self._profile_doc:
@@ -127,6 +128,10 @@ class TrafficRouter(DirectRouter):
         return cls(DestinationClient.from_config(cfg), balancer=cfg.balancer,
                    failfast_timeout=cfg.outbound_failfast_timeout, buffer_capacity=cfg.outbound_buffer_capacity,
                    metrics=metrics, own_addrs=own_addrs)
+
+    def set_own_addrs(self, own_addrs: frozenset[tuple[str, int]]) -> None:
+        self.own_addrs = own_addrs
+        self.own_ports = {port for _host, port in own_addrs}
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -26,6 +26,9 @@ log = logging.getLogger("meshctl_proxy.wire.http1")
 
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
+# After refusing a request whose client may still be sending: how long to keep reading (and dropping)
+# before the close, so the refusal is not destroyed by a reset (RFC 9112 section 9.6; nginx's lingering_close).
+LINGER_SECONDS = 2.0
 
 
 class UpstreamClosed(ProxyError):
@@ -231,13 +234,35 @@ class H1ServerConnection(_HeldWrites):
             self.current_body = None
         if not self.busy and not self.queue:
             self._write(http1.error_response(exc.status, exc.reason))
-            self._close()
+            self._close_lingering()
         waiter = self._wakeup
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _close_lingering(self) -> None:
+        """Close after a refusal: half-close now, read and drop what still comes, close at EOF or
+        after LINGER_SECONDS.  Closed at once, a socket with unread input answers with a reset that
+        can destroy the refusal before the client reads it (RFC 9112 section 9.6)."""
+        self._outbox.flush()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self._linger_over)
+
+    def _linger_over(self) -> None:
+        if not self.closed and not self.transport.is_closing():
+            self.transport.close()
+
     def eof_received(self) -> bool:
         if self.tunnel_buf is not None:
+            return True
+        if self.broken is not None:  # lingering after a refusal: the client is done too
+            self.transport.close()
             return True
         if self.current_body is not None:
             self.current_body.abort(BodyError("client closed mid-body"))
@@ -310,7 +335,10 @@ class H1ServerConnection(_HeldWrites):
             if not self.closed and not self.tunnelled:
                 if self.broken is not None and not self.responding:
                     self._write(http1.error_response(self.broken.status, self.broken.reason))
-                self._close()
+                if self.broken is not None:
+                    self._close_lingering()
+                else:
+                    self._close()
         except asyncio.CancelledError:
             pass
         except ConnectionError:
@@ -840,11 +868,13 @@ class H1Pool(EndpointPool):
             return
         conn.reused = True
         idle.append(conn)
+        self.park(conn, conn.loop.time())
 
     def take_idle(self, endpoint: Endpoint) -> H1ClientConnection | None:
         idle = self.conns.get(endpoint)
         while idle:
             conn = idle.pop()
+            self.unpark(conn)
             if not conn.closed:
                 return conn
         return None
@@ -853,11 +883,7 @@ class H1Pool(EndpointPool):
         return await self.dial(endpoint, authority, H1ClientConnection, alpn=["http/1.1"])
 
     async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        idle = self.conns.get(endpoint)
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
+        while (conn := self.take_idle(endpoint)) is not None:
             try:
                 return await conn.exchange(request)
             except UpstreamClosed as exc:
