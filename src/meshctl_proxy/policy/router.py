@@ -21,6 +21,7 @@ reported as ``tls="true"`` in metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import time
 from collections.abc import Callable
@@ -69,7 +70,8 @@ def http_series(metrics, ctx, authority: str, connector, endpoint: Endpoint | No
     target = ctx.target_addr or authority
     if ctx.direction == OUTBOUND:
         server_id = mesh_identity(connector, endpoint) if endpoint is not None else None
-        return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id)
+        return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id,
+                            endpoint.labels if endpoint is not None else ())
     return metrics.http(ctx.direction, authority, target, ctx.tls, ctx.peer_identity)
 
 
@@ -176,7 +178,8 @@ class EndpointPool:
         """A new connection to *endpoint*, its tcp_* series labelled with the mTLS identity it must present."""
         server_id = mesh_identity(self.connector, endpoint)
         stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
-                                 "true" if server_id else "no_identity", server_id)
+                                 "true" if server_id else "no_identity", server_id,
+                                 endpoint.labels if self.direction == OUTBOUND else ())
         _transport, conn = await open_connection(self.connector, endpoint, lambda: protocol_factory(self, endpoint, stats),
                                                  timeout=self.connect_timeout, alpn=alpn)
         return conn
@@ -207,15 +210,28 @@ class DirectRouter:
     def __init__(self, *, own_addrs: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.own_ports = {port for _host, port in own_addrs}
         self.own_addrs = own_addrs
+        # Per port, the addresses the proxy listens on: a listener on a wildcard address
+        # (0.0.0.0, ::) is reached through every loopback address too, one on a specific
+        # address only through that address.  So an application on 127.0.10.102:5000
+        # behind a proxy listening on 127.0.10.2:5000 (meshctl demo's loopback pods) is
+        # not a loop, while 127.0.0.1:4140 towards a proxy on 0.0.0.0:4140 is.
+        self._listeners: dict[int, list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+        for host, port in own_addrs:
+            with contextlib.suppress(ValueError):
+                self._listeners.setdefault(port, []).append(ipaddress.ip_address(host))
 
     def _looping(self, host: str, port: int) -> bool:
         if port not in self.own_ports:
             return False
+        listeners = self._listeners.get(port, ())
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return host == "localhost"
-        return ip.is_loopback or ip.is_unspecified or (str(ip), port) in self.own_addrs
+            localhost = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+            return host == "localhost" and any(lip in localhost or lip.is_unspecified for lip in listeners)
+        if ip.is_unspecified:  # connect() to 0.0.0.0 reaches this host's listeners on that port
+            return True
+        return any(lip == ip or (lip.is_unspecified and ip.is_loopback) for lip in listeners)
 
     def endpoint_for(self, host: str, port: int) -> Endpoint:
         # One spelling per address (wire.addresses): pools and the loop check compare endpoints,

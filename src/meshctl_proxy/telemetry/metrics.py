@@ -112,10 +112,10 @@ class ResponseStats:
 
 
 class RequestStats:
-    """A request counter and its responses by (status, classification), for one label set.
+    """A request counter and its responses by (status, classification, grpc_status), for one label set.
 
     *budget* pays for each new response series (one, plus a histogram for a
-    status not seen before); when it refuses, the response is counted under
+    (status, grpc_status) not seen before); when it refuses, the response is counted under
     ``status_code="overflow"`` of ``sink()``, the family's overflow label set
     (itself when *sink* is None), whose two overflow children are outside the budget.
     """
@@ -124,44 +124,50 @@ class RequestStats:
 
     def __init__(self, budget: SeriesBudget | None = None, sink=None) -> None:
         self.requests = 0
-        self.responses: dict[tuple[int, str], ResponseStats] = {}
+        self.responses: dict[tuple[int, str, str | None], ResponseStats] = {}
         self._plain: dict[int, ResponseStats] = {}  # by status, for responses without grpc-status
         self._budget = budget
         self._sink = sink  # () -> RequestStats, made only when something is folded
 
-    def _series(self, status: int, classification: str) -> ResponseStats:
-        key = (status, classification)
+    def _series(self, status: int, classification: str, grpc_status: str | None = None) -> ResponseStats:
+        key = (status, classification, grpc_status)
         rs = self.responses.get(key)
         if rs is None:
             budget = self._budget
             if budget is not None:
-                known_status = any(s == status for s, _ in self.responses)
-                if not budget.take(1 if known_status else 1 + HISTOGRAM_SERIES):
+                histogram = any(s == status and g == grpc_status for s, _, g in self.responses)
+                if not budget.take(1 if histogram else 1 + HISTOGRAM_SERIES):
                     return (self if self._sink is None else self._sink()).overflow(classification)
             rs = self.responses[key] = ResponseStats()
         return rs
 
     def overflow(self, classification: str) -> ResponseStats:
         """The response series that counts what the series cap folded."""
-        key = (OVERFLOW_STATUS, classification)
+        key = (OVERFLOW_STATUS, classification, None)
         rs = self.responses.get(key)
         if rs is None:
             rs = self.responses[key] = ResponseStats()
         return rs
 
-    def response(self, status: int, classification: str, latency_ms: float) -> None:
-        self._series(status, classification).observe(latency_ms)
+    def response(self, status: int, classification: str, latency_ms: float, grpc_status: str | None = None) -> None:
+        self._series(status, classification, grpc_status).observe(latency_ms)
 
-    def by_status(self) -> list[tuple[int, list[ResponseStats]]]:
-        """Responses grouped by status (one histogram per status, whatever the classes), sorted."""
-        groups: dict[int, list[ResponseStats]] = {}
-        for (status, _cls), rs in self.responses.items():
-            groups.setdefault(status, []).append(rs)
-        return sorted(groups.items())
+    def histograms(self) -> list[tuple[tuple[int, str | None], list[ResponseStats]]]:
+        """Responses grouped by (status, grpc_status), sorted: one latency histogram each, whatever the
+        classes (two classes of one status must not repeat a histogram series)."""
+        groups: dict[tuple[int, str | None], list[ResponseStats]] = {}
+        for (status, _cls, grpc), rs in self.responses.items():
+            groups.setdefault((status, grpc), []).append(rs)
+        return sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or ""))
 
 
 class HttpStats(RequestStats):
-    """Request and response counters for one (direction, authority, target_addr, tls, peer id)."""
+    """Request and response counters for one (direction, authority, target_addr, tls, peer id, dst labels).
+
+    Responses are counted per (status_code, classification, grpc_status), the
+    labels linkerd2-proxy puts on ``response_total``; ``grpc_status`` is None
+    (no label) for responses that carry no ``grpc-status``.
+    """
 
     __slots__ = ()
 
@@ -177,25 +183,10 @@ class HttpStats(RequestStats):
                 if self.responses.get((status, cls)) is rs:  # a folded one is not remembered: refused each time
                     self._plain[status] = rs
         else:
-            rs = self._series(status, classify(status, grpc_status))
+            rs = self._series(status, classify(status, grpc_status), _grpc_label(grpc_status))
         rs.count += 1
         rs.sum_ms += latency_ms
         rs.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
-
-
-def status_label(status: int) -> str:
-    return OVERFLOW if status == OVERFLOW_STATUS else str(status)
-
-
-def render_histogram(add, name: str, labels: str, group: list[ResponseStats]) -> None:
-    """One response_latency_ms-style histogram over *group* (the responses of one status)."""
-    cumulative = 0
-    for i, bound in enumerate(LATENCY_BUCKETS_MS + (float("inf"),)):
-        cumulative += sum(rs.buckets[i] for rs in group)
-        le = "+Inf" if bound == float("inf") else f"{bound:g}"
-        add(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}\n')
-    add(f"{name}_count{{{labels}}} {sum(rs.count for rs in group)}\n")
-    add(f"{name}_sum{{{labels}}} {sum(rs.sum_ms for rs in group):.3f}\n")
 
 
 class TcpStats:
@@ -215,6 +206,27 @@ def classify(status: int, grpc_status: bytes | None = None) -> str:
     if grpc_status is not None:
         return "success" if grpc_status.strip() == b"0" else "failure"
     return "failure" if status >= 500 else "success"
+
+
+def _grpc_label(grpc_status: bytes) -> str:
+    # The code as sent ("0".."16"); anything else is kept bounded, as it comes from the network.
+    text = grpc_status.strip().decode("ascii", "replace")
+    return text if text.isdigit() and len(text) <= 2 else OVERFLOW
+
+
+def status_label(status: int) -> str:
+    return OVERFLOW if status == OVERFLOW_STATUS else str(status)
+
+
+def render_histogram(add, name: str, labels: str, group: list[ResponseStats]) -> None:
+    """One response_latency_ms-style histogram over *group* (the responses of one status)."""
+    cumulative = 0
+    for i, bound in enumerate(LATENCY_BUCKETS_MS + (float("inf"),)):
+        cumulative += sum(rs.buckets[i] for rs in group)
+        le = "+Inf" if bound == float("inf") else f"{bound:g}"
+        add(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}\n')
+    add(f"{name}_count{{{labels}}} {sum(rs.count for rs in group)}\n")
+    add(f"{name}_sum{{{labels}}} {sum(rs.sum_ms for rs in group):.3f}\n")
 
 
 def _escape(value: str) -> str:
@@ -246,43 +258,45 @@ class Metrics:
         self.extra_renderers: list = []
 
     def http(self, direction: str, authority: str | None, target_addr: str | None, tls: str,
-             peer_id: str | None = None) -> HttpStats:
+             peer_id: str | None = None, dst_labels: tuple[tuple[str, str], ...] = ()) -> HttpStats:
         # peer_id: the mTLS peer's identity, rendered as client_id (inbound) or server_id (outbound).
-        key = (direction, authority, target_addr, tls, peer_id)
+        # dst_labels: the endpoint's labels from the destination service, rendered as dst_<name>
+        # (outbound), as linkerd2-proxy labels its outbound series (dst_namespace, dst_pod...).
+        key = (direction, authority, target_addr, tls, peer_id, dst_labels)
         stats = self._http.get(key)
         if stats is None:
             key = (direction, self.authorities.admit(authority) if authority else authority,
-                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id)
+                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id, dst_labels)
             stats = self._http.get(key)
             if stats is None:
-                if key == (direction, OVERFLOW, OVERFLOW, tls, None) or not self.series.take(1):
+                if key == (direction, OVERFLOW, OVERFLOW, tls, None, ()) or not self.series.take(1):
                     return self._http_sink(direction, tls)  # (take(1): request_total; responses pay as they come)
                 stats = self._http[key] = HttpStats(self.series, partial(self._http_sink, direction, tls))
         return stats
 
     def _http_sink(self, direction: str, tls: str) -> HttpStats:
-        """The overflow label set of *direction* and *tls*: always there, outside the cap."""
-        key = (direction, OVERFLOW, OVERFLOW, tls, None)
+        """The overflow label set of *direction* and *tls*: always there once needed, outside the cap."""
+        key = (direction, OVERFLOW, OVERFLOW, tls, None, ())
         sink = self._http.get(key)
         if sink is None:
             sink = self._http[key] = HttpStats(self.series)
         return sink
 
     def tcp(self, direction: str, peer: str, authority: str | None, target_addr: str | None, tls: str,
-            peer_id: str | None = None) -> TcpStats:
-        key = (direction, peer, authority, target_addr, tls, peer_id)
+            peer_id: str | None = None, dst_labels: tuple[tuple[str, str], ...] = ()) -> TcpStats:
+        key = (direction, peer, authority, target_addr, tls, peer_id, dst_labels)
         stats = self._tcp.get(key)
         if stats is None:
             key = (direction, peer, self.authorities.admit(authority) if authority else authority,
-                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id)
+                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id, dst_labels)
             stats = self._tcp.get(key)
             if stats is None:
-                sink_key = (direction, peer, OVERFLOW, OVERFLOW, tls, None)
+                sink_key = (direction, peer, OVERFLOW, OVERFLOW, tls, None, ())
                 if key != sink_key and self.series.take(TCP_SERIES):
                     stats = self._tcp[key] = TcpStats()
                 else:
                     stats = self._tcp.get(sink_key)
-                    if stats is None:  # the overflow label set: always there, outside the cap
+                    if stats is None:  # the overflow label set: always there once needed, outside the cap
                         stats = self._tcp[sink_key] = TcpStats()
         return stats
 
@@ -293,9 +307,9 @@ class Metrics:
         add = out.append
 
         def http_labels(key):
-            direction, authority, target_addr, tls, peer_id = key
-            return (("direction", direction), ("authority", authority or ""), ("target_addr", target_addr or ""),
-                    ("tls", tls), (_peer_id_label(direction), peer_id)) + pod
+            direction, authority, target_addr, tls, peer_id, dst_labels = key
+            return ((("direction", direction), ("authority", authority or ""), ("target_addr", target_addr or ""),
+                     ("tls", tls), (_peer_id_label(direction), peer_id)) + _dst(dst_labels) + pod)
 
         add("# HELP request_total Total count of HTTP requests.\n# TYPE request_total counter\n")
         for key, s in sorted(self._http.items(), key=_sort_key):
@@ -303,22 +317,22 @@ class Metrics:
         add("# HELP response_total Total count of HTTP responses.\n# TYPE response_total counter\n")
         for key, s in sorted(self._http.items(), key=_sort_key):
             base = http_labels(key)
-            for (status, cls), rs in sorted(s.responses.items()):
-                add(f"response_total{{{_labels(base + (('classification', cls), ('status_code', status_label(status))))}}} "
+            for (status, cls, grpc), rs in sorted(s.responses.items(), key=_response_order):
+                add(f"response_total{{{_labels(base + (('classification', cls), ('grpc_status', grpc), ('status_code', status_label(status))))}}} "
                     f"{rs.count}\n")
         add("# HELP response_latency_ms Elapsed times between a request's headers being received and its "
             "response stream completing.\n# TYPE response_latency_ms histogram\n")
         for key, s in sorted(self._http.items(), key=_sort_key):
             base = http_labels(key)
-            # One histogram per status: a gRPC status 200 may be both a success and a failure.
-            for status, group in s.by_status():
-                render_histogram(add, "response_latency_ms", _labels(base + (("status_code", status_label(status)),)),
-                                 group)
+            for (status, grpc), group in s.histograms():
+                render_histogram(add, "response_latency_ms",
+                                 _labels(base + (("grpc_status", grpc), ("status_code", status_label(status)))), group)
 
         def tcp_labels(key):
-            direction, peer, authority, target_addr, tls, peer_id = key
-            return (("direction", direction), ("peer", peer), ("authority", authority or ""),
-                    ("target_addr", target_addr or ""), ("tls", tls), (_peer_id_label(direction), peer_id)) + pod
+            direction, peer, authority, target_addr, tls, peer_id, dst_labels = key
+            return ((("direction", direction), ("peer", peer), ("authority", authority or ""),
+                     ("target_addr", target_addr or ""), ("tls", tls), (_peer_id_label(direction), peer_id))
+                    + _dst(dst_labels) + pod)
 
         tcp = sorted(self._tcp.items(), key=_sort_key)
         for name, kind, help_, value in (
@@ -341,6 +355,15 @@ class Metrics:
 def _peer_id_label(direction: str) -> str:
     # Linkerd's names: inbound metrics name the client, outbound ones the server.
     return "client_id" if direction == "inbound" else "server_id"
+
+
+def _dst(labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((f"dst_{k}", v) for k, v in labels)
+
+
+def _response_order(item):
+    (status, cls, grpc), _ = item
+    return status, cls, grpc or ""
 
 
 def _sort_key(item):

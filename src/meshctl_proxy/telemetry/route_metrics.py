@@ -82,14 +82,14 @@ class RouteMetrics:
                        f"# TYPE {prefix}_response_total counter\n")
             for key, st in items:
                 base = self._labels(key)
-                for (status, cls), rs in sorted(st.responses.items()):
+                for (status, cls, _grpc), rs in sorted(st.responses.items(), key=lambda item: item[0][:2]):
                     out.append(f'{prefix}_response_total{{{base},classification="{cls}",'
                                f'status_code="{status_label(status)}"}} {rs.count}\n')
             out.append(f"# HELP {prefix}_response_latency_ms Elapsed times between a request being sent and "
                        f"its response head, by route.\n# TYPE {prefix}_response_latency_ms histogram\n")
             for key, st in items:
                 base = self._labels(key)
-                for status, group in st.by_status():
+                for (status, _grpc), group in st.histograms():  # route stats carry no grpc_status
                     render_histogram(out.append, f"{prefix}_response_latency_ms",
                                      f'{base},status_code="{status_label(status)}"', group)
         return "".join(out)

@@ -110,6 +110,18 @@ class Proxy:
         self.admin_routes: dict = {}
         self.draining = False
         self.stopped: asyncio.Event | None = None
+        # Per-request observers (tap, later policy): called once per request while the list is
+        # non-empty; the tap hub is in it only while someone subscribes (meshctl_proxy.telemetry.tap).
+        self.observers: list = []
+        from meshctl_proxy.identity.mesh import identity_enabled
+        from meshctl_proxy.telemetry.tap import TapAccess, TapHub, TapServer
+
+        info = {"namespace": config.pod_namespace, "pod": config.pod_name}
+        if config.workload_kind and config.workload_name:
+            info["workload"] = f"{config.workload_kind.lower()}/{config.workload_name}"
+        self.tap = TapServer(TapHub(self.observers, proxy_info=info),
+                             TapAccess(identity_enabled(config), config.tap_svc_name), spawn=self.spawn)
+        self.metrics.extra_renderers.append(self.tap.hub.render_metrics)
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -127,6 +139,7 @@ class Proxy:
             (OUTBOUND, cfg.outbound_listen_addr, lambda: DetectProtocol(self, OUTBOUND)),
             (INBOUND, cfg.inbound_listen_addr, lambda: DetectProtocol(self, INBOUND)),
             ("admin", cfg.admin_listen_addr, lambda: AdminProtocol(self)),
+            ("control", cfg.control_listen_addr, self.tap.protocol),
         ):
             server = await loop.create_server(factory, addr[0], addr[1], reuse_address=True, backlog=1024)
             self.servers[name] = server
@@ -155,8 +168,9 @@ class Proxy:
 
     async def _shutdown(self) -> None:
         """Stop accepting, drain in-flight work within the grace period, then stop."""
-        for name in (OUTBOUND, INBOUND):
+        for name in (OUTBOUND, INBOUND, "control"):
             self.servers[name].close()
+        self.tap.shutdown()  # subscribers see their stream end, not a reset
         for conn in list(self.connections):
             conn.drain()
         loop = asyncio.get_running_loop()
@@ -209,7 +223,7 @@ class Proxy:
             return
         server_id = mesh_identity(self.connector, endpoint)
         stats = self.metrics.tcp(ctx.direction, "dst", None, endpoint.addr, "true" if server_id else "no_identity",
-                                 server_id)
+                                 server_id, endpoint.labels if ctx.direction == OUTBOUND else ())
         timeout = (self.config.inbound_connect_timeout if ctx.direction == INBOUND
                    else self.config.outbound_connect_timeout)
         try:
