@@ -19,6 +19,7 @@ import sys
 
 from meshctl_proxy.wire import detect as detection
 from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
+from meshctl_proxy.hooks import RequestHooks
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
 from meshctl_proxy.policy.router import TcpConnector, default_router, mesh_identity, open_connection
@@ -84,6 +85,9 @@ class Proxy:
         self.metrics.extra_renderers.append(self.route_metrics.render)
         self.connector = connector or TcpConnector()
         self.tls_acceptor = tls_acceptor
+        # The per-request hook (meshctl_proxy.hooks): features append to ``observers`` at start.
+        self.hooks = RequestHooks()
+        self.observers = self.hooks.observers
         self._routers = {OUTBOUND: outbound_router, INBOUND: inbound_router}
         self.routers: dict = {}
         self.upstreams = {
