@@ -31,9 +31,11 @@ def _fresh_now():
     NOW = certs.utcnow()
 
 
-def csr(names, key=None) -> str:
+def csr(names, key=None, *, common_names=()) -> str:
+    """A CSR for *names* (SANs); its subject carries *common_names* as CNs (none by default, as Linkerd's proxy)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
-    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in common_names])
+    b = x509.CertificateSigningRequestBuilder().subject_name(subject)
     if names:
         b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()

@@ -72,7 +72,7 @@ class NoShortcut(DirectRouter):
 async def _start(router: str) -> Proxy:
     cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0",
                        "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
-                       "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0",
+                       "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0",
                        "MESHCTL_PROXY_DESTINATION_SVC_ADDR": "127.0.0.1:9"})
     outbound = {"direct": DirectRouter(), "no-shortcut": NoShortcut()}.get(router)
     mesh = Mesh.from_config(cfg)

@@ -122,6 +122,10 @@ class IdentityManager:
     def __init__(self, settings: IdentitySettings, *, clock: Callable[[], float] = time.time) -> None:
         if not settings.local_name:
             raise ValueError("MESHCTL_PROXY_IDENTITY_LOCAL_NAME: required when identity is enabled")
+        if tls_contexts.parse_identity_name(settings.local_name) is None:
+            # Peers would take a certificate for it as no identity at all (tls_contexts.parse_identity_name).
+            raise ValueError(f"MESHCTL_PROXY_IDENTITY_LOCAL_NAME: {settings.local_name!r} is not an identity name "
+                             "(no wildcard, no trailing dot, DNS labels only)")
         if "-----BEGIN CERTIFICATE-----" not in settings.trust_anchors_pem:
             raise ValueError("MESHCTL_PROXY_IDENTITY_TRUST_ANCHORS: no PEM certificate")
         self.settings = settings

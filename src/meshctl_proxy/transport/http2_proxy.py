@@ -116,7 +116,10 @@ class _Sender:
         self.transport = None
         self.window_waiters: dict[int, asyncio.Future] = {}
         self.write_paused = False
-        self.drain_waiter: asyncio.Future | None = None
+        # Every stream whose sender waits for the socket to drain has its own future here, and
+        # resume_writing() wakes them all: one slot, as before, kept only the last waiter and the
+        # others stopped mid-body for good (issue 13, class 11).
+        self.drain_waiters: list[asyncio.Future] = []
         self.stats: TcpStats | None = None
         self.closed = False
         self.flush_scheduled = False
@@ -177,8 +180,10 @@ class _Sender:
         for fut in waiters.values():
             if not fut.done():
                 fut.set_exception(exc)
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_exception(exc)
+        drains, self.drain_waiters = self.drain_waiters, []
+        for fut in drains:
+            if not fut.done():
+                fut.set_exception(exc)
 
     async def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         """Send *data* within the peer's windows; END_STREAM goes on its last frame.
@@ -203,8 +208,7 @@ class _Sender:
             view = view[n:]
             self.flush_soon()
             if self.write_paused:
-                self.drain_waiter = self.loop.create_future()
-                await self.drain_waiter
+                await self._drained()
 
     async def send_body(self, stream_id: int, body: Body) -> None:
         """Relay *body* and end the stream: END_STREAM rides on the last DATA frame when no
@@ -240,18 +244,34 @@ class _Sender:
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
+        drains, self.drain_waiters = self.drain_waiters, []
+        for fut in drains:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _drained(self) -> None:
+        """Wait until the transport takes writes again (resume_writing), alongside any other stream."""
+        fut = self.loop.create_future()
+        self.drain_waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut in self.drain_waiters:  # this stream is gone: its slot must not outlive it
+                self.drain_waiters.remove(fut)
+            raise
 
 
 class _ServerStream:
-    __slots__ = ("id", "request", "body", "task", "upstream", "watched")
+    __slots__ = ("id", "request", "body", "task", "upstream", "taken", "watched")
 
     def __init__(self, stream_id: int, request: Request, body: Body) -> None:
         self.id = stream_id
         self.request = request
         self.body = body
         self.task: asyncio.Task | None = None
+        # The proxy has taken the stream on (its request is on its way upstream): a client's reset
+        # from then on is a cancellation, not a rapid reset (h2limits, hyper's "pending accept").
+        self.taken = False
         # Direct path: (upstream connection, its stream id) while the response is awaited.
         self.upstream: tuple[H2ClientConnection, int] | None = None
         self.watched = None  # the hook's watches of this request (meshctl_proxy.hooks)
@@ -382,13 +402,17 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if st is not None:
                 st.body.finish(list(ev.headers))
         elif t is _StreamResetEvent:
-            reason = self.guard.on_reset(self.loop.time())
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.body.discard(StreamReset(ev.error_code, "client reset the stream"))
                 self._cancel(st, "client reset the stream")
-            if reason:
-                self.calm(reason)
+                # Only a stream reset before the proxy took it on counts towards the rapid-reset limit
+                # (CVE-2023-44487, as hyper's max_pending_accept_reset_streams): cancelling calls that
+                # were answered or are under way is what gRPC clients do (issue 13, class 12).
+                if not st.taken:
+                    reason = self.guard.on_reset(self.loop.time())
+                    if reason:
+                        self.calm(reason)
         elif t is WindowUpdated:
             self.wake_windows(ev.stream_id)
         elif t is SettingsReceived:
@@ -480,6 +504,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint))
         else:
             st.upstream = (conn, usid)
+        st.taken = True
         return True
 
     def _direct_done(self, st: _ServerStream, endpoint: Endpoint, stats, start: float, response: Response | None,
@@ -667,6 +692,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         """
         request = st.request
         path = self.path
+        st.taken = True
         if stats is None:
             start = self.loop.time()
             # Outbound requests count in their endpoint's hop series, known once the exchange answers.
@@ -799,6 +825,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         self.streams: dict[int, _ClientStream] = {}
         self.goaway = False
         self.max_streams = 100  # the server's SETTINGS_MAX_CONCURRENT_STREAMS, as libnghttp2 assumes until it comes
+        self.last_used = 0.0  # loop time the pool last handed it out (its idle timeout counts from there)
         self.answered: list[_ClientStream] = []
         # Request bodies being sent, by stream: a stream can outlive its entry in self.streams (the
         # response is complete, the request is not) and its sender must stop when the stream closes.
@@ -1047,16 +1074,38 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
 class H2Pool(EndpointPool):
     """One multiplexed upstream connection per endpoint (more when one is full or going away)."""
 
-    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float) -> None:
-        super().__init__(connector, metrics, direction, connect_timeout=connect_timeout)
+    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float, **idle) -> None:
+        super().__init__(connector, metrics, direction, connect_timeout=connect_timeout, **idle)
         self._connecting: dict[Endpoint, asyncio.Future] = {}
 
     def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
         """A connection to *endpoint* with room for one more stream, if one is open."""
         for conn in self.conns.get(endpoint, ()):
             if not conn.closed and not conn.goaway and len(conn.streams) < conn.max_streams:
+                conn.last_used = conn.loop.time()
                 return conn
         return None
+
+    def _sweep_soon(self, delay: float) -> None:
+        if self._expiry is not None:
+            if delay:
+                return
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """Close connections without a stream for idle_timeout, and the longest idle past max_idle
+        (EndpointPool's bounds; an HTTP/2 connection is idle while no stream is open on it)."""
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        idle = sorted((conn for conns in self.conns.values() for conn in conns
+                       if not conn.streams and not conn.body_tasks), key=lambda conn: conn.last_used)
+        excess = len(idle) - self.max_idle
+        for i, conn in enumerate(idle):
+            if i < excess or now - conn.last_used >= self.idle_timeout:
+                self.evict(conn)
+        if self.conns:
+            self._sweep_soon(self.idle_timeout / 2)
 
     async def _connect(self, endpoint: Endpoint, authority: str) -> H2ClientConnection:
         pending = self._connecting.get(endpoint)
@@ -1069,6 +1118,11 @@ class H2Pool(EndpointPool):
             exc = err
         else:
             self.conns.setdefault(endpoint, []).append(conn)
+            conn.last_used = conn.loop.time()
+            if len(self.conns) > self.max_idle:  # respelt or many endpoints: enforce the cap now
+                self._sweep_soon(0)
+            else:
+                self._sweep_soon(self.idle_timeout / 2)
             fut.set_result(conn)
             del self._connecting[endpoint]
             return conn
