@@ -36,9 +36,10 @@ from pathlib import Path
 from meshctl import demo as plan_mod
 from meshctl.demo import state
 from meshctl.errors import MeshctlError
+from meshctl_proxy.config import TAP_SVC_NAME
 
 RECORD = "processes.json"
-TAP_IDENTITY = f"tap.{plan_mod.MESH_NAMESPACE}-viz.serviceaccount.identity.{plan_mod.MESH_NAMESPACE}.{plan_mod.TRUST_DOMAIN}"
+TAP_IDENTITY = TAP_SVC_NAME  # the identity the proxies let tap (meshctl_proxy.config)
 READY_TIMEOUT = 60.0
 STOP_GRACE = 5.0
 # The demo is meant to stay up for days: its tokens and trust chain outlive any session.

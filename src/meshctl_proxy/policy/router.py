@@ -161,7 +161,8 @@ class EndpointPool:
         """A new connection to *endpoint*, its tcp_* series labelled with the mTLS identity it must present."""
         server_id = mesh_identity(self.connector, endpoint)
         stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
-                                 "true" if server_id else "no_identity", server_id)
+                                 "true" if server_id else "no_identity", server_id,
+                                 endpoint.labels if self.direction == OUTBOUND else ())
         _transport, conn = await open_connection(self.connector, endpoint, lambda: protocol_factory(self, endpoint, stats),
                                                  timeout=self.connect_timeout, alpn=alpn)
         return conn

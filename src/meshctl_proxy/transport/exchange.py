@@ -55,7 +55,8 @@ def http_series(metrics, ctx, authority: str, connector, endpoint: Endpoint | No
     target = ctx.target_addr or authority
     if ctx.direction == OUTBOUND:
         server_id = mesh_identity(connector, endpoint) if endpoint is not None else None
-        return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id)
+        return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id,
+                            endpoint.labels if endpoint is not None else ())
     return metrics.http(ctx.direction, authority, target, ctx.tls, ctx.peer_identity)
 
 
