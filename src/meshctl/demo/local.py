@@ -162,6 +162,8 @@ class LocalDemo:
         self.started: list[Started] = []
         self.plan: plan_mod.Plan | None = None
         self.extra: dict = {}  # prometheus port, dashboard url, netns lab
+        # How often Prometheus scrapes the proxies; the one-shot demo asks for 1s (short runs).
+        self.scrape_interval_s = 2.0
 
     # --- the record ------------------------------------------------------------------
 
@@ -399,7 +401,8 @@ class LocalDemo:
         targets = [localprom.proxy_target(w.reachable.admin, namespace=plan_mod.NAMESPACE, pod=w.pod, kind="deployment",
                                           name=w.name) for w in plan.workloads]
         (self.dir / "prometheus").mkdir(exist_ok=True)
-        localprom.write_config(self.dir / "prometheus" / localprom.CONFIG_NAME, targets, scrape_interval="2s")
+        localprom.write_config(self.dir / "prometheus" / localprom.CONFIG_NAME, targets,
+                               scrape_interval=f"{self.scrape_interval_s:g}s")
         self.extra["prometheus_port"] = localprom._free_port("127.0.0.1")
         url = f"http://127.0.0.1:{self.extra['prometheus_port']}"
         self.progress(f"starting Prometheus on {url}, scraping the {len(targets)} proxies")
