@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 
 import typer
 
@@ -17,39 +17,32 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}ms" if value >= 10 else f"{value:.1f}ms"
 
 
-def render_tables(stats, routes, edges) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def render_tables(stats, routes, edges, *, wide: bool = False) -> str:
+    """The demo's three tables as `linkerd viz stat|routes|edges` print them; never truncated.
 
-    import sys
-
-    # Piped output keeps whole columns (rich would squeeze to 80); tables size to content anyway.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-    t = Table(title="meshctl viz stat -n shop deploy", title_justify="left", box=None, pad_edge=False)
-    for col in ("NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TLS"):
-        t.add_column(col, justify="left" if col == "NAME" else "right")
-    for s in stats:
-        t.add_row(s.name, "1/1", _pct(s.success_rate), f"{s.rps:.1f}rps", _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
-                  _pct(s.meshed_share))
-    console.print(t)
-    console.print()
-    r = Table(title="meshctl viz routes deploy/product-gateway-api (outbound)", title_justify="left", box=None, pad_edge=False)
-    for col in ("ROUTE", "SERVICE", "EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS", "ACTUAL_RPS", "LATENCY_P50", "LATENCY_P99"):
-        r.add_column(col, justify="left" if col in ("ROUTE", "SERVICE") else "right")
+    Identities print short (``sa.ns``) unless ``wide``, as `linkerd viz edges -o wide` does.
+    """
+    ident = (lambda i: i or "-") if wide else _common.short_identity
+    out = ["meshctl viz stat -n shop deploy", _common.render_table(
+        ["NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TLS"],
+        [[s.name, "1/1", _pct(s.success_rate), f"{s.rps:.1f}rps", _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
+          _pct(s.meshed_share)] for s in stats],
+        right={"MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TLS"})]
+    rows = []
     for s in routes:
         route, _, dst = s.name.rpartition(" [")
         actual_rps = (s.actual_requests or 0) / s.seconds if s.seconds > 0 else 0
-        r.add_row(route, dst.rstrip("]"), _pct(s.success_rate), f"{s.rps:.1f}rps", _pct(s.actual_success_rate),
-                  f"{actual_rps:.1f}rps", _ms(s.p50_ms), _ms(s.p99_ms))
-    console.print(r)
-    console.print()
-    e = Table(title="meshctl viz edges -n shop deploy", title_justify="left", box=None, pad_edge=False)
-    for col in ("SRC", "DST", "REQUESTS", "CLIENT_ID", "SERVER_ID", "SECURED"):
-        e.add_column(col)
-    for edge in edges:
-        e.add_row(edge.src, edge.dst, str(round(edge.requests)), edge.client_id, edge.server_id or "-",
-                  "√" if edge.secured else "×")
-    console.print(e)
+        rows.append([route, dst.rstrip("]"), _pct(s.success_rate), f"{s.rps:.1f}rps", _pct(s.actual_success_rate),
+                     f"{actual_rps:.1f}rps", _ms(s.p50_ms), _ms(s.p99_ms)])
+    out += ["meshctl viz routes deploy/product-gateway-api (outbound)", _common.render_table(
+        ["ROUTE", "SERVICE", "EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS", "ACTUAL_RPS", "LATENCY_P50",
+         "LATENCY_P99"], rows,
+        right={"EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS", "ACTUAL_RPS", "LATENCY_P50", "LATENCY_P99"})]
+    out += ["meshctl viz edges -n shop deploy", _common.render_table(
+        ["SRC", "DST", "REQUESTS", "CLIENT_ID", "SERVER_ID", "SECURED"],
+        [[e.src, e.dst, str(round(e.requests)), ident(e.client_id), ident(e.server_id),
+          _common.colorize_marks("√" if e.secured else "×", sys.stdout)] for e in edges])]
+    return "\n".join(out)
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +55,7 @@ def register(app: typer.Typer) -> None:
         price_latency_ms: float = typer.Option(0.0, "--price-latency-ms", help="Extra latency of price-api."),
         address_prefix: str = typer.Option("127.0.10", "--address-prefix", help="Loopback /24 the demo's pods use."),
         workdir: str = typer.Option(None, "--dir", help="Keep certificates, registry and logs here (default: a temporary directory, removed)."),
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table or json"),
+        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, wide (whole identities), json or yaml."),
     ) -> None:
         """Run the three sample APIs meshed on this machine, send traffic, and show success rate, RPS and latency."""
         import tempfile
@@ -70,17 +63,17 @@ def register(app: typer.Typer) -> None:
 
         from meshctl import demo as core
         from meshctl import viz
-        from meshctl.errors import MeshctlError
+        from meshctl.errors import UsageError
         from meshctl_proxy.config import parse_duration
 
         try:
             seconds = parse_duration(duration)
         except ValueError as exc:
-            raise MeshctlError(f"--duration: {exc}") from None
+            raise UsageError(f"--duration: {exc}") from None
         if not 0 < rps <= 500:
-            raise MeshctlError(f"--rps: expected a rate in (0, 500], got {rps}")
+            raise UsageError(f"--rps: expected a rate in (0, 500], got {rps}")
         if not 0 <= price_failure_rate < 1:
-            raise MeshctlError(f"--price-failure-rate: expected a share in [0, 1), got {price_failure_rate}")
+            raise UsageError(f"--price-failure-rate: expected a share in [0, 1), got {price_failure_rate}")
         plan = core.Plan(prefix=core.validate_prefix(address_prefix), price_failure_rate=price_failure_rate,
                          price_latency_ms=price_latency_ms)
         verbose = _common.global_options(ctx).verbose
@@ -113,9 +106,9 @@ def register(app: typer.Typer) -> None:
             if output in (_common.TableFormat.json, _common.TableFormat.yaml):
                 data = {"ingress": {"statusCodes": codes}, "stat": [s.to_dict() for s in stats],
                         "routes": [s.to_dict() for s in routes], "edges": [e.to_dict() for e in edges]}
-                print(json.dumps(data, indent=2))
+                sys.stdout.write(_common.dump(data, output.value))
             else:
-                render_tables(stats, routes, edges)
+                sys.stdout.write(render_tables(stats, routes, edges, wide=output == _common.TableFormat.wide))
             report(f"ingress status codes: {', '.join(f'{k}: {v}' for k, v in sorted(codes.items()))}")
         finally:
             if tmp is not None:
