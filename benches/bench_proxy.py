@@ -164,8 +164,8 @@ PROXY_LAUNCH = """
 import os, sys
 from meshctl_proxy import config
 from meshctl_proxy.model import Endpoint
-from meshctl_proxy.routing import DirectRouter
-from meshctl_proxy.server import run
+from meshctl_proxy.policy.router import DirectRouter
+from meshctl_proxy.transport.server import run
 
 class ForwardTo(DirectRouter):
     # The client-side proxy of a mesh: every request to the server-side proxy's inbound listener.
@@ -184,6 +184,7 @@ def start_proxy(procs: Procs, *, outbound: int, inbound: int, admin: int, forwar
         "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{outbound}",
         "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
         "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{admin}",
+        "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0",
         "MESHCTL_PROXY_IDENTITY_DISABLED": "true",
         "MESHCTL_PROXY_LOG_LEVEL": "warn",
     })
@@ -411,7 +412,7 @@ def bench_metrics() -> None:
     """The hot-path cost of counting one request: hand-written counters vs prometheus_client."""
     import timeit
 
-    from meshctl_proxy.metrics import Metrics
+    from meshctl_proxy.telemetry.metrics import Metrics
 
     m = Metrics(pod_labels={"namespace": "ns", "pod": "p"})
     n = 200_000

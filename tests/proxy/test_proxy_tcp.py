@@ -12,10 +12,10 @@ import socket
 import pytest
 
 from meshctl_proxy import config
-from meshctl_proxy.detect import H1, H2, H2_PREFACE, TCP, TLS, detect
+from meshctl_proxy.wire.detect import H1, H2, H2_PREFACE, TCP, TLS, detect
 from meshctl_proxy.model import Endpoint
-from meshctl_proxy.routing import DirectRouter
-from meshctl_proxy.server import Proxy
+from meshctl_proxy.policy.router import DirectRouter
+from meshctl_proxy.transport.server import Proxy
 
 
 @pytest.mark.parametrize("buf,kind", [
@@ -50,7 +50,7 @@ async def echo_server():
 
 def run_proxy(loop_thread, router, **env):
     base = {"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
-            "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0"}
+            "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0"}
     base.update(env)
     proxy = Proxy(config.load(base), outbound_router=router)
     loop_thread.run(proxy.start())

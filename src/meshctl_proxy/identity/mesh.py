@@ -1,0 +1,291 @@
+"""mTLS in the proxy: the two places it plugs in (docs/proxy.md "Seams").
+
+- Outbound, :class:`MeshConnector` wraps the plain ``Connector``: to an
+  endpoint that carries an expected identity (the destination service marks
+  it meshed), it originates TLS 1.3 with our certificate, sends that
+  identity as SNI (the mesh marker) and checks the server's SAN equals it.
+  Connections are pooled by the proxy's pools, so the handshake is rare.
+- Inbound, :class:`InboundTls` is the proxy's ``tls_acceptor``: detection
+  asks it about a connection that starts with a TLS ClientHello; SNI equal
+  to our identity means mesh TLS, which it terminates (client certificate
+  required and verified) reporting the client's identity; anything else is
+  not ours (the app's own TLS) and is forwarded as opaque TCP.
+- :class:`AuthorizingRouter` wraps the inbound router with the inbound
+  policy and owns the ``meshctl-client-id`` header; :class:`Mesh` wires it
+  all into one proxy (``meshctl_proxy.transport.server.serve``).
+
+Without a valid certificate (not issued yet, or expired) both fail closed:
+no mesh TLS is originated or accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+from collections.abc import Callable
+
+from meshctl_proxy.identity import tls_contexts
+from meshctl_proxy.identity.certificates import IdentityManager
+from meshctl_proxy.identity import tls_transport
+from meshctl_proxy.identity.tls_transport import TlsTransport
+
+HANDSHAKE_TIMEOUT = 10.0
+IDENTITY_HEADER = b"meshctl-client-id"  # as Linkerd's l5d-client-id
+
+
+class NoIdentity(ConnectionError):
+    """We hold no valid certificate, so mesh TLS cannot be originated (fail closed)."""
+
+
+class MeshConnector:
+    """A Connector that speaks mTLS to endpoints with an expected identity, plain TCP to the rest."""
+
+    def __init__(self, inner, identity: IdentityManager, *, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        self.inner = inner
+        self.identity = identity
+        self.handshake_timeout = handshake_timeout
+        self.handshakes = 0
+        self.refused = 0
+
+    @staticmethod
+    def mesh_identity(endpoint) -> str | None:
+        """The identity an endpoint must prove: set by discovery for meshed endpoints only."""
+        if getattr(endpoint, "meshed", True) is False:
+            return None
+        return getattr(endpoint, "identity", None) or None
+
+    async def connect(self, endpoint, protocol_factory: Callable[[], asyncio.Protocol], *,
+                      alpn: list[str] | None = None) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        expected = self.mesh_identity(endpoint)
+        if not expected:
+            return await self.inner.connect(endpoint, protocol_factory, alpn=alpn)
+        creds = self.identity.current()
+        if creds is None:
+            self.refused += 1
+            raise NoIdentity(f"no valid certificate of our own: not originating mTLS to {expected}")
+        try:
+            # Our MemoryBIO transport rather than the loop's ssl=: cheaper per record (tls_stream).
+            transport, protocol = await tls_transport.connect(
+                protocol_factory, endpoint.host, endpoint.port, creds.client_context(alpn),
+                server_hostname=expected, handshake_timeout=self.handshake_timeout)
+        except (ssl.SSLError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            # A server that does not answer to our SNI (not meshed, or not who we expect) ends
+            # the handshake; connect errors (refused, unreachable) are not counted here.
+            self.refused += 1
+            raise
+        try:
+            tls_contexts.verify_peer_identity(transport.get_extra_info("ssl_object"), expected)
+        except tls_contexts.IdentityMismatch:
+            self.refused += 1
+            transport.abort()
+            raise
+        self.handshakes += 1
+        self.identity.watch(transport)
+        return transport, protocol
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Terminated:
+    transport: TlsTransport
+    client_identity: str | None
+    alpn: str | None
+
+
+class InboundTls:
+    """Inbound mesh TLS: recognise it by SNI, terminate it, name the client."""
+
+    def __init__(self, identity: IdentityManager, *, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        self.identity = identity
+        self.handshake_timeout = handshake_timeout
+        self.handshakes = 0
+        self.failed = 0
+
+    def classify(self, prefix: bytes) -> tls_contexts.ClientHello | tls_contexts.NeedMore | tls_contexts.NotTls:
+        """Sans-IO: is this the start of mesh TLS for us?  ``ClientHello`` with our name means yes."""
+        return tls_contexts.parse_client_hello(prefix)
+
+    def is_mesh(self, hello: tls_contexts.ClientHello) -> bool:
+        return hello.server_name == self.identity.name
+
+    async def terminate(self, transport: asyncio.Transport, prefix: bytes) -> Terminated:
+        """Handshake on an accepted connection whose first bytes (*prefix*) were already read.
+
+        Raises NoIdentity (we have no valid certificate: fail closed) or
+        ssl.SSLError / ConnectionError when the client is not acceptable.
+        The caller then ``start()``s its protocol on ``Terminated.transport``.
+        """
+        creds = self.identity.current()
+        if creds is None:
+            self.failed += 1
+            transport.abort()
+            raise NoIdentity("no valid certificate of our own: refusing mesh TLS")
+        tls_transport = TlsTransport(creds.server_context, server_side=True, raw=transport)
+        transport.resume_reading()  # detection paused it; the handshake needs the client's next flight
+        try:
+            sslobj = await tls_transport.handshake(prefix, timeout=self.handshake_timeout)
+        except (ssl.SSLError, ConnectionError, TimeoutError):
+            self.failed += 1
+            raise
+        client = tls_contexts.peer_identity(sslobj)
+        self.handshakes += 1
+        self.identity.watch(tls_transport)
+        return Terminated(tls_transport, client, sslobj.selected_alpn_protocol())
+
+
+def strip_identity_header(headers: list[tuple[bytes, bytes]], client_identity: str | None) -> list[tuple[bytes, bytes]]:
+    """Drop any client-sent ``meshctl-client-id`` and set it only from the verified peer.
+
+    A plaintext client could otherwise claim any identity to the application.
+    """
+    out = [(k, v) for k, v in headers if k.lower() != IDENTITY_HEADER]
+    if client_identity:
+        out.append((IDENTITY_HEADER, client_identity.encode()))
+    return out
+
+
+# --- the proxy's seams (docs/proxy.md "Seams") --------------------------------------
+
+class AuthorizingRouter:
+    """Wraps the inbound router: applies the inbound policy per request and owns ``meshctl-client-id``.
+
+    Denied requests become 403 (``ProxyError``, with the reason in
+    ``meshctl-proxy-error``); allowed ones reach the application with the
+    client's verified identity in ``meshctl-client-id`` and never a
+    client-supplied one.
+    """
+
+    def __init__(self, inner, policy, stats) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.stats = stats
+        # Bound once, being asked for on every request: __getattr__ only runs after the normal
+        # lookup has raised AttributeError inside CPython, about 0.5 us a time.
+        for name in ("select", "target"):
+            if hasattr(inner, name):
+                setattr(self, name, getattr(inner, name))
+
+    def __getattr__(self, name):
+        # select/target/observe/aclose pass through; anything that lets a request
+        # bypass dispatch() must be defined here (see direct()).
+        return getattr(self.inner, name)
+
+    def decide(self, ctx):
+        port = ctx.orig_dst[1] if ctx.orig_dst else ctx.local_addr[1]
+        return port, self.policy.authorize(port=port, client_identity=ctx.peer_identity, client_ip=ctx.client_addr[0])
+
+    async def dispatch(self, request, upstream):
+        from meshctl_proxy.model import ProxyError
+
+        ctx = request.context
+        port, decision = self.decide(ctx)
+        self.stats.count("http", decision, port)
+        if not decision.allowed:
+            raise ProxyError(403, decision.reason)
+        request.headers = strip_identity_header(request.headers, ctx.peer_identity)
+        return await self.inner.dispatch(request, upstream)
+
+    def direct(self, request) -> bool:
+        """The HTTP/1 fast path: allowed requests whose inner router needs no dispatch.
+
+        Does what dispatch() does before sending (count, strip and set
+        ``meshctl-client-id``) and answers True; a denied request answers False,
+        so dispatch() counts it and gives the 403.
+        """
+        inner = getattr(type(self.inner), "direct", None)
+        if inner is None or not inner(self.inner, request):
+            return False
+        ctx = request.context
+        port, decision = self.decide(ctx)
+        if not decision.allowed:
+            return False
+        self.stats.count("http", decision, port)
+        request.headers = strip_identity_header(request.headers, ctx.peer_identity)
+        return True
+
+    def authorize_tcp(self, ctx) -> bool:
+        port, decision = self.decide(ctx)
+        self.stats.count("tcp", decision, port)
+        return decision.allowed
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+def identity_enabled(cfg) -> bool:
+    """mTLS is on unless disabled, and needs the trust anchors (inject always sets them)."""
+    return not cfg.identity_disabled and bool(cfg.identity_trust_anchors.strip())
+
+
+class Mesh:
+    """What identity adds to one proxy: its seams before start, its hooks after."""
+
+    def __init__(self, cfg, identity: IdentityManager | None) -> None:
+        from meshctl_proxy.policy.authorization import AuthzStats, InboundPolicy
+
+        self.identity = identity
+        self.policy = InboundPolicy.from_config(cfg)
+        self.authz = AuthzStats()
+        self.connector: MeshConnector | None = None
+        self.inbound: InboundTls | None = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "Mesh":
+        from meshctl_proxy.config import ConfigError
+        from meshctl_proxy.identity.certificates import IdentitySettings
+
+        if not identity_enabled(cfg):
+            return cls(cfg, None)
+        try:
+            return cls(cfg, IdentityManager(IdentitySettings.from_config(cfg)))
+        except (ValueError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+
+    def seams(self) -> dict:
+        if self.identity is None:
+            return {}
+        from meshctl_proxy.policy.router import TcpConnector
+
+        self.connector = MeshConnector(TcpConnector(), self.identity)
+        self.inbound = InboundTls(self.identity)
+        return {"connector": self.connector, "tls_acceptor": self.inbound}
+
+    def attach(self, proxy) -> None:
+        from meshctl_proxy.model import INBOUND
+
+        proxy.routers[INBOUND] = AuthorizingRouter(proxy.routers[INBOUND], self.policy, self.authz)
+        proxy.metrics.extra_renderers.append(self.render_metrics)
+        if self.identity is None:
+            return
+        proxy.tap.server_identity = self.identity  # the control listener's mTLS (meshctl_proxy.telemetry.tap)
+        proxy.spawn(self.identity.run())
+        proxy.readiness.append(self.identity.is_ready)
+        proxy.admin_routes[b"/identity"] = self._identity_route
+
+    def _identity_route(self) -> tuple[int, bytes, bytes]:
+        creds = self.identity.current() if self.identity else None
+        if creds is None:
+            return 503, b"text/plain; charset=utf-8", b"no valid certificate\n"
+        return 200, b"application/x-pem-file", creds.chain_pem.encode()
+
+    def render_metrics(self) -> str:
+        out = [self.authz.render()]
+        ident = self.identity
+        if ident is not None:
+            # Linkerd's names for the proxy's own certificate.
+            out.append("# HELP identity_cert_expiration_timestamp_seconds Time when this proxy's current mTLS "
+                       "certificate expires (seconds since the epoch).\n"
+                       "# TYPE identity_cert_expiration_timestamp_seconds gauge\n"
+                       f"identity_cert_expiration_timestamp_seconds {ident.expiry or 0:.0f}\n"
+                       "# HELP identity_cert_refresh_count Certificates obtained from the identity service.\n"
+                       "# TYPE identity_cert_refresh_count counter\n"
+                       f"identity_cert_refresh_count {ident.refreshes}\n")
+            if self.connector is not None and self.inbound is not None:
+                out.append("# HELP tls_handshakes_total Completed mTLS handshakes (outbound originated, inbound "
+                           "terminated).\n# TYPE tls_handshakes_total counter\n"
+                           f'tls_handshakes_total{{direction="outbound"}} {self.connector.handshakes}\n'
+                           f'tls_handshakes_total{{direction="inbound"}} {self.inbound.handshakes}\n'
+                           "# HELP tls_handshake_failures_total Refused or failed mTLS handshakes.\n"
+                           "# TYPE tls_handshake_failures_total counter\n"
+                           f'tls_handshake_failures_total{{direction="outbound"}} {self.connector.refused}\n'
+                           f'tls_handshake_failures_total{{direction="inbound"}} {self.inbound.failed}\n')
+        return "".join(out)

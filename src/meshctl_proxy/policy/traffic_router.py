@@ -1,0 +1,330 @@
+"""Outbound traffic policy: the router the proxy's outbound side dispatches through.
+
+:class:`TrafficRouter` plugs into the proxy's router seam (``docs/proxy.md``,
+"Seams"): ``dispatch(request, upstream)`` is the whole exchange.  For each
+request it
+
+1. finds the logical destination: the Host / ``:authority``, else the original
+   destination, resolved through the destination service
+   (:mod:`meshctl_proxy.discovery.client`); names the mesh does not know go to
+   :class:`~meshctl_proxy.policy.router.DirectRouter` (forwarded as addressed);
+2. matches the destination's ServiceProfile routes (first match wins) and
+   counts the request in ``route_*`` metrics;
+3. picks a concrete authority by ``dstOverrides`` weight (a traffic split);
+4. takes an endpoint from that authority's balancer (peak-EWMA or round robin,
+   ``MESHCTL_PROXY_BALANCER``); with none available it waits at most
+   ``MESHCTL_PROXY_OUTBOUND_FAILFAST_TIMEOUT`` (3 s) in a bounded queue, then
+   answers 503 at once (Linkerd's fail-fast);
+5. sends it, and when the route ``isRetryable``, the response is classified a
+   failure, the body was at most 64 KiB (buffered for replay) and the retry
+   budget allows, sends it again (to a fresh balancer pick);
+6. bounds all of it by the route's ``timeout``: 504 with
+   ``meshctl-proxy-error: request timeout``.
+
+Everything that decides is sans-IO (:mod:`~meshctl_proxy.policy.balance`,
+:mod:`~meshctl_proxy.policy.retry_budget`, :mod:`~meshctl_proxy.policy.route_policy`); this module only
+sequences it around ``upstream.send``.  Each request reads the current
+resolution, so a changed endpoint set or profile applies to the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from meshctl_proxy.policy.balance import Balancer, make_balancer
+from meshctl_proxy.body import Body
+from meshctl_proxy.discovery.client import DestinationClient, Watch
+from meshctl_proxy.discovery.resolution import normalize_authority
+from meshctl_proxy.model import OUTBOUND, Endpoint as ProxyEndpoint, ProxyError, Request, Response
+from meshctl_proxy.policy.service_profile import ProfileError
+from meshctl_proxy.telemetry.route_metrics import RouteMetrics
+from meshctl_proxy.policy.route_policy import EMPTY_POLICY, RoutePolicy, compile_profile, route_timeout
+from meshctl_proxy.policy.router import DirectRouter
+
+log = logging.getLogger("meshctl_proxy.policy.traffic_router")
+
+# Linkerd buffers at most 64 KiB of a request body for replay; a larger (or
+# unknown-length, streamed) body is sent once, without retries.
+MAX_RETRY_BODY = 64 * 1024
+TIMEOUT_REASON = "request timeout"
+_RAW_CACHE_LIMIT = 10_000
+
+
+class Destination:
+    """One authority: its resolution, balancer, route policy and retry budget."""
+
+    __slots__ = ("authority", "watch", "balancer", "generation", "policy", "budget", "endpoints", "waiting",
+                 "known", "released", "_profile_doc")
+
+    def __init__(self, authority: str, watch: Watch, balancer: Balancer) -> None:
+        self.authority = authority
+        self.watch = watch
+        self.balancer = balancer
+        self.generation = -1
+        self.policy: RoutePolicy = EMPTY_POLICY
+        self.budget = EMPTY_POLICY.budget.make()
+        self.endpoints: dict[tuple[str, int], ProxyEndpoint] = {}
+        self.waiting = 0  # requests queued for an endpoint
+        # Set when a request finishes while others wait: a successful probe
+        # brings a set-aside endpoint back, and the queue must hear it.
+        self.released = asyncio.Event()
+        self.known = True
+        self._profile_doc: object = None
+
+    def refresh(self) -> None:
+        """Apply the watch's latest resolution, if it changed since the last request."""
+        w = self.watch
+        if w.generation == self.generation:
+            return
+        self.generation = w.generation
+        res = w.resolution
+        self.known = res is None or res.known
+        eps = res.endpoints if res is not None and res.known else ()
+        self.balancer.update(eps)
+        # The proxy's Endpoint carries the identity mTLS must verify; only a
+        # meshed endpoint has one.
+        self.endpoints = {e.address: ProxyEndpoint(e.host, e.port, e.identity if e.meshed and e.identity else None)
+                          for e in eps}
+        doc = res.profile if res is not None else None
+        if doc != self._profile_doc:
+            self._profile_doc = doc
+            try:
+                policy = compile_profile(doc)
+            except ProfileError as exc:  # keep the last good policy: the server validated, this is defence
+                log.warning("profile for %s refused: %s", self.authority, exc)
+                return
+            if policy.budget != self.policy.budget:
+                self.budget = policy.budget.make()
+            self.policy = policy
+
+
+class TrafficRouter(DirectRouter):
+    """The outbound router: discovery, balancing, routes, retries, timeouts, splits."""
+
+    def __init__(self, client: DestinationClient, *, balancer: str = "peak-ewma", failfast_timeout: float = 3.0,
+                 buffer_capacity: int = 10_000, metrics: RouteMetrics | None = None, direction: str = OUTBOUND,
+                 own_addrs: frozenset[tuple[str, int]] = frozenset(), rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(own_addrs=own_addrs)
+        self.client = client
+        self.balancer_kind = balancer
+        self.failfast_timeout = failfast_timeout
+        self.buffer_capacity = buffer_capacity
+        self.metrics = metrics or RouteMetrics()
+        self.direction = direction
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.destinations: dict[str, Destination] = {}
+        self._raw: dict[str, str | None] = {}  # raw Host / address -> normalized authority, or None: not ours
+
+    @classmethod
+    def from_config(cls, cfg, *, metrics: RouteMetrics, own_addrs: frozenset[tuple[str, int]] = frozenset()
+                    ) -> "TrafficRouter":
+        return cls(DestinationClient.from_config(cfg), balancer=cfg.balancer,
+                   failfast_timeout=cfg.outbound_failfast_timeout, buffer_capacity=cfg.outbound_buffer_capacity,
+                   metrics=metrics, own_addrs=own_addrs)
+
+    def set_own_addrs(self, own_addrs: frozenset[tuple[str, int]]) -> None:
+        self.own_addrs = own_addrs
+        self.own_ports = {port for _host, port in own_addrs}
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # -- which destination ----------------------------------------------------
+    def _candidate(self, raw: str) -> str | None:
+        auth = self._raw.get(raw, "")
+        if auth == "":
+            try:
+                auth = normalize_authority(raw) if self.client.should_resolve(raw) else None
+            except ValueError:
+                auth = None
+            if len(self._raw) >= _RAW_CACHE_LIMIT:
+                self._raw.clear()
+            self._raw[raw] = auth
+        return auth
+
+    async def logical_destination(self, request: Request) -> Destination | None:
+        ctx = request.context
+        raws = [request.authority] if request.authority else []
+        if ctx is not None and ctx.orig_dst is not None:
+            raws.append(ctx.target_addr)
+        for raw in raws:
+            auth = self._candidate(raw)
+            if auth is None:
+                continue
+            dest = self.destinations.get(auth)
+            if dest is not None and dest.watch.resolution is not None and not dest.watch.closed:
+                dest.watch.last_used = time.monotonic()
+                if dest.watch.resolution.known:
+                    return dest
+                continue
+            res = await self.client.resolve(auth)
+            if res is not None:
+                return self.destination(res.authority)
+        return None
+
+    def destination(self, authority: str) -> Destination:
+        dest = self.destinations.get(authority)
+        if dest is None:
+            if len(self.destinations) >= self.client.max_watches:
+                # the client closes idle watches; forget the destinations that used them
+                for auth in [a for a, d in self.destinations.items() if d.watch.closed]:
+                    del self.destinations[auth]
+            dest = self.destinations[authority] = Destination(
+                authority, self.client.watch(authority), make_balancer(self.balancer_kind, rng=self.rng))
+        elif dest.watch.closed:  # evicted while idle: a new stream, same balancer state
+            dest.watch = self.client.watch(authority)
+            dest.generation = -1
+        return dest
+
+    def direct(self, request: Request) -> bool:
+        """A request for a name the destination service is not asked about needs no route policy.
+
+        Then select()/observe() suffice and the HTTP/1 fast path may take it
+        (meshctl_proxy.policy.router.DirectRouter.direct).
+        """
+        if request.authority and self._candidate(request.authority) is not None:
+            return False
+        ctx = request.context
+        return ctx is None or ctx.orig_dst is None or self._candidate(ctx.target_addr) is None
+
+    # -- the exchange -----------------------------------------------------------
+    async def dispatch(self, request: Request, upstream) -> Response:
+        dest = await self.logical_destination(request)
+        if dest is None:
+            return await super().dispatch(request, upstream)
+        return await self.exchange(dest, request, upstream)
+
+    async def exchange(self, dest: Destination, request: Request, upstream) -> Response:
+        dest.refresh()
+        clock = self.clock
+        path = request.target.split(b"?", 1)[0].decode("latin-1")
+        route = dest.policy.match(request.method.decode("latin-1"), path)
+        stats = self.metrics.logical(self.direction, dest.authority, route.name)
+        stats.requests += 1
+        concrete = dest
+        if dest.policy.dst_overrides:
+            picked = dest.policy.pick_authority(self.rng)
+            if picked is not None:
+                try:
+                    auth = normalize_authority(picked)
+                except ValueError:
+                    auth = dest.authority
+                if auth != dest.authority:
+                    concrete = self.destination(auth)
+        start = clock()
+        timeout = route_timeout(route)
+        try:
+            if timeout is None:
+                response = await self._attempts(dest, concrete, route, request, upstream)
+            else:
+                try:
+                    async with asyncio.timeout(timeout) as scope:
+                        response = await self._attempts(dest, concrete, route, request, upstream)
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    raise ProxyError(504, TIMEOUT_REASON) from None
+        except ProxyError as exc:
+            response = exc.response()
+        failed = route.is_failure(response.status)
+        stats.response(response.status, "failure" if failed else "success", (clock() - start) * 1000)
+        return response
+
+    async def _attempts(self, dest: Destination, concrete: Destination, route, request: Request,
+                        upstream) -> Response:
+        clock = self.clock
+        replay: bytes | None = None
+        if route.is_retryable and request.upgrade is None:
+            body = request.body
+            if body.done or body.complete and body.length == 0:
+                replay = b""
+            elif body.length is not None and body.length <= MAX_RETRY_BODY:
+                replay = await body.read_all(MAX_RETRY_BODY)
+        budget = dest.budget
+        budget.deposit(clock())
+        actual = self.metrics.actual(self.direction, concrete.authority, route.name)
+        while True:
+            req = request if replay is None else request.replace(body=Body.of(replay))
+            endpoint, proxy_endpoint = await self._acquire(concrete)
+            actual.requests += 1
+            sent = clock()
+            try:
+                response = await upstream.send(req, proxy_endpoint)
+            except ProxyError as exc:
+                now = clock()
+                concrete.balancer.release(endpoint, now, rtt=None, failed=True)
+                _wake(concrete)
+                actual.response(exc.status, "failure", (now - sent) * 1000)
+                if replay is not None and budget.try_withdraw(now):
+                    continue
+                raise
+            except BaseException:
+                # Cancelled (the route timeout) or broken: what we waited is a
+                # lower bound of this endpoint's latency, and the peak-EWMA
+                # must hear it or a hung endpoint would keep looking fast.
+                now = clock()
+                concrete.balancer.release(endpoint, now, rtt=now - sent, failed=False)
+                _wake(concrete)
+                raise
+            now = clock()
+            failed = route.is_failure(response.status)
+            concrete.balancer.release(endpoint, now, rtt=now - sent, failed=failed)
+            _wake(concrete)
+            actual.response(response.status, "failure" if failed else "success", (now - sent) * 1000)
+            if failed and replay is not None and budget.try_withdraw(now):
+                await _discard(response)
+                continue
+            return response
+
+    async def _acquire(self, dest: Destination) -> tuple:
+        """An endpoint of *dest*; waits (bounded queue, fail-fast timeout) when none is available."""
+        dest.refresh()
+        clock = self.clock
+        dest.watch.last_used = time.monotonic()
+        endpoint = dest.balancer.acquire(clock())
+        if endpoint is not None:
+            return endpoint, dest.endpoints[endpoint.address]
+        if dest.waiting >= self.buffer_capacity:
+            raise ProxyError(503, f"too many requests waiting for endpoints of {dest.authority}")
+        dest.waiting += 1
+        try:
+            deadline = clock() + self.failfast_timeout
+            while True:
+                now = clock()
+                if now >= deadline:
+                    raise ProxyError(503, f"no endpoints available for {dest.authority}")
+                wake = dest.balancer.wake_at(now)  # a set-aside endpoint's probe time
+                wait = deadline - now if wake is None else min(deadline - now, max(0.001, wake - now))
+                changed = asyncio.ensure_future(dest.watch.wait_changed(dest.generation, wait))
+                released = asyncio.ensure_future(dest.released.wait())
+                try:
+                    await asyncio.wait((changed, released), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                    released.cancel()
+                dest.refresh()
+                endpoint = dest.balancer.acquire(clock())
+                if endpoint is not None:
+                    return endpoint, dest.endpoints[endpoint.address]
+        finally:
+            dest.waiting -= 1
+
+
+def _wake(dest: Destination) -> None:
+    """Tell requests queued on *dest* that an endpoint may be free again."""
+    if dest.waiting:
+        released, dest.released = dest.released, asyncio.Event()
+        released.set()
+
+
+async def _discard(response: Response) -> None:
+    """Read and drop a failed response's body so its connection can be reused."""
+    body = response.body
+    while await body.read():
+        pass

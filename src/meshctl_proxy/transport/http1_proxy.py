@@ -1,0 +1,835 @@
+"""HTTP/1.1 on sockets: the client-facing server connection and the pooled upstream client.
+
+The framing rules live in :mod:`meshctl_proxy.wire.http1` (sans-IO); this module
+moves bytes between transports and :class:`~meshctl_proxy.body.Body`
+streams.  asyncio Protocols rather than streams: the per-request path is a
+parser callback, a dict lookup and a write, with one coroutine per connection
+(profiling showed StreamReader/StreamWriter costing about a third of the
+request time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from meshctl_proxy.wire import http1
+from meshctl_proxy.body import EMPTY, Body, BodyError
+from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
+from meshctl_proxy.telemetry.metrics import TcpStats
+from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
+from meshctl_proxy.transport.outbox import outbox
+from meshctl_proxy.policy.router import DirectRouter, EndpointPool, http_series, select_is_pure
+from meshctl_proxy.transport.tcp import PipeEnd, splice
+
+log = logging.getLogger("meshctl_proxy.wire.http1")
+
+# Pipelined requests waiting behind the one in flight before we stop reading.
+MAX_PIPELINED = 16
+
+
+class UpstreamClosed(ProxyError):
+    """The upstream closed before answering; safe to retry on a fresh connection when the body is replayable."""
+
+    def __init__(self, reason: str, *, before_response: bool) -> None:
+        super().__init__(502, reason)
+        self.before_response = before_response
+
+
+class Upgraded:
+    """An upstream connection that switched protocols (101): the tunnel's far end."""
+
+    __slots__ = ("transport", "tail", "protocol_name", "stats")
+
+    def __init__(self, transport, tail: bytes, protocol_name: bytes, stats: TcpStats) -> None:
+        self.stats = stats
+        self.transport = transport
+        self.tail = tail
+        self.protocol_name = protocol_name
+
+
+class _HeldWrites(asyncio.Protocol):
+    """Both ends write through the loop's outbox (meshctl_proxy.transport.outbox): a pass's first write
+    goes at once, the rest at the end of the pass.
+
+    Every close, abort and hand-over flushes first, so nothing written before
+    it goes after it.  ``connection_made`` sets ``_outbox``.
+    """
+
+    def _write(self, data: bytes) -> None:
+        self.stats.write_bytes += len(data)
+        self._outbox.write(self.transport, data)
+
+    def _close(self) -> None:
+        self._outbox.flush()
+        self.transport.close()
+
+    def _abort(self) -> None:
+        self._outbox.flush()
+        self.transport.abort()
+
+
+def _absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """RFC 9112 section 3.2.2: ``http://host/path`` -> (authority, path); the target wins over Host."""
+    low = target[:8].lower()
+    for prefix in (b"http://", b"https://"):
+        if low.startswith(prefix):
+            rest = target[len(prefix):]
+            slash = rest.find(b"/")
+            return (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+    return None
+
+
+class H1ServerConnection(_HeldWrites):
+    """A client's HTTP/1.x connection to the proxy."""
+
+    def __init__(self, runtime, ctx: ConnectionContext, stats: TcpStats) -> None:
+        self.rt = runtime
+        self.ctx = ctx
+        self.stats = stats
+        self.router = router = runtime.routers[ctx.direction]
+        self._pure_router = select_is_pure(router)
+        self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
+        self._endpoints: dict[str, Endpoint] = {}
+        # Asked of the router's own class: a wrapper that delegates attributes to an inner
+        # router (policy, authorization) must not be skipped by the inner one's answer.
+        self._direct = getattr(type(router), "direct", None)
+        self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
+        self._fast_retried = False
+        self._host_bytes: bytes | None = None  # the last request's Host, and as str
+        self._host = ""
+        self.upstream = runtime.upstreams[ctx.direction]
+        self.reader = http1.RequestReader()
+        self.transport = None
+        self.queue: list[tuple[Request, RequestHead]] = []
+        self.current_body: Body | None = None
+        self.upgrade_request: Request | None = None
+        self.tunnel_buf: list[bytes] | None = None  # client bytes after an Upgrade head, held until 101
+        self.broken: H1Error | None = None
+        self.tunnelled = False
+        self.closed = False
+        self.draining = False
+        self.busy = False
+        self.responding = False
+        self.write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+        self._wakeup: asyncio.Future | None = None
+        self.task: asyncio.Task | None = None
+        self.stream_task: asyncio.Task | None = None
+        self._http_stats = None
+        self._http_key = None
+        self._http_endpoint: Endpoint | None = None
+        self._outbound = ctx.direction == OUTBOUND
+
+    # -- transport callbacks ---------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.rt.connections.add(self)
+        # One lookup per connection: on Python 3.11 get_running_loop() is a getpid() syscall.
+        self.loop = loop = asyncio.get_running_loop()
+        self._outbox = outbox(loop)
+        self.task = loop.create_task(self._serve())
+
+    def feed_initial(self, data: bytes) -> None:
+        """The bytes protocol detection read (and counted) before handing over."""
+        if data:
+            self.stats.read_bytes -= len(data)
+            self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.read_bytes += len(data)
+        if self.tunnel_buf is not None:
+            self.tunnel_buf.append(data)
+            return
+        if self.broken is not None:
+            return
+        try:
+            events = self.reader.feed(data)
+        except H1Error as exc:
+            self._refuse(exc)
+            return
+        self._on_events(events)
+
+    def _on_events(self, events: list) -> None:
+        for ev in events:
+            t = type(ev)
+            if t is bytes:
+                self.current_body.feed(ev)
+            elif t is End:
+                if self.current_body is not None:
+                    self.current_body.finish(ev.trailers)
+                    self.current_body = None
+            elif t is RequestHead:
+                self._on_head(ev)
+            elif t is Upgrade:
+                self.tunnel_buf = [ev.tail] if ev.tail else []
+                return
+
+    def _on_head(self, head: RequestHead) -> None:
+        target = head.target
+        authority = head.host
+        # Origin form ("/path") is the common case; only otherwise look for absolute form.
+        absolute = None if target[:1] == b"/" else _absolute_form(target)
+        if absolute is not None:
+            authority, target = absolute
+        if head.chunked or head.content_length:
+            t = self.transport
+            body = Body(head.content_length, pause=t.pause_reading, resume=t.resume_reading)
+            self.current_body = body
+        else:
+            body = EMPTY
+            self.current_body = None
+        headers = head.headers
+        if absolute is not None:
+            headers = [(k, authority if k.lower() == b"host" else v) for k, v in headers]
+            if head.host is None:
+                headers.append((b"host", authority))
+        if authority != self._host_bytes:  # the same Host as the last request: reuse its str
+            self._host_bytes = authority
+            self._host = (authority or b"").decode("latin-1")
+        request = Request(head.method, target, self._host, headers, body, b"http", "http/1", self.ctx, None,
+                          head.upgrade)
+        if head.expect_continue:
+            request.interim = self._interim
+        if head.upgrade is not None:
+            self.upgrade_request = request
+        elif (body is EMPTY and not self.busy and not self.queue and not head.expect_continue
+              and not self.draining and self._try_fast(request, head)):
+            return
+        self.queue.append((request, head))
+        if len(self.queue) > MAX_PIPELINED:
+            self.transport.pause_reading()
+        if not self.busy:
+            self._wake()
+
+    def _refuse(self, exc: H1Error) -> None:
+        """A request we will not forward: 400/431/501/505, then close (RFC 9112 section 9.6)."""
+        self.broken = exc
+        if self.current_body is not None:
+            self.current_body.abort(BodyError(exc.reason))
+            self.current_body = None
+        if not self.busy and not self.queue:
+            self._write(http1.error_response(exc.status, exc.reason))
+            self._close()
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        if self.tunnel_buf is not None:
+            return True
+        if self.current_body is not None:
+            self.current_body.abort(BodyError("client closed mid-body"))
+        # Let the in-flight response finish (the client may have half-closed), then close.
+        self.draining = True
+        if not self.busy and not self.queue:
+            self._close()
+        return True
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.stats.closed += 1
+        self.rt.connections.discard(self)
+        if self.current_body is not None:
+            self.current_body.abort(BodyError("client disconnected"))
+        for request, _head in self.queue:
+            request.body.abort(BodyError("client disconnected"))
+        for task in (self.task, self.stream_task):
+            if task is not None and not task.done():
+                task.cancel()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionResetError("client disconnected"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    async def _drain(self) -> None:
+        if self.write_paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    def _interim(self, status: int, headers) -> None:
+        """Relay 100 Continue (RFC 9110 section 15.2) while the final response is pending."""
+        if not self.responding and not self.closed:
+            self._write(http1.response_head(status, b"", headers))
+
+    def drain(self) -> None:
+        """Graceful shutdown: finish the response in flight, then close."""
+        self.draining = True
+        if not self.busy and not self.queue and self.transport is not None:
+            self._close()
+
+    # -- the request loop -----------------------------------------------------------
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self.queue or self.busy:
+                    if not self.busy and (self.broken is not None or self.draining or self.closed):
+                        break
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
+                    self._wakeup = None
+                    continue
+                request, head = self.queue.pop(0)
+                if len(self.queue) == MAX_PIPELINED:
+                    self.transport.resume_reading()
+                self.busy = True
+                keep = await self._exchange(loop, request, head)
+                self.busy = False
+                if not keep:
+                    break
+            if not self.closed and not self.tunnelled:
+                if self.broken is not None and not self.responding:
+                    self._write(http1.error_response(self.broken.status, self.broken.reason))
+                self._close()
+        except asyncio.CancelledError:
+            pass
+        except ConnectionError:
+            if self.transport is not None:
+                self._abort()
+
+    def _http_stats_for(self, authority: str, endpoint: Endpoint | None = None):
+        """The series this request counts in (routing.http_series), remembered while it repeats."""
+        if authority != self._http_key or endpoint is not self._http_endpoint or self._http_stats is None:
+            self._http_stats = http_series(self.rt.metrics, self.ctx, authority, self.upstream.connector, endpoint)
+            self._http_key = authority
+            self._http_endpoint = endpoint
+        return self._http_stats
+
+    async def _exchange(self, loop, request: Request, head: RequestHead) -> bool:
+        # Outbound series are labelled by the endpoint's hop, known once dispatch() has answered.
+        stats = None if self._outbound else self._http_stats_for(request.authority)
+        if stats is not None:
+            stats.requests += 1
+        start = loop.time()
+        self.responding = False
+        try:
+            response = await self.router.dispatch(request, self.upstream)
+        except ProxyError as exc:
+            response = exc.response()
+        except BodyError:
+            if self.broken is not None:
+                if stats is None:
+                    stats = self._http_stats_for(request.authority)
+                    stats.requests += 1
+                stats.response(self.broken.status, "failure", (loop.time() - start) * 1000)
+                self._write(http1.error_response(self.broken.status, self.broken.reason))
+                self.responding = True
+                return False
+            response = ProxyError(502, "request body failed").response()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an unexpected upstream failure: answer, log, go on
+            log.exception("dispatch failed")
+            response = ProxyError(502, f"proxy error: {type(exc).__name__}").response()
+        latency_ms = (loop.time() - start) * 1000
+        status = response.status
+        self.responding = True
+        if stats is None:
+            stats = self._http_stats_for(request.authority, response.endpoint)
+            stats.requests += 1
+
+        if status == 101 and response.upgraded is not None:
+            stats.response(101, "success", latency_ms)
+            self._start_tunnel(response)
+            return False
+        if head.upgrade is not None:
+            self.upgrade_request = None
+
+        keep = self._respond_now(request, head, response, stats, latency_ms)
+        if keep is None:
+            keep = await self._respond_streaming(request, head, response, stats, latency_ms)
+        return self._after_response(request, keep)
+
+    def _framing(self, head: RequestHead, response: Response) -> tuple[bool, bool, bool]:
+        """(keep-alive, no body, chunked) for this response to this client."""
+        keep = head.keep_alive and head.version == b"1.1" and not self.draining and self.broken is None
+        status = response.status
+        no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
+        chunked = False
+        if not no_body and response.body.length is None:
+            if head.version == b"1.1":
+                chunked = True
+            else:
+                keep = False  # HTTP/1.0 client: the body ends when we close
+        return keep, no_body, chunked
+
+    def _respond_now(self, request: Request, head: RequestHead, response: Response, stats,
+                     latency_ms: float) -> bool | None:
+        """Write the whole response in one write when its body is already here; None when it must stream.
+
+        One write per response matters: each write is a syscall, the largest single
+        cost per request on loopback.
+        """
+        keep, no_body, chunked = self._framing(head, response)
+        body = response.body
+        out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
+                                  close=not keep)
+        if not no_body:
+            if not body.complete:
+                return None
+            data = body.read_nowait()
+            if data:
+                out += http1.chunk(data) if chunked else data
+            if chunked:
+                out += http1.last_chunk(body.trailers)
+        self._write(out)
+        stats.record(response, latency_ms)
+        return keep
+
+    async def _respond_streaming(self, request: Request, head: RequestHead, response: Response, stats,
+                                 latency_ms: float) -> bool:
+        keep, no_body, chunked = self._framing(head, response)
+        body = response.body
+        try:
+            out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
+                                      close=not keep)
+            while True:
+                data = body.read_nowait()
+                if data is None:
+                    if out:
+                        self._write(out)
+                        out = b""
+                    if self.write_paused:
+                        await self._drain()
+                    data = await body.read()
+                if not data:
+                    break
+                out += http1.chunk(data) if chunked else data
+                if len(out) >= 65536:
+                    self._write(out)
+                    out = b""
+                    if self.write_paused:
+                        await self._drain()
+            if chunked:
+                out += http1.last_chunk(body.trailers)
+            if out:
+                self._write(out)
+        except BodyError:
+            # The upstream failed mid-body: HTTP/1 can only say so by cutting the connection.
+            stats.response(response.status, "failure", latency_ms)
+            self._abort()
+            return False
+        stats.record(response, latency_ms)
+        return keep
+
+    def _after_response(self, request: Request, keep: bool) -> bool:
+        if not request.body.complete:
+            keep = False  # the next request's start is unknown until this body ends
+        if self.tunnel_buf is not None:  # the upgrade was refused: the tail is ordinary HTTP
+            tail, self.tunnel_buf = b"".join(self.tunnel_buf), None
+            try:
+                self._on_events(self.reader.after_upgrade_refused(tail))
+            except H1Error as exc:
+                self._refuse(exc)
+                return False
+        return keep
+
+    # -- the fast path: no task switch for a bodiless request on a pooled connection --------------
+    def _try_fast(self, request: Request, head: RequestHead) -> bool:
+        """Send *request* from inside data_received and answer from the upstream's data_received.
+
+        Taken when the router says the request needs nothing of dispatch() but
+        select() and observe() (``router.direct(request)``, asked of the router's
+        own class) and the request has no body.  It saves two event-loop passes
+        and a coroutine per request (docs/performance.md).  Once direct() has
+        said yes, the exchange stays here: a stale pooled connection is retried
+        once on a fresh one (a bodiless request may be, RFC 9112 section 9.3.1),
+        a connect failure is answered with its 502/504.
+        """
+        router = self.router
+        direct = self._direct
+        if direct is None or not direct(router, request):
+            return False
+        self.busy = True
+        self.responding = False
+        loop = self.loop
+        start = loop.time()
+        endpoint = self._endpoints.get(request.authority) if self._pure_router else None
+        if endpoint is None:
+            try:
+                endpoint = router.select(router.target(request))
+            except ProxyError as exc:
+                stats = self._http_stats_for(request.authority)
+                stats.requests += 1
+                self._fast_answer(request, head, exc.response(), stats, loop.time() - start)
+                return True
+            if self._pure_router and len(self._endpoints) < 64:
+                self._endpoints[request.authority] = endpoint
+        stats = self._http_stats_for(request.authority, endpoint)
+        stats.requests += 1
+        # One fast exchange at a time per client connection (busy): its state lives here.
+        self._fast = (request, head, stats, start, endpoint)
+        self._fast_retried = False
+        conn = self.upstream.h1.take_idle(endpoint)
+        if conn is None:
+            self.stream_task = loop.create_task(self._fast_connect())
+        else:
+            conn.start_exchange(request, self._fast_done)
+        return True
+
+    def _fast_done(self, response: Response | None, exc: BaseException | None) -> None:
+        """The upstream's answer (or failure) to the fast exchange in flight."""
+        request, head, stats, start, endpoint = self._fast
+        latency = self.loop.time() - start
+        if self.closed:
+            return
+        if exc is not None:
+            if isinstance(exc, UpstreamClosed) and exc.before_response and not self._fast_retried:
+                self._fast_retried = True  # the pooled connection had been closed by the server
+                self.stream_task = self.loop.create_task(self._fast_connect())
+                return
+            response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
+        if self._observing:
+            self.router.observe(endpoint, Outcome(response.status if response.error is None else None, latency,
+                                                  response.error))
+        self._fast_answer(request, head, response, stats, latency)
+
+    async def _fast_connect(self) -> None:
+        request, _head, _stats, _start, endpoint = self._fast
+        try:
+            conn = await self.upstream.h1.connect(endpoint, request.authority)
+        except ProxyError as exc:
+            self._fast_done(None, exc)
+            return
+        if self.closed:
+            conn.transport.close()
+            return
+        conn.start_exchange(request, self._fast_done)
+
+    def _fast_answer(self, request: Request, head: RequestHead, response: Response, stats, latency: float) -> None:
+        self.responding = True
+        keep = self._respond_now(request, head, response, stats, latency * 1000)
+        if keep is None:
+            self.stream_task = self.loop.create_task(
+                self._finish_streaming(request, head, response, stats, latency * 1000))
+            return
+        self._fast_finished(self._after_response(request, keep))
+
+    async def _finish_streaming(self, request, head, response, stats, latency_ms) -> None:
+        try:
+            keep = await self._respond_streaming(request, head, response, stats, latency_ms)
+        except ConnectionError:
+            keep = False
+        self._fast_finished(self._after_response(request, keep))
+
+    def _fast_finished(self, keep: bool) -> None:
+        self.busy = False
+        if self.closed:
+            return
+        if not keep:
+            self._close()
+        elif self.queue:
+            self._wake()
+        elif self.draining:
+            self._close()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _start_tunnel(self, response: Response) -> None:
+        """101 Switching Protocols: from now on both connections are an opaque pipe."""
+        upgraded: Upgraded = response.upgraded
+        self.tunnelled = True
+        headers = response.headers + [(b"connection", b"upgrade"), (b"upgrade", upgraded.protocol_name)]
+        self._write(http1.response_head(101, response.reason, headers))
+        down = PipeEnd(self.stats)
+        up = PipeEnd(upgraded.stats)
+        self.rt.connections.discard(self)
+        pending = b"".join(self.tunnel_buf or [])
+        self.tunnel_buf = None
+        self._outbox.flush()  # the 101 goes before anything the tunnel writes
+        self.transport.set_protocol(down)
+        down.connection_made(self.transport)
+        upgraded.transport.set_protocol(up)
+        up.connection_made(upgraded.transport)
+        down.on_closed = lambda: setattr(self, "closed", True)
+        splice(down, up, to_up=pending, to_down=upgraded.tail)
+        upgraded.transport.resume_reading()
+        self.transport.resume_reading()
+
+
+class H1ClientConnection(_HeldWrites):
+    """One pooled upstream HTTP/1.1 connection; one exchange at a time."""
+
+    def __init__(self, pool: "H1Pool", endpoint: Endpoint, stats: TcpStats) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.stats = stats
+        self.transport = None
+        self.reader = http1.ResponseReader()
+        self.closed = False
+        self.tls = "no_identity"
+        self.request: Request | None = None
+        self.body: Body | None = None
+        self.response: Response | None = None
+        self.keep = False
+        self.close_delimited = False
+        self.request_done = True
+        self.response_done = True
+        self.write_paused = False
+        self._waiter: asyncio.Future | None = None
+        self._drain_waiter: asyncio.Future | None = None
+        self.body_task: asyncio.Task | None = None
+        self._callback = None  # fast path: called with the response instead of resolving a future
+        self.reused = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self._outbox = outbox(self.loop)
+        self._pause, self._resume = transport.pause_reading, transport.resume_reading  # each body's backpressure
+        if transport.get_extra_info("ssl_object") is not None:
+            self.tls = "true"
+        self.stats.opened += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.read_bytes += len(data)
+        try:
+            events = self.reader.feed(data)
+        except H1Error as exc:
+            self._fail(ProxyError(502, f"malformed upstream response: {exc.reason}"))
+            return
+        self._process(events)
+        if self._callback is not None and self.response is not None:
+            # After all events of this read: a small body is complete by now and goes out in one write.
+            self._fire(self.response, None)
+
+    def _process(self, events: list) -> None:
+        for ev in events:
+            t = type(ev)
+            if t is bytes:
+                self.body.feed(ev)
+            elif t is ResponseHead:
+                self._on_head(ev)
+            elif t is End:
+                self._on_end(ev)
+            elif t is Interim:
+                if self.request is not None and self.request.interim is not None:
+                    self.request.interim(ev.status, ev.headers)
+            elif t is Upgrade:
+                if self.response is not None and self.response.status == 101:
+                    self.transport.pause_reading()
+                    self.response.upgraded = Upgraded(self.transport, ev.tail,
+                                                      self.request.upgrade or b"", self.stats)
+                    self.pool.forget(self)
+
+    def _on_head(self, head: ResponseHead) -> None:
+        status = head.status
+        if status == 101 and (self.request is None or self.request.upgrade is None):
+            self._fail(ProxyError(502, "upstream switched protocols unasked"))
+            return
+        self.keep = head.keep_alive
+        if (head.content_length == 0 or status in (204, 304) or status == 101
+                or (self.request is not None and self.request.method == b"HEAD")):
+            body = EMPTY
+        else:
+            body = Body(head.content_length, pause=self._pause, resume=self._resume)
+            self.close_delimited = head.content_length is None and not head.chunked
+        self.body = body
+        self.response = Response(status, head.headers, body, head.reason, endpoint=self.endpoint)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self.response)
+
+    def _on_end(self, ev: End) -> None:
+        body = self.body
+        if body is not None and body is not EMPTY:
+            if body._paused:  # the consumer is behind: keep this connection out of the pool
+                self.keep = False
+            body.finish(ev.trailers)
+        self.response_done = True
+        if self.response is not None and self.response.status == 101:
+            return
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if not (self.response_done and self.request_done) or self.closed:
+            return
+        self.request = None
+        if self.keep and not self.reader.no_reuse:
+            self.pool.release(self)
+        else:
+            self._close()
+
+    def _fail(self, exc: ProxyError) -> None:
+        if self._callback is not None and self.response is None:
+            self._fire(None, exc)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self.body is not None and not self.response_done:
+            self.body.abort(BodyError(exc.reason))
+        self.keep = False
+        if self.transport is not None:
+            self._abort()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.stats.closed += 1
+        self.pool.forget(self)
+        if self._callback is not None and self.response is None:
+            self._fire(None, UpstreamClosed("upstream closed the connection before responding", before_response=True))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(UpstreamClosed("upstream closed the connection before responding",
+                                                before_response=True))
+        if self.body is not None and not self.response_done:
+            if self.close_delimited and exc is None:
+                self.body.finish()  # RFC 9112 section 6.3: the body ends when the server closes
+            else:
+                self.body.abort(BodyError("upstream closed mid-body"))
+            self.response_done = True
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionResetError("upstream closed"))
+        if self.body_task is not None and not self.body_task.done():
+            self.body_task.cancel()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def start_exchange(self, request: Request, callback) -> None:
+        """Send *request*; ``callback(response, None)`` once its head (and any body already read) is in,
+        or ``callback(None, exc)`` if it fails first.  Called from our data_received: no task."""
+        self._callback = callback
+        self._send_request(request, self.loop, None)
+
+    def _fire(self, response: Response | None, exc: BaseException | None) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            try:
+                callback(response, exc)
+            except Exception:
+                log.exception("fast-path response failed")
+
+    async def exchange(self, request: Request) -> Response:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        self._send_request(request, loop, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if self._waiter is waiter:  # still our exchange: its state on the wire is unknown
+                self.keep = False
+                self._abort()
+            raise
+        finally:
+            # The connection may already be back in the pool and carrying the
+            # next exchange (released on End, before this task resumed): its
+            # waiter is not ours to clear.
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def _send_request(self, request: Request, loop, waiter) -> None:
+        self.request = request
+        self.response = None
+        self.body = None
+        self.close_delimited = False
+        self.response_done = False
+        self.reader.expect(request.method)
+        body = request.body
+        chunked = body is not EMPTY and body.length is None
+        headers = request.headers
+        if request.upgrade is not None:
+            headers = headers + [(b"connection", b"upgrade"), (b"upgrade", request.upgrade)]
+        out = http1.request_head(request.method, request.target, headers, chunked=chunked)
+        if body is EMPTY:
+            self.request_done = True
+            self._write(out)
+        else:
+            self.request_done = False
+            data = body.read_nowait()
+            if data is not None and body.done:  # the whole body is here: one write, no task
+                if chunked:
+                    out += (http1.chunk(data) if data else b"") + http1.last_chunk(body.trailers)
+                else:
+                    out += data
+                self._write(out)
+                self.request_done = True
+            else:
+                if data:
+                    out += http1.chunk(data) if chunked else data
+                self._write(out)
+                self.body_task = loop.create_task(self._send_body(body, chunked))
+
+    async def _send_body(self, body: Body, chunked: bool) -> None:
+        try:
+            while True:
+                data = await body.read()
+                if not data:
+                    break
+                self._write(http1.chunk(data) if chunked else data)
+                if self.write_paused:
+                    self._drain_waiter = asyncio.get_running_loop().create_future()
+                    await self._drain_waiter
+            if chunked:
+                self._write(http1.last_chunk(body.trailers))
+            self.request_done = True
+            self._maybe_release()
+        except BodyError as exc:
+            # The client's body failed: the upstream request cannot be completed.
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            if self.body is not None and not self.response_done:
+                self.body.abort(BodyError("request body failed"))
+            self.keep = False
+            self._abort()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+
+
+class H1Pool(EndpointPool):
+    """Idle upstream HTTP/1.1 connections per endpoint (keep-alive reuse): ``conns`` holds the idle ones."""
+
+    # Per endpoint.  Enough for a busy sidecar's fan-out; more are closed on release.
+    MAX_IDLE = 128
+
+    def release(self, conn: H1ClientConnection) -> None:
+        idle = self.conns.get(conn.endpoint)
+        if idle is None:
+            idle = self.conns[conn.endpoint] = []
+        elif len(idle) >= self.MAX_IDLE:
+            conn.transport.close()
+            return
+        conn.reused = True
+        idle.append(conn)
+        self.park(conn, conn.loop.time())
+
+    def take_idle(self, endpoint: Endpoint) -> H1ClientConnection | None:
+        idle = self.conns.get(endpoint)
+        while idle:
+            conn = idle.pop()
+            self.unpark(conn)
+            if not conn.closed:
+                return conn
+        return None
+
+    async def connect(self, endpoint: Endpoint, authority: str | None) -> H1ClientConnection:
+        return await self.dial(endpoint, authority, H1ClientConnection, alpn=["http/1.1"])
+
+    async def send(self, request: Request, endpoint: Endpoint) -> Response:
+        while (conn := self.take_idle(endpoint)) is not None:
+            try:
+                return await conn.exchange(request)
+            except UpstreamClosed as exc:
+                # A kept-alive connection the server closed as we reused it (RFC 9112
+                # section 9.3.1 allows retrying when nothing was sent back and the request
+                # can be replayed).
+                if not (exc.before_response and request.body is EMPTY):
+                    raise
+        conn = await self.connect(endpoint, request.authority)
+        return await conn.exchange(request)
