@@ -258,18 +258,3 @@ def test_marks_are_coloured_on_a_terminal_only(args):
     assert "\x1b[" not in plain.replace("\x1b[K", "") and ("×" in plain or "√" in plain)
     piped = run_cli(*args, env={"NO_COLOR": ""})
     assert "\x1b" not in piped.stdout + piped.stderr
-
-
-def test_tables_are_never_truncated():
-    from types import SimpleNamespace
-
-    from meshctl.cli.demo import render_tables
-
-    identity = "a-very-long-service-account-name-for-a-workload.a-long-namespace.serviceaccount.identity.meshctl.cluster.local"
-    edge = SimpleNamespace(src="a-very-long-deployment-name-that-goes-on-and-on", dst="x" * 120 + ":8080",
-                           requests=12.0, client_id=identity, server_id=identity, secured=True)
-    short = render_tables([], [], [edge])
-    assert "x" * 120 + ":8080" in short and "…" not in short
-    assert "a-very-long-service-account-name-for-a-workload.a-long-namespace " in short  # sa.ns, as linkerd prints it
-    wide = render_tables([], [], [edge], wide=True)
-    assert identity in wide

@@ -59,6 +59,9 @@ class Endpoint:
     host: str
     port: int
     identity: str | None = None
+    # The destination service's labels for it (pod, namespace, owner...): outbound metrics carry
+    # them as dst_<name>, as Linkerd's do.  Not part of the endpoint's identity for pools.
+    labels: tuple[tuple[str, str], ...] = dataclasses.field(default=(), compare=False)
     # Endpoints key the connection pools and balancers, looked up twice per request:
     # hashing once here instead of per lookup saves a tuple and a Python call each time.
     _hash: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
@@ -112,8 +115,7 @@ class Request:
     # HTTP/1 only: relays 1xx interim responses (100 Continue) to the client.
     interim: Callable[[int, Headers], None] | None = None
     upgrade: bytes | None = None  # HTTP/1 Upgrade header when the client asked to switch protocols
-    # The connection's raw tail after an Upgrade request head, fed once 101 arrives (see http1_proxy).
-    tunnel: object | None = None
+    route: str | None = None  # the ServiceProfile route it matched (set by the traffic router), for the hook
 
     def header(self, name: bytes) -> bytes | None:
         return find_header(self.headers, name)
@@ -167,3 +169,7 @@ class ProxyError(Exception):
         return Response(self.status, [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode()),
                                       (ERROR_HEADER, self.reason.encode())],
                         Body.of(text), error=self.reason)
+
+
+class RequestRefused(ProxyError):
+    """A request refused before it was sent (by a per-request observer or policy): no endpoint's fault, never retried."""

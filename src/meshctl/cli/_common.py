@@ -204,28 +204,6 @@ def report(line: str) -> None:
     sys.stderr.flush()
 
 
-def render_table(columns: list[str], rows: list[list[str]], *, right: frozenset[str] | set[str] = frozenset()) -> str:
-    """A kubectl-style table: columns padded to their widest cell, three spaces apart.
-
-    Never truncated: a row wider than the terminal wraps, as kubectl's and
-    linkerd's do, rather than losing the end of a name or an identity.
-    """
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
-    lines = []
-    for cells in [columns, *rows]:
-        padded = [cell.rjust(w) if col in right else cell.ljust(w) for cell, w, col in zip(cells, widths, columns)]
-        lines.append("   ".join(padded).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-def short_identity(identity: str | None) -> str:
-    """``sa.ns`` from ``sa.ns.serviceaccount.identity.<mesh>.<domain>``, as `linkerd viz edges` prints it."""
-    if not identity:
-        return "-"
-    head, sep, _ = identity.partition(".serviceaccount.identity.")
-    return head if sep else identity
-
-
 def dump(data, fmt: str) -> str:
     """``data`` as JSON or YAML text (what every ``-o json|yaml`` prints)."""
     import json

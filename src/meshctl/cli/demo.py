@@ -7,47 +7,22 @@
 
 from __future__ import annotations
 
+
 import typer
 
 from meshctl.cli import _common
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.2f}%"
+def render_tables(stats, routes, edges) -> None:
+    """The one-shot demo's summary: the tables ``meshctl viz`` prints, from the same rows and renderers."""
+    from meshctl.viz import tables
 
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}ms" if value >= 10 else f"{value:.1f}ms"
-
-
-def render_tables(stats, routes, edges, *, wide: bool = False) -> str:
-    """The demo's three tables as `linkerd viz stat|routes|edges` print them; never truncated.
-
-    Identities print short (``sa.ns``) unless ``wide``, as `linkerd viz edges -o wide` does.
-    """
-    import sys
-
-    ident = (lambda i: i or "-") if wide else _common.short_identity
-    out = ["meshctl viz stat -n shop deploy", _common.render_table(
-        ["NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TLS"],
-        [[s.name, "1/1", _pct(s.success_rate), f"{s.rps:.1f}rps", _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
-          _pct(s.meshed_share)] for s in stats],
-        right={"MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TLS"})]
-    rows = []
-    for s in routes:
-        route, _, dst = s.name.rpartition(" [")
-        actual_rps = (s.actual_requests or 0) / s.seconds if s.seconds > 0 else 0
-        rows.append([route, dst.rstrip("]"), _pct(s.success_rate), f"{s.rps:.1f}rps", _pct(s.actual_success_rate),
-                     f"{actual_rps:.1f}rps", _ms(s.p50_ms), _ms(s.p99_ms)])
-    out += ["meshctl viz routes deploy/product-gateway-api (outbound)", _common.render_table(
-        ["ROUTE", "SERVICE", "EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS", "ACTUAL_RPS", "LATENCY_P50",
-         "LATENCY_P99"], rows,
-        right={"EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS", "ACTUAL_RPS", "LATENCY_P50", "LATENCY_P99"})]
-    out += ["meshctl viz edges -n shop deploy", _common.render_table(
-        ["SRC", "DST", "REQUESTS", "CLIENT_ID", "SERVER_ID", "SECURED"],
-        [[e.src, e.dst, str(round(e.requests)), ident(e.client_id), ident(e.server_id),
-          _common.colorize_marks("√" if e.secured else "×", sys.stdout)] for e in edges])]
-    return "\n".join(out)
+    print("$ meshctl viz stat -n shop deploy")
+    print(tables.stat_table(stats))
+    print("$ meshctl viz routes deploy/product-gateway-api --to svc/price-api-svc -o wide")
+    print(tables.routes_table(routes, wide=True))
+    print("$ meshctl viz edges -n shop deploy -o wide")
+    print(tables.edges_table(edges, wide=True), end="")
 
 
 DirOption = typer.Option(None, "--dir", envvar="MESHCTL_DEMO_DIR",
@@ -165,7 +140,7 @@ def register(app: typer.Typer) -> None:
         rps: float = typer.Option(None, "--rps", help="At most this many requests per second, in total."),
         max_time: str = typer.Option("5m", "--max-time", help="Stop after this long whatever is left (Go duration)."),
         dir: str = DirOption,
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml."),
+        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml (wide is table)."),
     ) -> None:
         """Send ab's load to the gateway (ab -n 1000 -c 10 http://GATEWAY/api/products/1) and print ab's summary."""
         import sys
@@ -265,7 +240,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Change a sample app's failure rate or latency while it runs (the demo's knob)."""
         from meshctl.demo import live
-        from meshctl.errors import InputError, UsageError
+        from meshctl.errors import UsageError
         from meshctl_proxy.config import parse_duration
 
         if failure_rate is None and latency is None:
@@ -295,8 +270,7 @@ def register(app: typer.Typer) -> None:
         price_latency_ms: float = typer.Option(0.0, "--price-latency-ms", help="Extra latency of price-api."),
         address_prefix: str = typer.Option("127.0.10", "--address-prefix", help="Loopback /24 the demo's pods use."),
         workdir: str = typer.Option(None, "--dir", help="Keep certificates, registry and logs here (default: a temporary directory, removed)."),
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o",
-                                                   help="table, wide (whole identities), json or yaml."),
+        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml (wide is table)."),
     ) -> None:
         """One shot: mesh the three APIs, send traffic, show success rate, RPS and latency, stop everything."""
         _run_once(ctx, duration=duration, rps=rps, price_failure_rate=price_failure_rate,
@@ -327,11 +301,12 @@ def _progress_bar(total: int):
 
 def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, address_prefix, workdir, output) -> None:
     import tempfile
+    import time
     from pathlib import Path
 
     from meshctl import demo as core
-    from meshctl import viz
     from meshctl.errors import UsageError
+    from meshctl.viz import tables
     from meshctl_proxy.config import parse_duration
 
     try:
@@ -356,8 +331,8 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
     try:
         with core.DemoRun(plan, path, progress=lambda m: report(f"• {m}")) as run:
             report("√ the shop is meshed: mTLS between proxies, endpoints and ServiceProfiles from the destination service")
-            before = run.scrape()
-            report(f"• sending {rps:g} rps to product-gateway-api for {duration}")
+            run.wait_scraped()
+            report(f"• sending {rps:g} rps to product-gateway-api for {duration} (Prometheus at {run.prometheus_url})")
             # Progress every five seconds of traffic (every second with --verbose).
             every = max(1, int(rps)) * (1 if verbose else 5)
 
@@ -365,21 +340,50 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
                 if done == total or (done - 1) % every == 0:
                     report(f"  {done}/{total} requests sent")
 
+            started = time.time()
             codes = run.drive(rps=rps, seconds=seconds, on_tick=tick)
-            after = run.scrape()
-        window = {name: after[name].minus(before[name]) for name in after}
-        stats = viz.workload_stats(window)
-        routes = viz.route_stats(window["product-gateway-api"])
-        edges = viz.edges(window, {w.name: w.identity for w in plan.workloads}, totals=after)
+            ended = time.time()
+            stats, routes, edges = _summary(run, started, ended)
         if output in (_common.TableFormat.json, _common.TableFormat.yaml):
-            data = {"ingress": {"statusCodes": codes}, "stat": [s.to_dict() for s in stats],
-                    "routes": [s.to_dict() for s in routes], "edges": [e.to_dict() for e in edges]}
+            data = {"ingress": {"statusCodes": codes}, "stat": tables.stat_json(stats),
+                    "routes": tables.routes_json(routes, wide=True), "edges": tables.edges_json(edges)}
             print(_common.dump(data, output.value), end="")
         else:
-            print(render_tables(stats, routes, edges, wide=output is _common.TableFormat.wide), end="")
+            render_tables(stats, routes, edges)
         report(f"ingress status codes: {', '.join(f'{k}: {v}' for k, v in sorted(codes.items()))}")
     finally:
         if tmp is not None:
             tmp.cleanup()
         else:
             report(f"certificates, registry and logs kept in {path}")
+
+
+def _summary(run, started: float, ended: float):
+    """The run's golden metrics from its Prometheus: the traffic's whole span, rates per second of traffic."""
+    import dataclasses
+    import time
+
+    from meshctl.viz import queries
+    from meshctl.viz.promclient import PrometheusClient
+    from meshctl.viz.resources import Resource
+
+    # Wait for the scrape after the last request, then query a range one scrape interval wider
+    # than the traffic on each side (the proxies' series appear with their first request).
+    interval = run.mesh.scrape_interval_s
+    time.sleep(interval + 0.5)
+    at = ended + interval
+    span = at - started + interval
+    from meshctl.demo import NAMESPACE as ns
+
+    identities = {(ns, w.pod): w.identity for w in run.plan.workloads}
+    with PrometheusClient(run.prometheus_url) as client:
+        stats = queries.stat(client, Resource("deployment", None, ns), window_s=span, at=at)
+        routes = queries.routes(client, Resource("deployment", "product-gateway-api", ns), window_s=span, at=at,
+                                to=Resource("service", "price-api-svc", ns))
+        edges = queries.edges(client, "deployment", namespace=ns, at=at,
+                              identity_of=lambda namespace, pod: identities.get((namespace, pod)))
+    # Rates per second of traffic, not of the wider range queried.
+    seconds = max(ended - started, 1e-3)
+    stats = [dataclasses.replace(r, window_s=seconds) for r in stats]
+    routes = [dataclasses.replace(r, window_s=seconds) for r in routes]
+    return stats, routes, edges

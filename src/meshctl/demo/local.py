@@ -36,9 +36,10 @@ from pathlib import Path
 from meshctl import demo as plan_mod
 from meshctl.demo import state
 from meshctl.errors import MeshctlError
+from meshctl_proxy.config import TAP_SVC_NAME
 
 RECORD = "processes.json"
-TAP_IDENTITY = f"tap.{plan_mod.MESH_NAMESPACE}-viz.serviceaccount.identity.{plan_mod.MESH_NAMESPACE}.{plan_mod.TRUST_DOMAIN}"
+TAP_IDENTITY = TAP_SVC_NAME  # the identity the proxies let tap (meshctl_proxy.config)
 READY_TIMEOUT = 60.0
 STOP_GRACE = 5.0
 # The demo is meant to stay up for days: its tokens and trust chain outlive any session.
@@ -161,6 +162,8 @@ class LocalDemo:
         self.started: list[Started] = []
         self.plan: plan_mod.Plan | None = None
         self.extra: dict = {}  # prometheus port, dashboard url, netns lab
+        # How often Prometheus scrapes the proxies; the one-shot demo asks for 1s (short runs).
+        self.scrape_interval_s = 2.0
 
     # --- the record ------------------------------------------------------------------
 
@@ -398,7 +401,8 @@ class LocalDemo:
         targets = [localprom.proxy_target(w.reachable.admin, namespace=plan_mod.NAMESPACE, pod=w.pod, kind="deployment",
                                           name=w.name) for w in plan.workloads]
         (self.dir / "prometheus").mkdir(exist_ok=True)
-        localprom.write_config(self.dir / "prometheus" / localprom.CONFIG_NAME, targets, scrape_interval="2s")
+        localprom.write_config(self.dir / "prometheus" / localprom.CONFIG_NAME, targets,
+                               scrape_interval=f"{self.scrape_interval_s:g}s")
         self.extra["prometheus_port"] = localprom._free_port("127.0.0.1")
         url = f"http://127.0.0.1:{self.extra['prometheus_port']}"
         self.progress(f"starting Prometheus on {url}, scraping the {len(targets)} proxies")

@@ -17,9 +17,10 @@ from meshctl_proxy.wire import http1
 from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.telemetry.metrics import TcpStats
-from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
+from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.transport.outbox import outbox
-from meshctl_proxy.policy.router import DirectRouter, EndpointPool, http_series, select_is_pure
+from meshctl_proxy.policy.router import EndpointPool
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 
 log = logging.getLogger("meshctl_proxy.wire.http1")
@@ -87,23 +88,17 @@ class H1ServerConnection(_HeldWrites):
         self.rt = runtime
         self.ctx = ctx
         self.stats = stats
-        self.router = router = runtime.routers[ctx.direction]
-        self._pure_router = select_is_pure(router)
-        self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
-        self._endpoints: dict[str, Endpoint] = {}
-        # Asked of the router's own class: a wrapper that delegates attributes to an inner
-        # router (policy, authorization) must not be skipped by the inner one's answer.
-        self._direct = getattr(type(router), "direct", None)
+        self.path = path = RequestPath(runtime, ctx)
+        self._watched = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
         self._fast_retried = False
         self._host_bytes: bytes | None = None  # the last request's Host, and as str
         self._host = ""
-        self.upstream = runtime.upstreams[ctx.direction]
+        self.upstream = path.upstream
         self.reader = http1.RequestReader()
         self.transport = None
         self.queue: list[tuple[Request, RequestHead]] = []
         self.current_body: Body | None = None
-        self.upgrade_request: Request | None = None
         self.tunnel_buf: list[bytes] | None = None  # client bytes after an Upgrade head, held until 101
         self.broken: H1Error | None = None
         self.tunnelled = False
@@ -116,10 +111,6 @@ class H1ServerConnection(_HeldWrites):
         self._wakeup: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
         self.stream_task: asyncio.Task | None = None
-        self._http_stats = None
-        self._http_key = None
-        self._http_endpoint: Endpoint | None = None
-        self._outbound = ctx.direction == OUTBOUND
 
     # -- transport callbacks ---------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -191,10 +182,8 @@ class H1ServerConnection(_HeldWrites):
                           head.upgrade)
         if head.expect_continue:
             request.interim = self._interim
-        if head.upgrade is not None:
-            self.upgrade_request = request
-        elif (body is EMPTY and not self.busy and not self.queue and not head.expect_continue
-              and not self.draining and self._try_fast(request, head)):
+        if (body is EMPTY and head.upgrade is None and not self.busy and not self.queue and not head.expect_continue
+                and not self.draining and self._try_fast(request, head)):
             return
         self.queue.append((request, head))
         if len(self.queue) > MAX_PIPELINED:
@@ -239,6 +228,7 @@ class H1ServerConnection(_HeldWrites):
                 task.cancel()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionResetError("client disconnected"))
+        self._watch_end(None, error="client disconnected")
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -294,58 +284,51 @@ class H1ServerConnection(_HeldWrites):
             if self.transport is not None:
                 self._abort()
 
-    def _http_stats_for(self, authority: str, endpoint: Endpoint | None = None):
-        """The series this request counts in (routing.http_series), remembered while it repeats."""
-        if authority != self._http_key or endpoint is not self._http_endpoint or self._http_stats is None:
-            self._http_stats = http_series(self.rt.metrics, self.ctx, authority, self.upstream.connector, endpoint)
-            self._http_key = authority
-            self._http_endpoint = endpoint
-        return self._http_stats
-
     async def _exchange(self, loop, request: Request, head: RequestHead) -> bool:
-        # Outbound series are labelled by the endpoint's hop, known once dispatch() has answered.
-        stats = None if self._outbound else self._http_stats_for(request.authority)
-        if stats is not None:
-            stats.requests += 1
+        path = self.path
+        # Outbound series are labelled by the endpoint's hop, known once the exchange has answered.
+        stats = None if path.outbound else path.counted(request.authority)
         start = loop.time()
         self.responding = False
+        exchange = Exchange(path, request, start)
         try:
-            response = await self.router.dispatch(request, self.upstream)
-        except ProxyError as exc:
-            response = exc.response()
+            response = await exchange.run()
         except BodyError:
+            self._watched = exchange.watched
             if self.broken is not None:
                 if stats is None:
-                    stats = self._http_stats_for(request.authority)
-                    stats.requests += 1
+                    stats = path.counted(request.authority)
                 stats.response(self.broken.status, "failure", (loop.time() - start) * 1000)
                 self._write(http1.error_response(self.broken.status, self.broken.reason))
                 self.responding = True
+                self._watch_end(None, error=self.broken.reason, status=self.broken.status)
                 return False
             response = ProxyError(502, "request body failed").response()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug or an unexpected upstream failure: answer, log, go on
-            log.exception("dispatch failed")
-            response = ProxyError(502, f"proxy error: {type(exc).__name__}").response()
+        self._watched = exchange.watched
         latency_ms = (loop.time() - start) * 1000
         status = response.status
         self.responding = True
         if stats is None:
-            stats = self._http_stats_for(request.authority, response.endpoint)
-            stats.requests += 1
+            stats = path.counted(request.authority, response.endpoint)
 
         if status == 101 and response.upgraded is not None:
             stats.response(101, "success", latency_ms)
+            self._watch_end(response)
             self._start_tunnel(response)
             return False
-        if head.upgrade is not None:
-            self.upgrade_request = None
 
         keep = self._respond_now(request, head, response, stats, latency_ms)
         if keep is None:
             keep = await self._respond_streaming(request, head, response, stats, latency_ms)
         return self._after_response(request, keep)
+
+    def _watch_end(self, response: Response | None, *, error: str | None = None, status: int | None = None) -> None:
+        """The request in flight is over (answered, failed or abandoned): its watches end, once."""
+        watched = self._watched
+        if watched is None:
+            return
+        self._watched = None
+        end_watch(watched, self.loop.time(), response, error, status)
 
     def _framing(self, head: RequestHead, response: Response) -> tuple[bool, bool, bool]:
         """(keep-alive, no body, chunked) for this response to this client."""
@@ -381,12 +364,16 @@ class H1ServerConnection(_HeldWrites):
                 out += http1.last_chunk(body.trailers)
         self._write(out)
         stats.record(response, latency_ms)
+        if self._watched is not None:
+            self._watch_end(response)
         return keep
 
     async def _respond_streaming(self, request: Request, head: RequestHead, response: Response, stats,
                                  latency_ms: float) -> bool:
         keep, no_body, chunked = self._framing(head, response)
         body = response.body
+        if self._watched is not None:
+            self._watched.response(response.status, self.loop.time())
         try:
             out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
                                       close=not keep)
@@ -414,9 +401,11 @@ class H1ServerConnection(_HeldWrites):
         except BodyError:
             # The upstream failed mid-body: HTTP/1 can only say so by cutting the connection.
             stats.response(response.status, "failure", latency_ms)
+            self._watch_end(response, error="upstream failed mid-body")
             self._abort()
             return False
         stats.record(response, latency_ms)
+        self._watch_end(response)
         return keep
 
     def _after_response(self, request: Request, keep: bool) -> bool:
@@ -435,38 +424,32 @@ class H1ServerConnection(_HeldWrites):
     def _try_fast(self, request: Request, head: RequestHead) -> bool:
         """Send *request* from inside data_received and answer from the upstream's data_received.
 
-        Taken when the router says the request needs nothing of dispatch() but
-        select() and observe() (``router.direct(request)``, asked of the router's
-        own class) and the request has no body.  It saves two event-loop passes
-        and a coroutine per request (docs/performance.md).  Once direct() has
-        said yes, the exchange stays here: a stale pooled connection is retried
-        once on a fresh one (a bodiless request may be, RFC 9112 section 9.3.1),
-        a connect failure is answered with its 502/504.
+        Taken when the router's shortcut names the endpoint (the exchange's
+        shortcut, meshctl_proxy.transport.exchange) and the request has no
+        body.  It saves two event-loop passes and a coroutine per request
+        (docs/performance.md).  Once the shortcut is taken, the exchange stays
+        here: a stale pooled connection is retried once on a fresh one (a
+        bodiless request may be, RFC 9112 section 9.3.1), a connect failure is
+        answered with its 502/504.
         """
-        router = self.router
-        direct = self._direct
-        if direct is None or not direct(router, request):
+        path = self.path
+        endpoint = path.take_shortcut(request)
+        if endpoint is None:
             return False
         self.busy = True
         self.responding = False
         loop = self.loop
         start = loop.time()
-        endpoint = self._endpoints.get(request.authority) if self._pure_router else None
-        if endpoint is None:
-            try:
-                endpoint = router.select(router.target(request))
-            except ProxyError as exc:
-                stats = self._http_stats_for(request.authority)
-                stats.requests += 1
-                self._fast_answer(request, head, exc.response(), stats, loop.time() - start)
-                return True
-            if self._pure_router and len(self._endpoints) < 64:
-                self._endpoints[request.authority] = endpoint
-        stats = self._http_stats_for(request.authority, endpoint)
-        stats.requests += 1
+        stats = path.counted(request.authority, endpoint)
         # One fast exchange at a time per client connection (busy): its state lives here.
         self._fast = (request, head, stats, start, endpoint)
         self._fast_retried = False
+        if path.hooks.observers:
+            try:
+                self._watched = path.announce(request, endpoint, start)
+            except ProxyError as exc:
+                self._fast_answer(request, head, exc.response(), stats, 0.0)
+                return True
         conn = self.upstream.h1.take_idle(endpoint)
         if conn is None:
             self.stream_task = loop.create_task(self._fast_connect())
@@ -486,9 +469,8 @@ class H1ServerConnection(_HeldWrites):
                 self.stream_task = self.loop.create_task(self._fast_connect())
                 return
             response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
-        if self._observing:
-            self.router.observe(endpoint, Outcome(response.status if response.error is None else None, latency,
-                                                  response.error))
+        if self.path.observes:
+            self.path.observe(endpoint, response, None, latency)
         self._fast_answer(request, head, response, stats, latency)
 
     async def _fast_connect(self) -> None:

@@ -19,6 +19,7 @@ import sys
 
 from meshctl_proxy.wire import detect as detection
 from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
+from meshctl_proxy.hooks import RequestHooks
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
 from meshctl_proxy.policy.router import IDLE_TIMEOUT, MAX_IDLE, TcpConnector, default_router, mesh_identity, open_connection
@@ -86,6 +87,10 @@ class Proxy:
         self.metrics.extra_renderers.append(self.route_metrics.render)
         self.connector = connector or TcpConnector()
         self.tls_acceptor = tls_acceptor
+        # The per-request hook (meshctl_proxy.hooks): observers (tap, later policy) are called once per
+        # request while the list is non-empty.
+        self.hooks = RequestHooks()
+        self.observers = self.hooks.observers
         self._routers = {OUTBOUND: outbound_router, INBOUND: inbound_router}
         self.routers: dict = {}
         self.upstreams = {
@@ -108,9 +113,8 @@ class Proxy:
         self.admin_routes: dict = {}
         self.draining = False
         self.stopped: asyncio.Event | None = None
-        # Per-request observers (tap, later policy): called once per request while the list is
-        # non-empty; the tap hub is in it only while someone subscribes (meshctl_proxy.telemetry.tap).
-        self.observers: list = []
+        # The tap hub is in self.observers (the hook's list, above) only while someone subscribes
+        # (meshctl_proxy.telemetry.tap).
         from meshctl_proxy.identity.mesh import identity_enabled
         from meshctl_proxy.telemetry.tap import TapAccess, TapHub, TapServer
 
@@ -221,7 +225,7 @@ class Proxy:
             return
         server_id = mesh_identity(self.connector, endpoint)
         stats = self.metrics.tcp(ctx.direction, "dst", None, endpoint.addr, "true" if server_id else "no_identity",
-                                 server_id)
+                                 server_id, endpoint.labels if ctx.direction == OUTBOUND else ())
         timeout = (self.config.inbound_connect_timeout if ctx.direction == INBOUND
                    else self.config.outbound_connect_timeout)
         try:
