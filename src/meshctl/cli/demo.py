@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-
 import typer
 
 from meshctl.cli import _common
