@@ -57,10 +57,10 @@ def test_thousands_of_hosts_through_a_proxy_stay_within_the_series_cap(start_pro
 
 
 def test_twenty_thousand_hosts_make_at_most_the_default_cap_of_series():
-    """The issue's figures on the registry itself, as the request path labels a request (routing.http_series):
+    """The issue's figures on the registry itself, as the request path labels a request (transport.exchange.http_series):
     20,000 Hosts made 30,000 series and a 4.7 MB scrape; the default cap is 10,000 series."""
     from meshctl_proxy.model import ConnectionContext
-    from meshctl_proxy.policy.router import http_series
+    from meshctl_proxy.transport.exchange import http_series
     from meshctl_proxy.telemetry.metrics import Metrics
 
     metrics = Metrics(pod_labels={"namespace": "shop", "pod": "web-5d9c8b7f6-x2x7q", "deployment": "web"})
