@@ -30,7 +30,7 @@ class AdminProtocol(asyncio.Protocol):
     def __init__(self, proxy) -> None:
         self.proxy = proxy
         self.reader = http1.RequestReader()
-        self.transport = None
+        self.transport: asyncio.Transport | None = None  # set by connection_made
         self.head: RequestHead | None = None
 
     def connection_made(self, transport) -> None:

@@ -221,8 +221,8 @@ class Metrics:
             ("tcp_write_bytes_total", "counter", "Total count of bytes written to peers.", lambda s: s.write_bytes),
         ):
             add(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n")
-            for key, s in tcp:
-                add(f"{name}{{{_labels(tcp_labels(key))}}} {value(s)}\n")
+            for key, ts in tcp:
+                add(f"{name}{{{_labels(tcp_labels(key))}}} {value(ts)}\n")
         for render in self.extra_renderers:
             add(render())
         add(_process_metrics(self.started))

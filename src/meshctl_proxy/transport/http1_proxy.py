@@ -18,7 +18,8 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
-from meshctl_proxy.transport.outbox import outbox
+from meshctl_proxy.hooks import Watched
+from meshctl_proxy.transport.outbox import Outbox, outbox
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
 from meshctl_proxy.transport.tcp import PipeEnd, splice
@@ -57,6 +58,10 @@ class _HeldWrites(asyncio.Protocol):
     it goes after it.  ``connection_made`` sets ``_outbox``.
     """
 
+    stats: TcpStats
+    transport: asyncio.Transport | None
+    _outbox: Outbox
+
     def _write(self, data: bytes) -> None:
         self.stats.write_bytes += len(data)
         self._outbox.write(self.transport, data)
@@ -89,7 +94,7 @@ class H1ServerConnection(_HeldWrites):
         self.ctx = ctx
         self.stats = stats
         self.path = path = RequestPath(runtime, ctx)
-        self._watched = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
+        self._watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
         self._fast_retried = False
         self._host_bytes: bytes | None = None  # the last request's Host, and as str
@@ -519,7 +524,8 @@ class H1ServerConnection(_HeldWrites):
 
     def _start_tunnel(self, response: Response) -> None:
         """101 Switching Protocols: from now on both connections are an opaque pipe."""
-        upgraded: Upgraded = response.upgraded
+        upgraded = response.upgraded
+        assert isinstance(upgraded, Upgraded)
         self.tunnelled = True
         headers = response.headers + [(b"connection", b"upgrade"), (b"upgrade", upgraded.protocol_name)]
         self._write(http1.response_head(101, response.reason, headers))

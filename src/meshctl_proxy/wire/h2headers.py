@@ -20,6 +20,8 @@ What it does not check, and the proxy does here:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from ngh2 import NeverIndexedHeader
 
 Headers = list[tuple[bytes, bytes]]
@@ -36,21 +38,21 @@ class MalformedHeaders(Exception):
     """A header block RFC 9113 calls malformed; the message names the field."""
 
 
-def request_fields(headers) -> tuple[dict[bytes, bytes], tuple]:
+def request_fields(headers: Sequence[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], Headers]:
     """The pseudo-header fields and the regular fields of a request block libnghttp2 has validated.
 
     libnghttp2 delivers pseudo-headers first (it refuses any after a regular
     field), so the regular fields are a slice.  MalformedHeaders when a Host
     field differs from :authority.
     """
-    pseudo = {}
+    pseudo: dict[bytes, bytes] = {}
     i = 0
     for name, value in headers:
         if name[:1] != b":":
             break
         pseudo[name] = value
         i += 1
-    regular = headers[i:]
+    regular = list(headers[i:])  # Request.headers is a list: the proxy edits it (meshctl-client-id)
     authority = pseudo.get(b":authority")
     if authority is not None:
         for name, value in regular:
@@ -67,7 +69,7 @@ _PLAIN_MAX = 1024
 _NOT_PLAIN = CONNECTION_SPECIFIC | SENSITIVE | {b"te", b"cookie", b"host"}
 
 
-def h2_fields(headers, *, skip: bytes = b"") -> Headers:
+def h2_fields(headers: Iterable[tuple[bytes, bytes]], *, skip: bytes = b"") -> Headers:
     """Regular fields ready for libnghttp2 to send.
 
     Lower-case names, no connection-specific fields, "te" only as
@@ -76,7 +78,7 @@ def h2_fields(headers, *, skip: bytes = b"") -> Headers:
     intermediary must (RFC 7541 section 7.1.3).  *skip* drops one more field
     (the Host a request carries as :authority; it must be one of _NOT_PLAIN).
     """
-    out = []
+    out: Headers = []
     plain = _PLAIN
     for field in headers:
         name = field[0]

@@ -28,7 +28,7 @@ import dataclasses
 
 import httptools
 
-from meshctl_proxy.model import Headers
+from meshctl_proxy.wire.fields import Headers
 
 # The whole request head (request line and headers).  llhttp buffers a
 # header it has not finished without bound, so we count ourselves.  64 KiB:
