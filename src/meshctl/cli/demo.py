@@ -14,47 +14,16 @@ import typer
 from meshctl.cli import _common
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.2f}%"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}ms" if value >= 10 else f"{value:.1f}ms"
-
-
 def render_tables(stats, routes, edges) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The one-shot demo's summary: the tables ``meshctl viz`` prints, from the same rows and renderers."""
+    from meshctl.viz import tables
 
-    import sys
-
-    # Piped output keeps whole columns (rich would squeeze to 80); tables size to content anyway.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-    t = Table(title="meshctl viz stat -n shop deploy", title_justify="left", box=None, pad_edge=False)
-    for col in ("NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TLS"):
-        t.add_column(col, justify="left" if col == "NAME" else "right")
-    for s in stats:
-        t.add_row(s.name, "1/1", _pct(s.success_rate), f"{s.rps:.1f}rps", _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
-                  _pct(s.meshed_share))
-    console.print(t)
-    console.print()
-    r = Table(title="meshctl viz routes deploy/product-gateway-api (outbound)", title_justify="left", box=None, pad_edge=False)
-    for col in ("ROUTE", "SERVICE", "EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS", "ACTUAL_RPS", "LATENCY_P50", "LATENCY_P99"):
-        r.add_column(col, justify="left" if col in ("ROUTE", "SERVICE") else "right")
-    for s in routes:
-        route, _, dst = s.name.rpartition(" [")
-        actual_rps = (s.actual_requests or 0) / s.seconds if s.seconds > 0 else 0
-        r.add_row(route, dst.rstrip("]"), _pct(s.success_rate), f"{s.rps:.1f}rps", _pct(s.actual_success_rate),
-                  f"{actual_rps:.1f}rps", _ms(s.p50_ms), _ms(s.p99_ms))
-    console.print(r)
-    console.print()
-    e = Table(title="meshctl viz edges -n shop deploy", title_justify="left", box=None, pad_edge=False)
-    for col in ("SRC", "DST", "REQUESTS", "CLIENT_ID", "SERVER_ID", "SECURED"):
-        e.add_column(col)
-    for edge in edges:
-        e.add_row(edge.src, edge.dst, str(round(edge.requests)), edge.client_id, edge.server_id or "-",
-                  "√" if edge.secured else "×")
-    console.print(e)
+    print("$ meshctl viz stat -n shop deploy")
+    print(tables.stat_table(stats))
+    print("$ meshctl viz routes deploy/product-gateway-api --to svc/price-api-svc -o wide")
+    print(tables.routes_table(routes, wide=True))
+    print("$ meshctl viz edges -n shop deploy -o wide")
+    print(tables.edges_table(edges, wide=True), end="")
 
 
 DirOption = typer.Option(None, "--dir", envvar="MESHCTL_DEMO_DIR",
@@ -338,11 +307,12 @@ def _progress_bar(total: int):
 
 def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, address_prefix, workdir, output) -> None:
     import tempfile
+    import time
     from pathlib import Path
 
     from meshctl import demo as core
-    from meshctl import viz
     from meshctl.errors import MeshctlError
+    from meshctl.viz import tables
     from meshctl_proxy.config import parse_duration
 
     try:
@@ -367,8 +337,8 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
     try:
         with core.DemoRun(plan, path, progress=lambda m: report(f"• {m}")) as run:
             report("√ the shop is meshed: mTLS between proxies, endpoints and ServiceProfiles from the destination service")
-            before = run.scrape()
-            report(f"• sending {rps:g} rps to product-gateway-api for {duration}")
+            run.wait_scraped()
+            report(f"• sending {rps:g} rps to product-gateway-api for {duration} (Prometheus at {run.prometheus_url})")
             # Progress every five seconds of traffic (every second with --verbose).
             every = max(1, int(rps)) * (1 if verbose else 5)
 
@@ -376,15 +346,13 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
                 if done == total or (done - 1) % every == 0:
                     report(f"  {done}/{total} requests sent")
 
+            started = time.time()
             codes = run.drive(rps=rps, seconds=seconds, on_tick=tick)
-            after = run.scrape()
-        window = {name: after[name].minus(before[name]) for name in after}
-        stats = viz.workload_stats(window)
-        routes = viz.route_stats(window["product-gateway-api"])
-        edges = viz.edges(window, {w.name: w.identity for w in plan.workloads}, totals=after)
+            ended = time.time()
+            stats, routes, edges = _summary(run, started, ended)
         if output in (_common.TableFormat.json, _common.TableFormat.yaml):
-            data = {"ingress": {"statusCodes": codes}, "stat": [s.to_dict() for s in stats],
-                    "routes": [s.to_dict() for s in routes], "edges": [e.to_dict() for e in edges]}
+            data = {"ingress": {"statusCodes": codes}, "stat": tables.stat_json(stats),
+                    "routes": tables.routes_json(routes, wide=True), "edges": tables.edges_json(edges)}
             print(json.dumps(data, indent=2))
         else:
             render_tables(stats, routes, edges)
@@ -394,3 +362,34 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
             tmp.cleanup()
         else:
             report(f"certificates, registry and logs kept in {path}")
+
+
+def _summary(run, started: float, ended: float):
+    """The run's golden metrics from its Prometheus: the traffic's whole span, rates per second of traffic."""
+    import dataclasses
+    import time
+
+    from meshctl.viz import queries
+    from meshctl.viz.promclient import PrometheusClient
+    from meshctl.viz.resources import Resource
+
+    # Wait for the scrape after the last request, then query a range one scrape interval wider
+    # than the traffic on each side (the proxies' series appear with their first request).
+    interval = run.mesh.scrape_interval_s
+    time.sleep(interval + 0.5)
+    at = ended + interval
+    span = at - started + interval
+    from meshctl.demo import NAMESPACE as ns
+
+    identities = {(ns, w.pod): w.identity for w in run.plan.workloads}
+    with PrometheusClient(run.prometheus_url) as client:
+        stats = queries.stat(client, Resource("deployment", None, ns), window_s=span, at=at)
+        routes = queries.routes(client, Resource("deployment", "product-gateway-api", ns), window_s=span, at=at,
+                                to=Resource("service", "price-api-svc", ns))
+        edges = queries.edges(client, "deployment", namespace=ns, at=at,
+                              identity_of=lambda namespace, pod: identities.get((namespace, pod)))
+    # Rates per second of traffic, not of the wider range queried.
+    seconds = max(ended - started, 1e-3)
+    stats = [dataclasses.replace(r, window_s=seconds) for r in stats]
+    routes = [dataclasses.replace(r, window_s=seconds) for r in routes]
+    return stats, routes, edges
