@@ -298,6 +298,7 @@ class ProxyConfig:
     upstream_idle_timeout: float
     upstream_max_idle: int
     max_authority_labels: int
+    max_metric_series: int
 
 
 def defaults() -> dict[str, str]:

@@ -180,7 +180,7 @@ class HttpStats(RequestStats):
             if rs is None:
                 cls = classify(status)
                 rs = self._series(status, cls)
-                if self.responses.get((status, cls)) is rs:  # a folded one is not remembered: refused each time
+                if self.responses.get((status, cls, None)) is rs:  # a folded one is not remembered: refused each time
                     self._plain[status] = rs
         else:
             rs = self._series(status, classify(status, grpc_status), _grpc_label(grpc_status))
