@@ -204,7 +204,7 @@ def test_bad_input_is_one_line_and_changes_nothing(up, tmp_path):
     r = demo(d, "apply", "-f", "-", input="apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\n")
     assert r.returncode == 1 and "kind 'TrafficSplit' is not supported" in r.stderr
     r = demo(d, "set", "price-api", "--failure-rate", "1.5")
-    assert r.returncode == 1 and r.stderr.strip() == "Error: --failure-rate: expected a share in [0, 1], got 1.5"
+    assert r.returncode == 2 and r.stderr.strip() == "Error: --failure-rate: expected a share in [0, 1], got 1.5"
     r = demo(d, "edit", "sp/nope.shop.svc.cluster.local", env={"EDITOR": "true"})
     assert r.returncode == 1 and "'nope.shop.svc.cluster.local' not found" in r.stderr
 

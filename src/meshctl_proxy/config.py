@@ -191,6 +191,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cluster_networks", "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8", parse_networks,
             "Networks considered in-cluster (cluster-authenticated policy)."),
     Setting("detect_timeout", "10s", parse_duration, "How long protocol detection waits for the first bytes."),
+    # nginx's client_header_timeout and Node's headersTimeout are both 60 s (docs/security.md, class 5).
+    Setting("header_read_timeout", "60s", parse_duration,
+            "How long an HTTP/1 request head may take to arrive once begun; then 408 and the connection closes."),
     Setting("inbound_connect_timeout", "100ms", parse_duration, "Connect timeout towards the application."),
     Setting("outbound_connect_timeout", "1s", parse_duration, "Connect timeout towards other endpoints."),
     Setting("shutdown_grace_period", "30s", parse_duration,
@@ -269,6 +272,7 @@ class ProxyConfig:
     default_inbound_policy: str
     cluster_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     detect_timeout: float
+    header_read_timeout: float
     inbound_connect_timeout: float
     outbound_connect_timeout: float
     shutdown_grace_period: float

@@ -39,7 +39,8 @@ from ngh2 import (ConnectionClosed, DataReceived, GoAwayReceived, NGH2Error, Pin
                   ResponseReceived, Role, SettingsReceived, StreamClosed, TrailersReceived, WindowUpdated)
 
 from meshctl_proxy.body import EMPTY, Body, BodyError
-from meshctl_proxy.wire.h2headers import MalformedHeaders, h2_fields, request_fields
+from meshctl_proxy.wire.h2headers import LoopDetected, MalformedHeaders, h2_fields, request_fields
+from meshctl_proxy.wire.loop_marker import LOOP_STATUS
 from meshctl_proxy.wire.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
@@ -306,6 +307,9 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.last_sid = 0  # the highest stream id the client opened (GOAWAY's last_stream_id)
         self.bodiless: list[_ServerStream] = []  # requests of this read, started once its events are in
         self._authority = (b"", "")  # the last :authority and its str: clients repeat it on every stream
+        marker = proxy.loop_markers[ctx.direction]
+        self._markers = (marker,)
+        self._via = (b"via", marker.entry("h2"))  # added to every request forwarded (wire.loop_marker)
 
     # -- transport callbacks ------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -438,7 +442,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self.conn.reset_stream(sid, REFUSED_STREAM)
             return
         try:
-            pseudo, headers = request_fields(ev.headers)
+            pseudo, headers = request_fields(ev.headers, self._markers)
         except MalformedHeaders as exc:
             self._refuse_malformed(sid, exc)
             return
@@ -461,6 +465,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             length = next((v for k, v in headers if k == b"content-length"), None)
             body = Body(int(length) if length and length.isdigit() else None,
                         on_consumed=partial(self.ack, sid), high_water=STREAM_WINDOW)
+        headers.append(self._via)  # request_fields() made a list of its own
         request = Request(method, pseudo[b":path"], host, headers, body, pseudo[b":scheme"], "h2", self.ctx)
         st = self.streams[sid] = _ServerStream(sid, request, body)
         if body is EMPTY:
@@ -575,6 +580,19 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self._maybe_close()
 
     def _refuse_malformed(self, sid: int, exc: MalformedHeaders) -> None:
+        if isinstance(exc, LoopDetected):  # well-formed, but this side forwarded it before: answer 508
+            log.warning("h2 client %s: stream %d: %s", self.ctx.client_addr, sid, exc)
+            response = ProxyError(LOOP_STATUS, str(exc)).response()
+            headers = [(b":status", b"%d" % LOOP_STATUS), *h2_fields(response.headers)]
+            self.conn.send_response(sid, headers, end_stream=False)
+            self.conn.send_data(sid, response.body.read_nowait(), end_stream=True)
+            self.flush()
+            try:
+                if not self.conn.queued_body_size(sid):
+                    self.conn.reset_stream(sid, NO_ERROR)  # the request's own body, if any, is not wanted
+            except NGH2Error:
+                pass
+            return
         # RFC 9113 section 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
         log.info("h2 client %s: stream %d: malformed header block: %s", self.ctx.client_addr, sid, exc)
         self.conn.reset_stream(sid, PROTOCOL_ERROR)

@@ -23,6 +23,7 @@ from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
 from meshctl_proxy.hooks import RequestHooks
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
+from meshctl_proxy.wire.loop_marker import LoopMarker
 from meshctl_proxy.policy.router import IDLE_TIMEOUT, MAX_IDLE, TcpConnector, default_router, mesh_identity, open_connection
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 from meshctl_proxy.transport.original_dst import original_dst
@@ -98,6 +99,8 @@ class Proxy:
         self.hooks = RequestHooks()
         self.observers = self.hooks.observers
         self._routers = {OUTBOUND: outbound_router, INBOUND: inbound_router}
+        # Each side marks what it forwards (Via) and refuses its own mark: a forwarding loop (wire.loop_marker).
+        self.loop_markers = {OUTBOUND: LoopMarker.new(OUTBOUND), INBOUND: LoopMarker.new(INBOUND)}
         self.routers: dict = {}
         self.upstreams = {
             OUTBOUND: HttpUpstream(OUTBOUND, self.connector, self.metrics,
