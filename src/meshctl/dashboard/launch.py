@@ -75,20 +75,21 @@ def build_local_app(options: Options, listener_address: str, listener_port: int,
     from meshctl.dashboard.hosts import HostPolicy
     from meshctl.dashboard.source import LocalSource
 
-    mesh = None
     directory = local_mesh_dir(options)
-    if directory is not None:
+    prometheus_url = options.prometheus_url
+    if prometheus_url is None:
+        # No URL given: the local mesh must be up now to say where its Prometheus is.  (With
+        # --prometheus-url, mesh.json is read per request, so `demo up` can start us first.)
         from meshctl.demo import state
 
-        mesh = state.load(directory)
-    prometheus_url = options.prometheus_url or (mesh.prometheus_url if mesh else None)
-    if not prometheus_url:
-        raise MeshctlError(f"{directory / 'mesh.json'}: the local mesh runs no Prometheus (prometheus_url is null): "
-                           "give --prometheus-url")
+        prometheus_url = state.load(directory).prometheus_url
+        if not prometheus_url:
+            raise MeshctlError(f"{directory / 'mesh.json'}: the local mesh runs no Prometheus (prometheus_url is "
+                               "empty): give --prometheus-url")
     wait_ready(prometheus_url, options.wait_s, report)
     policy = (HostPolicy.from_regex(options.enforced_host) if options.enforced_host
               else HostPolicy.for_address(listener_address, listener_port))
-    source = LocalSource(prometheus_url, mesh)
+    source = LocalSource(prometheus_url, directory)
     return create_app(source, Settings(policy=policy, grafana_url=options.grafana_url, refresh_s=options.refresh_s))
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from meshctl.dashboard.model import (Chart, EdgeRow, Golden, NamespacePage, Overview, ResourceRow, RouteRow, Series,
                                      WorkloadPage)
@@ -25,6 +26,29 @@ WINDOW_S = 60  # linkerd viz stat's default --time-window, and its dashboard's
 CHART_SPAN_S = 600  # the last ten minutes in the small charts
 CHART_STEP_S = 15
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+
+
+class MeshState:
+    """``mesh.json`` of a local mesh, read when it changes: ``demo up`` may start the dashboard before
+    it writes the file (last, once all is ready), and rewrites it when it restarts what died."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / "mesh.json"
+        self._seen: tuple[float, int] | None = None
+        self._mesh = None
+
+    def get(self):
+        from meshctl.demo import state
+        from meshctl.errors import MeshctlError
+
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            raise MeshctlError(f"{self.path}: not found: the local mesh is not up (meshctl demo up)") from None
+        stamp = (st.st_mtime, st.st_size)
+        if stamp != self._seen:
+            self._mesh, self._seen = state.load(self.path.parent), stamp
+        return self._mesh
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,18 +96,24 @@ def identity_workload(identity: str) -> tuple[str, str] | None:
 class LocalSource:
     """The dashboard's figures for a mesh without a cluster."""
 
-    def __init__(self, prometheus_url: str, mesh=None, *, window_s: int = WINDOW_S, client=None) -> None:
+    def __init__(self, prometheus_url: str, mesh_dir: Path | None = None, *, window_s: int = WINDOW_S,
+                 client=None) -> None:
         from meshctl.viz.promclient import PrometheusClient
 
-        self.mesh = mesh
+        self.mesh_state = MeshState(mesh_dir) if mesh_dir is not None else None
         self.window = f"{int(window_s)}s"
         self.prom = client or PrometheusClient(prometheus_url)
+
+    @property
+    def mesh(self):
+        return self.mesh_state.get() if self.mesh_state is not None else None
 
     # --- inventory ---------------------------------------------------------------------
 
     def workloads(self, at: float) -> list[Workload]:
-        if self.mesh is not None:
-            return inventory_from_mesh(self.mesh)
+        mesh = self.mesh
+        if mesh is not None:
+            return inventory_from_mesh(mesh)
         # Only a Prometheus: the proxies it scrapes are the mesh (each target is a meshed pod).
         found: dict[tuple[str, str], set[str]] = defaultdict(set)
         for s in self.prom.query('count by (namespace, deployment, pod) (up{job="linkerd-proxy"})', at=at):
@@ -207,9 +237,10 @@ class LocalSource:
         return tuple(rows)
 
     def _identity(self, ns: str, name: str) -> str:
-        if self.mesh is None:
+        mesh = self.mesh
+        if mesh is None:
             return ""
-        return next((w.identity for w in self.mesh.workloads if w.namespace == ns and w.name == name), "")
+        return next((w.identity for w in mesh.workloads if w.namespace == ns and w.name == name), "")
 
     @property
     def _seconds(self) -> float:
@@ -263,10 +294,11 @@ class LocalSource:
         from meshctl.dashboard import live
         from meshctl.errors import MeshctlError
 
-        if self.mesh is None:
+        mesh = self.mesh
+        if mesh is None:
             async def refused():
                 raise MeshctlError("live calls need the local mesh's state (mesh.json: the proxies' tap addresses "
                                    "and credentials); start it with meshctl demo up, or give --dir")
                 yield  # pragma: no cover - makes this an async generator
             return refused()
-        return live.local_calls(self.mesh, ns, name)
+        return live.local_calls(mesh, ns, name)
