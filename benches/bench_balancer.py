@@ -219,11 +219,11 @@ def summarize(results) -> dict:
 # --- policy cost -----------------------------------------------------------------
 
 def policy_cost(iterations: int) -> dict:
-    from meshctl_proxy.balance import PeakEwmaBalancer, RoundRobinBalancer
-    from meshctl_proxy.endpoints import Endpoint
-    from meshctl_proxy.routes import compile_profile
+    from meshctl_proxy.policy.balance import PeakEwmaBalancer, RoundRobinBalancer
+    from meshctl_proxy.discovery.resolution import WeightedAddr
+    from meshctl_proxy.policy.route_policy import compile_profile
 
-    eps = [Endpoint.make(HOST, 9000 + i) for i in range(10)]
+    eps = [WeightedAddr.make(HOST, 9000 + i) for i in range(10)]
     out = {}
     for name, bal in (("peak-ewma", PeakEwmaBalancer(rng=random.Random(1))), ("round-robin", RoundRobinBalancer())):
         bal.update(eps)
@@ -272,12 +272,12 @@ async def forwarding_cost(addr, backend_port: int, n: int) -> dict:
 async def dispatch_cost(n: int) -> dict:
     """CPU per request of the router seam alone: an upstream that answers at once, no sockets."""
     from meshctl_proxy.body import EMPTY
-    from meshctl_proxy.discovery import DestinationClient
-    from meshctl_proxy.endpoints import Endpoint, Resolution
+    from meshctl_proxy.discovery.client import DestinationClient
+    from meshctl_proxy.discovery.resolution import WeightedAddr, Resolution
     from meshctl_proxy.model import ConnectionContext, Request, Response
-    from meshctl_proxy.routes import compile_profile  # noqa: F401  (the profile below is compiled by the router)
-    from meshctl_proxy.routing import DirectRouter
-    from meshctl_proxy.traffic import TrafficRouter
+    from meshctl_proxy.policy.route_policy import compile_profile  # noqa: F401  (the profile below is compiled by the router)
+    from meshctl_proxy.policy.router import DirectRouter
+    from meshctl_proxy.policy.traffic_router import TrafficRouter
 
     class Immediate:
         async def send(self, request, endpoint):
@@ -288,7 +288,7 @@ async def dispatch_cost(n: int) -> dict:
     watch = client.watch(AUTH)  # its stream fails (nothing listens on port 1); the resolution is set by hand
     routes = [{"name": f"GET /r{i}/{{id}}", "condition": {"method": "GET", "pathRegex": f"/r{i}/[^/]*"},
                "timeout": "1s"} for i in range(10)]
-    watch._set(Resolution(AUTH, True, tuple(Endpoint.make(HOST, 9000 + i) for i in range(5)),
+    watch._set(Resolution(AUTH, True, tuple(WeightedAddr.make(HOST, 9000 + i) for i in range(5)),
                           profile_doc(SERVICE, {"routes": routes})))
     ctx = ConnectionContext("outbound", (HOST, 1), (HOST, 2), None)
     up = Immediate()

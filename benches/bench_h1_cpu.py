@@ -8,7 +8,7 @@ back.  Only the transports are stand-ins (they keep what is written), so the
 figure is the proxy's code alone: no syscalls, no kernel socket work.  Run under
 wrk (bench_proxy) the same request also costs the kernel's part and uvloop's.
 
-Side by side, in alternating subprocesses: ``meshctl_proxy.http1`` as imported
+Side by side, in alternating subprocesses: ``meshctl_proxy.wire.http1`` as imported
 (compiled by setup.py when built) and the same module run from its ``.py``
 source, the baseline.  ``--against SRC`` adds another source tree (e.g. a
 ``git worktree`` of main) as a third column.
@@ -48,17 +48,19 @@ def _child(requests: int, runs: int, source: bool) -> None:
         import meshctl_proxy
 
         path = Path(meshctl_proxy.__file__).with_name("http1.py")
-        loader = importlib.machinery.SourceFileLoader("meshctl_proxy.http1", str(path))
+        loader = importlib.machinery.SourceFileLoader("meshctl_proxy.wire.http1", str(path))
         module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
         sys.modules[loader.name] = module
         loader.exec_module(module)
     import uvloop
 
-    from meshctl_proxy import config, http1
-    from meshctl_proxy.http1_proxy import H1ClientConnection, H1ServerConnection
+    from meshctl_proxy import config
+
+    from meshctl_proxy.wire import http1
+    from meshctl_proxy.transport.http1_proxy import H1ClientConnection, H1ServerConnection
     from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint
-    from meshctl_proxy.traffic import TrafficRouter
-    from meshctl_proxy.server import Proxy
+    from meshctl_proxy.policy.traffic_router import TrafficRouter
+    from meshctl_proxy.transport.server import Proxy
 
     class Transport:
         def __init__(self) -> None:
@@ -99,7 +101,7 @@ def _child(requests: int, runs: int, source: bool) -> None:
             server.data_received(REQUEST)
             upstream.data_received(RESPONSE)
 
-        # The proxy's writes go out at the end of the loop's pass (meshctl_proxy.outbox), so each
+        # The proxy's writes go out at the end of the loop's pass (meshctl_proxy.transport.outbox), so each
         # request is followed by one pass of the loop; a pass with nothing to do is timed alike
         # and subtracted, so the figure keeps counting only the proxy's own work.
         async def timed(n: int, work) -> float:

@@ -49,7 +49,7 @@ import hpack  # noqa: E402
 
 from meshctl_proxy import config  # noqa: E402
 from meshctl_proxy.model import OUTBOUND, ConnectionContext  # noqa: E402
-from meshctl_proxy.server import Proxy  # noqa: E402
+from meshctl_proxy.transport.server import Proxy  # noqa: E402
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 UPSTREAM = ("127.0.0.1", 8080)  # never connected to: the connector below answers in memory
@@ -238,7 +238,7 @@ class Bench:
 
 
 async def one_run(requests: int, connections: int, streams: int, profile: cProfile.Profile | None) -> dict:
-    from meshctl_proxy.http2_proxy import H2ServerConnection
+    from meshctl_proxy.transport.http2_proxy import H2ServerConnection
 
     loop = asyncio.get_running_loop()
     cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0",
@@ -249,7 +249,7 @@ async def one_run(requests: int, connections: int, streams: int, profile: cProfi
     await proxy.start()  # the real routers; its listeners are bound but get no traffic
     # As serve() does once started: the collector's thresholds and frozen start-up heap
     # are the process's (without this, collections were ~6% of the CPU measured here).
-    from meshctl_proxy.server import settle_heap
+    from meshctl_proxy.transport.server import settle_heap
 
     settle_heap()
     try:

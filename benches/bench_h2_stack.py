@@ -10,7 +10,7 @@ tuning the proxy's use of h2 can reach, and the figure behind the question
 "would a compiled HTTP/2 stack pay?".
 
 - h2, validating: h2's own header validation and normalisation on both sides
-  (what the proxy ran before meshctl_proxy.h2headers);
+  (what the proxy ran before meshctl_proxy.wire.h2headers);
 - h2, as the proxy ran it: those off (h2headers did the checks, not timed here),
   until the proxy moved to ngh2;
 - ngh2: the same exchange through libnghttp2, what the proxy runs now

@@ -7,7 +7,7 @@
    - baseline: a plain Python ``ssl`` TLS 1.3 handshake (server certificate
      only, P-256, ``create_default_context`` with hostname check);
    - mesh: what two proxies do (both certificates, the client's
-     ``MeshConnector`` path: ``tls_stream.connect`` and the SAN identity
+     ``MeshConnector`` path: ``tls_transport.connect`` and the SAN identity
      check; the server's termination after detection read the ClientHello).
 2. The record path alone: CPU per echo round trip of a 180-byte message over
    16 connections, both ends in one process (steady even on a shared
@@ -45,8 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from meshctl.identity import certs  # noqa: E402
-from meshctl_proxy import tls, tls_stream  # noqa: E402
-from meshctl_proxy.tls_stream import TlsTransport  # noqa: E402
+from meshctl_proxy.identity import tls_contexts
+from meshctl_proxy.identity import tls_transport  # noqa: E402
+from meshctl_proxy.identity.tls_transport import TlsTransport  # noqa: E402
 
 SERVER = "b.bench.serviceaccount.identity.meshctl.cluster.local"
 CLIENT = "a.bench.serviceaccount.identity.meshctl.cluster.local"
@@ -73,7 +74,7 @@ async def _handshakes(n: int, *, server_ctx, client_ctx, server_hostname: str, m
 
         def data_received(self, data):
             self.buf += data
-            if isinstance(tls.parse_client_hello(self.buf), tls.ClientHello):
+            if isinstance(tls_contexts.parse_client_hello(self.buf), tls_contexts.ClientHello):
                 self.transport.pause_reading()
                 asyncio.ensure_future(self.finish())
 
@@ -81,7 +82,7 @@ async def _handshakes(n: int, *, server_ctx, client_ctx, server_hostname: str, m
             t = TlsTransport(server_ctx, server_side=True, raw=self.transport)
             self.transport.resume_reading()
             sslobj = await t.handshake(self.buf, timeout=10)
-            tls.peer_identity(sslobj)
+            tls_contexts.peer_identity(sslobj)
             t.start(asyncio.Protocol())
             t.write(b"x")
             await done.put(None)
@@ -106,10 +107,10 @@ async def _handshakes(n: int, *, server_ctx, client_ctx, server_hostname: str, m
                 self.got.set_result(data)
 
     for _ in range(n):
-        if mesh:  # what MeshConnector does: tls_stream.connect, then the SAN identity check
-            transport, proto = await tls_stream.connect(OneByte, "127.0.0.1", port, client_ctx,
+        if mesh:  # what MeshConnector does: tls_transport.connect, then the SAN identity check
+            transport, proto = await tls_transport.connect(OneByte, "127.0.0.1", port, client_ctx,
                                                         server_hostname=server_hostname, handshake_timeout=10)
-            tls.verify_peer_identity(transport.get_extra_info("ssl_object"), server_hostname)
+            tls_contexts.verify_peer_identity(transport.get_extra_info("ssl_object"), server_hostname)
             await proto.got
             await done.get()
             transport.close()
@@ -133,8 +134,8 @@ def bench_handshakes(n: int, workdir: Path, anchor: certs.KeyPair, issuer: certs
     base_client = ssl.create_default_context(cadata=anchor.cert_pem)
     base_client.minimum_version = ssl.TLSVersion.TLSv1_3
     # Python's hostname check matches the SAN as a DNS name, which works for the baseline.
-    mesh_server = tls.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
-    mesh_client = tls.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key)
+    mesh_server = tls_contexts.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
+    mesh_client = tls_contexts.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key)
     out = {}
     for name, kw in (("python_ssl_baseline", dict(server_ctx=base_server, client_ctx=base_client, mesh=False)),
                      ("mesh_mtls", dict(server_ctx=mesh_server, client_ctx=mesh_client, mesh=True))):
@@ -206,7 +207,7 @@ async def _echo_cpu_us(mode: str, server_ctx, client_ctx, *, round_trips: int, c
     clients = []
     for _ in range(connections):
         if mode == "tls_stream":
-            _, p = await tls_stream.connect(_PingPong, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
+            _, p = await tls_transport.connect(_PingPong, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
                                             handshake_timeout=10)
         elif mode == "uvloop_ssl":
             _, p = await loop.create_connection(_PingPong, "127.0.0.1", port, ssl=client_ctx, server_hostname=SERVER)
@@ -237,8 +238,8 @@ def bench_records(round_trips: int, workdir: Path, anchor: certs.KeyPair, issuer
 
     _, s_cert, s_key = write_leaf(workdir, issuer, SERVER)
     _, c_cert, c_key = write_leaf(workdir, issuer, CLIENT)
-    server_ctx = tls.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
-    client_ctx = tls.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key)
+    server_ctx = tls_contexts.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
+    client_ctx = tls_contexts.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key)
     runs: dict[str, list[float]] = {"plaintext": [], "uvloop_ssl": [], "tls_stream": []}
     for _ in range(rounds):  # alternating, best of each: the floor, least disturbed by other load
         for mode in runs:
@@ -312,9 +313,10 @@ def run_wrk(url: str, *, seconds: float, connections: int, host: str, threads: i
 # expected identity), so the bench measures the data path and mTLS, not discovery.
 PROXY = textwrap.dedent("""
     import os, sys
-    from meshctl_proxy import config, server
+    from meshctl_proxy import config
+    from meshctl_proxy.transport import server
     from meshctl_proxy.model import Endpoint
-    from meshctl_proxy.routing import DirectRouter
+    from meshctl_proxy.policy.router import DirectRouter
     host, port, identity = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None
     # One Endpoint object, as the balancer hands out the same ones from its set (a new one per
     # request would defeat the per-connection caches keyed by endpoint identity).

@@ -164,8 +164,8 @@ PROXY_LAUNCH = """
 import os, sys
 from meshctl_proxy import config
 from meshctl_proxy.model import Endpoint
-from meshctl_proxy.routing import DirectRouter
-from meshctl_proxy.server import run
+from meshctl_proxy.policy.router import DirectRouter
+from meshctl_proxy.transport.server import run
 
 class ForwardTo(DirectRouter):
     # The client-side proxy of a mesh: every request to the server-side proxy's inbound listener.
@@ -411,7 +411,7 @@ def bench_metrics() -> None:
     """The hot-path cost of counting one request: hand-written counters vs prometheus_client."""
     import timeit
 
-    from meshctl_proxy.metrics import Metrics
+    from meshctl_proxy.telemetry.metrics import Metrics
 
     m = Metrics(pod_labels={"namespace": "ns", "pod": "p"})
     n = 200_000

@@ -24,8 +24,8 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 # The proxy's HTTP/1 reader is compiled in place by the install (setup.py); the build is
 # optional for users without a compiler, but here it must have happened.
-if ! .venv/bin/python -c 'import sys, meshctl_proxy.http1 as m; sys.exit(not m.__file__.endswith(".so"))'; then
-    echo "setup: meshctl_proxy.http1 was not compiled (is gcc with the Python headers installed?)" >&2
+if ! .venv/bin/python -c 'import sys, meshctl_proxy.wire.http1 as m; sys.exit(not m.__file__.endswith(".so"))'; then
+    echo "setup: meshctl_proxy.wire.http1 was not compiled (is gcc with the Python headers installed?)" >&2
     exit 1
 fi
 echo "setup: done (.venv ready)" >&2

@@ -237,7 +237,7 @@ def wait_for_listener(ns: Namespace, port: int, *, timeout: float = 10) -> None:
 # (nothing redirected: orig_dst is None) or in the proxy's place on 4140/4143.
 REPORTER = """
 import json, selectors, socket, sys
-from meshctl_proxy.transparent import original_dst
+from meshctl_proxy.transport.original_dst import original_dst
 sel = selectors.DefaultSelector()
 for port in map(int, sys.argv[1:]):
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)

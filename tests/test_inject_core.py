@@ -26,7 +26,6 @@ from meshctl.inject import (
 from meshctl import yamlstream
 from meshctl.meshconfig import MeshConfig
 from meshctl_proxy import config as proxy_config
-
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBroot\n-----END CERTIFICATE-----\n"
 MANUAL = InjectOptions(manual=True, mesh=MeshConfig(trust_anchors_pem=PEM))
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SRC, run_cli
-from meshctl_proxy.profile import ServiceProfile
+from meshctl_proxy.policy.service_profile import ServiceProfile
 
 GOLDEN = ROOT / "tests" / "golden" / "profile"
 INPUT = GOLDEN / "input"

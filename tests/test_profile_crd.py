@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from meshctl_proxy.profile import ProfileError, ServiceProfile
+from meshctl_proxy.policy.service_profile import ProfileError, ServiceProfile
 
 CRD_PATH = ROOT / "manifests" / "crds" / "serviceprofile.yaml"
 GOLDEN = ROOT / "tests" / "golden" / "profile"

@@ -1,4 +1,4 @@
-"""The ServiceProfile model (meshctl_proxy.profile): parsing, validation, matching, classification."""
+"""The ServiceProfile model (meshctl_proxy.policy.service_profile): parsing, validation, matching, classification."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import SRC
-from meshctl_proxy.profile import (
+from meshctl_proxy.policy.service_profile import (
     DEFAULT_RETRY_BUDGET, DstOverride, ProfileError, RequestMatch, ResponseClass, ResponseMatch, Route,
     ServiceProfile, StatusRange, is_failure,
 )
@@ -178,7 +178,7 @@ def test_regex_compiled_once_and_models_are_frozen():
 
 
 def test_import_is_cheap_and_standalone():
-    code = ("import sys; import meshctl_proxy.profile; "
+    code = ("import sys; import meshctl_proxy.policy.service_profile; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('meshctl', 'typer', 'rich', 'kubernetes', 'yaml', 'ruamel')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

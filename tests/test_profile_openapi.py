@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshctl.profiles import openapi, text
-from meshctl_proxy.profile import ServiceProfile
+from meshctl_proxy.policy.service_profile import ServiceProfile
 
 # --- pathRegex: matches its own template's paths, and no other route's -------------------
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 
 from meshctl_proxy import config
-
-
 def test_defaults_parse():
     cfg = config.load({})
     assert cfg.inbound_listen_addr == ("0.0.0.0", 4143)

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from meshctl_proxy.transparent import original_dst, parse_sockaddr
+from meshctl_proxy.transport.original_dst import original_dst, parse_sockaddr
 from netns import REPORTER, probe, wait_for_listener
 
 

@@ -1,14 +1,19 @@
 """meshctl-proxy: the sidecar that does the mesh's runtime work.
 
-One process per pod with three listeners:
+One process per pod with three listeners: outbound (127.0.0.1:4140, what the
+application sends, redirected by iptables), inbound (0.0.0.0:4143, what
+reaches the application) and admin (0.0.0.0:4191).  The map, lowest layer
+first (docs/architecture.md has the picture):
 
-- outbound (127.0.0.1:4140): what the application sends, redirected by iptables;
-- inbound (0.0.0.0:4143): what reaches the application;
-- admin (0.0.0.0:4191): ``/metrics``, ``/ready``, ``/live``, ``/shutdown``.
-
-Configuration comes from ``MESHCTL_PROXY_*`` environment variables, defined
-once in :mod:`meshctl_proxy.config` (the CLI renders them from the same
-definition).  Protocol and policy code is sans-IO; one layer owns the sockets.
+- ``config``, ``model``, ``body``: settings (shared with the CLI), the nouns
+  every layer speaks (Request, Response, Endpoint, ProxyError), streamed bodies;
+- ``wire/``: sans-IO protocol code: HTTP/1.1 framing, detection, HTTP/2 header rules;
+- ``discovery/``: the destination service's resolutions and the watch client;
+- ``policy/``: routers, ServiceProfile routes, balancing, retry budget, authorization;
+- ``identity/``: certificates, TLS contexts, the TLS transport, mesh mTLS wiring;
+- ``telemetry/``: golden and route metrics, the admin listener;
+- ``transport/``: sockets: listeners, HTTP/1 and HTTP/2 connections, pools, TCP;
+- ``iptables``: ``meshctl-proxy init``, the init container.
 
 This package never imports ``meshctl``, typer, rich or kubernetes: it must be
 lean and quick to start.

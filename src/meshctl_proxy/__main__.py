@@ -9,7 +9,6 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] in (["--version"], ["version"]):
         from meshctl_proxy import __version__
-
         print(f"meshctl-proxy {__version__}")
         return 0
     if args[:1] == ["init"]:
@@ -21,7 +20,6 @@ def main(argv: list[str] | None = None) -> int:
               "Runs the sidecar proxy, configured by MESHCTL_PROXY_* variables (docs/proxy.md).")
         return 0
     from meshctl_proxy import config
-
     try:
         cfg = config.load(__import__("os").environ)
     except config.ConfigError as exc:
@@ -30,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args:
         print(f"meshctl-proxy: unexpected argument {args[0]!r} (see --help)", file=sys.stderr)
         return 2
-    from meshctl_proxy.server import run
+    from meshctl_proxy.transport.server import run
 
     try:
         return run(cfg)

@@ -20,7 +20,6 @@ from meshctl import install as core
 from meshctl.injector.server import InjectorServer
 from meshctl.meshconfig import MeshConfig
 from meshctl_proxy import config as proxy_config
-
 NS = "meshctl"
 
 

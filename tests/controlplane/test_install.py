@@ -92,7 +92,6 @@ def test_control_plane_contents(rendered):
 def test_proxy_configuration_names_the_services_install_creates(rendered):
     # The proxies' defaults (meshctl_proxy.config) must point at what install renders.
     from meshctl_proxy import config
-
     dst_host, dst_port = config.parse_addr(config.SETTINGS_BY_FIELD["destination_svc_addr"].default)
     id_host, id_port = config.parse_addr(config.SETTINGS_BY_FIELD["identity_svc_addr"].default)
     for host, port in ((dst_host, dst_port), (id_host, id_port)):
@@ -289,7 +288,6 @@ def test_unreachable_cluster_points_at_ignore_cluster(tmp_path, kube):
 
 def test_control_plane_pods_are_meshed(rendered):
     from meshctl_proxy import config
-
     for dep in by_kind(rendered, "Deployment"):
         spec = dep["spec"]["template"]["spec"]
         names = [c["name"] for c in spec.get("initContainers", [])]

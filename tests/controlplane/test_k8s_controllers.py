@@ -20,7 +20,7 @@ from meshctl.identity.tokens import ServiceAccountRef, TokenRejected
 from meshctl.k8s import Cluster, KubernetesTokenReviewer
 from meshctl.k8s.discovery import KubernetesDiscovery
 from meshctl.meshconfig import MeshConfig
-from meshctl_proxy.discovery import DestinationClient
+from meshctl_proxy.discovery.client import DestinationClient
 
 AUTHORITY = "price-api.shop.svc.cluster.local:8080"
 MESH = MeshConfig()
@@ -201,7 +201,7 @@ def test_token_reviewer(kube, cluster):
 
 
 def test_identity_service_with_token_review_issues_to_the_proxy(kube, kubeconfig, tmp_path):
-    from meshctl_proxy.identity import IdentityManager, IdentitySettings
+    from meshctl_proxy.identity.certificates import IdentityManager, IdentitySettings
 
     anchor = certs.generate_trust_anchor()
     pair = certs.generate_issuer(anchor)

@@ -47,7 +47,7 @@ async def running_service(authority: service.Authority, registry_path: str):
 
 
 def identity_settings(tmp_path, anchor, port, token, *, name, min_refresh=10.0, svc_name=SVC_NAME):
-    from meshctl_proxy.identity import IdentitySettings
+    from meshctl_proxy.identity.certificates import IdentitySettings
 
     token_file = tmp_path / f"token-{name.split('.')[0]}"
     token_file.write_text(token)

@@ -58,7 +58,7 @@ def test_serve_signs_for_a_registered_token_and_stops_on_sigterm(tmp_path):
         line = proc.stderr.readline()
         assert f"identity service {SVC_NAME} listening on 127.0.0.1:" in line, line
         port = int(line.rsplit(":", 1)[1])
-        from meshctl_proxy.identity import IdentityManager
+        from meshctl_proxy.identity.certificates import IdentityManager
 
         anchor = certs.KeyPair((tmp_path / "ca.crt").read_text(), (tmp_path / "ca.key").read_text())
         mgr = IdentityManager(identity_settings(tmp_path, anchor, port, token,

@@ -31,9 +31,11 @@ def _fresh_now():
     NOW = certs.utcnow()
 
 
-def csr(names, key=None) -> str:
+def csr(names, key=None, *, common_names=()) -> str:
+    """A CSR for *names* (SANs); its subject carries *common_names* as CNs (none by default, as Linkerd's proxy)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
-    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in common_names])
+    b = x509.CertificateSigningRequestBuilder().subject_name(subject)
     if names:
         b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
@@ -149,7 +151,7 @@ def test_bad_registry_files_name_the_entry(tmp_path, text, message):
 # --- over the wire: the proxy's client against the real service, TLS on loopback --------
 
 def test_proxy_gets_certified_over_tls_and_refusals_carry_the_reason(tmp_path, anchor, issuer):
-    from meshctl_proxy.identity import CertifyError, IdentityManager
+    from meshctl_proxy.identity.certificates import CertifyError, IdentityManager
 
     registry = str(tmp_path / "tokens.json")
     web_token = tokens.add_token(registry, namespace="shop", service_account="web")
@@ -183,15 +185,15 @@ def test_proxy_gets_certified_over_tls_and_refusals_carry_the_reason(tmp_path, a
 
 
 def test_service_answers_bad_requests_with_json_errors(tmp_path, anchor, issuer):
-    from meshctl_proxy import tls
-    from meshctl_proxy.identity import post_json
+    from meshctl_proxy.identity import tls_contexts
+    from meshctl_proxy.identity.certificates import post_json
 
     registry = str(tmp_path / "tokens.json")
     tokens.add_token(registry, namespace="shop", service_account="web")
 
     async def main():
         async with running_service(make_authority(anchor, issuer), registry) as (_, host, port):
-            ctx = tls.client_context(trust_anchors_pem=anchor.cert_pem)
+            ctx = tls_contexts.client_context(trust_anchors_pem=anchor.cert_pem)
             status, _, body = await post_json(host, port, "/v1/certify", b"{", ssl_context=ctx, server_identity=SVC_NAME)
             assert status == 400 and "JSON" in json.loads(body)["error"]
             status, _, body = await post_json(host, port, "/v2/other", b"{}", ssl_context=ctx, server_identity=SVC_NAME)

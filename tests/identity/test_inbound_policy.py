@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshctl_proxy import config
-from meshctl_proxy.inbound_policy import AuthzStats, InboundPolicy
+from meshctl_proxy.policy.authorization import AuthzStats, InboundPolicy
 
 ID = "web.shop.serviceaccount.identity.meshctl.cluster.local"
 CLUSTER = config.parse_networks("10.0.0.0/8,fd00::/8")

@@ -2,7 +2,7 @@
 
 Proxy A (client side, outbound) and proxy B (server side, inbound) run in one
 background event loop with the production wiring (``Mesh`` seams, as
-``meshctl_proxy.server.serve`` does).  A's outbound router names B's identity
+``meshctl_proxy.transport.server.serve`` does).  A's outbound router names B's identity
 for B's address, as the destination service does for a meshed endpoint.  The
 identity service is a real ``meshctl identity serve`` process, so it can be
 killed.
@@ -77,7 +77,6 @@ class StaticOutbound:
 
 def proxy_config(workdir, name: str, identity: str, svc_port: int, token: str, **extra):
     from meshctl_proxy import config
-
     (workdir / f"token-{name}").write_text(token)
     env = {
         "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
@@ -96,11 +95,11 @@ def proxy_config(workdir, name: str, identity: str, svc_port: int, token: str, *
 
 
 async def start_proxy(cfg, *, outbound=None):
-    """What meshctl_proxy.server.serve does, with an optional outbound router."""
+    """What meshctl_proxy.transport.server.serve does, with an optional outbound router."""
     from meshctl_proxy.model import Endpoint
-    from meshctl_proxy.mtls import Mesh
-    from meshctl_proxy.routing import DirectRouter
-    from meshctl_proxy.server import Proxy
+    from meshctl_proxy.identity.mesh import Mesh
+    from meshctl_proxy.policy.router import DirectRouter
+    from meshctl_proxy.transport.server import Proxy
 
     mesh = Mesh.from_config(cfg)
     router = StaticOutbound(DirectRouter(), Endpoint(*outbound)) if outbound else None

@@ -10,7 +10,7 @@ import pytest
 
 from helpers_identity import anchor, issuer, identity_settings, make_authority, running_service  # noqa: F401 (fixtures)
 from meshctl.identity import tokens
-from meshctl_proxy.identity import IdentityManager, next_refresh
+from meshctl_proxy.identity.certificates import IdentityManager, next_refresh
 
 WEB = "web.shop.serviceaccount.identity.meshctl.cluster.local"
 

@@ -10,8 +10,7 @@ import pytest
 
 from helpers_identity import anchor, issuer, leaf_files  # noqa: F401 (fixtures)
 from meshctl.identity import certs
-from meshctl_proxy import tls
-
+from meshctl_proxy.identity import tls_contexts
 SERVER = "api.shop.serviceaccount.identity.meshctl.cluster.local"
 CLIENT = "web.shop.serviceaccount.identity.meshctl.cluster.local"
 
@@ -20,12 +19,12 @@ def handshake(server_files, client_files, anchors_pem: str, *, expect: str = SER
     """One TLS connection on loopback; returns (client-side verdict, identity the server saw)."""
     _, s_cert, s_key = server_files
     _, c_cert, c_key = client_files
-    server_ctx = tls.server_context(trust_anchors_pem=anchors_pem, cert_file=s_cert, key_file=s_key)
-    client_ctx = tls.client_context(trust_anchors_pem=client_anchors or anchors_pem, cert_file=c_cert, key_file=c_key)
+    server_ctx = tls_contexts.server_context(trust_anchors_pem=anchors_pem, cert_file=s_cert, key_file=s_key)
+    client_ctx = tls_contexts.client_context(trust_anchors_pem=client_anchors or anchors_pem, cert_file=c_cert, key_file=c_key)
     seen: list = []
 
     async def on_conn(reader, writer):
-        seen.append(tls.peer_identity(writer.get_extra_info("ssl_object")))
+        seen.append(tls_contexts.peer_identity(writer.get_extra_info("ssl_object")))
         writer.write(b"hi")
         await writer.drain()
         writer.close()
@@ -36,7 +35,7 @@ def handshake(server_files, client_files, anchors_pem: str, *, expect: str = SER
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname=expect)
             try:
-                tls.verify_peer_identity(writer.get_extra_info("ssl_object"), expect)
+                tls_contexts.verify_peer_identity(writer.get_extra_info("ssl_object"), expect)
                 assert writer.get_extra_info("ssl_object").version() == "TLSv1.3"
                 return (await reader.read(), seen)
             finally:
@@ -70,7 +69,7 @@ def test_mutual_tls_names_both_peers(good, anchor):
 
 def test_server_with_wrong_name_is_refused_by_the_identity_check(tmp_path, issuer, anchor, good):
     impostor = leaf_files(tmp_path, issuer, "db.shop.serviceaccount.identity.meshctl.cluster.local", tag="impostor")
-    with pytest.raises(tls.IdentityMismatch, match="peer identity is 'db.shop"):
+    with pytest.raises(tls_contexts.IdentityMismatch, match="peer identity is 'db.shop"):
         handshake(impostor, good[1], anchor.cert_pem)
 
 
@@ -108,7 +107,7 @@ def test_expired_client_certificate_is_refused_by_the_server(tmp_path, issuer, a
 
 def test_plaintext_client_gets_no_service_from_a_tls_listener(good, anchor):
     _, s_cert, s_key = good[0]
-    ctx = tls.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
+    ctx = tls_contexts.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
 
     async def main():
         served = []
@@ -128,7 +127,7 @@ def test_plaintext_client_gets_no_service_from_a_tls_listener(good, anchor):
 # --- ClientHello detection ----------------------------------------------------------
 
 def real_client_hello(server_name: str | None) -> bytes:
-    ctx = tls.client_context(trust_anchors_pem=certs.generate_trust_anchor().cert_pem)
+    ctx = tls_contexts.client_context(trust_anchors_pem=certs.generate_trust_anchor().cert_pem)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
     with pytest.raises(ssl.SSLWantReadError):
@@ -138,13 +137,13 @@ def real_client_hello(server_name: str | None) -> bytes:
 
 def test_client_hello_sni_and_alpn_are_read_from_python_ssl_output():
     hello = real_client_hello(SERVER)
-    assert tls.parse_client_hello(hello) == tls.ClientHello(SERVER, ("h2", "http/1.1"))
-    assert tls.parse_client_hello(real_client_hello(None)) == tls.ClientHello(None, ("h2", "http/1.1"))
+    assert tls_contexts.parse_client_hello(hello) == tls_contexts.ClientHello(SERVER, ("h2", "http/1.1"))
+    assert tls_contexts.parse_client_hello(real_client_hello(None)) == tls_contexts.ClientHello(None, ("h2", "http/1.1"))
 
 
 def test_client_hello_needs_whole_record_and_rejects_plaintext():
     hello = real_client_hello(SERVER)
     for cut in (1, 3, 5, len(hello) - 1):
-        assert tls.parse_client_hello(hello[:cut]) == tls.NeedMore()
+        assert tls_contexts.parse_client_hello(hello[:cut]) == tls_contexts.NeedMore()
     for data in (b"GET / HTTP/1.1\r\n", b"PRI * HTTP/2.0\r\n", b"\x16\x01\x00", b"\x16\x03\x01\xff\xff", b"\x16\x03\x01\x00\x04\x02abc"):
-        assert tls.parse_client_hello(data) == tls.NotTls(), data
+        assert tls_contexts.parse_client_hello(data) == tls_contexts.NotTls(), data

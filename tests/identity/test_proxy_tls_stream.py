@@ -8,8 +8,9 @@ import ssl
 import pytest
 
 from helpers_identity import anchor, issuer, leaf_files  # noqa: F401 (fixtures)
-from meshctl_proxy import tls, tls_stream
-from meshctl_proxy.tls_stream import TlsTransport
+from meshctl_proxy.identity import tls_contexts
+from meshctl_proxy.identity import tls_transport
+from meshctl_proxy.identity.tls_transport import TlsTransport
 
 SERVER = "api.shop.serviceaccount.identity.meshctl.cluster.local"
 CLIENT = "web.shop.serviceaccount.identity.meshctl.cluster.local"
@@ -37,10 +38,10 @@ class Detecting(asyncio.Protocol):
 
     def data_received(self, data):
         self.buf += data
-        hello = tls.parse_client_hello(self.buf)
-        if isinstance(hello, tls.NeedMore):
+        hello = tls_contexts.parse_client_hello(self.buf)
+        if isinstance(hello, tls_contexts.NeedMore):
             return
-        assert isinstance(hello, tls.ClientHello) and hello.server_name == SERVER
+        assert isinstance(hello, tls_contexts.ClientHello) and hello.server_name == SERVER
         self.transport.pause_reading()
         self.task = asyncio.ensure_future(self._terminate(self.buf))
 
@@ -52,7 +53,7 @@ class Detecting(asyncio.Protocol):
         except (ssl.SSLError, ConnectionError) as exc:
             self.seen.append(("refused", type(exc).__name__))
             return
-        self.seen.append(("client", tls.peer_identity(sslobj)))
+        self.seen.append(("client", tls_contexts.peer_identity(sslobj)))
         t.start(Echo())
 
 
@@ -67,13 +68,13 @@ async def _serve(server_ctx, seen):
     return server, protocols
 
 
-def _contexts(tmp_path, anchor, issuer, *, server_ca=None, alpn=tls.MESH_ALPN):
+def _contexts(tmp_path, anchor, issuer, *, server_ca=None, alpn=tls_contexts.MESH_ALPN):
     """Server and client contexts with leaves from *issuer* (the server's from *server_ca*, a pair, if given)."""
     server_anchor, server_issuer = server_ca or (anchor, issuer)
     _, s_cert, s_key = leaf_files(tmp_path, server_issuer, SERVER, tag="s")
     _, c_cert, c_key = leaf_files(tmp_path, issuer, CLIENT, tag="c")
-    server_ctx = tls.server_context(trust_anchors_pem=server_anchor.cert_pem, cert_file=s_cert, key_file=s_key)
-    client_ctx = tls.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key, alpn=alpn)
+    server_ctx = tls_contexts.server_context(trust_anchors_pem=server_anchor.cert_pem, cert_file=s_cert, key_file=s_key)
+    client_ctx = tls_contexts.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key, alpn=alpn)
     return server_ctx, client_ctx
 
 
@@ -85,7 +86,7 @@ def test_terminated_session_echoes_a_megabyte_and_names_the_client(tmp_path, anc
         server, protocols = await _serve(server_ctx, seen)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname=SERVER)
-        tls.verify_peer_identity(writer.get_extra_info("ssl_object"), SERVER)
+        tls_contexts.verify_peer_identity(writer.get_extra_info("ssl_object"), SERVER)
         payload = bytes(range(256)) * 4096  # 1 MiB
         writer.write(payload)
         await writer.drain()
@@ -101,8 +102,8 @@ def test_terminated_session_echoes_a_megabyte_and_names_the_client(tmp_path, anc
 
 def test_client_without_a_mesh_certificate_is_refused_at_the_handshake(tmp_path, anchor, issuer):
     _, s_cert, s_key = leaf_files(tmp_path, issuer, SERVER, tag="s")
-    server_ctx = tls.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
-    anonymous = tls.client_context(trust_anchors_pem=anchor.cert_pem)  # no client certificate
+    server_ctx = tls_contexts.server_context(trust_anchors_pem=anchor.cert_pem, cert_file=s_cert, key_file=s_key)
+    anonymous = tls_contexts.client_context(trust_anchors_pem=anchor.cert_pem)  # no client certificate
     seen = []
 
     async def main():
@@ -122,7 +123,7 @@ def test_client_without_a_mesh_certificate_is_refused_at_the_handshake(tmp_path,
     assert seen == [("refused", "SSLError")]
 
 
-# --- originating: tls_stream.connect, what the outbound proxy uses ------------------------------
+# --- originating: tls_transport.connect, what the outbound proxy uses ------------------------------
 
 class Collect(asyncio.Protocol):
     def __init__(self):
@@ -150,11 +151,11 @@ def test_originated_session_echoes_through_our_termination_and_both_sides_name_t
     async def main():
         server, protocols = await _serve(server_ctx, seen)
         port = server.sockets[0].getsockname()[1]
-        transport, proto = await tls_stream.connect(Collect, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
+        transport, proto = await tls_transport.connect(Collect, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
                                                     handshake_timeout=5)
         assert proto.transport is transport
         sslobj = transport.get_extra_info("ssl_object")
-        assert tls.verify_peer_identity(sslobj, SERVER) == SERVER
+        assert tls_contexts.verify_peer_identity(sslobj, SERVER) == SERVER
         assert sslobj.version() == "TLSv1.3" and sslobj.selected_alpn_protocol() == "http/1.1"
         assert sslobj.cipher()[0] == "TLS_AES_256_GCM_SHA384"  # docs/performance.md: why not AES-128
         assert transport.get_extra_info("peername")[1] == port  # the raw transport answers the rest
@@ -167,7 +168,7 @@ def test_originated_session_echoes_through_our_termination_and_both_sides_name_t
         async with asyncio.timeout(10):
             while len(proto.data) < len(expected):
                 await asyncio.sleep(0.01)
-        # The server sent no session tickets (tls.server_context: a proxy never resumes); the
+        # The server sent no session tickets (tls_contexts.server_context: a proxy never resumes); the
         # echoed bytes arrived after where tickets would have been, so none can be in flight.
         assert sslobj.session is None or not sslobj.session.has_ticket
         transport.close()  # close_notify: the echo server sees EOF and closes its side
@@ -194,7 +195,7 @@ def test_originating_to_a_server_of_another_trust_domain_raises_ssl_error(tmp_pa
         server, protocols = await _serve(server_ctx, seen)
         port = server.sockets[0].getsockname()[1]
         with pytest.raises(ssl.SSLCertVerificationError):
-            await tls_stream.connect(Collect, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
+            await tls_transport.connect(Collect, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
                                      handshake_timeout=5)
         server.close()
         await asyncio.gather(*(p.task for p in protocols if p.task))
@@ -207,7 +208,7 @@ def test_originating_to_a_server_of_another_trust_domain_raises_ssl_error(tmp_pa
 def test_originating_to_a_server_that_never_answers_tls_fails_in_bounded_time(tmp_path, anchor, issuer,
                                                                               server_behaviour):
     _, c_cert, c_key = leaf_files(tmp_path, issuer, CLIENT, tag="c")
-    client_ctx = tls.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key)
+    client_ctx = tls_contexts.client_context(trust_anchors_pem=anchor.cert_pem, cert_file=c_cert, key_file=c_key)
     got_hello = []
 
     class NotTls(asyncio.Protocol):
@@ -227,7 +228,7 @@ def test_originating_to_a_server_that_never_answers_tls_fails_in_bounded_time(tm
         # The event loop's ssl_handshake_timeout raises ConnectionAbortedError; so does ours.
         expected = ConnectionAbortedError if server_behaviour == "silent" else ConnectionResetError
         with pytest.raises(expected):
-            await tls_stream.connect(Collect, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
+            await tls_transport.connect(Collect, "127.0.0.1", port, client_ctx, server_hostname=SERVER,
                                      handshake_timeout=0.5)
         elapsed = loop.time() - start
         server.close()

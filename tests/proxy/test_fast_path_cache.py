@@ -1,10 +1,10 @@
 """Which routers' select() the HTTP/1 fast path may remember per authority (routing.select_is_pure)."""
 
 from meshctl_proxy import config
-from meshctl_proxy.mtls import AuthorizingRouter
-from meshctl_proxy.route_metrics import RouteMetrics
-from meshctl_proxy.routing import DirectRouter, InboundRouter, select_is_pure
-from meshctl_proxy.traffic import TrafficRouter
+from meshctl_proxy.identity.mesh import AuthorizingRouter
+from meshctl_proxy.telemetry.route_metrics import RouteMetrics
+from meshctl_proxy.policy.router import DirectRouter, InboundRouter, select_is_pure
+from meshctl_proxy.policy.traffic_router import TrafficRouter
 
 
 class PicksItsOwn(DirectRouter):

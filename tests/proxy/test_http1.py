@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from meshctl_proxy import http1
-from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, RequestReader, ResponseHead, ResponseReader, Upgrade
+from meshctl_proxy.wire import http1
+from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, RequestReader, ResponseHead, ResponseReader, Upgrade
 
 _NAMES = ("End", "H1Error", "Interim", "RequestHead", "RequestReader", "ResponseHead", "ResponseReader", "Upgrade")
 

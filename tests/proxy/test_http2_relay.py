@@ -16,18 +16,18 @@ import h2.events
 
 from meshctl_proxy import config
 from meshctl_proxy.body import Body, BodyError
-from meshctl_proxy.h2limits import FloodGuard
+from meshctl_proxy.wire.h2limits import FloodGuard
 import pytest
 from ngh2 import NeverIndexedHeader
 
 from .h2wire import GoawayFilter
 
-from meshctl_proxy.h2headers import h2_fields
-from meshctl_proxy.http2_proxy import (STREAM_WINDOW, H2ClientConnection, H2Pool, H2ServerConnection, StreamReset,
+from meshctl_proxy.wire.h2headers import h2_fields
+from meshctl_proxy.transport.http2_proxy import (STREAM_WINDOW, H2ClientConnection, H2Pool, H2ServerConnection, StreamReset,
                                        UpstreamReset)
-from meshctl_proxy.metrics import Metrics
+from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response
-from meshctl_proxy.server import Proxy
+from meshctl_proxy.transport.server import Proxy
 
 
 class MemoryTransport(asyncio.Transport):

@@ -1,10 +1,10 @@
-"""meshctl_proxy.outbox: a pass's first write at once, the rest held to its end, in order, flushed before a close."""
+"""meshctl_proxy.transport.outbox: a pass's first write at once, the rest held to its end, in order, flushed before a close."""
 
 import asyncio
 
 import uvloop
 
-from meshctl_proxy.outbox import outbox
+from meshctl_proxy.transport.outbox import outbox
 
 
 class Recorder:

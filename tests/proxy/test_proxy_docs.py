@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from meshctl_proxy import config
-
 DOC = Path(__file__).resolve().parents[2] / "docs" / "proxy.md"
 
 

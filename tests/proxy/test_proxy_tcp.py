@@ -12,10 +12,10 @@ import socket
 import pytest
 
 from meshctl_proxy import config
-from meshctl_proxy.detect import H1, H2, H2_PREFACE, TCP, TLS, detect
+from meshctl_proxy.wire.detect import H1, H2, H2_PREFACE, TCP, TLS, detect
 from meshctl_proxy.model import Endpoint
-from meshctl_proxy.routing import DirectRouter
-from meshctl_proxy.server import Proxy
+from meshctl_proxy.policy.router import DirectRouter
+from meshctl_proxy.transport.server import Proxy
 
 
 @pytest.mark.parametrize("buf,kind", [

@@ -252,8 +252,8 @@ class Lab:
 
     async def start(self) -> "Lab":
         from meshctl_proxy import config
-        from meshctl_proxy.server import Proxy
-        from meshctl_proxy.traffic import TrafficRouter
+        from meshctl_proxy.transport.server import Proxy
+        from meshctl_proxy.policy.traffic_router import TrafficRouter
 
         await self.start_destination()
         env = {

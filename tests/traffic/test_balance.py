@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from meshctl_proxy.balance import PeakEwmaBalancer, RoundRobinBalancer, make_balancer
-from meshctl_proxy.endpoints import Endpoint
+from meshctl_proxy.policy.balance import PeakEwmaBalancer, RoundRobinBalancer, make_balancer
+from meshctl_proxy.discovery.resolution import WeightedAddr
 
-A, B, C = (Endpoint.make("127.0.0.1", p) for p in (9001, 9002, 9003))
+A, B, C = (WeightedAddr.make("127.0.0.1", p) for p in (9001, 9002, 9003))
 
 
 def ewma(**kw) -> PeakEwmaBalancer:
@@ -76,7 +76,7 @@ def test_power_of_two_choices_prefers_the_cheaper_endpoint():
 
 def test_slow_endpoint_gets_almost_no_traffic_among_many():
     bal = ewma()
-    eps = [Endpoint.make("127.0.0.1", 9000 + i) for i in range(5)]
+    eps = [WeightedAddr.make("127.0.0.1", 9000 + i) for i in range(5)]
     bal.update(eps)
     slow = eps[2]
     now, picks = 0.0, collections.Counter()
@@ -188,7 +188,7 @@ def test_readding_a_removed_endpoint_with_requests_in_flight_keeps_its_pending_c
 def test_metadata_change_is_picked_up():
     bal = ewma()
     bal.update([A])
-    a2 = Endpoint.make("127.0.0.1", 9001, identity="web.shop.serviceaccount.identity.meshctl.cluster.local")
+    a2 = WeightedAddr.make("127.0.0.1", 9001, identity="web.shop.serviceaccount.identity.meshctl.cluster.local")
     bal.update([a2])
     assert bal.acquire(0.0).identity.startswith("web.shop")
 
@@ -206,7 +206,6 @@ def test_round_robin_cycles_blind_to_latency():
 
 def test_make_balancer_follows_the_config_names():
     from meshctl_proxy import config
-
     for name in config.BALANCERS:
         assert make_balancer(name) is not None
     assert isinstance(make_balancer("peak-ewma"), PeakEwmaBalancer)

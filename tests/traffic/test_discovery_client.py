@@ -12,7 +12,7 @@ from pathlib import Path
 from meshctl.destination.registry import LocalRegistry
 from meshctl.destination.server import DestinationServer
 from meshctl_proxy import config
-from meshctl_proxy.discovery import DestinationClient, parse_suffixes
+from meshctl_proxy.discovery.client import DestinationClient, parse_suffixes
 
 WEB = "web.shop.svc.cluster.local:8080"
 

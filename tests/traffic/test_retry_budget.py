@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshctl_proxy.retry import RetryBudget
+from meshctl_proxy.policy.retry_budget import RetryBudget
 
 
 def drain(budget: RetryBudget, now: float) -> int:

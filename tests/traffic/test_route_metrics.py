@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshctl_proxy.route_metrics import RouteMetrics
+from meshctl_proxy.telemetry.route_metrics import RouteMetrics
 
 
 def test_render_uses_linkerd_names_and_labels():

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from meshctl_proxy.profile import ProfileError
-from meshctl_proxy.routes import DEFAULT_ROUTE_NAME, EMPTY_POLICY, compile_profile, route_timeout
+from meshctl_proxy.policy.service_profile import ProfileError
+from meshctl_proxy.policy.route_policy import DEFAULT_ROUTE_NAME, EMPTY_POLICY, compile_profile, route_timeout
 
 
 def profile(spec: dict) -> dict:

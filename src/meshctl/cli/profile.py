@@ -139,7 +139,7 @@ def _validate_files(files: list[str]) -> int:
     """Report every problem of every ServiceProfile document; 0 when all are valid."""
     from meshctl.errors import MeshctlError
     from meshctl.profiles import text
-    from meshctl_proxy.profile import ProfileError, ServiceProfile
+    from meshctl_proxy.policy.service_profile import ProfileError, ServiceProfile
 
     failed = False
     for path in files:

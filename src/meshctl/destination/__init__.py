@@ -11,6 +11,6 @@
 - :mod:`meshctl.destination.server`: the HTTP/1.1 server streaming JSON
   resolutions to proxies (protocol in ``docs/destination.md``).
 
-What goes on the wire is :mod:`meshctl_proxy.endpoints` (defined once, read
+What goes on the wire is :mod:`meshctl_proxy.discovery.resolution` (defined once, read
 by the proxy's destination client).
 """

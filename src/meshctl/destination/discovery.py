@@ -21,7 +21,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from meshctl_proxy.endpoints import Endpoint, Resolution, normalize_authority
+from meshctl_proxy.discovery.resolution import WeightedAddr, Resolution, normalize_authority
 
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
@@ -52,7 +52,7 @@ class Discovery(Protocol):
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServicePort:
     port: int
-    endpoints: tuple[Endpoint, ...] = ()  # target ports already applied
+    endpoints: tuple[WeightedAddr, ...] = ()  # target ports already applied
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from typing import Any
 from meshctl.destination.discovery import (DEFAULT_CLUSTER_DOMAIN, ServicePort, ServiceRecord, Snapshot,
                                            SnapshotDiscovery)
 from meshctl.errors import InputError
-from meshctl_proxy.endpoints import Endpoint, ResolutionError, sorted_endpoints
+from meshctl_proxy.discovery.resolution import WeightedAddr, ResolutionError, sorted_endpoints
 
 log = logging.getLogger("meshctl.destination")
 
@@ -109,7 +109,7 @@ def parse_registry(doc: Any, *, source: str = "registry") -> Snapshot:
             eps = []
             for k, ep_doc in enumerate(_list(pd.get("endpoints"), f"{pwhere}.endpoints")):
                 try:
-                    eps.append(Endpoint.from_json(ep_doc, where=f"{pwhere}.endpoints[{k}]"))
+                    eps.append(WeightedAddr.from_json(ep_doc, where=f"{pwhere}.endpoints[{k}]"))
                 except ResolutionError as exc:
                     raise InputError(f"{source}: {exc}") from None
             ports.append(ServicePort(port, sorted_endpoints(eps)))
@@ -129,9 +129,9 @@ def parse_registry(doc: Any, *, source: str = "registry") -> Snapshot:
 
 
 def _validate_profile(doc: Mapping[str, Any], where: str) -> None:
-    # The ServiceProfile model is defined once, in meshctl_proxy.profile; a
+    # The ServiceProfile model is defined once, in meshctl_proxy.policy.service_profile; a
     # profile the proxy could not use must be refused here, not at request time.
-    from meshctl_proxy.profile import ProfileError, ServiceProfile
+    from meshctl_proxy.policy.service_profile import ProfileError, ServiceProfile
 
     try:
         ServiceProfile.from_dict(_plain(doc))

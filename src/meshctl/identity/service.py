@@ -27,6 +27,7 @@ import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from meshctl.identity import certs
 from meshctl.meshconfig import MeshConfig
@@ -37,7 +38,12 @@ log = logging.getLogger("meshctl.identity")
 CERTIFY_PATH = "/v1/certify"
 # A CSR is ~500 bytes and a projected token ~1-2 KiB; anything near this is not a proxy.
 MAX_BODY = 64 * 1024
+# A request head (line and headers) of a proxy's POST is ~200 bytes; h11's own default is 16 KiB.
+MAX_HEAD = 16 * 1024
 READ_TIMEOUT = 10.0
+# After refusing a request whose body is still coming: how long and how much of it to read and drop.
+LINGER_TIME = 2.0
+LINGER_BYTES = 2 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,6 +124,12 @@ class Authority:
             return names
         if names != [expected]:
             return Refusal(403, f"CSR names {names[0]!r}, but the token is for {expected!r}")
+        common_names = _csr_common_names(csr)
+        if common_names not in ([], [expected]):
+            # Linkerd's identity service (checkCSR): the CN is empty or the identity.  Anything else
+            # would be signed into a leaf whose subject names someone the SAN does not.
+            return Refusal(403, f"CSR subject CN {', '.join(map(repr, common_names))} differs from the identity "
+                                f"{expected!r} (it must be empty or equal it)")
         if identity != expected:
             return Refusal(403, f"requested identity {identity!r}, but the token is for {expected!r}")
         wait = self.limiter.take(expected, monotonic)
@@ -149,6 +161,10 @@ def _parse_csr(csr_pem: str) -> x509.CertificateSigningRequest | Refusal:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         return Refusal(400, "certificate_signing_request: key must be ECDSA P-256")
     return csr
+
+
+def _csr_common_names(csr: x509.CertificateSigningRequest) -> list[str]:
+    return [str(attr.value) for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
 def _csr_names(csr: x509.CertificateSigningRequest) -> list[str] | Refusal:
@@ -229,27 +245,41 @@ class IdentityServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         import h11
 
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
             while True:
-                request, body = await asyncio.wait_for(_read_request(conn, reader), READ_TIMEOUT)
+                try:
+                    request, body = await asyncio.wait_for(_read_request(conn, reader), READ_TIMEOUT)
+                except (_TooLarge, h11.RemoteProtocolError) as exc:
+                    # A status rather than a dropped connection, so the client learns why (nginx: 413 and
+                    # 400/431 likewise); then the connection is done, since the rest of the body is unread.
+                    await self._refuse(conn, writer, reader, exc)
+                    return
                 if request is None:
                     return
                 status, payload, headers = await self._respond(request, body)
-                data = json.dumps(payload).encode()
-                headers = [("content-type", "application/json"), ("content-length", str(len(data))), *headers]
-                writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-                writer.write(conn.send(h11.Data(data=data)))
-                writer.write(conn.send(h11.EndOfMessage()))
-                await writer.drain()
+                await _send_json(conn, writer, status, payload, headers)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
-        except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, h11.RemoteProtocolError, _TooLarge):
+        except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, h11.RemoteProtocolError, h11.LocalProtocolError):
             return
         finally:
             writer.close()
 
+    async def _refuse(self, conn, writer: asyncio.StreamWriter, reader: asyncio.StreamReader, exc: Exception) -> None:
+        import h11
+
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        self.refused += 1
+        if isinstance(exc, _TooLarge):
+            status, reason = 413, str(exc)
+        else:
+            status, reason = exc.error_status_hint, f"malformed HTTP request: {exc}"
+        log.info("refused a request: %s", reason)
+        await _send_json(conn, writer, status, {"error": reason}, [("connection", "close")])
+        await _linger(reader)
     async def _respond(self, request, body: bytes) -> tuple[int, dict, list]:
         method, target = request.method.decode(), request.target.decode()
         if target in ("/ready", "/live") and method == "GET":
@@ -281,11 +311,55 @@ class IdentityServer:
 
 
 class _TooLarge(Exception):
-    pass
+    """The request body is over MAX_BODY; the message says how large and the limit."""
+
+
+async def _send_json(conn, writer: asyncio.StreamWriter, status: int, payload: dict, headers: list) -> None:
+    import h11
+
+    data = json.dumps(payload).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(data))), *headers]
+    writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+    writer.write(conn.send(h11.Data(data=data)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
+async def _linger(reader: asyncio.StreamReader) -> None:
+    """Read and drop what the client still sends, for a bounded time, before closing.
+
+    Closing a socket with unread data makes the kernel answer with a reset,
+    which can destroy the response the client has not read yet (nginx's
+    ``lingering_close`` exists for this).  Bounded in bytes and time.
+    """
+    loop = asyncio.get_running_loop()
+    deadline, left = loop.time() + LINGER_TIME, LINGER_BYTES
+    try:
+        while left > 0:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            data = await asyncio.wait_for(reader.read(65536), remaining)
+            if not data:
+                return
+            left -= len(data)
+    except (asyncio.TimeoutError, ConnectionError, ssl.SSLError):
+        return
+
+
+def _declared_length(request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # h11 has checked it is one decimal number
+    return None
 
 
 async def _read_request(conn, reader: asyncio.StreamReader):
-    """One request and its body, or (None, b"") when the client is done."""
+    """One request and its body, or (None, b"") when the client is done.
+
+    _TooLarge as soon as the body is known to exceed MAX_BODY: at the head
+    when it declares a Content-Length, else when the chunks pass the limit.
+    """
     import h11
 
     request, body = None, bytearray()
@@ -297,10 +371,13 @@ async def _read_request(conn, reader: asyncio.StreamReader):
             continue
         if isinstance(event, h11.Request):
             request = event
+            length = _declared_length(event)
+            if length is not None and length > MAX_BODY:
+                raise _TooLarge(f"request body of {length} bytes is over the limit of {MAX_BODY} bytes")
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > MAX_BODY:
-                raise _TooLarge
+                raise _TooLarge(f"request body is over the limit of {MAX_BODY} bytes")
         elif isinstance(event, h11.EndOfMessage):
             return request, bytes(body)
         elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 
 from meshctl.meshconfig import MeshConfig
 from meshctl_proxy import config as proxy_config
-
 CONFIG_PREFIX = "config.meshctl.io/"
 INJECT_ANNOTATION = "meshctl.io/inject"
 PROXY_VERSION_ANNOTATION = "meshctl.io/proxy-version"

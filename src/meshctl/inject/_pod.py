@@ -12,7 +12,6 @@ import posixpath
 from typing import Any
 
 from meshctl_proxy import config as proxy_config
-
 from meshctl.inject._options import (
     CONFIG_PREFIX,
     INJECT_ANNOTATION,

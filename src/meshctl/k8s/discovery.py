@@ -33,7 +33,7 @@ from typing import Any
 from meshctl.destination.discovery import ServicePort, ServiceRecord, Snapshot, SnapshotDiscovery
 from meshctl.errors import ClusterError
 from meshctl.meshconfig import MeshConfig
-from meshctl_proxy.endpoints import Endpoint, sorted_endpoints
+from meshctl_proxy.discovery.resolution import WeightedAddr, sorted_endpoints
 
 log = logging.getLogger("meshctl.destination.kubernetes")
 
@@ -99,7 +99,7 @@ def build_snapshot(state: dict[str, dict[tuple[str, str], dict]], *, mesh: MeshC
     return Snapshot(tuple(services), profiles, mesh.cluster_domain)
 
 
-def _endpoint(addr: str, port: int, ep: dict, ns: str, pods_by_ip, pods, mesh: MeshConfig) -> Endpoint:
+def _endpoint(addr: str, port: int, ep: dict, ns: str, pods_by_ip, pods, mesh: MeshConfig) -> WeightedAddr:
     ref = ep.get("targetRef") or {}
     pod = None
     if ref.get("kind") == "Pod":
@@ -107,18 +107,18 @@ def _endpoint(addr: str, port: int, ep: dict, ns: str, pods_by_ip, pods, mesh: M
     pod = pod or pods_by_ip.get((ns, addr))
     labels = {"namespace": ns}
     if pod is None:
-        return Endpoint.make(addr, port, labels=labels, meshed=False)
+        return WeightedAddr.make(addr, port, labels=labels, meshed=False)
     labels["pod"] = pod["metadata"]["name"]
     pod_labels = pod["metadata"].get("labels") or {}
     if pod_labels.get(CONTROL_PLANE_NS_LABEL) == mesh.mesh_namespace:
         sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-        return Endpoint.make(addr, port, labels=labels, meshed=True, identity=mesh.identity_name(sa, ns))
-    return Endpoint.make(addr, port, labels=labels, meshed=False)
+        return WeightedAddr.make(addr, port, labels=labels, meshed=True, identity=mesh.identity_name(sa, ns))
+    return WeightedAddr.make(addr, port, labels=labels, meshed=False)
 
 
 def _profile_ok(doc: dict) -> bool:
     # A profile the proxy cannot use is left out (and logged), never served.
-    from meshctl_proxy.profile import ProfileError, ServiceProfile
+    from meshctl_proxy.policy.service_profile import ProfileError, ServiceProfile
 
     try:
         ServiceProfile.from_dict(doc)

@@ -2,7 +2,7 @@
 
 Pure functions over plain data (no stdin, terminal or cluster): the CLI module
 ``meshctl.cli.profile`` reads the input and renders the output.  The model they
-produce is :mod:`meshctl_proxy.profile`, the one the proxy matches routes with.
+produce is :mod:`meshctl_proxy.policy.service_profile`, the one the proxy matches routes with.
 
 - :func:`meshctl.profiles.openapi.load_spec` / :func:`~meshctl.profiles.openapi.from_openapi`:
   Swagger 2.0, OpenAPI 3.0 and 3.1, YAML or JSON.

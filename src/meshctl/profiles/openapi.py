@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 from meshctl.errors import InputError
 from meshctl.profiles.text import MAX_DEPTH, MAX_NODES, one_line, parse_document
 from meshctl_proxy.config import parse_duration
-from meshctl_proxy.profile import (
+from meshctl_proxy.policy.service_profile import (
     RequestMatch, ResponseClass, ResponseMatch, Route, ServiceProfile, StatusRange,
 )
 

@@ -18,7 +18,7 @@ import re
 
 from meshctl.errors import InputError
 from meshctl.profiles.openapi import path_regex
-from meshctl_proxy.profile import RequestMatch, Route, ServiceProfile
+from meshctl_proxy.policy.service_profile import RequestMatch, Route, ServiceProfile
 
 RETRYABLE_LEVELS = frozenset({"IDEMPOTENT", "NO_SIDE_EFFECTS"})
 

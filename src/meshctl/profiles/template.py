@@ -6,7 +6,7 @@ the CRD); the commented lines show the other fields with their meaning.
 
 from __future__ import annotations
 
-from meshctl_proxy.profile import API_VERSION, KIND
+from meshctl_proxy.policy.service_profile import API_VERSION, KIND
 
 _TEMPLATE = """\
 # ServiceProfile for {service}.{namespace}: per-route metrics, retries and timeouts.

@@ -2,9 +2,9 @@
 
 The destination service (``meshctl.destination``) builds these from the
 cluster (or the local registry) and sends them as JSON; the proxy's
-destination client (:mod:`meshctl_proxy.discovery`) turns the JSON back into
-the same objects.  The mTLS layer reads :attr:`Endpoint.meshed` and
-:attr:`Endpoint.identity` to decide whether to originate TLS and which server
+destination client (:mod:`meshctl_proxy.discovery.client`) turns the JSON back into
+the same objects.  The mTLS layer reads :attr:`WeightedAddr.meshed` and
+:attr:`WeightedAddr.identity` to decide whether to originate TLS and which server
 identity to expect, as Linkerd's ``WeightedAddr.tls_identity`` does.
 
 Standard library only: imported by the proxy and the CLI alike.
@@ -57,7 +57,7 @@ def split_authority(authority: str) -> tuple[str, int]:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Endpoint:
+class WeightedAddr:
     """One address behind an authority, with what the proxy needs to talk to it."""
 
     host: str
@@ -81,7 +81,7 @@ class Endpoint:
 
     @classmethod
     def make(cls, host: str, port: int, *, weight: int = 1, labels: Mapping[str, str] | None = None,
-             meshed: bool | None = None, identity: str = "", protocol_hint: str = "") -> "Endpoint":
+             meshed: bool | None = None, identity: str = "", protocol_hint: str = "") -> "WeightedAddr":
         return cls(host, int(port), int(weight), tuple(sorted((labels or {}).items())),
                    bool(identity) if meshed is None else meshed, identity, protocol_hint)
 
@@ -90,7 +90,7 @@ class Endpoint:
                 "meshed": self.meshed, "identity": self.identity, "protocolHint": self.protocol_hint}
 
     @classmethod
-    def from_json(cls, doc: Any, *, where: str = "endpoint") -> "Endpoint":
+    def from_json(cls, doc: Any, *, where: str = "endpoint") -> "WeightedAddr":
         if not isinstance(doc, Mapping):
             raise ResolutionError(f"{where}: expected an object")
         try:
@@ -129,12 +129,12 @@ class Resolution:
     forwards to the address it was given, as Linkerd does for names outside
     its profile suffixes.  ``profile`` is the ServiceProfile document (the
     CRD object as JSON) or None; the proxy parses it with
-    :meth:`meshctl_proxy.profile.ServiceProfile.from_dict`.
+    :meth:`meshctl_proxy.policy.service_profile.ServiceProfile.from_dict`.
     """
 
     authority: str
     known: bool
-    endpoints: tuple[Endpoint, ...] = ()
+    endpoints: tuple[WeightedAddr, ...] = ()
     profile: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -155,11 +155,11 @@ class Resolution:
         if profile is not None and not isinstance(profile, Mapping):
             raise ResolutionError("resolution.profile: expected an object or null")
         return cls(authority, bool(doc.get("known", True)),
-                   sorted_endpoints(Endpoint.from_json(e, where=f"resolution.endpoints[{i}]") for i, e in enumerate(eps)),
+                   sorted_endpoints(WeightedAddr.from_json(e, where=f"resolution.endpoints[{i}]") for i, e in enumerate(eps)),
                    profile)
 
 
-def sorted_endpoints(endpoints: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
+def sorted_endpoints(endpoints: Iterable[WeightedAddr]) -> tuple[WeightedAddr, ...]:
     """Deterministic order (by address), one entry per address (the last wins)."""
     by_addr = {e.address: e for e in endpoints}
     return tuple(by_addr[a] for a in sorted(by_addr))

@@ -30,9 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meshctl_proxy import tls
-
-log = logging.getLogger("meshctl_proxy.identity")
+from meshctl_proxy.identity import tls_contexts
+log = logging.getLogger("meshctl_proxy.identity.certificates")
 
 CERTIFY_PATH = "/v1/certify"
 RENEW_AT = 0.7  # of the lifetime, as Linkerd renews
@@ -58,7 +57,7 @@ class Credentials:
     chain_pem: str
     not_before: float  # epoch seconds
     not_after: float
-    contexts: tls.MeshContexts
+    contexts: tls_contexts.MeshContexts
 
     @property
     def server_context(self) -> ssl.SSLContext:
@@ -123,6 +122,10 @@ class IdentityManager:
     def __init__(self, settings: IdentitySettings, *, clock: Callable[[], float] = time.time) -> None:
         if not settings.local_name:
             raise ValueError("MESHCTL_PROXY_IDENTITY_LOCAL_NAME: required when identity is enabled")
+        if tls_contexts.parse_identity_name(settings.local_name) is None:
+            # Peers would take a certificate for it as no identity at all (tls_contexts.parse_identity_name).
+            raise ValueError(f"MESHCTL_PROXY_IDENTITY_LOCAL_NAME: {settings.local_name!r} is not an identity name "
+                             "(no wildcard, no trailing dot, DNS labels only)")
         if "-----BEGIN CERTIFICATE-----" not in settings.trust_anchors_pem:
             raise ValueError("MESHCTL_PROXY_IDENTITY_TRUST_ANCHORS: no PEM certificate")
         self.settings = settings
@@ -132,7 +135,7 @@ class IdentityManager:
         self._key_pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                 serialization.NoEncryption()).decode()
         self.csr_pem = _make_csr(self._key, settings.local_name)
-        self._svc_context = tls.client_context(trust_anchors_pem=settings.trust_anchors_pem)
+        self._svc_context = tls_contexts.client_context(trust_anchors_pem=settings.trust_anchors_pem)
         self._creds: Credentials | None = None
         self._ready = asyncio.Event()
         # Observability (Linkerd: identity_cert_refresh_count, identity_cert_expiration_timestamp_seconds).
@@ -217,7 +220,7 @@ class IdentityManager:
         if leaf.public_key().public_numbers() != self._key.public_key().public_numbers():
             raise CertifyError("identity service returned a certificate for another key")
         chain_pem = leaf_pem + "".join(intermediates)
-        contexts = tls.contexts_from_pem(trust_anchors_pem=self.settings.trust_anchors_pem, chain_pem=chain_pem,
+        contexts = tls_contexts.contexts_from_pem(trust_anchors_pem=self.settings.trust_anchors_pem, chain_pem=chain_pem,
                                          key_pem=self._key_pem, directory=self.settings.directory)
         creds = Credentials(self.name, chain_pem, leaf.not_valid_before_utc.timestamp(),
                             leaf.not_valid_after_utc.timestamp(), contexts)
@@ -283,7 +286,7 @@ async def post_json(host: str, port: int, path: str, body: bytes, *, ssl_context
     """
     reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=server_identity)
     try:
-        tls.verify_peer_identity(writer.get_extra_info("ssl_object"), server_identity)
+        tls_contexts.verify_peer_identity(writer.get_extra_info("ssl_object"), server_identity)
         writer.write(
             f"POST {path} HTTP/1.1\r\nhost: {server_identity}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)

@@ -17,13 +17,13 @@ import signal
 import socket
 import sys
 
-from meshctl_proxy import detect as detection
-from meshctl_proxy.http1_proxy import H1Pool, H1ServerConnection
-from meshctl_proxy.metrics import Metrics
+from meshctl_proxy.wire import detect as detection
+from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
+from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
-from meshctl_proxy.routing import TcpConnector, default_router, mesh_identity, open_connection
-from meshctl_proxy.tcp import PipeEnd, splice
-from meshctl_proxy.transparent import original_dst
+from meshctl_proxy.policy.router import TcpConnector, default_router, mesh_identity, open_connection
+from meshctl_proxy.transport.tcp import PipeEnd, splice
+from meshctl_proxy.transport.original_dst import original_dst
 
 log = logging.getLogger("meshctl_proxy")
 
@@ -51,7 +51,7 @@ class HttpUpstream:
     async def send(self, request: Request, endpoint: Endpoint) -> Response:
         if request.protocol == "h2":
             if self.h2 is None:
-                from meshctl_proxy.http2_proxy import H2Pool
+                from meshctl_proxy.transport.http2_proxy import H2Pool
 
                 self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout)
             return await self.h2.send(request, endpoint)
@@ -78,7 +78,7 @@ class Proxy:
             # Linkerd's scrape config adds the owner as e.g. deployment="web".
             pod[config.workload_kind.lower()] = config.workload_name
         self.metrics = Metrics(pod_labels=pod, max_authorities=config.max_authority_labels)
-        from meshctl_proxy.route_metrics import RouteMetrics
+        from meshctl_proxy.telemetry.route_metrics import RouteMetrics
 
         self.route_metrics = RouteMetrics(pod_labels=self.metrics.pod_labels, max_dst=config.max_authority_labels)
         self.metrics.extra_renderers.append(self.route_metrics.render)
@@ -112,7 +112,7 @@ class Proxy:
         return task
 
     async def start(self) -> None:
-        from meshctl_proxy.admin import AdminProtocol
+        from meshctl_proxy.telemetry.admin import AdminProtocol
 
         self.stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -131,8 +131,8 @@ class Proxy:
                                                                                  own)
         if self._routers[OUTBOUND] is None:
             # Outbound traffic goes through discovery, balancing and route policy
-            # (meshctl_proxy.traffic); names the mesh does not know go direct.
-            from meshctl_proxy.traffic import TrafficRouter
+            # (meshctl_proxy.policy.traffic_router); names the mesh does not know go direct.
+            from meshctl_proxy.policy.traffic_router import TrafficRouter
 
             self.routers[OUTBOUND] = TrafficRouter.from_config(cfg, metrics=self.route_metrics, own_addrs=own)
         self.ready = True
@@ -326,7 +326,7 @@ class DetectProtocol(asyncio.Protocol):
             if kind == detection.H1:
                 server_connection = H1ServerConnection
             else:  # h2 is imported only when a connection speaks it (start-up, idle memory)
-                from meshctl_proxy.http2_proxy import H2ServerConnection as server_connection
+                from meshctl_proxy.transport.http2_proxy import H2ServerConnection as server_connection
             ctx.protocol = kind
             handler = server_connection(proxy, ctx, self.stats)
             transport.set_protocol(handler)
@@ -372,7 +372,7 @@ def settle_heap() -> None:
 
 async def serve(config, **seams) -> int:
     """Run a proxy until SIGTERM/SIGINT (or POST /shutdown) and its drain complete."""
-    from meshctl_proxy.mtls import Mesh
+    from meshctl_proxy.identity.mesh import Mesh
 
     mesh = Mesh.from_config(config)  # identity, mTLS and the inbound policy
     proxy = Proxy(config, **{**mesh.seams(), **seams})

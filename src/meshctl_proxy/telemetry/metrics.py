@@ -131,7 +131,7 @@ class Metrics:
         self._http: dict[tuple, HttpStats] = {}
         self._tcp: dict[tuple, TcpStats] = {}
         self.started = time.time()
-        # Other families (route_* from meshctl_proxy.route_metrics) append their text here.
+        # Other families (route_* from meshctl_proxy.telemetry.route_metrics) append their text here.
         self.extra_renderers: list = []
 
     def http(self, direction: str, authority: str | None, target_addr: str | None, tls: str,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from meshctl_proxy.metrics import TcpStats
+from meshctl_proxy.telemetry.metrics import TcpStats
 
 
 class PipeEnd(asyncio.Protocol):

@@ -32,9 +32,9 @@ from collections.abc import Iterable, Sequence
 
 import h11
 
-from meshctl_proxy.endpoints import Resolution, ResolutionError, normalize_authority
+from meshctl_proxy.discovery.resolution import Resolution, ResolutionError, normalize_authority
 
-log = logging.getLogger("meshctl_proxy.discovery")
+log = logging.getLogger("meshctl_proxy.discovery.client")
 
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0

@@ -21,8 +21,8 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from meshctl_proxy import profile as model
-from meshctl_proxy.retry import (DEFAULT_MIN_RETRIES_PER_SECOND, DEFAULT_RETRY_RATIO, DEFAULT_TTL,
+from meshctl_proxy.policy import service_profile as model
+from meshctl_proxy.policy.retry_budget import (DEFAULT_MIN_RETRIES_PER_SECOND, DEFAULT_RETRY_RATIO, DEFAULT_TTL,
                                  RetryBudget)
 
 DEFAULT_ROUTE_NAME = "[DEFAULT]"
@@ -98,7 +98,7 @@ def compile_profile(doc: Mapping[str, Any] | None) -> RoutePolicy:
     """The RoutePolicy of a ServiceProfile document (None: no profile, default behaviour).
 
     Parsing and validation belong to the ServiceProfile model
-    (:mod:`meshctl_proxy.profile`); raises its ``ProfileError``.
+    (:mod:`meshctl_proxy.policy.service_profile`); raises its ``ProfileError``.
     """
     if not doc:
         return EMPTY_POLICY

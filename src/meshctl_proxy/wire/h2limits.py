@@ -1,10 +1,17 @@
 """Limits on floods that cost the server more than the client, sans-IO, each answered with ENHANCE_YOUR_CALM.
 
 - Rapid reset (CVE-2023-44487): a client opens streams and resets them at
-  once; each costs us an upstream request while it costs the client two
-  frames.  hyper/h2 (Linkerd's stack) bounds "pending accept reset streams";
-  we bound client resets per second.  libnghttp2 has a token bucket of its
-  own, kept as a backstop above this one (it would close with INTERNAL_ERROR).
+  once; each would cost us an upstream request while it costs the client two
+  frames.  hyper/h2 (Linkerd's stack) bounds "pending accept reset streams":
+  streams the remote reset before the server application accepted them.  We
+  count the same ones, streams reset before the proxy took them on (their
+  request not yet on its way upstream), per second.  A reset of a stream the
+  proxy has taken on is a cancellation (a gRPC client ending a call it has had
+  answers on, or a shared deadline passing) and is not counted: counting every
+  RST_STREAM ended whole connections of legitimate gRPC clients.  Such a reset
+  cancels the upstream stream at once, and libnghttp2's own token bucket over
+  every client RST_STREAM(CANCEL) stays as a backstop far above this limit (it
+  would close with INTERNAL_ERROR).
 - PING and SETTINGS floods (CVE-2019-9512, CVE-2019-9515): each one makes us
   queue an ACK.  libnghttp2 only bounds the ACKs queued unsent (a client that
   never reads); a client that reads and floods costs us CPU all the same.
@@ -20,9 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 
-# Per connection, per second.  A healthy gRPC client cancels a handful of
-# streams a second and pings a few times a minute (keepalive); these limits are
-# two orders of magnitude above that and far below what an attacker needs.
+# Per connection, per second.  A healthy client practically never resets a stream
+# before the proxy has taken it on (microseconds after sending it), and pings a
+# few times a minute (keepalive); these limits are far above that and far below
+# what an attacker needs.
 MAX_RESETS_PER_SECOND = 200
 MAX_PINGS_PER_SECOND = 50
 MAX_SETTINGS_PER_SECOND = 50

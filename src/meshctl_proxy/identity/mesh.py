@@ -12,7 +12,7 @@
   not ours (the app's own TLS) and is forwarded as opaque TCP.
 - :class:`AuthorizingRouter` wraps the inbound router with the inbound
   policy and owns the ``meshctl-client-id`` header; :class:`Mesh` wires it
-  all into one proxy (``meshctl_proxy.server.serve``).
+  all into one proxy (``meshctl_proxy.transport.server.serve``).
 
 Without a valid certificate (not issued yet, or expired) both fail closed:
 no mesh TLS is originated or accepted.
@@ -25,10 +25,10 @@ import dataclasses
 import ssl
 from collections.abc import Callable
 
-from meshctl_proxy import tls
-from meshctl_proxy.identity import IdentityManager
-from meshctl_proxy import tls_stream
-from meshctl_proxy.tls_stream import TlsTransport
+from meshctl_proxy.identity import tls_contexts
+from meshctl_proxy.identity.certificates import IdentityManager
+from meshctl_proxy.identity import tls_transport
+from meshctl_proxy.identity.tls_transport import TlsTransport
 
 HANDSHAKE_TIMEOUT = 10.0
 IDENTITY_HEADER = b"meshctl-client-id"  # as Linkerd's l5d-client-id
@@ -66,7 +66,7 @@ class MeshConnector:
             raise NoIdentity(f"no valid certificate of our own: not originating mTLS to {expected}")
         try:
             # Our MemoryBIO transport rather than the loop's ssl=: cheaper per record (tls_stream).
-            transport, protocol = await tls_stream.connect(
+            transport, protocol = await tls_transport.connect(
                 protocol_factory, endpoint.host, endpoint.port, creds.client_context(alpn),
                 server_hostname=expected, handshake_timeout=self.handshake_timeout)
         except (ssl.SSLError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
@@ -75,8 +75,8 @@ class MeshConnector:
             self.refused += 1
             raise
         try:
-            tls.verify_peer_identity(transport.get_extra_info("ssl_object"), expected)
-        except tls.IdentityMismatch:
+            tls_contexts.verify_peer_identity(transport.get_extra_info("ssl_object"), expected)
+        except tls_contexts.IdentityMismatch:
             self.refused += 1
             transport.abort()
             raise
@@ -101,11 +101,11 @@ class InboundTls:
         self.handshakes = 0
         self.failed = 0
 
-    def classify(self, prefix: bytes) -> tls.ClientHello | tls.NeedMore | tls.NotTls:
+    def classify(self, prefix: bytes) -> tls_contexts.ClientHello | tls_contexts.NeedMore | tls_contexts.NotTls:
         """Sans-IO: is this the start of mesh TLS for us?  ``ClientHello`` with our name means yes."""
-        return tls.parse_client_hello(prefix)
+        return tls_contexts.parse_client_hello(prefix)
 
-    def is_mesh(self, hello: tls.ClientHello) -> bool:
+    def is_mesh(self, hello: tls_contexts.ClientHello) -> bool:
         return hello.server_name == self.identity.name
 
     async def terminate(self, transport: asyncio.Transport, prefix: bytes) -> Terminated:
@@ -127,7 +127,7 @@ class InboundTls:
         except (ssl.SSLError, ConnectionError, TimeoutError):
             self.failed += 1
             raise
-        client = tls.peer_identity(sslobj)
+        client = tls_contexts.peer_identity(sslobj)
         self.handshakes += 1
         self.identity.watch(tls_transport)
         return Terminated(tls_transport, client, sslobj.selected_alpn_protocol())
@@ -220,7 +220,7 @@ class Mesh:
     """What identity adds to one proxy: its seams before start, its hooks after."""
 
     def __init__(self, cfg, identity: IdentityManager | None) -> None:
-        from meshctl_proxy.inbound_policy import AuthzStats, InboundPolicy
+        from meshctl_proxy.policy.authorization import AuthzStats, InboundPolicy
 
         self.identity = identity
         self.policy = InboundPolicy.from_config(cfg)
@@ -231,7 +231,7 @@ class Mesh:
     @classmethod
     def from_config(cls, cfg) -> "Mesh":
         from meshctl_proxy.config import ConfigError
-        from meshctl_proxy.identity import IdentitySettings
+        from meshctl_proxy.identity.certificates import IdentitySettings
 
         if not identity_enabled(cfg):
             return cls(cfg, None)
@@ -243,7 +243,7 @@ class Mesh:
     def seams(self) -> dict:
         if self.identity is None:
             return {}
-        from meshctl_proxy.routing import TcpConnector
+        from meshctl_proxy.policy.router import TcpConnector
 
         self.connector = MeshConnector(TcpConnector(), self.identity)
         self.inbound = InboundTls(self.identity)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from meshctl_proxy.metrics import LATENCY_BUCKETS_MS, LabelBudget, ResponseStats
+from meshctl_proxy.telemetry.metrics import LATENCY_BUCKETS_MS, LabelBudget, ResponseStats
 
 
 class _RouteStats:

@@ -1,6 +1,6 @@
 """HTTP/1.1 on sockets: the client-facing server connection and the pooled upstream client.
 
-The framing rules live in :mod:`meshctl_proxy.http1` (sans-IO); this module
+The framing rules live in :mod:`meshctl_proxy.wire.http1` (sans-IO); this module
 moves bytes between transports and :class:`~meshctl_proxy.body.Body`
 streams.  asyncio Protocols rather than streams: the per-request path is a
 parser callback, a dict lookup and a write, with one coroutine per connection
@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from meshctl_proxy import http1
+from meshctl_proxy.wire import http1
 from meshctl_proxy.body import EMPTY, Body, BodyError
-from meshctl_proxy.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
-from meshctl_proxy.metrics import TcpStats
+from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
+from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.outbox import outbox
-from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series, select_is_pure
-from meshctl_proxy.tcp import PipeEnd, splice
+from meshctl_proxy.transport.outbox import outbox
+from meshctl_proxy.policy.router import DirectRouter, EndpointPool, http_series, select_is_pure
+from meshctl_proxy.transport.tcp import PipeEnd, splice
 
-log = logging.getLogger("meshctl_proxy.http1")
+log = logging.getLogger("meshctl_proxy.wire.http1")
 
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
@@ -49,7 +49,7 @@ class Upgraded:
 
 
 class _HeldWrites(asyncio.Protocol):
-    """Both ends write through the loop's outbox (meshctl_proxy.outbox): a pass's first write
+    """Both ends write through the loop's outbox (meshctl_proxy.transport.outbox): a pass's first write
     goes at once, the rest at the end of the pass.
 
     Every close, abort and hand-over flushes first, so nothing written before

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-from meshctl_proxy import http1
-from meshctl_proxy.http1 import End, H1Error, RequestHead
+from meshctl_proxy.wire import http1
+from meshctl_proxy.wire.http1 import End, H1Error, RequestHead
 
 
 def _is_loopback(host: str) -> bool:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import weakref
 
-log = logging.getLogger("meshctl_proxy.outbox")
+log = logging.getLogger("meshctl_proxy.transport.outbox")
 
 _BY_LOOP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

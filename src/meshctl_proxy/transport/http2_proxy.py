@@ -20,7 +20,7 @@ with REFUSED_STREAM, which the pool retries once); a graceful drain sends
 GOAWAY with the last stream id and serves the streams already open.
 
 Abuse is answered with GOAWAY(ENHANCE_YOUR_CALM) and a close
-(meshctl_proxy.h2limits): rapid reset, PING and SETTINGS floods, streams
+(meshctl_proxy.wire.h2limits): rapid reset, PING and SETTINGS floods, streams
 beyond SETTINGS_MAX_CONCURRENT_STREAMS.  libnghttp2 refuses the last one
 itself, as RFC 9113 section 5.1.2 allows, with PROTOCOL_ERROR; the proxy
 sends ENHANCE_YOUR_CALM in its place, as Go's and Envoy's servers answer
@@ -38,11 +38,11 @@ from ngh2 import (ConnectionClosed, DataReceived, GoAwayReceived, NGH2Error, Pin
                   ResponseReceived, Role, SettingsReceived, StreamClosed, TrailersReceived, WindowUpdated)
 
 from meshctl_proxy.body import EMPTY, Body, BodyError
-from meshctl_proxy.h2headers import MalformedHeaders, h2_fields, request_fields
-from meshctl_proxy.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
-from meshctl_proxy.metrics import TcpStats
+from meshctl_proxy.wire.h2headers import MalformedHeaders, h2_fields, request_fields
+from meshctl_proxy.wire.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
+from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.routing import DirectRouter, EndpointPool, http_series, select_is_pure
+from meshctl_proxy.policy.router import DirectRouter, EndpointPool, http_series, select_is_pure
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -115,7 +115,10 @@ class _Sender:
         self.transport = None
         self.window_waiters: dict[int, asyncio.Future] = {}
         self.write_paused = False
-        self.drain_waiter: asyncio.Future | None = None
+        # Every stream whose sender waits for the socket to drain has its own future here, and
+        # resume_writing() wakes them all: one slot, as before, kept only the last waiter and the
+        # others stopped mid-body for good (issue 13, class 11).
+        self.drain_waiters: list[asyncio.Future] = []
         self.stats: TcpStats | None = None
         self.closed = False
         self.flush_scheduled = False
@@ -176,8 +179,10 @@ class _Sender:
         for fut in waiters.values():
             if not fut.done():
                 fut.set_exception(exc)
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_exception(exc)
+        drains, self.drain_waiters = self.drain_waiters, []
+        for fut in drains:
+            if not fut.done():
+                fut.set_exception(exc)
 
     async def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         """Send *data* within the peer's windows; END_STREAM goes on its last frame.
@@ -202,8 +207,7 @@ class _Sender:
             view = view[n:]
             self.flush_soon()
             if self.write_paused:
-                self.drain_waiter = self.loop.create_future()
-                await self.drain_waiter
+                await self._drained()
 
     async def send_body(self, stream_id: int, body: Body) -> None:
         """Relay *body* and end the stream: END_STREAM rides on the last DATA frame when no
@@ -239,18 +243,34 @@ class _Sender:
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
+        drains, self.drain_waiters = self.drain_waiters, []
+        for fut in drains:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _drained(self) -> None:
+        """Wait until the transport takes writes again (resume_writing), alongside any other stream."""
+        fut = self.loop.create_future()
+        self.drain_waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut in self.drain_waiters:  # this stream is gone: its slot must not outlive it
+                self.drain_waiters.remove(fut)
+            raise
 
 
 class _ServerStream:
-    __slots__ = ("id", "request", "body", "task", "upstream")
+    __slots__ = ("id", "request", "body", "task", "upstream", "taken")
 
     def __init__(self, stream_id: int, request: Request, body: Body) -> None:
         self.id = stream_id
         self.request = request
         self.body = body
         self.task: asyncio.Task | None = None
+        # The proxy has taken the stream on (its request is on its way upstream): a client's reset
+        # from then on is a cancellation, not a rapid reset (h2limits, hyper's "pending accept").
+        self.taken = False
         # Direct path: (upstream connection, its stream id) while the response is awaited.
         self.upstream: tuple[H2ClientConnection, int] | None = None
 
@@ -388,13 +408,17 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if st is not None:
                 st.body.finish(list(ev.headers))
         elif t is _StreamResetEvent:
-            reason = self.guard.on_reset(self.loop.time())
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.body.discard(StreamReset(ev.error_code, "client reset the stream"))
                 st.cancel()
-            if reason:
-                self.calm(reason)
+                # Only a stream reset before the proxy took it on counts towards the rapid-reset limit
+                # (CVE-2023-44487, as hyper's max_pending_accept_reset_streams): cancelling calls that
+                # were answered or are under way is what gRPC clients do (issue 13, class 12).
+                if not st.taken:
+                    reason = self.guard.on_reset(self.loop.time())
+                    if reason:
+                        self.calm(reason)
         elif t is WindowUpdated:
             self.wake_windows(ev.stream_id)
         elif t is SettingsReceived:
@@ -498,6 +522,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             stats.requests -= 1
             return False
         st.upstream = (conn, usid)
+        st.taken = True
         return True
 
     def _direct_done(self, st: _ServerStream, endpoint: Endpoint, stats, start: float, response: Response | None,
@@ -672,6 +697,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         again), or with the *response* whose body is still to be relayed.
         """
         request = st.request
+        st.taken = True
         if stats is None:
             start = self.loop.time()
             # Outbound requests count in their endpoint's hop series, known once dispatch() answers.

@@ -25,9 +25,9 @@ aside again for longer.
 
 Endpoint set updates keep the state of endpoints that stay, and in-flight
 requests to removed endpoints simply complete: their release is accepted and
-forgotten.  Endpoint weights are carried but not used for picking, as in
+forgotten.  WeightedAddr weights are carried but not used for picking, as in
 Linkerd's p2c balancer; traffic splitting by weight happens between
-authorities (``dstOverrides``, see :mod:`meshctl_proxy.routes`).
+authorities (``dstOverrides``, see :mod:`meshctl_proxy.policy.route_policy`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import random
 from collections.abc import Iterable
 from typing import Protocol
 
-from meshctl_proxy.endpoints import Endpoint
+from meshctl_proxy.discovery.resolution import WeightedAddr
 
 DEFAULT_RTT = 0.030  # linkerd2-proxy: DEFAULT_RTT_ESTIMATE = 30 ms
 DECAY = 10.0  # linkerd2-proxy: EWMA_DECAY = 10 s
@@ -49,11 +49,11 @@ BACKOFF_MAX = 60.0
 class Balancer(Protocol):
     """What the proxy's outbound path needs from a balancer."""
 
-    def update(self, endpoints: Iterable[Endpoint]) -> None: ...
+    def update(self, endpoints: Iterable[WeightedAddr]) -> None: ...
 
-    def acquire(self, now: float) -> Endpoint | None: ...
+    def acquire(self, now: float) -> WeightedAddr | None: ...
 
-    def release(self, endpoint: Endpoint, now: float, *, rtt: float | None, failed: bool) -> None: ...
+    def release(self, endpoint: WeightedAddr, now: float, *, rtt: float | None, failed: bool) -> None: ...
 
     def wake_at(self, now: float) -> float | None: ...
 
@@ -65,7 +65,7 @@ class _State:
 
     __slots__ = ("endpoint", "rtt", "stamp", "pending", "failures", "aside_until", "backoff", "probing")
 
-    def __init__(self, endpoint: Endpoint, now: float, rtt: float) -> None:
+    def __init__(self, endpoint: WeightedAddr, now: float, rtt: float) -> None:
         self.endpoint = endpoint
         self.rtt = rtt
         self.stamp = now
@@ -88,7 +88,7 @@ class _Base:
         self._now = 0.0
 
     # -- endpoint set --------------------------------------------------------
-    def update(self, endpoints: Iterable[Endpoint]) -> None:
+    def update(self, endpoints: Iterable[WeightedAddr]) -> None:
         fresh: dict[tuple[str, int], _State] = {}
         for ep in endpoints:
             st = self._states.pop(ep.address, None) or self._retired.pop(ep.address, None)
@@ -104,17 +104,17 @@ class _Base:
     def _initial_rtt(self) -> float:
         return 0.0
 
-    def endpoints(self) -> list[Endpoint]:
+    def endpoints(self) -> list[WeightedAddr]:
         return [st.endpoint for st in self._states.values()]
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def pending(self, endpoint: Endpoint) -> int:
+    def pending(self, endpoint: WeightedAddr) -> int:
         st = self._states.get(endpoint.address) or self._retired.get(endpoint.address)
         return st.pending if st else 0
 
-    def is_set_aside(self, endpoint: Endpoint) -> bool:
+    def is_set_aside(self, endpoint: WeightedAddr) -> bool:
         st = self._states.get(endpoint.address)
         return bool(st and st.aside_until is not None)
 
@@ -132,13 +132,13 @@ class _Base:
                  if st.aside_until is not None and not st.probing]
         return max(now, min(times)) if times else None
 
-    def _take(self, st: _State, now: float) -> Endpoint:
+    def _take(self, st: _State, now: float) -> WeightedAddr:
         if st.aside_until is not None:
             st.probing = True
         st.pending += 1
         return st.endpoint
 
-    def release(self, endpoint: Endpoint, now: float, *, rtt: float | None, failed: bool) -> None:
+    def release(self, endpoint: WeightedAddr, now: float, *, rtt: float | None, failed: bool) -> None:
         self._now = max(self._now, now)
         addr = endpoint.address
         st = self._states.get(addr)
@@ -193,17 +193,17 @@ class PeakEwmaBalancer(_Base):
         st.stamp = max(st.stamp, now)
         return st.rtt
 
-    def rtt_estimate(self, endpoint: Endpoint) -> float:
+    def rtt_estimate(self, endpoint: WeightedAddr) -> float:
         return self._states[endpoint.address].rtt
 
-    def cost(self, endpoint: Endpoint, now: float) -> float:
+    def cost(self, endpoint: WeightedAddr, now: float) -> float:
         st = self._states[endpoint.address]
         return self._estimate(st, now) * (st.pending + 1)
 
     def _observe(self, st: _State, now: float, rtt: float) -> None:
         self._estimate(st, now, rtt)
 
-    def acquire(self, now: float) -> Endpoint | None:
+    def acquire(self, now: float) -> WeightedAddr | None:
         self._now = max(self._now, now)
         avail = self._available(now)
         n = len(avail)
@@ -228,7 +228,7 @@ class RoundRobinBalancer(_Base):
         super().__init__(**kw)
         self._next = 0
 
-    def acquire(self, now: float) -> Endpoint | None:
+    def acquire(self, now: float) -> WeightedAddr | None:
         self._now = max(self._now, now)
         avail = self._available(now)
         if not avail:

@@ -6,8 +6,8 @@ request it
 
 1. finds the logical destination: the Host / ``:authority``, else the original
    destination, resolved through the destination service
-   (:mod:`meshctl_proxy.discovery`); names the mesh does not know go to
-   :class:`~meshctl_proxy.routing.DirectRouter` (forwarded as addressed);
+   (:mod:`meshctl_proxy.discovery.client`); names the mesh does not know go to
+   :class:`~meshctl_proxy.policy.router.DirectRouter` (forwarded as addressed);
 2. matches the destination's ServiceProfile routes (first match wins) and
    counts the request in ``route_*`` metrics;
 3. picks a concrete authority by ``dstOverrides`` weight (a traffic split);
@@ -21,8 +21,8 @@ request it
 6. bounds all of it by the route's ``timeout``: 504 with
    ``meshctl-proxy-error: request timeout``.
 
-Everything that decides is sans-IO (:mod:`~meshctl_proxy.balance`,
-:mod:`~meshctl_proxy.retry`, :mod:`~meshctl_proxy.routes`); this module only
+Everything that decides is sans-IO (:mod:`~meshctl_proxy.policy.balance`,
+:mod:`~meshctl_proxy.policy.retry_budget`, :mod:`~meshctl_proxy.policy.route_policy`); this module only
 sequences it around ``upstream.send``.  Each request reads the current
 resolution, so a changed endpoint set or profile applies to the next request.
 """
@@ -35,17 +35,17 @@ import random
 import time
 from collections.abc import Callable
 
-from meshctl_proxy.balance import Balancer, make_balancer
+from meshctl_proxy.policy.balance import Balancer, make_balancer
 from meshctl_proxy.body import Body
-from meshctl_proxy.discovery import DestinationClient, Watch
-from meshctl_proxy.endpoints import normalize_authority
+from meshctl_proxy.discovery.client import DestinationClient, Watch
+from meshctl_proxy.discovery.resolution import normalize_authority
 from meshctl_proxy.model import OUTBOUND, Endpoint as ProxyEndpoint, ProxyError, Request, Response
-from meshctl_proxy.profile import ProfileError
-from meshctl_proxy.route_metrics import RouteMetrics
-from meshctl_proxy.routes import EMPTY_POLICY, RoutePolicy, compile_profile, route_timeout
-from meshctl_proxy.routing import DirectRouter
+from meshctl_proxy.policy.service_profile import ProfileError
+from meshctl_proxy.telemetry.route_metrics import RouteMetrics
+from meshctl_proxy.policy.route_policy import EMPTY_POLICY, RoutePolicy, compile_profile, route_timeout
+from meshctl_proxy.policy.router import DirectRouter
 
-log = logging.getLogger("meshctl_proxy.traffic")
+log = logging.getLogger("meshctl_proxy.policy.traffic_router")
 
 # Linkerd buffers at most 64 KiB of a request body for replay; a larger (or
 # unknown-length, streamed) body is sent once, without retries.
@@ -186,7 +186,7 @@ class TrafficRouter(DirectRouter):
         """A request for a name the destination service is not asked about needs no route policy.
 
         Then select()/observe() suffice and the HTTP/1 fast path may take it
-        (meshctl_proxy.routing.DirectRouter.direct).
+        (meshctl_proxy.policy.router.DirectRouter.direct).
         """
         if request.authority and self._candidate(request.authority) is not None:
             return False

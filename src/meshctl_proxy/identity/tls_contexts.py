@@ -103,17 +103,48 @@ def contexts_from_pem(*, trust_anchors_pem: str, chain_pem: str, key_pem: str,
 
 # --- identities -------------------------------------------------------------------
 
-def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
-    """The verified peer's identity: its one DNS SAN, or None when it has none or several.
+# RFC 1035 section 2.3.4 limits, as webpki's reference-identifier check applies them.
+MAX_NAME_LENGTH = 253
+MAX_LABEL_LENGTH = 63
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
-    Only meaningful with CERT_REQUIRED, where ``getpeercert()`` returns the
-    certificate after the chain was verified.
+
+def parse_identity_name(name: str) -> str | None:
+    """*name* when it can be an identity, else None: Linkerd's ``identity::Name::from_str``.
+
+    Linkerd parses a peer's SAN as a DNS *reference* identifier (webpki's
+    ``DnsNameRef::try_from_ascii``) and refuses a trailing dot ("SNI hostnames
+    are implicitly absolute").  So a wildcard (``*.shop...``: a pattern, not a
+    name), an absolute name (``web.shop....local.``), an empty label, a label
+    or name over the RFC 1035 lengths, a character outside letters, digits,
+    ``-`` and ``_``, a label starting or ending with ``-``, or an all-numeric
+    last label (an IPv4 address in disguise) names no one.  A certificate
+    carrying such a SAN authenticates its chain but gives no identity.
+    """
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isascii():
+        return None
+    labels = name.split(".")
+    for label in labels:
+        if (not label or len(label) > MAX_LABEL_LENGTH or not _LABEL_CHARS.issuperset(label)
+                or label[0] == "-" or label[-1] == "-"):
+            return None
+    if labels[-1].isdigit():
+        return None
+    return name
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The verified peer's identity: its one DNS SAN when that is a name (:func:`parse_identity_name`), else None.
+
+    None too when the certificate has no DNS SAN or several.  Only meaningful
+    with CERT_REQUIRED, where ``getpeercert()`` returns the certificate after
+    the chain was verified.
     """
     cert = ssl_object.getpeercert()
     if not cert:
         return None
     dns = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
-    return dns[0] if len(dns) == 1 else None
+    return parse_identity_name(dns[0]) if len(dns) == 1 else None
 
 
 def verify_peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket, expected: str) -> str:

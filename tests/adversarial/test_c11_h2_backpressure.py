@@ -1,0 +1,181 @@
+"""Class 11: HTTP/2 backpressure.  Several streams of one connection waiting for the same socket to
+drain must each be woken; no stream may stall while its peer grants window (RFC 9113 section 5.2).
+
+Real gRPC clients and servers (grpcio), through zero, one and two proxies (the second a mesh hop:
+client-side outbound forwarding to the server-side inbound listener); a raw h2 client that stops
+reading its socket for the neighbour case without gRPC's own buffering in the way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+from ._hb_local import chain
+
+CHUNK = 64 * 1024
+CHUNKS = 16  # 1 MiB per stream
+
+
+def _bulk_server():
+    def stream(request: bytes, context):
+        for i in range(CHUNKS):
+            yield bytes([i]) * CHUNK
+
+    def unary(request: bytes, context):
+        return request[::-1]  # as big as the request: ~300 KB each way
+
+    handler = grpc.method_handlers_generic_handler("test.Bulk", {
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), maximum_concurrent_rpcs=2000,
+                         options=[("grpc.max_receive_message_length", 1 << 20)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+@pytest.fixture(scope="module")
+def bulk_server():
+    server, port = _bulk_server()
+    yield port
+    server.stop(0)
+
+
+def _channel(entry, port):
+    target = f"127.0.0.1:{port}" if entry is None else f"{entry[0]}:{entry[1]}"
+    return grpc.insecure_channel(target, options=[("grpc.default_authority", f"127.0.0.1:{port}"),
+                                                  ("grpc.max_receive_message_length", 1 << 20)])
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2])
+def test_ten_server_streams_to_a_client_that_pauses_reading_all_finish(bulk_server, hops):
+    entry, proxies = chain(hops)
+    try:
+        with _channel(entry, bulk_server) as channel:
+            call = channel.unary_stream("/test.Bulk/Stream")
+            received = [0] * 10
+            errors: list = []
+
+            def consume(i: int) -> None:
+                try:
+                    for n, msg in enumerate(call(b"go", timeout=8)):
+                        if n == 0:
+                            time.sleep(0.5)  # the client stops reading; the proxy's writes back up
+                        received[i] += len(msg)
+                except grpc.RpcError as exc:
+                    errors.append((i, exc.code(), exc.details()))
+
+            start = time.monotonic()
+            threads = [threading.Thread(target=consume, args=(i,)) for i in range(10)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            elapsed = time.monotonic() - start
+        assert not errors, errors
+        assert received == [CHUNK * CHUNKS] * 10
+        assert elapsed < 5, elapsed
+    finally:
+        for p in proxies:
+            p.stop()
+
+
+def _grpc_request(sid_authority: str) -> list[tuple[bytes, bytes]]:
+    return [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/test.Bulk/Stream"),
+            (b":authority", sid_authority.encode()), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+
+
+def _raw_streams_pausing(addr, authority: str, *, streams: int, pause: float, timeout: float):
+    """Open *streams* gRPC server streams on one h2 connection that grants every window at once but
+    does not read its socket for *pause* s (a small receive buffer, so the proxy's writes back up)."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.settimeout(timeout)
+    sock.connect(addr)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1})
+    conn.increment_flow_control_window((1 << 31) - 1 - 65535)
+    message = b"\x00" + (2).to_bytes(4, "big") + b"go"
+    sids = []
+    for _ in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, _grpc_request(authority))
+        conn.send_data(sid, message, end_stream=True)
+        sids.append(sid)
+    sock.sendall(conn.data_to_send())
+    time.sleep(pause)
+    got = {sid: 0 for sid in sids}
+    status: dict[int, bytes] = {}
+    deadline = time.monotonic() + timeout
+    while len(status) < streams and time.monotonic() < deadline:
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived):
+                got[ev.stream_id] += len(ev.data)
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                status[ev.stream_id] = dict(ev.headers).get(b"grpc-status")
+            elif isinstance(ev, h2.events.StreamReset):
+                status[ev.stream_id] = b"reset %d" % ev.error_code
+        out = conn.data_to_send()
+        if out:
+            sock.sendall(out)
+    sock.close()
+    return got, status
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+def test_streams_blocked_on_one_socket_all_resume_when_it_drains(bulk_server, hops):
+    entry, proxies = chain(hops)
+    try:
+        start = time.monotonic()
+        got, status = _raw_streams_pausing(entry, f"127.0.0.1:{bulk_server}", streams=10, pause=0.5, timeout=6)
+        elapsed = time.monotonic() - start
+        assert status == {sid: b"0" for sid in got}, (status, got)
+        # each message framed with its 5-byte gRPC prefix
+        assert set(got.values()) == {CHUNKS * (CHUNK + 5)}
+        assert elapsed < 4, elapsed
+    finally:
+        for p in proxies:
+            p.stop()
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+def test_many_concurrent_large_unary_calls_on_one_channel_all_complete(bulk_server, hops):
+    """grpc interop's large_unary shape, many at once on one channel (the issue: a few hundred of 1,000
+    finished, the rest stalled).  Sized to run in seconds: CALLS x SIZE each way."""
+    calls, size = 1000, 300 * 1024
+    entry, proxies = chain(hops)
+    try:
+        with _channel(entry, bulk_server) as channel:
+            unary = channel.unary_unary("/test.Bulk/Unary")
+            payload = bytes(range(256)) * (size // 256)
+            start = time.monotonic()
+            pending = [unary.future(payload, timeout=20) for _ in range(calls)]
+            results = [f.result() == payload[::-1] for f in pending]
+            elapsed = time.monotonic() - start
+        assert all(results)
+        assert elapsed < 15, elapsed
+    finally:
+        for p in proxies:
+            p.stop()
