@@ -243,7 +243,7 @@ async def one_run(requests: int, connections: int, streams: int, profile: cProfi
     loop = asyncio.get_running_loop()
     cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0",
                        "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
-                       "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0",
+                       "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0",
                        "MESHCTL_PROXY_IDENTITY_DISABLED": "true"})
     proxy = Proxy(cfg, connector=MemoryConnector())
     await proxy.start()  # the real routers; its listeners are bound but get no traffic

@@ -370,7 +370,7 @@ def cpu_seconds(pid: int) -> float:
 def start_pair(procs: Procs, workdir: Path, backend_port: int, *, mtls: bool, svc_port: int | None) -> dict:
     """Proxy B (inbound, in front of the backend) and proxy A (outbound, to B); returns their ports."""
     base = {"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
-            "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_LOG_LEVEL": "warn"}
+            "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_LOG_LEVEL": "warn"}
 
     def env_for(name: str, identity: str) -> dict:
         if not mtls:

@@ -184,6 +184,7 @@ def start_proxy(procs: Procs, *, outbound: int, inbound: int, admin: int, forwar
         "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{outbound}",
         "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
         "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{admin}",
+        "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0",
         "MESHCTL_PROXY_IDENTITY_DISABLED": "true",
         "MESHCTL_PROXY_LOG_LEVEL": "warn",
     })

@@ -12,10 +12,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_meshes_the_shop_and_retries_hide_price_failures():
-    r = run_cli("demo", "--duration", "4s", "--rps", "15", "--price-failure-rate", "0.3",
+    r = run_cli("demo", "run", "--duration", "4s", "--rps", "15", "--price-failure-rate", "0.3",
                 "--address-prefix", "127.0.11", "-o", "json", timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "proxy of price-api is ready (certificate issued)" in r.stderr
+    assert "price-api-proxy is ready (certificate issued by the identity service)" in r.stderr
     data = json.loads(r.stdout)
     codes = data["ingress"]["statusCodes"]
     assert sum(codes.values()) == 60
@@ -38,11 +38,11 @@ def test_demo_meshes_the_shop_and_retries_hide_price_failures():
 
 
 def test_demo_refuses_bad_flags_in_one_line():
-    r = run_cli("demo", "--address-prefix", "10.0.0")
+    r = run_cli("demo", "run", "--address-prefix", "10.0.0")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == ["Error: --address-prefix: expected three octets inside 127.0.0.0/8 "
                                              "(e.g. 127.0.10), got '10.0.0'"]
-    r = run_cli("demo", "--duration", "soon")
+    r = run_cli("demo", "run", "--duration", "soon")
     assert r.returncode == 1 and "--duration" in r.stderr
 
 

@@ -1,7 +1,7 @@
 """The three sample APIs of the demo: a gateway that calls a product API and a price API.
 
     python samples/apps/shop.py product --port 9090
-    python samples/apps/shop.py price --port 8080 [--failure-rate 0.1] [--latency-ms 5]
+    python samples/apps/shop.py price --port 8080 [--failure-rate 0.1] [--latency-ms 5] [--knobs FILE]
     python samples/apps/shop.py gateway --port 5000 \
         --product-api http://product-api-svc.shop.svc.cluster.local:9090 \
         --price-api http://price-api-svc.shop.svc.cluster.local:8080 \
@@ -17,7 +17,11 @@ API (samples/swagger/ describes the same):
 Host of the URL: what iptables does transparently in a pod, done explicitly so
 the demo runs on plain loopback (the proxy then routes by Host, as Linkerd's
 ingress mode does).  ``--failure-rate`` and ``--latency-ms`` make an API
-misbehave, to show retries, timeouts and latency-aware balancing.
+misbehave, to show retries, timeouts and latency-aware balancing.  ``--knobs FILE``
+changes them while the app runs: the file (``{"failure_rate": 0.3, "latency_ms": 50}``)
+is read again whenever it changes, and ``FILE.applied`` then holds what is in effect
+(``meshctl demo set`` writes the one and waits for the other).  A file, not an HTTP
+endpoint, so that the knob never shows in the mesh's metrics.
 
 Standard library only, so the apps start anywhere the project runs.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import re
 import sys
@@ -47,6 +52,9 @@ PRICES = {1: 499.0, 2: 189.5, 3: 19.9, 4: 34.0, 5: 45.25}
 
 class ShopHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real services do
+    # The head and the body go out in two writes; with Nagle's algorithm the body then
+    # waits for the peer's delayed ACK (40 ms on Linux) on every kept-alive request.
+    disable_nagle_algorithm = True
     server_version = "shop/1"
     app: "App"
 
@@ -167,6 +175,52 @@ class GatewayApi(App):
         return 200, {**product, "price": price["price"]}
 
 
+class ShopServer(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a proxy opening ten connections at once
+    # overflows it, the SYNs are retried after a second, and the proxy's 100 ms connect
+    # timeout towards the app answers 504 first.  Real servers listen with 128 or more.
+    request_queue_size = 128
+    daemon_threads = True
+
+
+KNOBS_POLL_S = 0.2
+
+
+def watch_knobs(app: App, path: str, *, poll: float = KNOBS_POLL_S) -> threading.Thread:
+    """Apply the knobs file to *app* now and whenever it changes (a daemon thread)."""
+    def apply_once(stamp):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return stamp
+        if (st.st_mtime_ns, st.st_size, st.st_ino) == stamp:
+            return stamp
+        try:
+            with open(path) as f:
+                knobs = json.load(f)
+            failure_rate, latency_ms = float(knobs.get("failure_rate", 0.0)), float(knobs.get("latency_ms", 0.0))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            print(f"shop: {path}: ignored: {exc}", file=sys.stderr, flush=True)
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        app.failure_rate, app.latency_ms = failure_rate, latency_ms
+        tmp = f"{path}.applied.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"failure_rate": failure_rate, "latency_ms": latency_ms}, f)
+        os.replace(tmp, f"{path}.applied")
+        print(f"shop: knobs now failure_rate={failure_rate:g} latency_ms={latency_ms:g}", file=sys.stderr, flush=True)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def loop():
+        stamp = None
+        while True:
+            stamp = apply_once(stamp)
+            time.sleep(poll)
+
+    thread = threading.Thread(target=loop, name="knobs", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="shop", description=__doc__.splitlines()[0])
     p.add_argument("api", choices=("gateway", "product", "price"))
@@ -177,15 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--product-api", default="http://product-api-svc.shop.svc.cluster.local:9090")
     p.add_argument("--price-api", default="http://price-api-svc.shop.svc.cluster.local:8080")
     p.add_argument("--via", help="send upstream calls to HOST:PORT (the meshctl-proxy outbound listener)")
+    p.add_argument("--knobs", help="JSON file of failure_rate and latency_ms, re-read when it changes")
     args = p.parse_args(argv)
     knobs = {"failure_rate": args.failure_rate, "latency_ms": args.latency_ms}
     if args.api == "gateway":
         app: App = GatewayApi(product=Upstream(args.product_api, args.via), price=Upstream(args.price_api, args.via), **knobs)
     else:
         app = (ProductApi if args.api == "product" else PriceApi)(**knobs)
+    if args.knobs:
+        watch_knobs(app, args.knobs)
     handler = type("Handler", (ShopHandler,), {"app": app})
-    server = ThreadingHTTPServer((args.host, args.port), handler)
-    server.daemon_threads = True
+    server = ShopServer((args.host, args.port), handler)
     print(f"shop: {args.api} API listening on {args.host}:{server.server_port}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

@@ -1,8 +1,9 @@
 """meshctl-proxy: the sidecar that does the mesh's runtime work.
 
-One process per pod with three listeners: outbound (127.0.0.1:4140, what the
+One process per pod with four listeners: outbound (127.0.0.1:4140, what the
 application sends, redirected by iptables), inbound (0.0.0.0:4143, what
-reaches the application) and admin (0.0.0.0:4191).  The map, lowest layer
+reaches the application), admin (0.0.0.0:4191) and control (0.0.0.0:4190,
+tap).  The map, lowest layer
 first (docs/architecture.md has the picture):
 
 - ``config``, ``model``, ``body``: settings (shared with the CLI), the nouns
@@ -11,7 +12,7 @@ first (docs/architecture.md has the picture):
 - ``discovery/``: the destination service's resolutions and the watch client;
 - ``policy/``: routers, ServiceProfile routes, balancing, retry budget, authorization;
 - ``identity/``: certificates, TLS contexts, the TLS transport, mesh mTLS wiring;
-- ``telemetry/``: golden and route metrics, the admin listener;
+- ``telemetry/``: golden and route metrics, the admin listener, tap (the control listener);
 - ``transport/``: sockets: listeners, HTTP/1 and HTTP/2 connections, pools, TCP;
 - ``iptables``: ``meshctl-proxy init``, the init container.
 

@@ -29,6 +29,9 @@ CONTROL_PORT = 4190
 ADMIN_PORT = 4191
 PROXY_UID = 2102
 IDENTITY_AUDIENCE = "identity.meshctl.io"
+# The viz extension's tap service account (Linkerd: tap.linkerd-viz.serviceaccount.identity.linkerd.cluster.local).
+VIZ_NAMESPACE = "meshctl-viz"
+TAP_SVC_NAME = f"tap.{VIZ_NAMESPACE}.serviceaccount.identity.meshctl.cluster.local"
 IDENTITY_DIR = "/var/run/meshctl/identity/end-entity"
 IDENTITY_TOKEN_FILE = "/var/run/secrets/tokens/meshctl-identity-token"
 INBOUND_POLICIES = ("all-unauthenticated", "all-authenticated", "cluster-authenticated", "deny")
@@ -169,7 +172,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Where the application's outbound traffic is received."),
     Setting("admin_listen_addr", f"0.0.0.0:{ADMIN_PORT}", parse_addr,
             "Admin server: /metrics, /ready, /live, /shutdown."),
-    Setting("control_listen_addr", f"0.0.0.0:{CONTROL_PORT}", parse_addr, "Tap server."),
+    Setting("control_listen_addr", f"0.0.0.0:{CONTROL_PORT}", parse_addr,
+            "Control listener: tap (live request events, docs/proxy.md \"Tap\")."),
+    Setting("tap_svc_name", TAP_SVC_NAME, parse_str,
+            "The only client identity allowed to tap when identity is enabled (mTLS); empty disables tap then. "
+            "Without identity, tap is served to loopback peers only."),
     Setting("inbound_forward_host", "127.0.0.1", parse_str,
             "Where inbound traffic is forwarded to (the application, on its original port)."),
     Setting("inbound_ports", "", parse_ports, "The application's container ports (informational, for metrics and policy)."),
@@ -224,6 +231,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http2_max_concurrent_streams", "100", parse_positive_int,
             "Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); "
             "more is answered with GOAWAY(ENHANCE_YOUR_CALM)."),
+    Setting("upstream_idle_timeout", "90s", parse_duration,
+            "An idle upstream connection (HTTP/1 kept alive, HTTP/2 without open streams) is closed after this "
+            "long (hyper's pool default)."),
+    Setting("upstream_max_idle", "1024", parse_positive_int,
+            "Idle upstream connections kept per direction, across all endpoints; past it the longest idle is closed."),
     Setting("max_authority_labels", "1000", parse_positive_int,
             "Distinct authority label values kept in metrics; the rest are counted under authority=\"overflow\"."),
 )

@@ -35,7 +35,8 @@ class Proxy:
         full = {k: v for k, v in os.environ.items() if not k.startswith("MESHCTL_PROXY_")}
         full.update({"PYTHONPATH": str(ROOT / "src"), "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0",
                      "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
-                     "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_LOG_LEVEL": "warn",
+                     "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0",
+                     "MESHCTL_PROXY_LOG_LEVEL": "warn",
                      "MESHCTL_PROXY_IDENTITY_DISABLED": "true"})
         if forward:
             full["FORWARD_PORT"] = str(forward)

@@ -51,6 +51,7 @@ class _RecordingServer:
         self.requests: list[Received] = []
         self.errors: list[str] = []
         self.connections = 0
+        self.open = 0  # connections open now (the proxy's pools hold some idle)
 
     @property
     def authority(self) -> str:
@@ -90,6 +91,7 @@ class RecordingUpstream(_RecordingServer):
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         index = self.connections
         self.connections += 1
+        self.open += 1
         raw = bytearray()
         self.raw.append(raw)
         conn = h11.Connection(h11.SERVER)
@@ -132,6 +134,7 @@ class RecordingUpstream(_RecordingServer):
         except (ConnectionError, h11.LocalProtocolError):
             pass
         finally:
+            self.open -= 1
             writer.close()
 
 
@@ -149,8 +152,12 @@ class _H2UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.owner.open += 1
         self.conn.initiate_connection()
         transport.write(self.conn.data_to_send())
+
+    def connection_lost(self, exc) -> None:
+        self.owner.open -= 1
 
     def data_received(self, data: bytes) -> None:
         import h2.events

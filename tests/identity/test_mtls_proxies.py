@@ -80,7 +80,7 @@ def proxy_config(workdir, name: str, identity: str, svc_port: int, token: str, *
     (workdir / f"token-{name}").write_text(token)
     env = {
         "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
-        "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_LOG_LEVEL": "warn",
+        "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_LOG_LEVEL": "warn",
         "MESHCTL_PROXY_IDENTITY_TRUST_ANCHORS": (workdir / "ca.crt").read_text(),
         "MESHCTL_PROXY_IDENTITY_SVC_ADDR": f"127.0.0.1:{svc_port}",
         "MESHCTL_PROXY_IDENTITY_SVC_NAME": SVC_NAME,

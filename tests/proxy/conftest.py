@@ -27,7 +27,7 @@ class ProxyProcess:
             "PYTHONPATH": str(ROOT / "src"),
             "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0",
             "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
-            "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0",
+            "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0",
             "MESHCTL_PROXY_LOG_LEVEL": "warn",
         })
         full.update(env)
@@ -41,6 +41,8 @@ class ProxyProcess:
         self.outbound = (m.group(1), int(m.group(2)))
         self.inbound = (m.group(3), int(m.group(4)))
         self.admin = (m.group(5), int(m.group(6)))
+        c = re.search(r"control=([\d.]+):(\d+)", line)
+        self.control = (c.group(1), int(c.group(2))) if c else None
 
     def url(self, which: str = "outbound", path: str = "/") -> str:
         host, port = getattr(self, which)

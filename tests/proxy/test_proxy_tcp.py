@@ -50,7 +50,7 @@ async def echo_server():
 
 def run_proxy(loop_thread, router, **env):
     base = {"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
-            "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0"}
+            "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0"}
     base.update(env)
     proxy = Proxy(config.load(base), outbound_router=router)
     loop_thread.run(proxy.start())

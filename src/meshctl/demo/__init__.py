@@ -1,35 +1,31 @@
 """``meshctl demo``: the three-API shop, meshed, on one machine without a cluster.
 
-What runs, each a real process on its own loopback address (a "pod"):
+What runs, each a real process (docs/demo.md, docs/walkthrough.md):
 
-- control plane on ``<prefix>.1``: the destination service (``meshctl destination
-  serve`` over a local registry) and the identity service (``meshctl identity
-  serve`` with a fresh trust anchor and issuer, and a local token registry);
-- ``product-gateway-api`` on ``<prefix>.2``, ``product-api`` on ``<prefix>.3``,
-  ``price-api`` on ``<prefix>.4``: each the sample app (``samples/apps/shop.py``)
-  beside a ``meshctl-proxy`` that gets its certificate from the identity service,
-  its endpoints and ServiceProfiles from the destination service, and speaks mTLS
-  to the other proxies.
+- the control plane: the destination service (``meshctl destination serve`` over a
+  local registry it watches) and the identity service (``meshctl identity serve`` with
+  a fresh trust anchor and issuer, and a local token registry);
+- ``product-gateway-api``, ``product-api``, ``price-api``: each the sample app
+  (``samples/apps/shop.py``) beside a ``meshctl-proxy`` that gets its certificate from
+  the identity service, its endpoints and ServiceProfiles from the destination
+  service, and speaks mTLS to the other proxies.
 
-Without iptables there is no transparent redirection, so the demo does
-explicitly what the nat rules do in a pod: the gateway sends its calls to its
-proxy's outbound listener (keeping the service Host), and the registry's
-endpoints are the proxies' inbound listeners.  Service ports equal container
-ports here because the inbound proxy learns the port from the Host header
-instead of SO_ORIGINAL_DST (docs/demo.md).
+Two layouts.  On loopback (any user), each pod is a loopback address (``<prefix>.2``
+...): the proxy's inbound side listens on the pod's address at the container port and
+the app on a second loopback address, so a client addressing the pod goes through the
+proxy; nothing redirects, so the gateway sends its calls to its proxy's outbound
+listener explicitly (``shop.py --via``), keeping the service's Host.  With ``--netns``
+(root), each pod is a network namespace behind a bridge with the proxy's iptables
+rules, Services have virtual IPs and their cluster ports, and the apps know nothing
+of the mesh (:mod:`meshctl.demo.netns`).
 
-The plan (addresses, environment, registry) is pure data built by functions
-here; :class:`DemoRun` owns the processes and always stops them.
+The plan (addresses, environment, registry) is pure data built by functions here;
+:mod:`meshctl.demo.local` runs it, :mod:`meshctl.demo.state` tells readers where it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import secrets
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,44 +40,106 @@ SAMPLES = Path(__file__).resolve().parents[3] / "samples"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ProxyListeners:
+    """Where one proxy listens (``MESHCTL_PROXY_*_LISTEN_ADDR``) and where it is reached from outside its pod."""
+
+    inbound: str
+    outbound: str
+    admin: str
+    control: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Workload:
     name: str  # Deployment and ServiceAccount name
     service: str
-    port: int  # container port = Service port in the demo
+    port: int  # the container port
     app: str  # samples/apps/shop.py role
     spec: str  # samples/swagger file
-    host: str  # the pod's loopback address
+    pod_ip: str  # the pod's address: its proxy answers there, the registry's endpoint is there
+    app_host: str  # where the application listens (what 127.0.0.1 is inside a pod)
+    service_port: int  # the Service's port (the container port on loopback, 80 for the gateway in --netns)
+    cluster_ip: str | None = None  # --netns: the Service's virtual IP
+    netns: str | None = None  # --netns: the pod's network namespace
+
+    @property
+    def pod(self) -> str:
+        return f"{self.name}-0"
 
     @property
     def authority(self) -> str:
-        return f"{self.service}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}:{self.port}"
+        return f"{self.service}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}:{self.service_port}"
 
     @property
     def identity(self) -> str:
         return f"{self.name}.{NAMESPACE}.serviceaccount.identity.{MESH_NAMESPACE}.{TRUST_DOMAIN}"
 
     @property
+    def endpoint(self) -> str:
+        """The pod's address and container port: what the destination service hands out."""
+        return f"{self.pod_ip}:{self.port}"
+
+    @property
+    def listen(self) -> ProxyListeners:
+        if self.netns:
+            # In a pod: iptables sends inbound connections to 4143 and the app's own outbound
+            # ones to 4140 (meshctl-proxy init), as Linkerd's ports.
+            return ProxyListeners(inbound="0.0.0.0:4143", outbound="127.0.0.1:4140", admin="0.0.0.0:4191",
+                                  control="0.0.0.0:4190")
+        # On loopback nothing redirects: the inbound side listens on the pod's address at the
+        # container port, so a client addressing the pod (ab, an ingress) goes through the proxy,
+        # whose inbound side learns the port from the Host header and forwards to the app.
+        return ProxyListeners(inbound=self.endpoint, outbound=f"{self.pod_ip}:4140", admin=f"{self.pod_ip}:4191",
+                              control=f"{self.pod_ip}:4190")
+
+    @property
+    def reachable(self) -> ProxyListeners:
+        """The proxy's listeners as seen from the host (Prometheus, tap, the state file)."""
+        if self.netns:
+            return ProxyListeners(inbound=f"{self.pod_ip}:4143", outbound="127.0.0.1:4140",
+                                  admin=f"{self.pod_ip}:4191", control=f"{self.pod_ip}:4190")
+        return self.listen
+
+    # The one-shot demo's names for the same addresses.
+    @property
     def inbound(self) -> str:
-        return f"{self.host}:4143"
+        return self.reachable.inbound
 
     @property
     def outbound(self) -> str:
-        return f"{self.host}:4140"
+        return self.reachable.outbound
 
     @property
     def admin(self) -> str:
-        return f"{self.host}:4191"
+        return self.reachable.admin
+
+
+# (name, Service, container port, shop.py role, spec); the order is the start order's reverse of calls.
+SHOP = (
+    ("product-gateway-api", "product-gateway-api-svc", 5000, "gateway", "product-gateway-api.json"),
+    ("product-api", "product-api-svc", 9090, "product", "product-api.json"),
+    ("price-api", "price-api-svc", 8080, "price", "price-api.json"),
+)
+GATEWAY = "product-gateway-api"
+NETNS_NET = "198.18.0"  # RFC 2544's benchmarking range, as tests/netns.py (docs/architecture.md)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Plan:
+    """Where everything of one demo lives: pure data, derived from the prefix (or the netns lab id)."""
+
     prefix: str = "127.0.10"
     price_failure_rate: float = 0.1
     price_latency_ms: float = 0.0
+    netns_id: str | None = None  # --netns: namespaces are named "<id>-<pod>"
 
     @property
     def control_host(self) -> str:
-        return f"{self.prefix}.1"
+        return f"{NETNS_NET}.2" if self.netns_id else f"{self.prefix}.1"
+
+    @property
+    def control_netns(self) -> str | None:
+        return f"{self.netns_id}-control" if self.netns_id else None
 
     @property
     def destination_addr(self) -> str:
@@ -93,14 +151,29 @@ class Plan:
 
     @property
     def workloads(self) -> tuple[Workload, ...]:
-        return (
-            Workload("product-gateway-api", "product-gateway-api-svc", 5000, "gateway", "product-gateway-api.json", f"{self.prefix}.2"),
-            Workload("product-api", "product-api-svc", 9090, "product", "product-api.json", f"{self.prefix}.3"),
-            Workload("price-api", "price-api-svc", 8080, "price", "price-api.json", f"{self.prefix}.4"),
-        )
+        out = []
+        for i, (name, service, port, app, spec) in enumerate(SHOP):
+            if self.netns_id:
+                # .1 is the host's end of the lab, .2 the control plane, pods from .3; Service
+                # IPs from .100 on the same on-link /24, so a pod needs no route to reach them.
+                out.append(Workload(name, service, port, app, spec, pod_ip=f"{NETNS_NET}.{3 + i}", app_host="127.0.0.1",
+                                    service_port=80 if name == GATEWAY else port,
+                                    cluster_ip=f"{NETNS_NET}.{100 + i}", netns=f"{self.netns_id}-{app}"))
+            else:
+                out.append(Workload(name, service, port, app, spec, pod_ip=f"{self.prefix}.{2 + i}",
+                                    app_host=f"{self.prefix}.{102 + i}", service_port=port))
+        return tuple(out)
 
     def workload(self, name: str) -> Workload:
         return next(w for w in self.workloads if w.name == name)
+
+    @property
+    def gateway_url(self) -> str:
+        """What ``kubectl get svc`` would show for the gateway: its Service (--netns) or its pod."""
+        gw = self.workload(GATEWAY)
+        if gw.netns:
+            return f"http://{gw.cluster_ip}" if gw.service_port == 80 else f"http://{gw.cluster_ip}:{gw.service_port}"
+        return f"http://{gw.endpoint}"
 
 
 def validate_prefix(prefix: str) -> str:
@@ -132,27 +205,30 @@ def profiles(plan: Plan, samples: Path = SAMPLES) -> list[dict]:
 
 
 def registry(plan: Plan, service_profiles: list[dict]) -> dict:
-    """The destination service's local registry: each Service's endpoint is its pod's proxy (docs/destination.md)."""
-    return {
-        "clusterDomain": CLUSTER_DOMAIN,
-        "services": [
-            {"name": w.service, "namespace": NAMESPACE, "ports": [{"port": w.port, "endpoints": [
-                {"address": w.inbound, "labels": {"pod": f"{w.name}-0", "deployment": w.name}, "identity": w.identity},
-            ]}]}
-            for w in plan.workloads
-        ],
-        "profiles": service_profiles,
-    }
+    """The destination service's local registry: each Service's endpoint is its pod (docs/destination.md)."""
+    services = []
+    for w in plan.workloads:
+        svc = {"name": w.service, "namespace": NAMESPACE, "ports": [{"port": w.service_port, "endpoints": [
+            {"address": w.endpoint, "labels": {"pod": w.pod, "deployment": w.name}, "identity": w.identity},
+        ]}]}
+        if w.cluster_ip:
+            svc["clusterIPs"] = [w.cluster_ip]
+        services.append(svc)
+    return {"clusterDomain": CLUSTER_DOMAIN, "services": services, "profiles": service_profiles}
+
+
+PROXY_UID = 2102  # the proxy's uid in a pod (Linkerd's), which meshctl-proxy init exempts from redirection
 
 
 def proxy_env(plan: Plan, w: Workload, *, trust_anchors_pem: str, token_file: str, identity_dir: str) -> dict[str, str]:
-    """The ``MESHCTL_PROXY_*`` environment of one pod's proxy: what ``inject --manual`` renders, with loopback addresses."""
-    return {
-        "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": w.inbound,
-        "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": w.outbound,
-        "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": w.admin,
-        "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": f"{w.host}:4190",
-        "MESHCTL_PROXY_INBOUND_FORWARD_HOST": w.host,
+    """The ``MESHCTL_PROXY_*`` environment of one pod's proxy: what ``inject --manual`` renders, with the demo's addresses."""
+    listen = w.listen
+    env = {
+        "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": listen.inbound,
+        "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": listen.outbound,
+        "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": listen.admin,
+        "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": listen.control,
+        "MESHCTL_PROXY_INBOUND_FORWARD_HOST": w.app_host,
         "MESHCTL_PROXY_INBOUND_PORTS": str(w.port),
         "MESHCTL_PROXY_DESTINATION_SVC_ADDR": plan.destination_addr,
         "MESHCTL_PROXY_IDENTITY_SVC_ADDR": plan.identity_addr,
@@ -160,135 +236,54 @@ def proxy_env(plan: Plan, w: Workload, *, trust_anchors_pem: str, token_file: st
         "MESHCTL_PROXY_IDENTITY_TOKEN_FILE": token_file,
         "MESHCTL_PROXY_IDENTITY_DIR": identity_dir,
         "MESHCTL_PROXY_IDENTITY_LOCAL_NAME": w.identity,
-        "MESHCTL_PROXY_POD_NAME": f"{w.name}-0",
+        "MESHCTL_PROXY_POD_NAME": w.pod,
         "MESHCTL_PROXY_POD_NAMESPACE": NAMESPACE,
         "MESHCTL_PROXY_POD_SERVICE_ACCOUNT": w.name,
         "MESHCTL_PROXY_WORKLOAD_KIND": "Deployment",
         "MESHCTL_PROXY_WORKLOAD_NAME": w.name,
         "MESHCTL_PROXY_SHUTDOWN_GRACE_PERIOD": "2s",
     }
+    if w.netns:
+        env["MESHCTL_PROXY_CLUSTER_NETWORKS"] = f"{NETNS_NET}.0/24"
+    return env
+
+
+def app_argv(plan: Plan, w: Workload, *, knobs: Path | None = None) -> list[str]:
+    """``samples/apps/shop.py`` for one workload: the app knows nothing of the mesh, except ``--via`` on loopback."""
+    args = [sys.executable, str(SAMPLES / "apps" / "shop.py"), w.app, "--host", w.app_host, "--port", str(w.port)]
+    if w.app == "gateway":
+        product, price = plan.workload("product-api"), plan.workload("price-api")
+        args += ["--product-api", f"http://{product.authority}", "--price-api", f"http://{price.authority}"]
+        if not w.netns:
+            args += ["--via", w.outbound]  # what the nat table does in a pod
+    if w.app == "price":
+        args += ["--failure-rate", str(plan.price_failure_rate), "--latency-ms", str(plan.price_latency_ms)]
+    if knobs is not None:
+        args += ["--knobs", str(knobs)]
+    return args
 
 
 class DemoRun:
-    """The demo's processes: started in dependency order, always stopped (use as a context manager)."""
+    """The one-shot demo (``meshctl demo run``): the local mesh brought up, driven, and always brought down."""
 
     def __init__(self, plan: Plan, workdir: Path, *, progress=lambda msg: None) -> None:
+        from meshctl.demo.local import LocalDemo
+
         self.plan = plan
         self.dir = workdir
+        self.mesh = LocalDemo(workdir, progress=progress)
         self.progress = progress
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    # --- lifecycle -----------------------------------------------------------------
 
     def __enter__(self) -> "DemoRun":
         try:
-            self.start()
+            self.mesh.up(self.plan, prometheus=False, profiles=True, dashboard=False)
         except BaseException:
-            self.stop()
+            self.mesh.down(quiet=True)
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.dir / f"{name}.log", "wb")
-        with log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **(env or {})}, start_new_session=True)
-        self.procs.append((name, proc))
-        return proc
-
-    def start(self) -> None:
-        from meshctl.identity.certs import generate_issuer, generate_trust_anchor
-
-        plan, d = self.plan, self.dir
-        check_samples()
-        self.progress("generating the trust anchor and issuer")
-        anchor = generate_trust_anchor(common_name=f"root.{MESH_NAMESPACE}.{TRUST_DOMAIN}")
-        issuer = generate_issuer(anchor, common_name=f"identity.{MESH_NAMESPACE}.{TRUST_DOMAIN}")
-        for fname, text in (("ca.crt", anchor.cert_pem), ("issuer.crt", issuer.cert_pem), ("issuer.key", issuer.key_pem)):
-            (d / fname).write_text(text)
-        os.chmod(d / "issuer.key", 0o600)
-
-        tokens = {w.name: secrets.token_urlsafe(32) for w in plan.workloads}
-        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))
-        (d / "tokens.json").write_text(json.dumps({"tokens": [
-            {"token": t, "namespace": NAMESPACE, "serviceAccount": name, "audience": "identity.meshctl.io", "expires": expires}
-            for name, t in tokens.items()]}))
-        for name, t in tokens.items():
-            (d / f"{name}.token").write_text(t)
-
-        self.progress("rendering ServiceProfiles from samples/swagger and the destination registry")
-        (d / "registry.json").write_text(json.dumps(registry(plan, profiles(plan)), indent=2))
-
-        py = sys.executable
-        self.progress(f"starting the identity service on {plan.identity_addr}")
-        self._spawn("identity", [py, "-m", "meshctl", "identity", "serve", "--trust-anchors-file", str(d / "ca.crt"),
-                                 "--issuer-certificate-file", str(d / "issuer.crt"), "--issuer-key-file", str(d / "issuer.key"),
-                                 "--token-registry", str(d / "tokens.json"), "--listen", plan.identity_addr])
-        self.progress(f"starting the destination service on {plan.destination_addr}")
-        self._spawn("destination", [py, "-m", "meshctl", "destination", "serve", "--registry", str(d / "registry.json"),
-                                    "--addr", plan.destination_addr])
-        shop = str(SAMPLES / "apps" / "shop.py")
-        for w in plan.workloads:
-            args = [py, shop, w.app, "--host", w.host, "--port", str(w.port)]
-            if w.app == "gateway":
-                product, price = plan.workload("product-api"), plan.workload("price-api")
-                args += ["--product-api", f"http://{product.authority}", "--price-api", f"http://{price.authority}",
-                         "--via", w.outbound]
-            if w.app == "price":
-                args += ["--failure-rate", str(plan.price_failure_rate), "--latency-ms", str(plan.price_latency_ms)]
-            self.progress(f"starting {w.name} on {w.host}:{w.port} and its proxy (inbound {w.inbound}, admin {w.admin})")
-            self._spawn(f"{w.name}-app", args)
-            (d / w.name).mkdir(exist_ok=True)
-            env = proxy_env(plan, w, trust_anchors_pem=anchor.cert_pem, token_file=str(d / f"{w.name}.token"),
-                            identity_dir=str(d / w.name))
-            self._spawn(f"{w.name}-proxy", [py, "-m", "meshctl_proxy"], env)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        pending = {w.name: f"http://{w.admin}/ready" for w in self.plan.workloads}
-        pending["destination"] = f"http://{self.plan.destination_addr}/ready"
-        pending.update({f"{w.name}-app": f"http://{w.host}:{w.port}/ready" for w in self.plan.workloads})
-        while pending:
-            self._check_alive()
-            for name, url in list(pending.items()):
-                try:
-                    if httpx.get(url, timeout=1.0).status_code == 200:
-                        del pending[name]
-                        if name in {w.name for w in self.plan.workloads}:
-                            self.progress(f"proxy of {name} is ready (certificate issued)")
-                except httpx.HTTPError:
-                    pass
-            if pending and time.monotonic() > deadline:
-                raise MeshctlError(f"demo: not ready after {timeout:.0f}s: {', '.join(sorted(pending))} (logs in {self.dir})")
-            if pending:
-                time.sleep(0.2)
-
-    def _check_alive(self) -> None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                tail = (self.dir / f"{name}.log").read_text(errors="replace").strip().splitlines()[-1:]
-                raise MeshctlError(f"demo: {name} exited with {proc.returncode}: {tail[0] if tail else 'no output'}")
-
-    def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
-
-    # --- traffic and metrics ---------------------------------------------------------
+        self.mesh.down(quiet=True)
 
     def scrape(self) -> dict:
         import httpx
@@ -303,26 +298,9 @@ class DemoRun:
 
     def drive(self, *, rps: float, seconds: float, on_tick=lambda done, total: None) -> dict[str, int]:
         """Send a bounded load to the gateway, as an ingress would: to its pod, through its proxy's inbound side."""
-        import httpx
+        from meshctl.demo.load import run_load
 
-        gateway = self.plan.workload("product-gateway-api")
         total = max(1, int(rps * seconds))
-        codes: dict[str, int] = {}
-        start = time.monotonic()
-        with httpx.Client(base_url=f"http://{gateway.inbound}", headers={"Host": gateway.authority}, timeout=10) as client:
-            for i in range(total):
-                delay = start + i / rps - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                if time.monotonic() - start > seconds + 10:  # never run far past the asked duration
-                    break
-                try:
-                    status = str(client.get(f"/api/products/{1 + i % 5}").status_code)
-                except httpx.HTTPError as exc:
-                    status = type(exc).__name__
-                codes[status] = codes.get(status, 0) + 1
-                if i % max(1, int(rps)) == 0:
-                    on_tick(i + 1, total)
-                    self._check_alive()
-        on_tick(total, total)
-        return codes
+        result = run_load(self.plan.gateway_url + "/api/products/1", total=total, concurrency=1, rps=rps,
+                          max_seconds=seconds + 10, on_progress=on_tick, check=self.mesh.check_alive)
+        return result.codes

@@ -306,6 +306,9 @@ def proxy_env(pod: dict, options: InjectOptions, workload: Workload) -> list[dic
         _env("identity_trust_anchors", mesh.trust_anchors_pem),
         # Kubernetes expands $(VAR) from variables defined earlier in the list.
         _env("identity_local_name", f"$({sa_var}).$({ns_var}).serviceaccount.identity.{ns}.{trust}"),
+        # Who may tap this proxy (the control port): the viz extension's tap service, as
+        # Linkerd's LINKERD2_PROXY_TAP_SVC_NAME; named with this mesh's namespace and trust domain.
+        _env("tap_svc_name", f"tap.{proxy_config.VIZ_NAMESPACE}.serviceaccount.identity.{ns}.{trust}"),
     ]
     return env
 

@@ -256,6 +256,7 @@ class Mesh:
         proxy.metrics.extra_renderers.append(self.render_metrics)
         if self.identity is None:
             return
+        proxy.tap.server_identity = self.identity  # the control listener's mTLS (meshctl_proxy.telemetry.tap)
         proxy.spawn(self.identity.run())
         proxy.readiness.append(self.identity.is_ready)
         proxy.admin_routes[b"/identity"] = self._identity_route

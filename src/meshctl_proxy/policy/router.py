@@ -21,12 +21,14 @@ reported as ``tls="true"`` in metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from meshctl_proxy.model import INBOUND, OUTBOUND, Endpoint, Outcome, ProxyError, Request, Response, Target
+from meshctl_proxy.wire.addresses import canonical_host
 
 
 class Upstream(Protocol):
@@ -84,6 +86,12 @@ async def open_connection(connector: Connector, endpoint: Endpoint, protocol_fac
         raise ProxyError(502, f"connect to {endpoint.addr} failed: {exc.strerror or exc}") from None
 
 
+# Idle upstream connections (issue 13, class 7).  hyper's client pool, Linkerd's, closes a
+# connection idle for 90 s; nothing bounded them here, per endpoint or in all.
+IDLE_TIMEOUT = 90.0
+MAX_IDLE = 1024
+
+
 class EndpointPool:
     """Upstream connections per endpoint, as the HTTP/1 and HTTP/2 pools keep them.
 
@@ -91,26 +99,79 @@ class EndpointPool:
     HTTP/1, multiplexed ones for HTTP/2); each connection knows its
     ``endpoint`` and ``transport``.  Subclasses say how a connection is picked
     and when it goes back.
+
+    Idle connections are bounded twice: one idle for *idle_timeout* is closed
+    (hyper's pool default, 90 s), and past *max_idle* idle connections in all,
+    across endpoints, the longest idle is closed.  Endpoints arrive in canonical
+    form (``DirectRouter.endpoint_for``), so respelling an address does not make
+    a new pool either.  An HTTP/1 connection is idle between :meth:`park` (back
+    in the pool) and :meth:`unpark` (taken out); the HTTP/2 pool sweeps its
+    connections without open streams (``H2Pool``).
     """
 
-    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float) -> None:
+    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float,
+                 idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE) -> None:
         self.connector = connector
         self.metrics = metrics
         self.direction = direction
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
         self.conns: dict[Endpoint, list] = {}
+        # Parked connections -> when they were parked; dict order is park order, oldest first.
+        self.idle: dict = {}
+        self._expiry: asyncio.TimerHandle | None = None
 
     def forget(self, conn) -> None:
         """*conn* is closing or unusable: the pool stops handing it out."""
-        conns = self.conns.get(conn.endpoint)
-        if conns and conn in conns:
-            conns.remove(conn)
+        self.idle.pop(conn, None)
+        endpoint = conn.endpoint
+        conns = self.conns.get(endpoint)
+        if conns is not None:
+            if conn in conns:
+                conns.remove(conn)
+            if not conns:
+                del self.conns[endpoint]
 
     def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for conns in self.conns.values():
             for conn in conns:
                 conn.transport.close()
         self.conns.clear()
+        self.idle.clear()
+
+    def park(self, conn, now: float) -> None:
+        """*conn* is idle from *now* (loop time): it counts against max_idle and expires after idle_timeout."""
+        idle = self.idle
+        idle[conn] = now
+        if len(idle) > self.max_idle:
+            self.evict(next(iter(idle)))
+        if self._expiry is None:
+            self._expiry = asyncio.get_running_loop().call_at(now + self.idle_timeout, self._expire)
+
+    def unpark(self, conn) -> None:
+        """*conn* is in use again."""
+        self.idle.pop(conn, None)
+
+    def evict(self, conn) -> None:
+        """Close an idle connection the pool will not keep."""
+        self.forget(conn)
+        conn.transport.close()
+
+    def _expire(self) -> None:
+        self._expiry = None
+        idle = self.idle
+        loop = asyncio.get_running_loop()
+        oldest_allowed = loop.time() - self.idle_timeout
+        while idle:
+            conn, since = next(iter(idle.items()))
+            if since > oldest_allowed:
+                self._expiry = loop.call_at(since + self.idle_timeout, self._expire)
+                break
+            self.evict(conn)
 
     async def dial(self, endpoint: Endpoint, authority: str | None, protocol_factory, *, alpn: list[str]):
         """A new connection to *endpoint*, its tcp_* series labelled with the mTLS identity it must present."""
@@ -147,17 +208,33 @@ class DirectRouter:
     def __init__(self, *, own_addrs: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.own_ports = {port for _host, port in own_addrs}
         self.own_addrs = own_addrs
+        # Per port, the addresses the proxy listens on: a listener on a wildcard address
+        # (0.0.0.0, ::) is reached through every loopback address too, one on a specific
+        # address only through that address.  So an application on 127.0.10.102:5000
+        # behind a proxy listening on 127.0.10.2:5000 (meshctl demo's loopback pods) is
+        # not a loop, while 127.0.0.1:4140 towards a proxy on 0.0.0.0:4140 is.
+        self._listeners: dict[int, list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+        for host, port in own_addrs:
+            with contextlib.suppress(ValueError):
+                self._listeners.setdefault(port, []).append(ipaddress.ip_address(host))
 
     def _looping(self, host: str, port: int) -> bool:
         if port not in self.own_ports:
             return False
+        listeners = self._listeners.get(port, ())
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return host == "localhost"
-        return ip.is_loopback or ip.is_unspecified or (str(ip), port) in self.own_addrs
+            localhost = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+            return host == "localhost" and any(lip in localhost or lip.is_unspecified for lip in listeners)
+        if ip.is_unspecified:  # connect() to 0.0.0.0 reaches this host's listeners on that port
+            return True
+        return any(lip == ip or (lip.is_unspecified and ip.is_loopback) for lip in listeners)
 
     def endpoint_for(self, host: str, port: int) -> Endpoint:
+        # One spelling per address (wire.addresses): pools and the loop check compare endpoints,
+        # and 127.1, 0x7f.1 or LOCALHOST must not be a new endpoint each (issue 13, classes 4, 7).
+        host = canonical_host(host)
         if self._looping(host, port):
             raise ProxyError(502, "request would loop back into the proxy")
         return Endpoint(host, port)

@@ -16,7 +16,7 @@ from meshctl_proxy.wire import http1
 from meshctl_proxy.wire.http1 import End, H1Error, RequestHead
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
@@ -75,7 +75,7 @@ class AdminProtocol(asyncio.Protocol):
         if path == b"/shutdown":
             if not proxy.config.shutdown_endpoint_enabled:
                 return 404, text, b"shutdown endpoint is disabled\n"
-            if not _is_loopback(self.peer):
+            if not is_loopback(self.peer):
                 return 403, text, b"shutdown is only accepted from localhost\n"
             if method != b"POST":
                 return 405, text, b"use POST\n"

@@ -807,11 +807,13 @@ class H1Pool(EndpointPool):
             return
         conn.reused = True
         idle.append(conn)
+        self.park(conn, conn.loop.time())
 
     def take_idle(self, endpoint: Endpoint) -> H1ClientConnection | None:
         idle = self.conns.get(endpoint)
         while idle:
             conn = idle.pop()
+            self.unpark(conn)
             if not conn.closed:
                 return conn
         return None
@@ -820,11 +822,7 @@ class H1Pool(EndpointPool):
         return await self.dial(endpoint, authority, H1ClientConnection, alpn=["http/1.1"])
 
     async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        idle = self.conns.get(endpoint)
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
+        while (conn := self.take_idle(endpoint)) is not None:
             try:
                 return await conn.exchange(request)
             except UpstreamClosed as exc:

@@ -825,6 +825,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         self.streams: dict[int, _ClientStream] = {}
         self.goaway = False
         self.max_streams = 100  # the server's SETTINGS_MAX_CONCURRENT_STREAMS, as libnghttp2 assumes until it comes
+        self.last_used = 0.0  # loop time the pool last handed it out (its idle timeout counts from there)
         self.answered: list[_ClientStream] = []
         # Request bodies being sent, by stream: a stream can outlive its entry in self.streams (the
         # response is complete, the request is not) and its sender must stop when the stream closes.
@@ -1073,16 +1074,38 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
 class H2Pool(EndpointPool):
     """One multiplexed upstream connection per endpoint (more when one is full or going away)."""
 
-    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float) -> None:
-        super().__init__(connector, metrics, direction, connect_timeout=connect_timeout)
+    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float, **idle) -> None:
+        super().__init__(connector, metrics, direction, connect_timeout=connect_timeout, **idle)
         self._connecting: dict[Endpoint, asyncio.Future] = {}
 
     def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
         """A connection to *endpoint* with room for one more stream, if one is open."""
         for conn in self.conns.get(endpoint, ()):
             if not conn.closed and not conn.goaway and len(conn.streams) < conn.max_streams:
+                conn.last_used = conn.loop.time()
                 return conn
         return None
+
+    def _sweep_soon(self, delay: float) -> None:
+        if self._expiry is not None:
+            if delay:
+                return
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """Close connections without a stream for idle_timeout, and the longest idle past max_idle
+        (EndpointPool's bounds; an HTTP/2 connection is idle while no stream is open on it)."""
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        idle = sorted((conn for conns in self.conns.values() for conn in conns
+                       if not conn.streams and not conn.body_tasks), key=lambda conn: conn.last_used)
+        excess = len(idle) - self.max_idle
+        for i, conn in enumerate(idle):
+            if i < excess or now - conn.last_used >= self.idle_timeout:
+                self.evict(conn)
+        if self.conns:
+            self._sweep_soon(self.idle_timeout / 2)
 
     async def _connect(self, endpoint: Endpoint, authority: str) -> H2ClientConnection:
         pending = self._connecting.get(endpoint)
@@ -1095,6 +1118,11 @@ class H2Pool(EndpointPool):
             exc = err
         else:
             self.conns.setdefault(endpoint, []).append(conn)
+            conn.last_used = conn.loop.time()
+            if len(self.conns) > self.max_idle:  # respelt or many endpoints: enforce the cap now
+                self._sweep_soon(0)
+            else:
+                self._sweep_soon(self.idle_timeout / 2)
             fut.set_result(conn)
             del self._connecting[endpoint]
             return conn

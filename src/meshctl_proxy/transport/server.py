@@ -21,7 +21,7 @@ from meshctl_proxy.wire import detect as detection
 from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
-from meshctl_proxy.policy.router import TcpConnector, default_router, mesh_identity, open_connection
+from meshctl_proxy.policy.router import IDLE_TIMEOUT, MAX_IDLE, TcpConnector, default_router, mesh_identity, open_connection
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 from meshctl_proxy.transport.original_dst import original_dst
 
@@ -39,12 +39,13 @@ class HttpUpstream:
     """``send(request, endpoint)``: the upstream exchange routers call (HTTP/1 pool or HTTP/2 pool)."""
 
     def __init__(self, direction: str, connector, metrics: Metrics, *, connect_timeout: float,
-                 h2_settings: dict | None = None) -> None:
+                 h2_settings: dict | None = None, idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE) -> None:
         self.direction = direction
         self.connector = connector
         self.metrics = metrics
         self.connect_timeout = connect_timeout
-        self.h1 = H1Pool(connector, metrics, direction, connect_timeout=connect_timeout)
+        self.idle = {"idle_timeout": idle_timeout, "max_idle": max_idle}  # each pool's bounds (EndpointPool)
+        self.h1 = H1Pool(connector, metrics, direction, connect_timeout=connect_timeout, **self.idle)
         self.h2 = None
         self.h2_settings = h2_settings or {}
 
@@ -53,7 +54,8 @@ class HttpUpstream:
             if self.h2 is None:
                 from meshctl_proxy.transport.http2_proxy import H2Pool
 
-                self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout)
+                self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout,
+                                 **self.idle)
             return await self.h2.send(request, endpoint)
         return await self.h1.send(request, endpoint)
 
@@ -88,9 +90,11 @@ class Proxy:
         self.routers: dict = {}
         self.upstreams = {
             OUTBOUND: HttpUpstream(OUTBOUND, self.connector, self.metrics,
-                                   connect_timeout=config.outbound_connect_timeout),
+                                   connect_timeout=config.outbound_connect_timeout,
+                                   idle_timeout=config.upstream_idle_timeout, max_idle=config.upstream_max_idle),
             INBOUND: HttpUpstream(INBOUND, self.connector, self.metrics,
-                                  connect_timeout=config.inbound_connect_timeout),
+                                  connect_timeout=config.inbound_connect_timeout,
+                                  idle_timeout=config.upstream_idle_timeout, max_idle=config.upstream_max_idle),
         }
         self.opaque_ports = {OUTBOUND: config.outbound_ports_disable_protocol_detection,
                              INBOUND: config.inbound_ports_disable_protocol_detection}
@@ -104,6 +108,18 @@ class Proxy:
         self.admin_routes: dict = {}
         self.draining = False
         self.stopped: asyncio.Event | None = None
+        # Per-request observers (tap, later policy): called once per request while the list is
+        # non-empty; the tap hub is in it only while someone subscribes (meshctl_proxy.telemetry.tap).
+        self.observers: list = []
+        from meshctl_proxy.identity.mesh import identity_enabled
+        from meshctl_proxy.telemetry.tap import TapAccess, TapHub, TapServer
+
+        info = {"namespace": config.pod_namespace, "pod": config.pod_name}
+        if config.workload_kind and config.workload_name:
+            info["workload"] = f"{config.workload_kind.lower()}/{config.workload_name}"
+        self.tap = TapServer(TapHub(self.observers, proxy_info=info),
+                             TapAccess(identity_enabled(config), config.tap_svc_name), spawn=self.spawn)
+        self.metrics.extra_renderers.append(self.tap.hub.render_metrics)
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -121,6 +137,7 @@ class Proxy:
             (OUTBOUND, cfg.outbound_listen_addr, lambda: DetectProtocol(self, OUTBOUND)),
             (INBOUND, cfg.inbound_listen_addr, lambda: DetectProtocol(self, INBOUND)),
             ("admin", cfg.admin_listen_addr, lambda: AdminProtocol(self)),
+            ("control", cfg.control_listen_addr, self.tap.protocol),
         ):
             server = await loop.create_server(factory, addr[0], addr[1], reuse_address=True, backlog=1024)
             self.servers[name] = server
@@ -149,8 +166,9 @@ class Proxy:
 
     async def _shutdown(self) -> None:
         """Stop accepting, drain in-flight work within the grace period, then stop."""
-        for name in (OUTBOUND, INBOUND):
+        for name in (OUTBOUND, INBOUND, "control"):
             self.servers[name].close()
+        self.tap.shutdown()  # subscribers see their stream end, not a reset
         for conn in list(self.connections):
             conn.drain()
         loop = asyncio.get_running_loop()

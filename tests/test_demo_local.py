@@ -1,0 +1,266 @@
+"""``meshctl demo up|status|load|apply|edit|set|down``: the walkthrough's story on loopback, end to end.
+
+Real processes (identity, destination, three apps, three proxies, Debian's Prometheus),
+daemonised by ``up`` and outliving it; real mTLS; traffic only to 127.0.3x.0/24.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+# Counters since the proxies started (none restarts in the story): Prometheus' first scrape may
+# come after the first load, so increase() over a window would miss it.
+GATEWAY_SUCCESS = 'sum(response_total{direction="inbound",deployment="product-gateway-api",classification="success"})'
+GATEWAY_FAILURE = 'sum(response_total{direction="inbound",deployment="product-gateway-api",classification="failure"})'
+
+PRICE_ROUTE = 'deployment="product-gateway-api",rt_route="GET /api/prices"'
+
+
+def demo(d: Path, *args: str, timeout: float = 90, **kw) -> subprocess.CompletedProcess:
+    return run_cli("demo", *args, "--dir", str(d), timeout=timeout, **kw)
+
+
+def pids(d: Path) -> dict[str, int]:
+    record = json.loads((d / "processes.json").read_text())
+    return {p["spec"]["name"]: p["pid"] for p in record["processes"]}
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def listening(prefix: str) -> list[str]:
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if f" {prefix}." in line]
+
+
+def prom_value(url: str, query: str) -> float:
+    data = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()
+    result = data["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def wait_prom(url: str, query: str, predicate, timeout: float = 15) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = prom_value(url, query)
+        if predicate(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def load_json(d: Path, *args: str) -> dict:
+    r = demo(d, "load", *args, "-o", "json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture
+def up(tmp_path):
+    d = tmp_path / "demo"
+    r = demo(d, "up", "--address-prefix", "127.0.31")
+    try:
+        assert r.returncode == 0, r.stderr
+        yield d, r
+    finally:
+        started = pids(d) if (d / "processes.json").exists() else {}
+        down = demo(d, "down")
+        assert down.returncode == 0, down.stderr
+        # Nothing is left: no process, no listening socket, no state saying the mesh is up.
+        assert not [name for name, pid in started.items() if alive(pid)]
+        assert listening("127.0.31") == []
+        assert not (d / "mesh.json").exists() and not (d / "processes.json").exists()
+
+
+def test_the_walkthrough_story_on_loopback(up, tmp_path):
+    from meshctl.demo import state
+
+    d, r = up
+    mesh = state.load(d)
+    assert mesh.gateway_url == "http://127.0.31.2:5000"
+    assert f"gateway:    {mesh.gateway_url}" in r.stdout and f"prometheus: {mesh.prometheus_url}" in r.stdout
+    assert {w.name for w in mesh.workloads} == {"product-gateway-api", "product-api", "price-api"}
+    assert mesh.tap is not None and mesh.tap.cert.is_file() and mesh.tap.key.is_file()
+
+    # The processes outlived `up`, and `status` says so.
+    r = demo(d, "status", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert len(rows) == 9 and all(row["state"] == "running" and row["health"] in ("ready", "-") for row in rows.values())
+
+    # ab's load through the mesh: nothing fails while nothing is made to fail.
+    result = load_json(d, "-n", "1000", "-c", "10")
+    assert result["requests"] == 1000 and result["failed"] == 0 and result["non2xx"] == 0, result
+    ab = subprocess.run(["ab", "-n", "200", "-c", "5", f"{mesh.gateway_url}/api/products/1"], capture_output=True,
+                        text=True, timeout=60)
+    assert ab.returncode == 0, ab.stderr
+    assert "Complete requests:      200" in ab.stdout and "Failed requests:        0" in ab.stdout
+    assert "Non-2xx" not in ab.stdout
+
+    # The price API fails 30% of its requests, changed while it runs.
+    r = demo(d, "set", "price-api", "--failure-rate", "0.3")
+    assert r.returncode == 0 and r.stdout.strip() == "price-api: failure rate 30%, latency 0ms", r.stderr
+
+    # A profile for the price route, without isRetryable: the gateway sees ~70% success.
+    profile = run_cli("profile", "--open-api", "samples/swagger/price-api.json", "price-api-svc", "-n", "shop",
+                      "--ignore-cluster").stdout
+    assert "isRetryable: true" in profile
+    without = tmp_path / "price-no-retry.yaml"
+    without.write_text("".join(line for line in profile.splitlines(keepends=True) if "isRetryable" not in line))
+    r = demo(d, "apply", "-f", str(without))
+    assert r.returncode == 0 and r.stdout.strip() == "serviceprofile.meshctl.io/price-api-svc.shop.svc.cluster.local created"
+    failing = load_json(d, "-n", "100", "-c", "4", "--rps", "20")
+    assert 0.5 <= failing["successRate"] <= 0.88, failing
+    assert failing["failed"] == 0  # failures are 502s from the gateway, not broken connections
+
+    # The same profile with isRetryable: effective success back to >= 99% within 30 s, no restart.
+    applied_at = time.monotonic()
+    r = demo(d, "apply", "-f", "-", input=profile)
+    assert r.returncode == 0 and r.stdout.strip().endswith(" configured"), r.stderr
+    retried = load_json(d, "-n", "100", "-c", "4", "--rps", "20")
+    assert time.monotonic() - applied_at < 30
+    assert retried["successRate"] >= 0.99, retried
+    assert pids(d)["product-gateway-api-proxy"] == rows["product-gateway-api-proxy"]["pid"]  # not restarted
+
+    # Prometheus scraped it all: the failures, and the retries (actual attempts > requests) on the route.
+    url = mesh.prometheus_url
+    assert wait_prom(url, GATEWAY_FAILURE, lambda v: v >= 10) >= 10
+    assert wait_prom(url, GATEWAY_SUCCESS, lambda v: v >= 1200) >= 1200
+    actual = f'sum(route_actual_request_total{{{PRICE_ROUTE}}})'
+    logical = f'sum(route_request_total{{{PRICE_ROUTE}}})'
+    assert wait_prom(url, f"({actual}) - ({logical})", lambda v: v >= 10) >= 10
+
+    # `edit` opens $EDITOR on the live profile and applies what it saved.
+    r = demo(d, "edit", "sp/price-api-svc.shop.svc.cluster.local", env={"EDITOR": "sed -i s/500ms/300ms/"})
+    assert r.returncode == 0 and r.stdout.strip().endswith(" edited"), r.stderr
+    registry = json.loads((d / "registry.json").read_text())
+    assert registry["profiles"][0]["spec"]["routes"][0]["timeout"] == "300ms"
+
+    # `up` twice: already up.  A killed proxy: `status` shows it, `up` restarts only it.
+    r = demo(d, "up")
+    assert r.returncode == 0 and "already up" in r.stderr
+    before = pids(d)
+    os.kill(before["price-api-proxy"], signal.SIGKILL)
+    time.sleep(0.3)
+    r = demo(d, "status")
+    assert r.returncode == 1 and "price-api-proxy" in r.stdout and "exited" in r.stdout
+    r = demo(d, "up")
+    assert r.returncode == 0 and "restarted: price-api-proxy" in r.stderr, r.stderr
+    after = pids(d)
+    assert after["price-api-proxy"] != before["price-api-proxy"]
+    assert {k: v for k, v in after.items() if k != "price-api-proxy"} == \
+        {k: v for k, v in before.items() if k != "price-api-proxy"}
+    assert demo(d, "status").returncode == 0
+
+
+def test_bad_input_is_one_line_and_changes_nothing(up, tmp_path):
+    d, _ = up
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: meshctl.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: price-api-svc.shop.svc.cluster.local,"
+                   " namespace: shop}\nspec:\n  routes:\n  - name: r\n    condition: {method: GET}\n    timeout: soon\n")
+    before = (d / "registry.json").read_text()
+    r = demo(d, "apply", "-f", str(bad))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"Error: {bad}: document 1: spec.routes[0].timeout: expected a duration "
+                                             "like 100ms, 10s or 1m30s, got 'soon'"]
+    assert (d / "registry.json").read_text() == before
+    r = demo(d, "apply", "-f", "-", input="apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\n")
+    assert r.returncode == 1 and "kind 'TrafficSplit' is not supported" in r.stderr
+    r = demo(d, "set", "price-api", "--failure-rate", "1.5")
+    assert r.returncode == 1 and r.stderr.strip() == "Error: --failure-rate: expected a share in [0, 1], got 1.5"
+    r = demo(d, "edit", "sp/nope.shop.svc.cluster.local", env={"EDITOR": "true"})
+    assert r.returncode == 1 and "'nope.shop.svc.cluster.local' not found" in r.stderr
+
+    # Another demo on the same addresses: the port is named, and nothing is left started.
+    other = tmp_path / "other"
+    r = demo(other, "up", "--address-prefix", "127.0.31")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: demo: 127.0.31.1:8080 is already in use")
+    assert not (other / "processes.json").exists() and not (other / "mesh.json").exists()
+
+
+def test_a_port_taken_by_something_else_and_a_stale_state_dir(tmp_path):
+    d = tmp_path / "demo"
+    blocker = socket.socket()
+    blocker.bind(("127.0.32.4", 4191))  # price-api's proxy admin port
+    blocker.listen()
+    try:
+        r = demo(d, "up", "--address-prefix", "127.0.32")
+    finally:
+        blocker.close()
+    assert r.returncode == 1 and "Error: demo: 127.0.32.4:4191 is already in use" in r.stderr
+    assert listening("127.0.32") == []
+
+    # A demo whose processes were all killed (a reboot, kill -9): `up` starts them again.
+    r = demo(d, "up", "--address-prefix", "127.0.32")
+    assert r.returncode == 0, r.stderr
+    try:
+        first = pids(d)
+        for pid in first.values():
+            os.kill(pid, signal.SIGKILL)
+        # ...and an `up` killed half-way (no mesh.json): the next `up` cleans up and starts afresh.
+        (d / "mesh.json").unlink()
+        r = demo(d, "up", "--address-prefix", "127.0.32")
+        assert r.returncode == 0 and "did not finish starting" in r.stderr, r.stderr
+        assert all(alive(pid) for pid in pids(d).values())
+        assert httpx.get("http://127.0.32.2:5000/api/products/2", timeout=5).json()["price"] == 189.5
+    finally:
+        assert demo(d, "down").returncode == 0
+    assert listening("127.0.32") == []
+
+
+def test_prometheus_missing_stops_everything_started(tmp_path, monkeypatch):
+    from meshctl import demo as core
+    from meshctl.demo.local import LocalDemo
+    from meshctl.errors import MeshctlError
+    from meshctl.viz import localprom
+
+    def missing():
+        raise MeshctlError("prometheus: not found on PATH nor at /usr/bin/prometheus: install Debian's 'prometheus' package")
+
+    monkeypatch.setattr(localprom, "find_binary", missing)
+    with pytest.raises(MeshctlError, match="^prometheus: not found"):
+        LocalDemo(tmp_path).up(core.Plan(prefix="127.0.33"))
+    assert not (tmp_path / "processes.json").exists() and listening("127.0.33") == []
+
+    # Prometheus failing after the mesh started: what `up` started is stopped again.
+    monkeypatch.undo()
+    monkeypatch.setattr(localprom, "start", lambda *a, **k: (_ for _ in ()).throw(MeshctlError("prometheus exited with 1")))
+    with pytest.raises(MeshctlError, match="prometheus exited"):
+        LocalDemo(tmp_path).up(core.Plan(prefix="127.0.33"))
+    assert not (tmp_path / "processes.json").exists() and listening("127.0.33") == []
+
+
+def test_netns_needs_root_says_so(tmp_path):
+    if os.geteuid() == 0:
+        # As root, ask as an unprivileged user (setpriv, as tests/netns.py runs pods' processes).
+        import sys
+
+        from conftest import SRC
+
+        r = subprocess.run(["setpriv", "--reuid=2102", "--regid=2102", "--clear-groups", "--inh-caps=+dac_read_search",
+                            "--ambient-caps=+dac_read_search", sys.executable, "-m", "meshctl", "demo", "up", "--netns",
+                            "--dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1"})
+    else:
+        r = demo(tmp_path / "x", "up", "--netns")
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("Error: demo up --netns needs root (it creates network namespaces and iptables rules); "
+                                "run it with sudo, or without --netns on loopback")
