@@ -59,6 +59,9 @@ class Endpoint:
     host: str
     port: int
     identity: str | None = None
+    # The destination service's labels for it (pod, namespace, owner...): outbound metrics carry
+    # them as dst_<name>, as Linkerd's do.  Not part of the endpoint's identity for pools.
+    labels: tuple[tuple[str, str], ...] = dataclasses.field(default=(), compare=False)
     # Endpoints key the connection pools and balancers, looked up twice per request:
     # hashing once here instead of per lookup saves a tuple and a Python call each time.
     _hash: int = dataclasses.field(default=0, init=False, repr=False, compare=False)

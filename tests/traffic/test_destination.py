@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -52,11 +53,15 @@ def test_snapshot_resolves_names_cluster_ips_and_pod_ips():
     meshed = r.endpoints[0]
     assert meshed.meshed and meshed.identity.startswith("web.shop.") and meshed.protocol_hint == "h2"
     assert meshed.weight == 3
-    assert not r.endpoints[1].meshed and r.endpoints[1].label_map == {"pod": "web-1"}
+    # The service's endpoints carry its namespace and name, as Linkerd's destination labels them
+    # (proxies export them as dst_namespace, dst_service).
+    assert not r.endpoints[1].meshed
+    assert r.endpoints[1].label_map == {"namespace": "shop", "pod": "web-1", "service": "web"}
     assert r.profile["metadata"]["name"] == "web.shop.svc.cluster.local"
     assert snap.resolve("10.96.0.20:8080").endpoints == r.endpoints
     pod = snap.resolve("127.0.0.1:9001")
-    assert pod.known and pod.endpoints == (meshed,) and pod.profile is None
+    # A pod IP resolves to that endpoint alone: no Service to name.
+    assert pod.known and pod.endpoints == (dataclasses.replace(meshed, labels=()),) and pod.profile is None
     assert not snap.resolve("web.shop.svc.cluster.local:9999").known  # not a port of the service
     assert not snap.resolve("example.com:80").known
     empty = snap.resolve("empty.shop.svc.cluster.local")

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 
-SHOP_PREFIX = "127.0.12"  # test_demo.py uses 127.0.11; each user of the shop its own /24
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def free_prefix() -> str:
+    """A loopback /24 nobody listens in (other runs of the demo, other test sessions), from the pid."""
+    import os
+    import socket
+
+    pid = os.getpid()
+    for i in range(50):
+        prefix = f"127.{200 + (pid + i) % 50}.{(pid // 50 + i) % 250 + 1}"
+        try:
+            for host, port in ((f"{prefix}.1", 8086), (f"{prefix}.2", 4191), (f"{prefix}.4", 8080)):
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return prefix
+    raise RuntimeError("no free loopback /24 for the shop")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,6 +48,21 @@ def scrape_targets(plan):
             for w in plan.workloads]
 
 
+def save_local_mesh(plan, prometheus_url: str, workdir: Path) -> None:
+    """The shop's mesh.json (contract B), as ``meshctl demo up`` writes it, for ``viz --demo-dir``."""
+    from meshctl.demo import NAMESPACE, state
+
+    gateway = plan.workload("product-gateway-api")
+    state.save(state.LocalMesh(
+        namespace=NAMESPACE, prometheus_url=prometheus_url, dashboard_url=None,
+        gateway_url=f"http://{gateway.inbound}", tap=None,
+        workloads=tuple(state.LocalWorkload(
+            namespace=NAMESPACE, kind="deployment", name=w.name, pod=f"{w.name}-0", service=w.service,
+            identity=w.identity, app=f"{w.host}:{w.port}",
+            proxy=state.ProxyAddrs(admin=w.admin, control=f"{w.host}:4190", inbound=w.inbound, outbound=w.outbound))
+            for w in plan.workloads)), workdir)
+
+
 @pytest.fixture(scope="session")
 def shop(tmp_path_factory):
     """The three APIs meshed (mTLS, profiles, retries) with a Prometheus scraping every proxy each second.
@@ -39,9 +73,53 @@ def shop(tmp_path_factory):
     from meshctl.viz import localprom
 
     workdir = tmp_path_factory.mktemp("shop")
-    plan = demo.Plan(prefix=SHOP_PREFIX, price_failure_rate=0.3)
+    # The shop's processes run this checkout's code (not the installed package's).
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(SRC)
+    plan = demo.Plan(prefix=free_prefix(), price_failure_rate=0.3)
     with demo.DemoRun(plan, workdir) as run:
         localprom.write_config(workdir / "prometheus.yml", scrape_targets(plan), scrape_interval="1s")
         with localprom.start(workdir / "prometheus", config=workdir / "prometheus.yml") as prom:
             prom.wait_scraped(len(plan.workloads))
-            yield Shop(run=run, prometheus=prom, dir=workdir)
+            save_local_mesh(plan, prom.url, workdir)
+            try:
+                yield Shop(run=run, prometheus=prom, dir=workdir)
+            finally:
+                if saved is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = saved
+
+
+@dataclasses.dataclass
+class Load:
+    """What a load generator sent to the gateway and got back: (completion time, status) per request."""
+
+    results: list = dataclasses.field(default_factory=list)
+    stop: bool = False
+
+    def between(self, start: float, end: float) -> list:
+        return [status for t, status in self.results if start <= t <= end]
+
+
+def drive(shop: Shop, load: Load, *, rps: float, seconds: float) -> None:
+    """Send GET /api/products/N to the gateway's proxy (as an ingress would), paced, bounded in count and time."""
+    import time
+
+    import httpx
+
+    gateway = shop.run.plan.workload("product-gateway-api")
+    start = time.monotonic()
+    total = int(rps * seconds)
+    with httpx.Client(base_url=f"http://{gateway.inbound}", headers={"Host": gateway.authority}, timeout=10) as c:
+        for i in range(total):
+            if load.stop or time.monotonic() - start > seconds + 5:
+                break
+            delay = start + i / rps - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                status = c.get(f"/api/products/{1 + i % 5}").status_code
+            except httpx.HTTPError:
+                status = 0
+            load.results.append((time.time(), status))

@@ -105,8 +105,16 @@ class Snapshot:
     def _service_resolution(self, auth: str, svc: ServiceRecord, port: int) -> Resolution:
         for sp in svc.ports:
             if sp.port == port:
-                return Resolution(auth, True, sp.endpoints, self.profiles.get(self.fqdn(svc)))
+                return Resolution(auth, True, _with_service_labels(sp.endpoints, svc), self.profiles.get(self.fqdn(svc)))
         return Resolution(auth, known=False)  # not a port of the service: forward as addressed
+
+
+def _with_service_labels(endpoints, svc: ServiceRecord):
+    """The endpoints labelled with their Service, as Linkerd's destination labels a service's
+    endpoints (``namespace``, ``service``); proxies export them as ``dst_namespace``, ``dst_service``."""
+    extra = {"namespace": svc.namespace, "service": svc.name}
+    return tuple(dataclasses.replace(ep, labels=tuple(sorted({**extra, **ep.label_map}.items())))
+                 for ep in endpoints)
 
 
 def _same_ip(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

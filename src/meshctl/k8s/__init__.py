@@ -129,6 +129,18 @@ class Cluster:
             raise ApiStatusError(resp.status, resp.reason or "", raw[:200].decode(errors="replace"))
         return data
 
+    def raw_get(self, path: str, query: list[tuple[str, str]] | None = None) -> tuple[int, bytes, str]:
+        """GET *path* and return (status, body, content type) whatever the status: for proxied
+        services, whose errors are theirs to describe.  Unreachable API server: ClusterError."""
+        try:
+            method, url, headers, body, _ = self._client.param_serialize(
+                method="GET", resource_path=path, query_params=list(query or []), header_params={},
+                auth_settings=["BearerToken"])
+            resp = self._client.call_api(method, url, header_params=headers, _request_timeout=self.timeout)
+        except Exception as exc:
+            raise ClusterError(f"cannot reach the Kubernetes API at {self._cfg.host}: {_short(exc)}") from None
+        return resp.status, resp.read(), resp.getheader("Content-Type") or ""
+
     # --- verbs ------------------------------------------------------------------------
 
     def version(self) -> dict:
@@ -313,3 +325,23 @@ class KubernetesTokenReviewer:
 def token_reviewer(opts) -> KubernetesTokenReviewer:
     """The reviewer `meshctl identity serve` uses in a cluster (no --token-registry)."""
     return KubernetesTokenReviewer(Cluster.from_options(opts))
+
+
+def service_proxy(cluster: Cluster, namespace: str, service: str, port: int):
+    """An httpx transport reaching *service* through the API server's service proxy, and its URL.
+
+    ``/api/v1/namespaces/NS/services/http:NAME:PORT/proxy/...`` is how ``kubectl proxy``
+    and ``linkerd viz`` reach the viz Prometheus without a port-forward; the
+    API server checks the caller may ``get services/proxy``.
+    """
+    import httpx
+
+    base = f"/api/v1/namespaces/{urllib.parse.quote(namespace)}/services/http:{urllib.parse.quote(service)}:{port}/proxy"
+
+    class ServiceProxyTransport(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            query = urllib.parse.parse_qsl(request.url.query.decode(), keep_blank_values=True)
+            status, body, content_type = cluster.raw_get(base + request.url.path, query)
+            return httpx.Response(status, content=body, headers={"Content-Type": content_type}, request=request)
+
+    return ServiceProxyTransport(), cluster.host.rstrip("/") + base

@@ -110,10 +110,34 @@ def _endpoint(addr: str, port: int, ep: dict, ns: str, pods_by_ip, pods, mesh: M
         return WeightedAddr.make(addr, port, labels=labels, meshed=False)
     labels["pod"] = pod["metadata"]["name"]
     pod_labels = pod["metadata"].get("labels") or {}
+    sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    labels["serviceaccount"] = sa
+    owner = pod_owner(pod)
+    if owner is not None:
+        labels[owner[0]] = owner[1]
     if pod_labels.get(CONTROL_PLANE_NS_LABEL) == mesh.mesh_namespace:
-        sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
         return WeightedAddr.make(addr, port, labels=labels, meshed=True, identity=mesh.identity_name(sa, ns))
     return WeightedAddr.make(addr, port, labels=labels, meshed=False)
+
+
+def pod_owner(pod: dict) -> tuple[str, str] | None:
+    """The pod's workload as Linkerd's metrics name it: (``deployment``, name), (``statefulset``, name)...
+
+    A ReplicaSet created by a Deployment is named ``<deployment>-<pod-template-hash>``:
+    the Deployment is that name without the hash, as Linkerd's owner lookup concludes.
+    """
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if not ref.get("controller"):
+            continue
+        kind, name = ref.get("kind", ""), ref.get("name", "")
+        if kind == "ReplicaSet":
+            template_hash = (pod["metadata"].get("labels") or {}).get("pod-template-hash")
+            if template_hash and name.endswith(f"-{template_hash}"):
+                return "deployment", name[: -len(template_hash) - 1]
+            return "replicaset", name
+        if kind and name:
+            return kind.lower(), name
+    return None
 
 
 def _profile_ok(doc: dict) -> bool:

@@ -70,7 +70,8 @@ def http_series(metrics, ctx, authority: str, connector, endpoint: Endpoint | No
     target = ctx.target_addr or authority
     if ctx.direction == OUTBOUND:
         server_id = mesh_identity(connector, endpoint) if endpoint is not None else None
-        return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id)
+        return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id,
+                            endpoint.labels if endpoint is not None else ())
     return metrics.http(ctx.direction, authority, target, ctx.tls, ctx.peer_identity)
 
 
@@ -177,7 +178,8 @@ class EndpointPool:
         """A new connection to *endpoint*, its tcp_* series labelled with the mTLS identity it must present."""
         server_id = mesh_identity(self.connector, endpoint)
         stats = self.metrics.tcp(self.direction, "dst", authority, endpoint.addr,
-                                 "true" if server_id else "no_identity", server_id)
+                                 "true" if server_id else "no_identity", server_id,
+                                 endpoint.labels if self.direction == OUTBOUND else ())
         _transport, conn = await open_connection(self.connector, endpoint, lambda: protocol_factory(self, endpoint, stats),
                                                  timeout=self.connect_timeout, alpn=alpn)
         return conn

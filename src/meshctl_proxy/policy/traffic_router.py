@@ -87,7 +87,8 @@ class Destination:
         self.balancer.update(eps)
         # The proxy's Endpoint carries the identity mTLS must verify; only a
         # meshed endpoint has one.
-        self.endpoints = {e.address: ProxyEndpoint(e.host, e.port, e.identity if e.meshed and e.identity else None)
+        self.endpoints = {e.address: ProxyEndpoint(e.host, e.port, e.identity if e.meshed and e.identity else None,
+                                                     e.labels)
                           for e in eps}
         doc = res.profile if res is not None else None
         if doc != self._profile_doc:

@@ -57,24 +57,29 @@ class ResponseStats:
 
 
 class HttpStats:
-    """Request and response counters for one (direction, authority, target_addr, tls)."""
+    """Request and response counters for one (direction, authority, target_addr, tls, peer id, dst labels).
+
+    Responses are counted per (status_code, classification, grpc_status), the
+    labels linkerd2-proxy puts on ``response_total``; ``grpc_status`` is None
+    (no label) for responses that carry no ``grpc-status``.
+    """
 
     __slots__ = ("requests", "responses", "_plain")
 
     def __init__(self) -> None:
         self.requests = 0
-        self.responses: dict[tuple[int, str], ResponseStats] = {}
+        self.responses: dict[tuple[int, str, str | None], ResponseStats] = {}
         self._plain: dict[int, ResponseStats] = {}  # by status, for responses without grpc-status
 
-    def _series(self, status: int, classification: str) -> ResponseStats:
-        key = (status, classification)
+    def _series(self, status: int, classification: str, grpc_status: str | None = None) -> ResponseStats:
+        key = (status, classification, grpc_status)
         rs = self.responses.get(key)
         if rs is None:
             rs = self.responses[key] = ResponseStats()
         return rs
 
-    def response(self, status: int, classification: str, latency_ms: float) -> None:
-        rs = self._series(status, classification)
+    def response(self, status: int, classification: str, latency_ms: float, grpc_status: str | None = None) -> None:
+        rs = self._series(status, classification, grpc_status)
         rs.count += 1
         rs.sum_ms += latency_ms
         rs.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
@@ -88,7 +93,7 @@ class HttpStats:
             if rs is None:
                 rs = self._plain[status] = self._series(status, classify(status))
         else:
-            rs = self._series(status, classify(status, grpc_status))
+            rs = self._series(status, classify(status, grpc_status), _grpc_label(grpc_status))
         rs.count += 1
         rs.sum_ms += latency_ms
         rs.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
@@ -113,6 +118,12 @@ def classify(status: int, grpc_status: bytes | None = None) -> str:
     return "failure" if status >= 500 else "success"
 
 
+def _grpc_label(grpc_status: bytes) -> str:
+    # The code as sent ("0".."16"); anything else is kept bounded, as it comes from the network.
+    text = grpc_status.strip().decode("ascii", "replace")
+    return text if text.isdigit() and len(text) <= 2 else OVERFLOW
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -135,25 +146,27 @@ class Metrics:
         self.extra_renderers: list = []
 
     def http(self, direction: str, authority: str | None, target_addr: str | None, tls: str,
-             peer_id: str | None = None) -> HttpStats:
+             peer_id: str | None = None, dst_labels: tuple[tuple[str, str], ...] = ()) -> HttpStats:
         # peer_id: the mTLS peer's identity, rendered as client_id (inbound) or server_id (outbound).
-        key = (direction, authority, target_addr, tls, peer_id)
+        # dst_labels: the endpoint's labels from the destination service, rendered as dst_<name>
+        # (outbound), as linkerd2-proxy labels its outbound series (dst_namespace, dst_pod...).
+        key = (direction, authority, target_addr, tls, peer_id, dst_labels)
         stats = self._http.get(key)
         if stats is None:
             key = (direction, self.authorities.admit(authority) if authority else authority,
-                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id)
+                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id, dst_labels)
             stats = self._http.get(key)
             if stats is None:
                 stats = self._http[key] = HttpStats()
         return stats
 
     def tcp(self, direction: str, peer: str, authority: str | None, target_addr: str | None, tls: str,
-            peer_id: str | None = None) -> TcpStats:
-        key = (direction, peer, authority, target_addr, tls, peer_id)
+            peer_id: str | None = None, dst_labels: tuple[tuple[str, str], ...] = ()) -> TcpStats:
+        key = (direction, peer, authority, target_addr, tls, peer_id, dst_labels)
         stats = self._tcp.get(key)
         if stats is None:
             key = (direction, peer, self.authorities.admit(authority) if authority else authority,
-                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id)
+                   self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id, dst_labels)
             stats = self._tcp.get(key)
             if stats is None:
                 stats = self._tcp[key] = TcpStats()
@@ -166,9 +179,9 @@ class Metrics:
         add = out.append
 
         def http_labels(key):
-            direction, authority, target_addr, tls, peer_id = key
-            return (("direction", direction), ("authority", authority or ""), ("target_addr", target_addr or ""),
-                    ("tls", tls), (_peer_id_label(direction), peer_id)) + pod
+            direction, authority, target_addr, tls, peer_id, dst_labels = key
+            return ((("direction", direction), ("authority", authority or ""), ("target_addr", target_addr or ""),
+                     ("tls", tls), (_peer_id_label(direction), peer_id)) + _dst(dst_labels) + pod)
 
         add("# HELP request_total Total count of HTTP requests.\n# TYPE request_total counter\n")
         for key, s in sorted(self._http.items(), key=_sort_key):
@@ -176,15 +189,15 @@ class Metrics:
         add("# HELP response_total Total count of HTTP responses.\n# TYPE response_total counter\n")
         for key, s in sorted(self._http.items(), key=_sort_key):
             base = http_labels(key)
-            for (status, cls), rs in sorted(s.responses.items()):
-                add(f"response_total{{{_labels(base + (('classification', cls), ('status_code', status)))}}} "
+            for (status, cls, grpc), rs in sorted(s.responses.items(), key=_response_order):
+                add(f"response_total{{{_labels(base + (('classification', cls), ('grpc_status', grpc), ('status_code', status)))}}} "
                     f"{rs.count}\n")
         add("# HELP response_latency_ms Elapsed times between a request's headers being received and its "
             "response stream completing.\n# TYPE response_latency_ms histogram\n")
         for key, s in sorted(self._http.items(), key=_sort_key):
             base = http_labels(key)
-            for (status, _cls), rs in sorted(s.responses.items()):
-                labels = _labels(base + (("status_code", status),))
+            for (status, _cls, grpc), rs in sorted(s.responses.items(), key=_response_order):
+                labels = _labels(base + (("grpc_status", grpc), ("status_code", status)))
                 cumulative = 0
                 for bound, n in zip(LATENCY_BUCKETS_MS + (float("inf"),), rs.buckets):
                     cumulative += n
@@ -194,9 +207,10 @@ class Metrics:
                 add(f"response_latency_ms_sum{{{labels}}} {rs.sum_ms:.3f}\n")
 
         def tcp_labels(key):
-            direction, peer, authority, target_addr, tls, peer_id = key
-            return (("direction", direction), ("peer", peer), ("authority", authority or ""),
-                    ("target_addr", target_addr or ""), ("tls", tls), (_peer_id_label(direction), peer_id)) + pod
+            direction, peer, authority, target_addr, tls, peer_id, dst_labels = key
+            return ((("direction", direction), ("peer", peer), ("authority", authority or ""),
+                     ("target_addr", target_addr or ""), ("tls", tls), (_peer_id_label(direction), peer_id))
+                    + _dst(dst_labels) + pod)
 
         tcp = sorted(self._tcp.items(), key=_sort_key)
         for name, kind, help_, value in (
@@ -218,6 +232,15 @@ class Metrics:
 def _peer_id_label(direction: str) -> str:
     # Linkerd's names: inbound metrics name the client, outbound ones the server.
     return "client_id" if direction == "inbound" else "server_id"
+
+
+def _dst(labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((f"dst_{k}", v) for k, v in labels)
+
+
+def _response_order(item):
+    (status, cls, grpc), _ = item
+    return status, cls, grpc or ""
 
 
 def _sort_key(item):

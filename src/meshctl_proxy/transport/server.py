@@ -221,7 +221,7 @@ class Proxy:
             return
         server_id = mesh_identity(self.connector, endpoint)
         stats = self.metrics.tcp(ctx.direction, "dst", None, endpoint.addr, "true" if server_id else "no_identity",
-                                 server_id)
+                                 server_id, endpoint.labels if ctx.direction == OUTBOUND else ())
         timeout = (self.config.inbound_connect_timeout if ctx.direction == INBOUND
                    else self.config.outbound_connect_timeout)
         try:

@@ -1,0 +1,160 @@
+"""``meshctl viz stat|routes|edges`` against the demo's three APIs, a real Prometheus scraping their proxies.
+
+The numbers are checked against what the load generator itself sent and got, over
+the same window, so a wrong query (or a wrong label in the proxy) fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from conftest import run_cli
+
+from .conftest import Load, drive
+
+pytestmark = pytest.mark.slow
+
+WINDOW_S = 15
+GATEWAY_ID = "product-gateway-api.shop.serviceaccount.identity.meshctl.cluster.local"
+
+
+@pytest.fixture(scope="module")
+def busy_shop(shop):
+    """The shop under a steady load, running for a whole window before the first query."""
+    load = Load()
+    thread = threading.Thread(target=drive, args=(shop, load), kwargs={"rps": 12, "seconds": 60}, daemon=True)
+    thread.start()
+    time.sleep(WINDOW_S + 2)
+    yield shop, load
+    load.stop = True
+    thread.join(timeout=20)
+
+
+def viz(shop, *args: str):
+    return run_cli("viz", *args, "--demo-dir", str(shop.dir), timeout=60)
+
+
+def test_stat_agrees_with_what_the_load_generator_counted(busy_shop):
+    shop, load = busy_shop
+    start = time.time()
+    r = viz(shop, "stat", "-n", "shop", "deploy", "-o", "json", "-t", f"{WINDOW_S}s")
+    end = time.time()
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == {"product-gateway-api", "product-api", "price-api"}
+    # The query ran somewhere between start and end: the generator's own count over that window.
+    at = (start + end) / 2
+    sent = load.between(at - WINDOW_S, at)
+    assert len(sent) > 100, len(sent)
+    ok = sum(1 for status in sent if status and status < 500)
+    gateway = rows["product-gateway-api"]
+    assert gateway["meshed"] == "1/1" and gateway["kind"] == "deployment" and gateway["namespace"] == "shop"
+    assert abs(gateway["success"] - ok / len(sent)) <= 0.01, (gateway, ok, len(sent))
+    assert gateway["rps"] == pytest.approx(len(sent) / WINDOW_S, rel=0.10), (gateway, len(sent))
+    assert gateway["latency_ms_p50"] <= gateway["latency_ms_p95"] <= gateway["latency_ms_p99"]
+    # price-api fails 30% of its requests: its own success rate shows them.
+    assert 0.55 < rows["price-api"]["success"] < 0.85
+    # A table for people: same rows, whole names, no colour when piped.
+    r = viz(shop, "stat", "deploy", "-t", f"{WINDOW_S}s", "-o", "wide")
+    assert r.returncode == 0, r.stderr
+    header, *lines = r.stdout.splitlines()
+    assert header.split() == ["NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99",
+                              "TCP_CONN", "READ_BYTES/SEC", "WRITE_BYTES/SEC"]
+    assert sorted(line.split()[0] for line in lines) == ["price-api", "product-api", "product-gateway-api"]
+    assert "\x1b[" not in r.stdout
+
+
+def test_routes_show_actual_success_below_effective_when_retries_hide_failures(busy_shop):
+    shop, _ = busy_shop
+    r = viz(shop, "routes", "--to", "svc/price-api-svc", "-n", "shop", "-t", f"{WINDOW_S}s", "-o", "wide")
+    assert r.returncode == 0, r.stderr
+    header, *lines = r.stdout.splitlines()
+    assert header.split() == ["ROUTE", "SERVICE", "EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS",
+                              "ACTUAL_RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"]
+    rows = {line.split("  ")[0].strip(): line.split() for line in lines}
+    assert set(rows) == {"GET /api/prices", "[DEFAULT]"}
+    prices = rows["GET /api/prices"][2:]  # after the route's two words
+    effective, actual = float(prices[1].rstrip("%")), float(prices[3].rstrip("%"))
+    assert prices[0] == "price-api-svc"
+    assert actual < effective - 10, prices  # retries turned ~30% failures into (almost) none
+    assert float(prices[4].removesuffix("rps")) > float(prices[2].removesuffix("rps"))  # the retries are counted
+    r = viz(shop, "routes", "--to", "svc/price-api-svc", "-t", f"{WINDOW_S}s", "-o", "json")
+    data = json.loads(r.stdout)
+    (route,) = [row for row in data["deploy/product-gateway-api"] if row["route"] == "GET /api/prices"]
+    assert route["actual_success"] < route["effective_success"]
+    assert route["actual_rps"] > route["effective_rps"]
+
+
+def test_edges_show_both_identities(busy_shop):
+    shop, _ = busy_shop
+    r = viz(shop, "edges", "deploy", "-o", "wide")
+    assert r.returncode == 0, r.stderr
+    header, *lines = r.stdout.splitlines()
+    assert header.split() == ["SRC", "DST", "SRC_NS", "DST_NS", "CLIENT_ID", "SERVER_ID", "SECURED"]
+    edges = {(cells[0], cells[1]): cells for cells in (line.split() for line in lines)}
+    for dst in ("product-api", "price-api"):
+        cells = edges[("product-gateway-api", dst)]
+        assert cells[2:] == ["shop", "shop", GATEWAY_ID, f"{dst}.shop.serviceaccount.identity.meshctl.cluster.local",
+                             "\u221a"]
+    r = viz(shop, "edges", "deploy", "-o", "json")
+    assert all(e["client_id"] == GATEWAY_ID and e["no_tls_reason"] == "" for e in json.loads(r.stdout))
+
+
+def test_every_resource_kind_answers(busy_shop):
+    shop, _ = busy_shop
+    url = shop.prometheus_url
+    r = run_cli("viz", "stat", "all", "-n", "shop", "--prometheus-url", url)
+    assert r.returncode == 0, r.stderr
+    assert "deploy/product-api" in r.stdout and "po/price-api-0" in r.stdout and "svc/price-api-svc" in r.stdout
+    r = run_cli("viz", "stat", "svc", "-n", "shop", "--prometheus-url", url, "-o", "json")
+    assert {row["name"] for row in json.loads(r.stdout)} == {"product-api-svc", "price-api-svc"}
+    r = run_cli("viz", "stat", "au", "-n", "shop", "--prometheus-url", url)
+    assert "price-api-svc.shop.svc.cluster.local:8080" in r.stdout
+    r = run_cli("viz", "stat", "ns", "-A", "--prometheus-url", url, "-o", "json")
+    (ns,) = json.loads(r.stdout)
+    assert ns["name"] == "shop" and ns["meshed"] == "3/3"
+    # --to and --from select the traffic between two workloads.
+    r = run_cli("viz", "stat", "deploy", "-n", "shop", "--to", "deploy/price-api", "--prometheus-url", url,
+                "-o", "json")
+    assert [row["name"] for row in json.loads(r.stdout)] == ["product-gateway-api"]
+    r = run_cli("viz", "stat", "deploy", "-n", "shop", "--from", "deploy/product-gateway-api",
+                "--prometheus-url", url, "-o", "json")
+    assert sorted(row["name"] for row in json.loads(r.stdout)) == ["price-api", "product-api"]
+    r = run_cli("viz", "stat", "deploy/price-api", "-n", "shop", "--prometheus-url", url, "-o", "json")
+    assert [row["name"] for row in json.loads(r.stdout)] == ["price-api"]
+
+
+def test_no_traffic_is_said_on_stderr(shop):
+    r = run_cli("viz", "stat", "deploy", "-n", "nowhere", "--prometheus-url", shop.prometheus_url)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr.strip() == "No traffic found."
+    r = run_cli("viz", "edges", "deploy", "-n", "nowhere", "--prometheus-url", shop.prometheus_url)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr.strip() == "No edges found."
+
+
+def test_prometheus_faults_are_one_line_naming_the_url(shop):
+    r = run_cli("viz", "stat", "deploy", "--prometheus-url", "http://127.0.0.1:1")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == ["Error: prometheus at http://127.0.0.1:1: cannot connect: connection refused"]
+    url = f"{shop.prometheus_url}/not-prometheus"
+    r = run_cli("viz", "stat", "deploy", "--prometheus-url", url)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [f"Error: prometheus at {url}: HTTP 404: 404 page not found"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("stat", "widgets"), "unknown resource type 'widgets'"),
+    (("stat", "deploy", "-t", "10x"), "--time-window: expected a duration like 100ms, 10s or 1m30s, got '10x'"),
+    (("stat", "deploy", "-t", "5s"), "--time-window: '5s' is shorter than the minimum of 15s"),
+    (("stat", "deploy", "--to", "gizmo/x"), "--to: unknown resource type 'gizmo'"),
+    (("routes", "au/x:80"), "authority cannot be the target of a routes query"),
+    (("edges", "svc"), "resource type is not supported by edges: service"),
+])
+def test_usage_errors_exit_2_naming_the_value(args, message):
+    r = run_cli("viz", *args, "--prometheus-url", "http://127.0.0.1:1")
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("Error: ") and message in line
