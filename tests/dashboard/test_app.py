@@ -36,7 +36,7 @@ class PagesSource:
         return NamespacePage(ns, (row("deployment", "web"),), (row("pod", "web-0"),), (row("service", "web-svc"),))
 
     def workload(self, ns, name):
-        out = (EdgeRow("outbound", "price-api", "/namespaces/shop/deployments/price-api", "price-api-svc:8080",
+        out = (EdgeRow("outbound", "price-api", "/namespaces/shop/deployments/price-api", "shop",
                        "web.id", "price-api.id", True, 10.0, 0.9),)
         routes = (RouteRow("GET /api/prices", "price-api-svc:8080", 1.0, 10.0, 0.9, 11.1, 1.0, 2.0, 3.0),)
         return WorkloadPage(row("deployment", name), "web.id", ("web-0",), (), out, routes)

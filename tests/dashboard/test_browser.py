@@ -64,7 +64,8 @@ def shop(tmp_path_factory):
     d = tmp_path_factory.mktemp("shop")
     demo(d, "up", "--address-prefix", PREFIX, "--traffic", "10", timeout=180)
     try:
-        profile = run_cli("profile", "--open-api", "samples/swagger/price-api.json", "price-api-svc", "-n", "shop")
+        profile = run_cli("profile", "--open-api", "samples/swagger/price-api.json", "price-api-svc", "-n", "shop",
+                          "--ignore-cluster")
         assert profile.returncode == 0, profile.stderr
         assert "isRetryable: true" in profile.stdout
         (d / "price-api-profile.yaml").write_text(profile.stdout)

@@ -7,7 +7,7 @@ from meshctl.dashboard.model import Chart, EdgeRow, Series
 
 
 def edge(direction, peer, rps=1.0, secured=True):
-    return EdgeRow(direction, peer, None, f"{peer}:80", "c", "s" if secured else "", secured, rps, 1.0)
+    return EdgeRow(direction, peer, None, "shop", "c", "s" if secured else "", secured, rps, 1.0)
 
 
 def test_dependency_map_has_one_arrow_per_peer_pointing_along_the_requests():

@@ -51,9 +51,9 @@ class EdgeRow:
     """Traffic between this workload and one peer, with the identities mTLS proved."""
 
     direction: str  # "inbound": peer calls us; "outbound": we call peer
-    peer: str  # the peer workload's name where known, else its authority or address
+    peer: str  # the peer workload's name
     peer_href: str | None
-    authority: str
+    peer_namespace: str
     client_id: str
     server_id: str
     secured: bool
