@@ -48,19 +48,11 @@ def scrape_targets(plan):
             for w in plan.workloads]
 
 
-def save_local_mesh(plan, prometheus_url: str, workdir: Path) -> None:
-    """The shop's mesh.json (contract B), as ``meshctl demo up`` writes it, for ``viz --demo-dir``."""
-    from meshctl.demo import NAMESPACE, state
+def save_local_mesh(run, prometheus_url: str, workdir: Path) -> None:
+    """The shop's mesh.json (contract B) as ``meshctl demo up`` writes it, naming our Prometheus."""
+    from meshctl.demo import state
 
-    gateway = plan.workload("product-gateway-api")
-    state.save(state.LocalMesh(
-        namespace=NAMESPACE, prometheus_url=prometheus_url, dashboard_url=None,
-        gateway_url=f"http://{gateway.inbound}", tap=None,
-        workloads=tuple(state.LocalWorkload(
-            namespace=NAMESPACE, kind="deployment", name=w.name, pod=f"{w.name}-0", service=w.service,
-            identity=w.identity, app=f"{w.host}:{w.port}",
-            proxy=state.ProxyAddrs(admin=w.admin, control=f"{w.host}:4190", inbound=w.inbound, outbound=w.outbound))
-            for w in plan.workloads)), workdir)
+    state.save(dataclasses.replace(run.mesh.mesh_state(), prometheus_url=prometheus_url), workdir)
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +73,7 @@ def shop(tmp_path_factory):
         localprom.write_config(workdir / "prometheus.yml", scrape_targets(plan), scrape_interval="1s")
         with localprom.start(workdir / "prometheus", config=workdir / "prometheus.yml") as prom:
             prom.wait_scraped(len(plan.workloads))
-            save_local_mesh(plan, prom.url, workdir)
+            save_local_mesh(run, prom.url, workdir)
             try:
                 yield Shop(run=run, prometheus=prom, dir=workdir)
             finally:

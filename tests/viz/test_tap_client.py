@@ -25,14 +25,14 @@ def mesh() -> state.LocalMesh:
 
 @pytest.mark.parametrize("text, kind, name", [
     ("deploy/web", "deployment", "web"), ("deployment/web", "deployment", "web"), ("po/web-0", "pod", "web-0"),
-    ("ns/shop", "namespace", "shop"), ("deploy", "deployment", None),
+    ("ns/shop", "namespace", "shop"), ("deploy", "deployment", None), ("svc/web-svc", "service", "web-svc"),
 ])
 def test_resources(text, kind, name):
     assert tap.parse_resource(text) == tap.Resource(kind, name)
 
 
-@pytest.mark.parametrize("text, message", [("svc/web", "unknown resource type 'svc'"), ("deploy/", "no name"),
-                                           ("ns", "ns needs a name")])
+@pytest.mark.parametrize("text, message", [("au/web:80", "cannot tap authority"), ("rs/web", "cannot tap replicaset"),
+                                           ("nope/web", "unknown resource type 'nope'"), ("ns", "ns needs a name")])
 def test_bad_resources_are_usage_errors(text, message):
     with pytest.raises(tap.UsageError, match=message) as info:
         tap.parse_resource(text)
@@ -43,6 +43,7 @@ def test_resolver_targets_destinations_and_peers():
     r = tap.LocalResolver(mesh())
     assert [t.pod for t in r.targets(tap.parse_resource("ns/shop"), None)] == ["web-0", "db-0"]
     assert [t.control for t in r.targets(tap.parse_resource("pod/db-0"), None)] == [("127.0.9.3", 4190)]
+    assert [t.pod for t in r.targets(tap.parse_resource("svc/db-svc"), None)] == ["db-0"]
     assert r.targets(tap.parse_resource("deploy/web"), None)[0].identity is None  # no tap credentials: no TLS
     assert r.destination_addrs(tap.parse_resource("deploy/db"), None) == ["127.0.9.3:4143", "127.0.9.3:9090"]
     assert r.peer("127.0.9.3:55555").workload == "db"

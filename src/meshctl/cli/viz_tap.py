@@ -17,7 +17,7 @@ import typer
 
 from meshctl.cli import _common
 
-STATE_DIR_HELP = "The local mesh's state directory (meshctl demo up --dir); default $MESHCTL_DEMO_DIR or ~/.local/state/meshctl/demo."
+DEMO_DIR_HELP = "State directory of the local mesh (meshctl demo up --dir); default $MESHCTL_DEMO_DIR, else ~/.local/state/meshctl/demo."
 
 
 class TapOutput(str, enum.Enum):
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _duration(raw: str | None, flag: str) -> float | None:
-    from meshctl.viz.tap import UsageError
+    from meshctl.errors import UsageError
     from meshctl_proxy.config import parse_duration
 
     if raw is None:
@@ -43,22 +43,22 @@ def _duration(raw: str | None, flag: str) -> float | None:
 
 
 def _max_rps(value: float) -> float:
-    from meshctl.viz.tap import UsageError
+    from meshctl.errors import UsageError
 
     if not 0 < value <= 100_000:
         raise UsageError(f"--max-rps: expected a number in (0, 100000], got {value:g}")
     return value
 
 
-def _setup(resource: str, namespace: Optional[str], state_dir: Optional[str], *, to: Optional[str] = None,
+def _setup(resource: str, namespace: Optional[str], demo_dir: Optional[str], *, to: Optional[str] = None,
            to_namespace: Optional[str] = None):
     """Resolve RESOURCE (and --to) against the local mesh; usage errors first, then the state file."""
     from meshctl.viz import tap
 
     res = tap.parse_resource(resource)
-    to_res = tap.parse_resource(to) if to else None
+    to_res = tap.parse_resource(to, flag="--to") if to else None
     try:
-        resolver = tap.LocalResolver.load(state_dir)
+        resolver = tap.LocalResolver.load(demo_dir)
     except Exception as exc:
         from meshctl.errors import MeshctlError
 
@@ -106,7 +106,7 @@ def register_viz(viz: typer.Typer) -> None:
         max_rps: float = typer.Option(100.0, "--max-rps", help="Requests tapped per second per proxy, at most."),
         output: TapOutput = typer.Option(TapOutput.line, "--output", "-o", help="line (default), wide or json."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (e.g. 30s); default: until Ctrl-C."),
-        state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="MESHCTL_DEMO_DIR", help=STATE_DIR_HELP),
+        demo_dir: Optional[str] = typer.Option(None, "--demo-dir", help=DEMO_DIR_HELP),
     ) -> None:
         """Watch requests live: a req, rsp and end line per request, as linkerd viz tap.
 
@@ -121,11 +121,11 @@ def register_viz(viz: typer.Typer) -> None:
         import json
 
         if path is not None and not path.startswith("/"):
-            from meshctl.viz.tap import UsageError
+            from meshctl.errors import UsageError
 
             raise UsageError(f"--path: a path prefix starts with '/', got {path!r}")
         seconds = _duration(duration, "--duration")
-        tap, resolver, targets, dst = _setup(resource, namespace, state_dir, to=to, to_namespace=to_namespace)
+        tap, resolver, targets, dst = _setup(resource, namespace, demo_dir, to=to, to_namespace=to_namespace)
         query = tap.TapQuery(method=method.upper() if method else None, authority=authority, path=path, dst=dst,
                              max_rps=_max_rps(max_rps), header_names=output is TapOutput.json)
         formatter = tap.EventFormatter(resolver=resolver, wide=output is TapOutput.wide)
@@ -167,7 +167,7 @@ def register_viz(viz: typer.Typer) -> None:
         max_rps: float = typer.Option(100.0, "--max-rps", help="Requests tapped per second per proxy, at most."),
         refresh: str = typer.Option("1s", "--refresh", help="How often the table is redrawn (printed, when piped)."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long; default: until q or Ctrl-C."),
-        state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="MESHCTL_DEMO_DIR", help=STATE_DIR_HELP),
+        demo_dir: Optional[str] = typer.Option(None, "--demo-dir", help=DEMO_DIR_HELP),
     ) -> None:
         """A live table of requests by source, destination, method and path, most frequent first (q quits).
 
@@ -176,11 +176,11 @@ def register_viz(viz: typer.Typer) -> None:
         """
         every = _duration(refresh, "--refresh")
         if not every or every <= 0:
-            from meshctl.viz.tap import UsageError
+            from meshctl.errors import UsageError
 
             raise UsageError("--refresh: must be more than 0s")
         seconds = _duration(duration, "--duration")
-        tap, resolver, targets, dst = _setup(resource, namespace, state_dir, to=to, to_namespace=to_namespace)
+        tap, resolver, targets, dst = _setup(resource, namespace, demo_dir, to=to, to_namespace=to_namespace)
         query = tap.TapQuery(method=method.upper() if method else None, authority=authority, path=path, dst=dst,
                              max_rps=_max_rps(max_rps))
         from meshctl.cli import _viz_top
@@ -198,7 +198,7 @@ def register_viz(viz: typer.Typer) -> None:
         tap_route_limit: int = typer.Option(20, "--tap-route-limit", help="At most this many routes, the most requested."),
         namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace of the Service (default: the local mesh's)."),
         output: _common.OutputFormat = typer.Option(_common.OutputFormat.yaml, "--output", "-o", help="yaml or json."),
-        state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="MESHCTL_DEMO_DIR", help=STATE_DIR_HELP),
+        demo_dir: Optional[str] = typer.Option(None, "--demo-dir", help=DEMO_DIR_HELP),
     ) -> None:
         """Output a ServiceProfile made from live traffic (linkerd viz profile --tap).
 
@@ -212,7 +212,7 @@ def register_viz(viz: typer.Typer) -> None:
         """
         from meshctl import profiles
         from meshctl.profiles import text
-        from meshctl.viz.tap import UsageError
+        from meshctl.errors import UsageError
 
         if tap_resource is None:
             raise UsageError("viz profile makes profiles from live traffic: give --tap RESOURCE "
@@ -223,7 +223,7 @@ def register_viz(viz: typer.Typer) -> None:
         if not seconds:
             raise UsageError("--tap-duration: must be more than 0s")
         profiles.check_service(service)
-        tap, resolver, targets, _ = _setup(tap_resource, namespace, state_dir)
+        tap, resolver, targets, _ = _setup(tap_resource, namespace, demo_dir)
         ns = namespace or resolver.namespace
         name = profiles.profile_name(service, ns, "cluster.local")
         seen: list[tuple[str, str]] = []

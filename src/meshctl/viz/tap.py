@@ -26,53 +26,31 @@ import re
 import ssl
 from collections.abc import Callable, Iterable
 
-from meshctl.errors import MeshctlError
+from meshctl.errors import MeshctlError, UsageError
+from meshctl.viz import resources
+from meshctl.viz.resources import SHORT, Resource
 
 DEFAULT_MAX_RPS = 100.0
 CONNECT_TIMEOUT = 5.0
 RECONNECT_DELAY = 1.0
 MAX_LINE = 1 << 20  # one event line; the proxy's are a few hundred bytes
 
-# linkerd's resource type names and their short forms (kubectl's).
-RESOURCE_TYPES = {
-    "deploy": "deployment", "deploys": "deployment", "deployment": "deployment", "deployments": "deployment",
-    "po": "pod", "pod": "pod", "pods": "pod",
-    "ns": "namespace", "namespace": "namespace", "namespaces": "namespace",
-    "sts": "statefulset", "statefulset": "statefulset", "statefulsets": "statefulset",
-    "ds": "daemonset", "daemonset": "daemonset", "daemonsets": "daemonset",
-}
-SHORT = {"deployment": "deploy", "pod": "pod", "namespace": "ns", "statefulset": "sts", "daemonset": "ds"}
-
-
-class UsageError(MeshctlError):
-    """Bad command-line input: exit 2, as a usage error."""
-
-    exit_code = 2
+# What a tap can name: resources that are, or own, meshed pods (and their Services' names).
+TAP_KINDS = ("deployment", "pod", "namespace", "statefulset", "daemonset", "service")
 
 
 class TapError(MeshctlError):
     """A proxy refused or broke a subscription; the message names the proxy."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Resource:
-    kind: str  # "deployment", "pod", "namespace", ...
-    name: str | None  # None: every resource of the kind
-
-    def __str__(self) -> str:
-        return f"{SHORT.get(self.kind, self.kind)}/{self.name}" if self.name else SHORT.get(self.kind, self.kind)
-
-
-def parse_resource(text: str) -> Resource:
-    kind, _, name = text.partition("/")
-    full = RESOURCE_TYPES.get(kind.lower())
-    if full is None:
-        raise UsageError(f"unknown resource type {kind!r} in {text!r} (expected deploy, pod or ns, e.g. deploy/web)")
-    if "/" in text and not name:
-        raise UsageError(f"resource {text!r} has no name after '/'")
-    if full == "namespace" and not name:
-        raise UsageError("ns needs a name (ns/NAME)")
-    return Resource(full, name or None)
+def parse_resource(text: str, *, flag: str = "RESOURCE") -> Resource:
+    """``deploy/web``, ``po/web-0``, ``ns/shop``, ``svc/web-svc`` or a type (``deploy``): linkerd's names."""
+    res = resources.parse_one(text, None, flag=flag)
+    if res.kind not in TAP_KINDS:
+        raise UsageError(f"{flag}: cannot tap {res.kind} {text!r} (tap takes deploy, pod, ns, sts, ds or svc)")
+    if res.kind == "namespace" and not res.name:
+        raise UsageError(f"{flag}: ns needs a name (ns/NAME)")
+    return res
 
 
 def split_addr(text: str) -> tuple[str, int]:
@@ -168,6 +146,8 @@ class LocalResolver:
             if w.namespace != namespace:
                 continue
             if resource.kind == "pod" and resource.name in (None, w.pod):
+                yield w
+            elif resource.kind == "service" and resource.name in (None, w.service):
                 yield w
             elif w.kind == resource.kind and resource.name in (None, w.name):
                 yield w

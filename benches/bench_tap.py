@@ -1,0 +1,158 @@
+"""What tap costs the proxy: throughput without a subscriber, before tap, and with subscribers.
+
+Four meshctl-proxies, each one hop in front of the same nginx (one worker,
+a 12-byte response), routed by Host on the outbound listener:
+
+- before: the proxy as it was before the request hook and tap (``--before``,
+  a git revision, extracted with ``git archive`` and run from there);
+- tap, no subscriber: this checkout's proxy, its control listener up, nobody tapping;
+- tap, 1 subscriber @100 rps: the same with one ``POST /tap`` subscription at
+  ``max_rps`` 100 (``meshctl viz tap --max-rps 100``), its events read and counted;
+- tap, 1 subscriber @all: a subscription at ``max_rps`` 100000, every request tapped.
+
+wrk (HTTP/1.1, closed loop, keep-alive) runs against each in turn, round after
+round, so the noise of a busy machine falls on all alike; reported are the
+median requests per second and the proxy's requests per CPU second.
+
+    python benches/bench_tap.py                        # 5 s per run, 5 rounds
+    python benches/bench_tap.py --duration 3 --rounds 3 --before 8248f26
+
+Needs wrk and nginx (scripts/apt-packages.txt).  Loopback only; every load is
+bounded in time; every process started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_proxy import Procs, cpu_seconds, free_port, run_wrk, start_nginx, wait_port  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_before() -> str:
+    """The revision before the request hook or tap was added: the parent of the first commit adding either."""
+    firsts = []
+    for path in ("src/meshctl_proxy/hooks.py", "src/meshctl_proxy/telemetry/tap.py"):
+        out = subprocess.run(["git", "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H", "--", path],
+                             capture_output=True, text=True).stdout.split()
+        if out:
+            firsts.append(out[-1])
+    if not firsts:
+        sys.exit("bench_tap: neither the hook nor tap is in this checkout's history; give --before REV")
+    order = subprocess.run(["git", "-C", str(ROOT), "rev-list", "--topo-order", "--reverse", "HEAD"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    first = min(firsts, key=order.index)
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{first}^"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def extract(rev: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def start_proxy(procs: Procs, src: Path, *, outbound: int, admin: int, control: int):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCTL_PROXY_")}
+    env.update({"PYTHONPATH": str(src),
+                "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{outbound}",
+                "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+                "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{admin}",
+                "MESHCTL_PROXY_IDENTITY_DISABLED": "true", "MESHCTL_PROXY_LOG_LEVEL": "warn"})
+    if (src / "meshctl_proxy" / "telemetry" / "tap.py").exists():
+        env["MESHCTL_PROXY_CONTROL_LISTEN_ADDR"] = f"127.0.0.1:{control}"
+    p = procs.start([sys.executable, "-m", "meshctl_proxy"], env=env, cwd=str(src.parent))
+    wait_port(outbound)
+    return p
+
+
+class Subscriber(threading.Thread):
+    """One tap subscription read to the end (plain sockets: its own CPU is not the proxy's)."""
+
+    def __init__(self, control: int, max_rps: float) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", control), timeout=10)
+        body = json.dumps({"max_rps": max_rps}).encode()
+        self.sock.sendall(b"POST /tap HTTP/1.1\r\nhost: bench\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.lines = 0
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while chunk := self.sock.recv(1 << 16):
+                self.lines += chunk.count(b"\n")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--before", default=None, help="git revision of the proxy before tap (default: found in history)")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench_tap: {tool} is not installed (see scripts/apt-packages.txt)")
+    before = args.before or default_before()
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tap-"))
+    subscribers: list[Subscriber] = []
+    try:
+        before_src = extract(before, tmp)
+        up1, up2 = free_port(), free_port()
+        start_nginx(procs, tmp, up1, up2)
+        targets = []
+        for name, src in (("before", before_src), ("tap, no subscriber", ROOT / "src"),
+                          ("tap, 1 subscriber @100 rps", ROOT / "src"), ("tap, 1 subscriber @all", ROOT / "src")):
+            ports = dict(outbound=free_port(), admin=free_port(), control=free_port())
+            p = start_proxy(procs, src, **ports)
+            targets.append((name, ports, p))
+        time.sleep(1.0)
+        subscribers.append(Subscriber(targets[2][1]["control"], 100))
+        subscribers.append(Subscriber(targets[3][1]["control"], 100_000))
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in targets}
+        for _ in range(args.rounds):
+            for name, ports, p in targets:
+                cpu0 = cpu_seconds(p.pid)
+                r = run_wrk(ports["outbound"], f"127.0.0.1:{up1}", connections=args.connections,
+                            duration=args.duration)
+                cpu = cpu_seconds(p.pid) - cpu0
+                assert r["errors"] == 0, (name, r)
+                results[name].append((r["rps"], r["requests"] / cpu if cpu else 0.0))
+        print(f"bench_tap: {args.rounds} rounds x {args.duration:g} s, wrk -t1 -c{args.connections}, "
+              f"before = {before}")
+        print(f"{'proxy':<28} {'req/s (median)':>15} {'runs':>36} {'req per CPU s':>14}")
+        base = statistics.median(r for r, _ in results["before"])
+        for name, runs in results.items():
+            rps = statistics.median(r for r, _ in runs)
+            per_core = statistics.median(c for _, c in runs)
+            print(f"{name:<28} {rps:>15.0f} {' '.join(f'{r:.0f}' for r, _ in runs):>36} {per_core:>14.0f}"
+                  f"   ({(rps / base - 1) * 100:+.1f}% vs before)")
+        print(f"events read: @100 rps {subscribers[0].lines}, @all {subscribers[1].lines}")
+    finally:
+        for s in subscribers:
+            s.close()
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
