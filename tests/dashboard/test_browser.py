@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -109,7 +108,7 @@ def stop_dashboard(proc: subprocess.Popen) -> int:
 @pytest.fixture(scope="module")
 def dashboard(shop):
     d, _ = shop
-    proc, url = start_dashboard("--dir", str(d))
+    proc, url = start_dashboard("--demo-dir", str(d))
     try:
         wait_for("the dashboard", lambda: httpx.get(f"{url}/ready", timeout=2).status_code == 200, 20)
         yield url
@@ -176,8 +175,6 @@ def test_every_page_loads_with_no_console_error_and_no_failed_request(watched):
     for name, path in PAGES.items():
         page = watched.goto(path)
         page.wait_for_selector("#live table")
-        if name.startswith("workload"):
-            page.wait_for_selector("#live-calls tbody tr", timeout=10_000)  # traffic is flowing: calls stream in
         page.wait_for_timeout(REFRESH_S * 1000 + 1500)  # one refresh of the numbers, too
         page.screenshot(path=str(IMAGES / f"dashboard-{name}.png"), full_page=True)
     assert watched.problems == []
@@ -194,7 +191,7 @@ def test_overview_lists_the_shop_meshed_with_viz_stats_success_rates(watched, sh
         assert row.locator("[data-meshed]").get_attribute("data-meshed") == "true", name
         assert row.locator("[data-meshed]").inner_text() == "1/1"
     shown = {name: float(row.locator('[data-field="success-rate"]').get_attribute("data-value")) for name, row in seen.items()}
-    r = run_cli("viz", "stat", "-n", "shop", "deploy", "-o", "json", env={"MESHCTL_DEMO_DIR": str(d)})
+    r = run_cli("viz", "stat", "-n", "shop", "deploy", "-o", "json", "--demo-dir", str(d))
     assert r.returncode == 0, r.stderr
     stat = {row["name"]: row for row in json.loads(r.stdout)}
     for name in SHOP:
@@ -209,25 +206,6 @@ def test_the_gateways_dependency_map_has_exactly_two_outgoing_edges(watched):
     assert {edges.nth(i).get_attribute("data-peer") for i in range(2)} == {"product-api", "price-api"}
     assert page.locator("svg.depmap g.edge.outbound.secured").count() == 2  # both over mTLS
     assert page.locator('svg.depmap g.node[data-node="product-gateway-api"]').count() == 1
-
-
-def test_live_calls_show_a_request_to_the_gateway_within_two_seconds(watched, shop):
-    _, mesh = shop
-    page = watched.goto("/namespaces/shop/deployments/product-gateway-api")
-    page.wait_for_function("document.getElementById('tap-state').textContent === 'streaming'", timeout=10_000)
-    page.wait_for_selector("#live-calls tbody tr", timeout=10_000)  # subscribed: the background traffic shows
-    probe = uuid.uuid4().hex[:8]
-    path = f"/api/products/3?probe={probe}"
-    sent = time.monotonic()
-    r = httpx.get(mesh.gateway_url + path, timeout=10)
-    row = page.wait_for_selector(f'#live-calls tbody tr[data-path="{path}"][data-status="{r.status_code}"]',
-                                 timeout=2_000)
-    elapsed = time.monotonic() - sent
-    cells = row.query_selector_all("td")
-    texts = [c.inner_text() for c in cells]
-    assert texts[5] == "GET" and texts[6] == path and texts[7] == str(r.status_code), texts
-    assert texts[8].endswith(" ms"), texts
-    assert elapsed < 2.0
 
 
 def test_route_metrics_show_retries_lifting_effective_success_over_actual(watched):
@@ -261,10 +239,23 @@ def test_a_foreign_host_header_is_refused(dashboard):
     assert httpx.post(dashboard + "/", timeout=5).status_code == 405
 
 
+FIRST_PAINT_JS = """() => new Promise((resolve) => {
+  new PerformanceObserver((list) => {
+    const fcp = list.getEntries().find((e) => e.name === 'first-contentful-paint');
+    if (fcp) resolve(fcp.startTime);
+  }).observe({type: 'paint', buffered: true});
+})"""
+
+
+def first_paint_ms(watched, path: str) -> float:
+    """Milliseconds from navigation start to the first contentful paint, as Chromium reports it."""
+    page = watched.goto(path)
+    return page.evaluate(FIRST_PAINT_JS)
+
+
 def test_first_paint_under_one_second(watched):
-    for path in ("/", "/namespaces/shop/deployments/product-gateway-api"):
-        page = watched.goto(path)
-        fcp = page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime")
+    for path in PAGES.values():
+        fcp = first_paint_ms(watched, path)
         assert fcp < 1000, (path, fcp)
 
 

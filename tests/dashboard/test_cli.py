@@ -53,3 +53,12 @@ def test_a_taken_port_is_named(tmp_path):
         r = run_cli("dashboard", "--prometheus-url", "http://127.0.0.1:9", "--wait", "1s", "-p", str(port))
     assert r.returncode == 1
     assert r.stderr.strip() == f"Error: --address 127.0.0.1 --port {port}: Address already in use"
+
+
+def test_without_a_cluster_or_a_local_mesh_it_names_the_missing_state_file(tmp_path):
+    env = {"HOME": str(tmp_path), "MESHCTL_DEMO_DIR": "", "KUBECONFIG": ""}
+    r = run_cli("dashboard", "--show", "url", env=env)
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert line == (f"Error: no local mesh: {tmp_path}/.local/state/meshctl/demo/mesh.json does not exist "
+                    "(start one with: meshctl demo up)")

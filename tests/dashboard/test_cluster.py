@@ -43,7 +43,7 @@ def web_deployment(namespace: str = "meshctl-viz") -> dict:
 
 
 def dashboard(kubeconfig: str, *args: str, timeout: float = 60):
-    # An empty HOME: no local demo's mesh.json makes the command choose local mode.
+    # --kubeconfig names a cluster: the command reaches it (an empty HOME: no local mesh around).
     return run_cli("--kubeconfig", kubeconfig, "dashboard", "--show", "url", *args, timeout=timeout,
                    env={"HOME": "/nonexistent", "MESHCTL_DEMO_DIR": ""})
 
@@ -71,7 +71,7 @@ def test_the_mesh_namespace_flag_moves_the_viz_namespace(kube, kubeconfig):
     kube.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "linkerd-viz"}})
     kube.put(web_deployment("linkerd-viz"))
     r = run_cli("--kubeconfig", kubeconfig, "-L", "linkerd", "dashboard", "--wait", "1s",
-                env={"HOME": "/nonexistent"})
+                env={"HOME": "/nonexistent", "MESHCTL_DEMO_DIR": ""})
     assert r.returncode == 1 and "in namespace linkerd-viz" in r.stderr  # found the deployment: no pods yet
 
 

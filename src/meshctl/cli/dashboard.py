@@ -27,14 +27,15 @@ def register(app: typer.Typer) -> None:
         wait: str = typer.Option("5m", "--wait", help="How long to wait for the dashboard's backends to become available."),
         prometheus_url: Optional[str] = typer.Option(None, "--prometheus-url", help="Serve the dashboard here over this Prometheus (no cluster needed)."),
         grafana_url: Optional[str] = typer.Option(None, "--grafana-url", help="Grafana to link each workload to (its meshctl dashboards)."),
-        demo_dir: Optional[str] = typer.Option(None, "--dir", help="The local mesh's state directory (default: $MESHCTL_DEMO_DIR, else ~/.local/state/meshctl/demo)."),
+        demo_dir: Optional[str] = typer.Option(None, "--demo-dir", help="State directory of the local mesh (meshctl demo up --dir); default $MESHCTL_DEMO_DIR, else ~/.local/state/meshctl/demo."),
         enforced_host: Optional[str] = typer.Option(None, "--enforced-host", help="Regular expression the Host header must match (default: the address served)."),
     ) -> None:
         """Open the dashboard: golden metrics, dependency map, live calls and route metrics per workload.
 
-        Without a cluster (a local mesh from `meshctl demo up`, or --prometheus-url) the
-        dashboard is served by this process; otherwise it is reached in the cluster through
-        a port-forward to the viz web deployment, as `linkerd viz dashboard` does.
+        With --prometheus-url or --demo-dir, or without a kubeconfig, the dashboard is served by
+        this process over that Prometheus and the local mesh of `meshctl demo up`; otherwise it is
+        reached in the cluster through a port-forward to the viz web deployment, as
+        `linkerd viz dashboard` does.
         """
         from meshctl.cli import _common
         from meshctl.dashboard import launch
@@ -58,4 +59,8 @@ def register(app: typer.Typer) -> None:
         options = launch.Options(address=address, port=port, show=show.value, wait_s=wait_s,
                                  prometheus_url=prometheus_url, grafana_url=grafana_url, demo_dir=demo_dir,
                                  enforced_host=enforced_host)
-        launch.main(options, _common.global_options(ctx), out=typer.echo, report=_common.report)
+        # One rule for every command that may read a cluster or the local mesh (meshctl viz stat's).
+        from meshctl.cli.viz import _kubeconfig_present
+
+        opts = _common.global_options(ctx)
+        launch.main(options, opts, cluster_configured=_kubeconfig_present(opts), out=typer.echo, report=_common.report)

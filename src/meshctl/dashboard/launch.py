@@ -9,7 +9,6 @@ deployment, which serves the same app (``docs/dashboard.md``).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -31,21 +30,21 @@ class Options:
     refresh_s: float = 5.0
 
 
-def local_mesh_dir(options: Options) -> Path | None:
-    """The local mesh's state directory when one is up there (contract B's order), else None."""
+def local_mesh_dir(options: Options, *, must_exist: bool) -> Path | None:
+    """The local mesh's state directory (``--demo-dir``, else contract B's default); None when it is not
+    named and holds no mesh.json (then the dashboard reads only the Prometheus it was given)."""
+    from meshctl.demo import state
+
     if options.demo_dir:
         return Path(options.demo_dir)
-    env = os.environ.get("MESHCTL_DEMO_DIR")
-    path = Path(env) if env else Path.home() / ".local" / "state" / "meshctl" / "demo"
-    return path if (path / "mesh.json").is_file() else None
+    path = state.state_dir()
+    return path if must_exist or (path / state.STATE_FILE).is_file() else None
 
 
-def wants_local(options: Options, global_options) -> bool:
-    if options.prometheus_url or options.demo_dir:
-        return True
-    if global_options.kubeconfig and os.environ.get("KUBECONFIG") != global_options.kubeconfig or global_options.context:
-        return False  # the user named a cluster
-    return local_mesh_dir(options) is not None
+def wants_local(options: Options, *, cluster_configured: bool) -> bool:
+    """As ``meshctl viz stat``: --prometheus-url or --demo-dir, else a cluster when a kubeconfig is there,
+    else the local mesh."""
+    return bool(options.prometheus_url or options.demo_dir) or not cluster_configured
 
 
 def wait_ready(url: str, wait_s: float, report) -> None:
@@ -75,7 +74,7 @@ def build_local_app(options: Options, listener_address: str, listener_port: int,
     from meshctl.dashboard.hosts import HostPolicy
     from meshctl.dashboard.source import LocalSource
 
-    directory = local_mesh_dir(options)
+    directory = local_mesh_dir(options, must_exist=options.prometheus_url is None)
     prometheus_url = options.prometheus_url
     if prometheus_url is None:
         # No URL given: the local mesh must be up now to say where its Prometheus is.  (With
@@ -93,10 +92,10 @@ def build_local_app(options: Options, listener_address: str, listener_port: int,
     return create_app(source, Settings(policy=policy, grafana_url=options.grafana_url, refresh_s=options.refresh_s))
 
 
-def main(options: Options, global_options, *, out, report) -> None:
+def main(options: Options, global_options, *, cluster_configured: bool, out, report) -> None:
     from meshctl.dashboard import serve
 
-    if not wants_local(options, global_options):
+    if not wants_local(options, cluster_configured=cluster_configured):
         from meshctl.dashboard import portforward
 
         return portforward.main(options, global_options, out=out, report=report)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from meshctl.dashboard.model import (Chart, EdgeRow, Golden, NamespacePage, Overview, ResourceRow, RouteRow, Series,
@@ -39,12 +40,11 @@ class MeshState:
 
     def get(self):
         from meshctl.demo import state
-        from meshctl.errors import MeshctlError
 
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            raise MeshctlError(f"{self.path}: not found: the local mesh is not up (meshctl demo up)") from None
+            return state.load(self.path.parent)  # raises, naming the file and what to run
         stamp = (st.st_mtime, st.st_size)
         if stamp != self._seen:
             self._mesh, self._seen = state.load(self.path.parent), stamp
@@ -98,8 +98,10 @@ class LocalSource:
 
     def overview(self) -> Overview:
         at = time.time()
-        namespaces = self._stat("namespace", at=at)
-        deployments = self._stat("deployment", at=at)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            namespaces_job = pool.submit(self._stat, "namespace", at=at)
+            deployments = self._stat("deployment", at=at)
+            namespaces = namespaces_job.result()
         # A namespace's MESHED counts its workloads (Linkerd's overview), not its pods.
         per_ns: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for d in deployments:
@@ -111,11 +113,13 @@ class LocalSource:
 
     def namespace(self, ns: str) -> NamespacePage:
         at = time.time()
-        deployments = self._stat("deployment", namespace=ns, at=at)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pods_job = pool.submit(self._stat, "pod", namespace=ns, at=at)
+            services_job = pool.submit(self._stat, "service", namespace=ns, at=at)
+            deployments = self._stat("deployment", namespace=ns, at=at)
+            pods, services = pods_job.result(), {r.name: r for r in services_job.result()}
         if not deployments:
             raise LookupError(f"namespace {ns!r} has no meshed workloads")
-        pods = self._stat("pod", namespace=ns, at=at)
-        services = {r.name: r for r in self._stat("service", namespace=ns, at=at)}
         mesh = self.mesh
         # Services without callers in the window are still listed where the inventory knows them.
         known = {w.service for w in mesh.workloads if w.namespace == ns and w.service} if mesh else set()
@@ -128,19 +132,33 @@ class LocalSource:
 
     def workload(self, ns: str, name: str) -> WorkloadPage:
         from meshctl.viz import queries
+        from meshctl.viz.queries import JOB, matchers
         from meshctl.viz.resources import Resource
 
         at = time.time()
-        me = self._stat("deployment", name, ns, at=at)
+        res = Resource("deployment", name, ns)
+        up = matchers({"job": JOB, "namespace": ns, "deployment": name})
+        # The page's queries are independent: run them side by side (each waits on Prometheus, not on
+        # the CPU), so the page costs the slowest query group, not their sum.  Who we call and who calls
+        # us come with their golden metrics (Linkerd's octopus graph: stat --from/--to), the identities
+        # from the connections (viz edges), routes from the ServiceProfiles of our own namespace's
+        # services (others, rarer, are asked once the callees are known).
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            jobs = {
+                "me": pool.submit(self._stat, "deployment", name, ns, at=at),
+                "callees": pool.submit(self._stat, "deployment", at=at, from_=res, tcp=False),
+                "callers": pool.submit(self._stat, "deployment", at=at, to=res, tcp=False),
+                "edges": pool.submit(queries.edges, self.prom, "deployment", at=at),
+                "routes": pool.submit(self._routes, res, ns, at),
+                "pods": pool.submit(self.prom.query, f"group(up{up}) by (pod)", at=at),
+            }
+            charts = self._charts(ns, name, at, pool)  # its five range queries, on the same pool
+            done = {key: job.result() for key, job in jobs.items()}
+        me = done["me"]
         if not me:
             raise LookupError(f"deployment {name!r} not found in namespace {ns!r}")
         identities = self._identities()
-        res = Resource("deployment", name, ns)
-        # Who we call and who calls us, with their golden metrics (Linkerd's octopus graph: stat --from/--to),
-        # and the identities the connections proved (viz edges).
-        callees = self._stat("deployment", at=at, from_=res, tcp=False)
-        callers = self._stat("deployment", at=at, to=res, tcp=False)
-        connections = queries.edges(self.prom, "deployment", at=at)
+        connections, callees, callers = done["edges"], done["callees"], done["callers"]
         out_ids = {(e.dst_namespace, e.dst): e for e in connections if (e.src_namespace, e.src) == (ns, name)}
         in_ids = {(e.src_namespace, e.src): e for e in connections if (e.dst_namespace, e.dst) == (ns, name)}
         my_id = identities.get((ns, name), "")
@@ -157,18 +175,28 @@ class LocalSource:
             inbound.append(EdgeRow("inbound", r.name, _workload_href(r.namespace, r.name), r.namespace,
                                    identities.get((r.namespace, r.name), ""), my_id, e.secured if e else False,
                                    r.rps or 0.0, r.success_rate))
-        routes = []
-        for dst_ns in sorted({r.namespace for r in callees}):
-            for rr in queries.routes(self.prom, res, window_s=self.window_s, to=Resource("namespace", dst_ns),
-                                     at=at):
-                routes.append(RouteRow(rr.route, rr.dst, rr.success_rate, rr.rps or 0.0, rr.actual_success_rate,
-                                       rr.actual_rps or 0.0, rr.latency_ms_p50, rr.latency_ms_p95, rr.latency_ms_p99))
-        pods = tuple(p.name for p in self._stat("pod", namespace=ns, at=at) if p.name.startswith(f"{name}-"))
+        routes = list(done["routes"])
+        for dst_ns in sorted({r.namespace for r in callees} - {ns}):
+            routes += self._routes(res, dst_ns, at)
+        pods = tuple(sorted(s.get("pod") for s in done["pods"] if s.get("pod")))
         return WorkloadPage(self._row("deployment", me[0]), my_id, pods, tuple(inbound), tuple(outbound),
-                            tuple(routes), self._charts(ns, name, at))
+                            tuple(routes), charts())
 
-    def _charts(self, ns: str, name: str, at: float) -> tuple[Chart, ...]:
-        """The last ten minutes of the golden metrics (range queries: the dashboard's own, on viz's matchers)."""
+    def _routes(self, res, dst_namespace: str, at: float) -> list[RouteRow]:
+        """Outbound routes of *res* to the services of *dst_namespace*: effective next to actual success."""
+        from meshctl.viz import queries
+        from meshctl.viz.resources import Resource
+
+        return [RouteRow(rr.route, rr.dst, rr.success_rate, rr.rps or 0.0, rr.actual_success_rate,
+                         rr.actual_rps or 0.0, rr.latency_ms_p50, rr.latency_ms_p95, rr.latency_ms_p99)
+                for rr in queries.routes(self.prom, res, window_s=self.window_s,
+                                         to=Resource("namespace", dst_namespace), at=at)]
+
+    def _charts(self, ns: str, name: str, at: float, pool):
+        """The last ten minutes of the golden metrics (range queries: the dashboard's own, on viz's matchers).
+
+        The queries are submitted to *pool* now; the returned function waits for them and builds the charts.
+        """
         from meshctl.viz.queries import matchers
 
         sel = matchers({"direction": "inbound", "namespace": ns, "deployment": name})
@@ -181,12 +209,18 @@ class LocalSource:
             points = found[0].points if found else ()
             return Series(label, tuple((t, None if math.isnan(v) else v * scale) for t, v in points))
 
-        success = series("success", f"sum(rate(response_total{ok}[{w}])) / sum(rate(response_total{sel}[{w}]))", 100.0)
-        rps = series("rps", f"sum(rate(response_total{sel}[{w}]))")
-        latency = tuple(series(f"p{round(q * 100)}", f"histogram_quantile({q}, sum(rate(response_latency_ms_bucket{sel}[{w}])) by (le))")
-                        for q in QUANTILES)
-        return (Chart("Success rate", "%", (success,)), Chart("Requests per second", "rps", (rps,)),
-                Chart("Latency", "ms", latency))
+        success = pool.submit(series, "success",
+                              f"sum(rate(response_total{ok}[{w}])) / sum(rate(response_total{sel}[{w}]))", 100.0)
+        rps = pool.submit(series, "rps", f"sum(rate(response_total{sel}[{w}]))")
+        latency = [pool.submit(series, f"p{round(q * 100)}",
+                               f"histogram_quantile({q}, sum(rate(response_latency_ms_bucket{sel}[{w}])) by (le))")
+                   for q in QUANTILES]
+
+        def charts() -> tuple[Chart, ...]:
+            return (Chart("Success rate", "%", (success.result(),)), Chart("Requests per second", "rps", (rps.result(),)),
+                    Chart("Latency", "ms", tuple(f.result() for f in latency)))
+
+        return charts
 
     # --- live calls ----------------------------------------------------------------------
 
