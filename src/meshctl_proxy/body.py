@@ -28,7 +28,7 @@ class BodyError(Exception):
 
 class Body:
     __slots__ = ("_chunks", "_buffered", "_done", "_exc", "_waiter", "trailers", "length",
-                 "_pause", "_resume", "_on_consumed", "_paused", "_high", "_discarding")
+                 "_pause", "_resume", "_on_consumed", "_paused", "_high", "_discarding", "consumed")
 
     def __init__(self, length: int | None = None, *, pause: Callable[[], None] | None = None,
                  resume: Callable[[], None] | None = None, on_consumed: Callable[[int], None] | None = None,
@@ -46,6 +46,7 @@ class Body:
         self._paused = False
         self._high = high_water
         self._discarding = False
+        self.consumed = 0  # bytes handed to the consumer so far (what was relayed, for the request hook)
 
     @classmethod
     def of(cls, data: bytes = b"", trailers: list[tuple[bytes, bytes]] | None = None) -> "Body":
@@ -151,6 +152,7 @@ class Body:
             self._chunks.clear()
             n = self._buffered
             self._buffered = 0
+            self.consumed += n
             if self._paused:
                 self._paused = False
                 self._resume()

@@ -191,6 +191,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cluster_networks", "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8", parse_networks,
             "Networks considered in-cluster (cluster-authenticated policy)."),
     Setting("detect_timeout", "10s", parse_duration, "How long protocol detection waits for the first bytes."),
+    # nginx's client_header_timeout and Node's headersTimeout are both 60 s (docs/security.md, class 5).
+    Setting("header_read_timeout", "60s", parse_duration,
+            "How long an HTTP/1 request head may take to arrive once begun; then 408 and the connection closes."),
     Setting("inbound_connect_timeout", "100ms", parse_duration, "Connect timeout towards the application."),
     Setting("outbound_connect_timeout", "1s", parse_duration, "Connect timeout towards other endpoints."),
     Setting("shutdown_grace_period", "30s", parse_duration,
@@ -238,6 +241,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Idle upstream connections kept per direction, across all endpoints; past it the longest idle is closed."),
     Setting("max_authority_labels", "1000", parse_positive_int,
             "Distinct authority label values kept in metrics; the rest are counted under authority=\"overflow\"."),
+    Setting("max_metric_series", "10000", parse_positive_int,
+            "Series /metrics exposes in all (every family and label); what new series the cap refuses would count "
+            "is counted in the overflow series."),
 )
 
 SETTINGS_BY_FIELD: Mapping[str, Setting] = {s.field: s for s in SETTINGS}

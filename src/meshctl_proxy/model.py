@@ -115,8 +115,7 @@ class Request:
     # HTTP/1 only: relays 1xx interim responses (100 Continue) to the client.
     interim: Callable[[int, Headers], None] | None = None
     upgrade: bytes | None = None  # HTTP/1 Upgrade header when the client asked to switch protocols
-    # The connection's raw tail after an Upgrade request head, fed once 101 arrives (see http1_proxy).
-    tunnel: object | None = None
+    route: str | None = None  # the ServiceProfile route it matched (set by the traffic router), for the hook
 
     def header(self, name: bytes) -> bytes | None:
         return find_header(self.headers, name)
@@ -170,3 +169,7 @@ class ProxyError(Exception):
         return Response(self.status, [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode()),
                                       (ERROR_HEADER, self.reason.encode())],
                         Body.of(text), error=self.reason)
+
+
+class RequestRefused(ProxyError):
+    """A request refused before it was sent (by a per-request observer or policy): no endpoint's fault, never retried."""

@@ -27,6 +27,7 @@ import pytest
 from conftest import ROOT, SRC, run_cli
 from helpers_identity import SVC_NAME
 from meshctl.identity import tokens
+from meshctl_proxy.policy.router import DirectRouter
 from proxy.apps import Http1App, LoopThread
 from proxy.conftest import metric_sum, parse_metrics
 
@@ -59,20 +60,17 @@ class IdentityService:
         self.proc.stderr.close()
 
 
-class StaticOutbound:
+class StaticOutbound(DirectRouter):
     """A's outbound router: every request goes to one endpoint, with the identity it must prove."""
 
-    def __init__(self, inner, endpoint) -> None:
-        self.inner, self.endpoint = inner, endpoint
+    remembers_endpoints = True  # the same endpoint whatever the request
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def __init__(self, endpoint) -> None:
+        super().__init__()
+        self.endpoint = endpoint
 
     def select(self, target):
         return self.endpoint
-
-    async def dispatch(self, request, upstream):
-        return await upstream.send(request, self.endpoint)
 
 
 def proxy_config(workdir, name: str, identity: str, svc_port: int, token: str, **extra):
@@ -98,11 +96,10 @@ async def start_proxy(cfg, *, outbound=None):
     """What meshctl_proxy.transport.server.serve does, with an optional outbound router."""
     from meshctl_proxy.model import Endpoint
     from meshctl_proxy.identity.mesh import Mesh
-    from meshctl_proxy.policy.router import DirectRouter
     from meshctl_proxy.transport.server import Proxy
 
     mesh = Mesh.from_config(cfg)
-    router = StaticOutbound(DirectRouter(), Endpoint(*outbound)) if outbound else None
+    router = StaticOutbound(Endpoint(*outbound)) if outbound else None
     proxy = Proxy(cfg, outbound_router=router, **mesh.seams())
     await proxy.start()
     mesh.attach(proxy)

@@ -7,54 +7,21 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from meshctl.cli import _common
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.2f}%"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}ms" if value >= 10 else f"{value:.1f}ms"
-
-
 def render_tables(stats, routes, edges) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The one-shot demo's summary: the tables ``meshctl viz`` prints, from the same rows and renderers."""
+    from meshctl.viz import tables
 
-    import sys
-
-    # Piped output keeps whole columns (rich would squeeze to 80); tables size to content anyway.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-    t = Table(title="meshctl viz stat -n shop deploy", title_justify="left", box=None, pad_edge=False)
-    for col in ("NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TLS"):
-        t.add_column(col, justify="left" if col == "NAME" else "right")
-    for s in stats:
-        t.add_row(s.name, "1/1", _pct(s.success_rate), f"{s.rps:.1f}rps", _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
-                  _pct(s.meshed_share))
-    console.print(t)
-    console.print()
-    r = Table(title="meshctl viz routes deploy/product-gateway-api (outbound)", title_justify="left", box=None, pad_edge=False)
-    for col in ("ROUTE", "SERVICE", "EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS", "ACTUAL_RPS", "LATENCY_P50", "LATENCY_P99"):
-        r.add_column(col, justify="left" if col in ("ROUTE", "SERVICE") else "right")
-    for s in routes:
-        route, _, dst = s.name.rpartition(" [")
-        actual_rps = (s.actual_requests or 0) / s.seconds if s.seconds > 0 else 0
-        r.add_row(route, dst.rstrip("]"), _pct(s.success_rate), f"{s.rps:.1f}rps", _pct(s.actual_success_rate),
-                  f"{actual_rps:.1f}rps", _ms(s.p50_ms), _ms(s.p99_ms))
-    console.print(r)
-    console.print()
-    e = Table(title="meshctl viz edges -n shop deploy", title_justify="left", box=None, pad_edge=False)
-    for col in ("SRC", "DST", "REQUESTS", "CLIENT_ID", "SERVER_ID", "SECURED"):
-        e.add_column(col)
-    for edge in edges:
-        e.add_row(edge.src, edge.dst, str(round(edge.requests)), edge.client_id, edge.server_id or "-",
-                  "√" if edge.secured else "×")
-    console.print(e)
+    print("$ meshctl viz stat -n shop deploy")
+    print(tables.stat_table(stats))
+    print("$ meshctl viz routes deploy/product-gateway-api --to svc/price-api-svc -o wide")
+    print(tables.routes_table(routes, wide=True))
+    print("$ meshctl viz edges -n shop deploy -o wide")
+    print(tables.edges_table(edges, wide=True), end="")
 
 
 DirOption = typer.Option(None, "--dir", envvar="MESHCTL_DEMO_DIR",
@@ -94,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         from meshctl import demo as core
         from meshctl.demo import state
-        from meshctl.errors import MeshctlError
+        from meshctl.errors import MeshctlError, UsageError
 
         d = _demo(dir)
         if netns:
@@ -107,7 +74,7 @@ def register(app: typer.Typer) -> None:
         else:
             plan = core.Plan(prefix=core.validate_prefix(address_prefix), price_failure_rate=0.0)
         if not 0 <= traffic <= 200:
-            raise MeshctlError(f"--traffic: expected requests per second in [0, 200], got {traffic:g}")
+            raise UsageError(f"--traffic: expected requests per second in [0, 200], got {traffic:g}")
         core.check_samples()
         outcome = d.up(plan, traffic=traffic)
         mesh = state.load(d.dir)
@@ -142,12 +109,7 @@ def register(app: typer.Typer) -> None:
             import dataclasses
 
             data = [dataclasses.asdict(r) for r in rows]
-            if output is _common.TableFormat.json:
-                print(json.dumps(data, indent=2))
-            else:
-                import yaml
-
-                print(yaml.safe_dump(data, sort_keys=False), end="")
+            print(_common.dump(data, output.value), end="")
         else:
             wide = output is _common.TableFormat.wide
             header = ["NAME", "PID", "STATE", "HEALTH", "ADDRESS"] + (["LOG"] if wide else [])
@@ -177,20 +139,20 @@ def register(app: typer.Typer) -> None:
         rps: float = typer.Option(None, "--rps", help="At most this many requests per second, in total."),
         max_time: str = typer.Option("5m", "--max-time", help="Stop after this long whatever is left (Go duration)."),
         dir: str = DirOption,
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table or json"),
+        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml (wide is table)."),
     ) -> None:
         """Send ab's load to the gateway (ab -n 1000 -c 10 http://GATEWAY/api/products/1) and print ab's summary."""
         import sys
 
         from meshctl.demo import load as load_core
         from meshctl.demo import state
-        from meshctl.errors import MeshctlError
+        from meshctl.errors import UsageError
         from meshctl_proxy.config import parse_duration
 
         try:
             seconds = parse_duration(max_time)
         except ValueError as exc:
-            raise MeshctlError(f"--max-time: {exc}") from None
+            raise UsageError(f"--max-time: {exc}") from None
         if url is None:
             url = state.load(dir).gateway_url + "/api/products/1"
         progress = _progress_bar(requests) if sys.stderr.isatty() else (lambda done, total: None)
@@ -199,7 +161,7 @@ def register(app: typer.Typer) -> None:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         if output in (_common.TableFormat.json, _common.TableFormat.yaml):
-            print(json.dumps(result.to_dict(), indent=2))
+            print(_common.dump(result.to_dict(), output.value), end="")
         else:
             print(result.render())
 
@@ -230,12 +192,12 @@ def register(app: typer.Typer) -> None:
         import tempfile
 
         from meshctl.demo import live
-        from meshctl.errors import InputError, MeshctlError
+        from meshctl.errors import InputError, MeshctlError, UsageError
         from meshctl.profiles import text
 
         kind, _, name = resource.partition("/")
         if kind.lower() not in ("sp", "serviceprofile", "serviceprofiles", "serviceprofile.meshctl.io") or not name:
-            raise InputError(f"expected sp/NAME (a ServiceProfile), got {resource!r}")
+            raise UsageError(f"expected sp/NAME (a ServiceProfile), got {resource!r}")
         d = _demo(dir)
         plan = d.load_plan()
         registry = d.dir / "registry.json"
@@ -277,24 +239,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Change a sample app's failure rate or latency while it runs (the demo's knob)."""
         from meshctl.demo import live
-        from meshctl.errors import InputError
+        from meshctl.errors import UsageError
         from meshctl_proxy.config import parse_duration
 
         if failure_rate is None and latency is None:
-            raise InputError("give --failure-rate and/or --latency")
+            raise UsageError("give --failure-rate and/or --latency")
         if failure_rate is not None and not 0 <= failure_rate <= 1:
-            raise InputError(f"--failure-rate: expected a share in [0, 1], got {failure_rate}")
+            raise UsageError(f"--failure-rate: expected a share in [0, 1], got {failure_rate}")
         latency_ms = None
         if latency is not None:
             try:
                 latency_ms = parse_duration(latency) * 1000
             except ValueError as exc:
-                raise InputError(f"--latency: {exc}") from None
+                raise UsageError(f"--latency: {exc}") from None
         d = _demo(dir)
         plan = d.load_plan()
         names = [w.name for w in plan.workloads]
         if workload not in names:
-            raise InputError(f"no workload {workload!r} in the demo (it has: {', '.join(names)})")
+            raise UsageError(f"no workload {workload!r} in the demo (it has: {', '.join(names)})")
         now = live.set_knobs(d.dir / "knobs", workload, failure_rate=failure_rate, latency_ms=latency_ms)
         print(f"{workload}: failure rate {now['failure_rate'] * 100:g}%, latency {now['latency_ms']:g}ms")
 
@@ -307,7 +269,7 @@ def register(app: typer.Typer) -> None:
         price_latency_ms: float = typer.Option(0.0, "--price-latency-ms", help="Extra latency of price-api."),
         address_prefix: str = typer.Option("127.0.10", "--address-prefix", help="Loopback /24 the demo's pods use."),
         workdir: str = typer.Option(None, "--dir", help="Keep certificates, registry and logs here (default: a temporary directory, removed)."),
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table or json"),
+        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml (wide is table)."),
     ) -> None:
         """One shot: mesh the three APIs, send traffic, show success rate, RPS and latency, stop everything."""
         _run_once(ctx, duration=duration, rps=rps, price_failure_rate=price_failure_rate,
@@ -338,21 +300,22 @@ def _progress_bar(total: int):
 
 def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, address_prefix, workdir, output) -> None:
     import tempfile
+    import time
     from pathlib import Path
 
     from meshctl import demo as core
-    from meshctl import viz
-    from meshctl.errors import MeshctlError
+    from meshctl.errors import UsageError
+    from meshctl.viz import tables
     from meshctl_proxy.config import parse_duration
 
     try:
         seconds = parse_duration(duration)
     except ValueError as exc:
-        raise MeshctlError(f"--duration: {exc}") from None
+        raise UsageError(f"--duration: {exc}") from None
     if not 0 < rps <= 500:
-        raise MeshctlError(f"--rps: expected a rate in (0, 500], got {rps}")
+        raise UsageError(f"--rps: expected a rate in (0, 500], got {rps}")
     if not 0 <= price_failure_rate < 1:
-        raise MeshctlError(f"--price-failure-rate: expected a share in [0, 1), got {price_failure_rate}")
+        raise UsageError(f"--price-failure-rate: expected a share in [0, 1), got {price_failure_rate}")
     plan = core.Plan(prefix=core.validate_prefix(address_prefix), price_failure_rate=price_failure_rate,
                      price_latency_ms=price_latency_ms)
     verbose = _common.global_options(ctx).verbose
@@ -367,8 +330,8 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
     try:
         with core.DemoRun(plan, path, progress=lambda m: report(f"• {m}")) as run:
             report("√ the shop is meshed: mTLS between proxies, endpoints and ServiceProfiles from the destination service")
-            before = run.scrape()
-            report(f"• sending {rps:g} rps to product-gateway-api for {duration}")
+            run.wait_scraped()
+            report(f"• sending {rps:g} rps to product-gateway-api for {duration} (Prometheus at {run.prometheus_url})")
             # Progress every five seconds of traffic (every second with --verbose).
             every = max(1, int(rps)) * (1 if verbose else 5)
 
@@ -376,16 +339,14 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
                 if done == total or (done - 1) % every == 0:
                     report(f"  {done}/{total} requests sent")
 
+            started = time.time()
             codes = run.drive(rps=rps, seconds=seconds, on_tick=tick)
-            after = run.scrape()
-        window = {name: after[name].minus(before[name]) for name in after}
-        stats = viz.workload_stats(window)
-        routes = viz.route_stats(window["product-gateway-api"])
-        edges = viz.edges(window, {w.name: w.identity for w in plan.workloads}, totals=after)
+            ended = time.time()
+            stats, routes, edges = _summary(run, started, ended)
         if output in (_common.TableFormat.json, _common.TableFormat.yaml):
-            data = {"ingress": {"statusCodes": codes}, "stat": [s.to_dict() for s in stats],
-                    "routes": [s.to_dict() for s in routes], "edges": [e.to_dict() for e in edges]}
-            print(json.dumps(data, indent=2))
+            data = {"ingress": {"statusCodes": codes}, "stat": tables.stat_json(stats),
+                    "routes": tables.routes_json(routes, wide=True), "edges": tables.edges_json(edges)}
+            print(_common.dump(data, output.value), end="")
         else:
             render_tables(stats, routes, edges)
         report(f"ingress status codes: {', '.join(f'{k}: {v}' for k, v in sorted(codes.items()))}")
@@ -394,3 +355,34 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
             tmp.cleanup()
         else:
             report(f"certificates, registry and logs kept in {path}")
+
+
+def _summary(run, started: float, ended: float):
+    """The run's golden metrics from its Prometheus: the traffic's whole span, rates per second of traffic."""
+    import dataclasses
+    import time
+
+    from meshctl.viz import queries
+    from meshctl.viz.promclient import PrometheusClient
+    from meshctl.viz.resources import Resource
+
+    # Wait for the scrape after the last request, then query a range one scrape interval wider
+    # than the traffic on each side (the proxies' series appear with their first request).
+    interval = run.mesh.scrape_interval_s
+    time.sleep(interval + 0.5)
+    at = ended + interval
+    span = at - started + interval
+    from meshctl.demo import NAMESPACE as ns
+
+    identities = {(ns, w.pod): w.identity for w in run.plan.workloads}
+    with PrometheusClient(run.prometheus_url) as client:
+        stats = queries.stat(client, Resource("deployment", None, ns), window_s=span, at=at)
+        routes = queries.routes(client, Resource("deployment", "product-gateway-api", ns), window_s=span, at=at,
+                                to=Resource("service", "price-api-svc", ns))
+        edges = queries.edges(client, "deployment", namespace=ns, at=at,
+                              identity_of=lambda namespace, pod: identities.get((namespace, pod)))
+    # Rates per second of traffic, not of the wider range queried.
+    seconds = max(ended - started, 1e-3)
+    stats = [dataclasses.replace(r, window_s=seconds) for r in stats]
+    routes = [dataclasses.replace(r, window_s=seconds) for r in routes]
+    return stats, routes, edges

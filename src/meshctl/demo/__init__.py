@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
-from meshctl.errors import MeshctlError
+from meshctl.errors import MeshctlError, UsageError
 
 NAMESPACE = "shop"
 MESH_NAMESPACE = "meshctl"
@@ -179,7 +178,7 @@ class Plan:
 def validate_prefix(prefix: str) -> str:
     parts = prefix.split(".")
     if len(parts) != 3 or parts[0] != "127" or not all(p.isdigit() and 0 <= int(p) <= 255 for p in parts):
-        raise MeshctlError(f"--address-prefix: expected three octets inside 127.0.0.0/8 (e.g. 127.0.10), got {prefix!r}")
+        raise UsageError(f"--address-prefix: expected three octets inside 127.0.0.0/8 (e.g. 127.0.10), got {prefix!r}")
     return prefix
 
 
@@ -272,11 +271,12 @@ class DemoRun:
         self.plan = plan
         self.dir = workdir
         self.mesh = LocalDemo(workdir, progress=progress)
+        self.mesh.scrape_interval_s = 1.0  # a run lasts seconds: summarise it from 1s scrapes
         self.progress = progress
 
     def __enter__(self) -> "DemoRun":
         try:
-            self.mesh.up(self.plan, prometheus=False, profiles=True, dashboard=False)
+            self.mesh.up(self.plan, prometheus=True, profiles=True, dashboard=False)
         except BaseException:
             self.mesh.down(quiet=True)
             raise
@@ -285,16 +285,15 @@ class DemoRun:
     def __exit__(self, *exc) -> None:
         self.mesh.down(quiet=True)
 
-    def scrape(self) -> dict:
-        import httpx
+    @property
+    def prometheus_url(self) -> str:
+        return self.mesh.extra["prometheus_url"]
 
-        from meshctl.viz import parse_scrape
+    def wait_scraped(self, timeout: float = 30.0) -> None:
+        """Until Prometheus has scraped every proxy once: traffic counted before that would be missed."""
+        from meshctl.viz import localprom
 
-        out = {}
-        for w in self.plan.workloads:
-            text = httpx.get(f"http://{w.admin}/metrics", timeout=5).text
-            out[w.name] = parse_scrape(text, at=time.monotonic())
-        return out
+        localprom.wait_for_targets(self.prometheus_url, len(self.plan.workloads), timeout=timeout)
 
     def drive(self, *, rps: float, seconds: float, on_tick=lambda done, total: None) -> dict[str, int]:
         """Send a bounded load to the gateway, as an ingress would: to its pod, through its proxy's inbound side."""

@@ -107,22 +107,7 @@ class LocalPrometheus:
 
     def wait_scraped(self, count: int, *, timeout: float = 30.0) -> None:
         """Wait until *count* targets have been scraped successfully at least once."""
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        up = 0
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                data = httpx.get(f"{self.url}/api/v1/targets", params={"state": "active"}, timeout=2).json()
-                up = sum(1 for t in data["data"]["activeTargets"] if t.get("health") == "up")
-                if up >= count:
-                    return
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
-            time.sleep(0.2)
-        raise MeshctlError(f"prometheus at {self.url}: {up} of {count} targets up after {timeout:.0f}s "
-                           f"(see {self.url}/targets)")
+        wait_for_targets(self.url, count, timeout=timeout, alive=self._check_alive)
 
     def _check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -136,6 +121,25 @@ class LocalPrometheus:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def wait_for_targets(url: str, count: int, *, timeout: float = 30.0, alive=lambda: None) -> None:
+    """Wait until the Prometheus at *url* has scraped *count* targets successfully (``health == "up"``)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    up = 0
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            data = httpx.get(f"{url}/api/v1/targets", params={"state": "active"}, timeout=2).json()
+            up = sum(1 for t in data["data"]["activeTargets"] if t.get("health") == "up")
+            if up >= count:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise MeshctlError(f"prometheus at {url}: {up} of {count} targets up after {timeout:.0f}s (see {url}/targets)")
 
 
 def _last_line(log: Path) -> str:

@@ -29,9 +29,9 @@ from meshctl_proxy.identity import tls_contexts
 from meshctl_proxy.identity.certificates import IdentityManager
 from meshctl_proxy.identity import tls_transport
 from meshctl_proxy.identity.tls_transport import TlsTransport
+from meshctl_proxy.wire.identity_headers import strip_identity_headers
 
 HANDSHAKE_TIMEOUT = 10.0
-IDENTITY_HEADER = b"meshctl-client-id"  # as Linkerd's l5d-client-id
 
 
 class NoIdentity(ConnectionError):
@@ -133,17 +133,6 @@ class InboundTls:
         return Terminated(tls_transport, client, sslobj.selected_alpn_protocol())
 
 
-def strip_identity_header(headers: list[tuple[bytes, bytes]], client_identity: str | None) -> list[tuple[bytes, bytes]]:
-    """Drop any client-sent ``meshctl-client-id`` and set it only from the verified peer.
-
-    A plaintext client could otherwise claim any identity to the application.
-    """
-    out = [(k, v) for k, v in headers if k.lower() != IDENTITY_HEADER]
-    if client_identity:
-        out.append((IDENTITY_HEADER, client_identity.encode()))
-    return out
-
-
 # --- the proxy's seams (docs/proxy.md "Seams") --------------------------------------
 
 class AuthorizingRouter:
@@ -152,23 +141,21 @@ class AuthorizingRouter:
     Denied requests become 403 (``ProxyError``, with the reason in
     ``meshctl-proxy-error``); allowed ones reach the application with the
     client's verified identity in ``meshctl-client-id`` and never a
-    client-supplied one.
+    client-supplied one, in that or any other spelling an application could
+    read as it (``wire.identity_headers``).  Each request is counted once in
+    ``inbound_http_authz_{allow,deny}_total``: by dispatch(), or by commit()
+    when the exchange took the shortcut (shortcut() itself only asks).
     """
 
     def __init__(self, inner, policy, stats) -> None:
         self.inner = inner
         self.policy = policy
         self.stats = stats
-        # Bound once, being asked for on every request: __getattr__ only runs after the normal
-        # lookup has raised AttributeError inside CPython, about 0.5 us a time.
-        for name in ("select", "target"):
-            if hasattr(inner, name):
-                setattr(self, name, getattr(inner, name))
-
-    def __getattr__(self, name):
-        # select/target/observe/aclose pass through; anything that lets a request
-        # bypass dispatch() must be defined here (see direct()).
-        return getattr(self.inner, name)
+        # The inner router's own methods, bound once: the router seam, passed through.
+        self.select = inner.select
+        self.target = inner.target
+        self.observe = inner.observe
+        self.observes = getattr(inner, "observes", True)
 
     def decide(self, ctx):
         port = ctx.orig_dst[1] if ctx.orig_dst else ctx.local_addr[1]
@@ -182,26 +169,29 @@ class AuthorizingRouter:
         self.stats.count("http", decision, port)
         if not decision.allowed:
             raise ProxyError(403, decision.reason)
-        request.headers = strip_identity_header(request.headers, ctx.peer_identity)
+        request.headers = strip_identity_headers(request.headers, ctx.peer_identity)
         return await self.inner.dispatch(request, upstream)
 
-    def direct(self, request) -> bool:
-        """The HTTP/1 fast path: allowed requests whose inner router needs no dispatch.
+    def shortcut(self, request):
+        """The inner router's shortcut, for allowed requests only (a denied one takes dispatch(): 403)."""
+        inner = getattr(self.inner, "shortcut", None)
+        endpoint = inner(request) if inner is not None else None
+        if endpoint is None or not self.decide(request.context)[1].allowed:
+            return None
+        return endpoint
 
-        Does what dispatch() does before sending (count, strip and set
-        ``meshctl-client-id``) and answers True; a denied request answers False,
-        so dispatch() counts it and gives the 403.
-        """
-        inner = getattr(type(self.inner), "direct", None)
-        if inner is None or not inner(self.inner, request):
-            return False
+    def commit(self, request, endpoint) -> None:
+        """What dispatch() does before sending: count the request, set ``meshctl-client-id``."""
         ctx = request.context
         port, decision = self.decide(ctx)
-        if not decision.allowed:
-            return False
         self.stats.count("http", decision, port)
-        request.headers = strip_identity_header(request.headers, ctx.peer_identity)
-        return True
+        request.headers = strip_identity_headers(request.headers, ctx.peer_identity)
+        self.inner.commit(request, endpoint)
+
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
 
     def authorize_tcp(self, ctx) -> bool:
         port, decision = self.decide(ctx)

@@ -58,23 +58,6 @@ def mesh_identity(connector, endpoint) -> str | None:
     return probe(endpoint) if probe is not None else None
 
 
-def http_series(metrics, ctx, authority: str, connector, endpoint: Endpoint | None):
-    """The request/response series (``request_total``, ``response_total``...) a request counts in.
-
-    Labelled as Linkerd labels them: inbound by the accepted connection (``tls``
-    and the verified ``client_id``); outbound by the hop to the endpoint the
-    request went to: ``tls="true"`` and ``server_id`` when this proxy
-    originated mTLS to it.  A request answered before any endpoint was chosen
-    (a proxy error) counts as plaintext.
-    """
-    target = ctx.target_addr or authority
-    if ctx.direction == OUTBOUND:
-        server_id = mesh_identity(connector, endpoint) if endpoint is not None else None
-        return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id,
-                            endpoint.labels if endpoint is not None else ())
-    return metrics.http(ctx.direction, authority, target, ctx.tls, ctx.peer_identity)
-
-
 async def open_connection(connector: Connector, endpoint: Endpoint, protocol_factory, *, timeout: float,
                           alpn: list[str] | None = None) -> tuple[asyncio.Transport, asyncio.Protocol]:
     """Connect through *connector*; failures become the proxy errors clients see (502, 504)."""
@@ -205,11 +188,34 @@ class DirectRouter:
 
     *own_addrs* are the proxy's own listeners: a request addressed to one of
     them would loop back into the proxy, so it gets a 502 instead.
+
+    Besides dispatch(), a router offers the exchange (meshctl_proxy.transport.exchange)
+    a shortcut: ``shortcut(request)`` names the endpoint when the request needs
+    nothing of dispatch() but sending there, without side effects, and
+    ``commit(request, endpoint)`` does what dispatch() would have done before
+    sending, once the exchange has taken the shortcut.  ``observes`` declares
+    whether observe() wants the outcome of a shortcut exchange.
     """
+
+    # observe() learns nothing here: the exchange need not report shortcut outcomes.
+    observes = False
+    # select() answers from the request's authority and the connection's original destination
+    # alone (and the listeners, fixed once serving), so shortcut() remembers its answers.  A
+    # subclass that overrides select(), target() or endpoint_for() is asked every time unless it
+    # declares the same (see __init_subclass__).
+    remembers_endpoints = True
+    MAX_REMEMBERED = 1024
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "remembers_endpoints" not in own and any(name in own for name in ("select", "target", "endpoint_for")):
+            cls.remembers_endpoints = False
 
     def __init__(self, *, own_addrs: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.own_ports = {port for _host, port in own_addrs}
         self.own_addrs = own_addrs
+        self._remembered: dict[tuple, Endpoint] = {}
         # Per port, the addresses the proxy listens on: a listener on a wildcard address
         # (0.0.0.0, ::) is reached through every loopback address too, one on a specific
         # address only through that address.  So an application on 127.0.10.102:5000
@@ -255,14 +261,31 @@ class DirectRouter:
     def observe(self, endpoint: Endpoint, outcome: Outcome) -> None:
         """Hook for balancers (peak-EWMA feeds on outcome.latency); nothing to learn by default."""
 
-    def direct(self, request: Request) -> bool:
-        """True when *request* needs nothing of dispatch() beyond select() and observe().
+    def shortcut(self, request: Request) -> Endpoint | None:
+        """The endpoint *request* goes to when it needs nothing of dispatch() but select() and a send; else None.
 
-        The HTTP/1 fast path (no task per request) is taken only then.  A router
-        that overrides dispatch() for some requests (retries, timeouts) answers
-        False for those and True for the rest.
+        No side effects (the exchange may ask and then dispatch): a request select()
+        refuses answers None, and dispatch() gives its error.  A router that
+        overrides dispatch() for some requests (retries, timeouts) answers None
+        for those.
         """
-        return type(self).dispatch is DirectRouter.dispatch
+        ctx = request.context
+        key = (request.authority, ctx.orig_dst if ctx is not None else None)
+        endpoint = self._remembered.get(key)
+        if endpoint is None:
+            try:
+                endpoint = self.select(self.target(request))
+            except ProxyError:
+                return None
+            if self.remembers_endpoints:
+                if len(self._remembered) >= self.MAX_REMEMBERED:
+                    self._remembered.clear()
+                # The same Endpoint object each time: the pools' dicts then match it by identity.
+                self._remembered[key] = endpoint
+        return endpoint
+
+    def commit(self, request: Request, endpoint: Endpoint) -> None:
+        """The exchange took the shortcut to *endpoint*: do what dispatch() does before sending (nothing here)."""
 
     def target(self, request: Request) -> Target:
         ctx = request.context
@@ -288,6 +311,8 @@ class InboundRouter(DirectRouter):
     routed by the port of its Host header, on the same forward host.
     """
 
+    remembers_endpoints = True  # select() below depends on the target alone, as DirectRouter's
+
     def __init__(self, forward_host: str, *, own_addrs: frozenset[tuple[str, int]] = frozenset()) -> None:
         super().__init__(own_addrs=own_addrs)
         self.forward_host = forward_host
@@ -302,30 +327,6 @@ class InboundRouter(DirectRouter):
         except ValueError as exc:
             raise ProxyError(400, str(exc)) from None
         return self.endpoint_for(self.forward_host, port)
-
-
-# select() implementations that depend on nothing but the request's target (and the
-# router's own listeners, fixed once serving).
-_PURE_SELECTS = (DirectRouter.select, InboundRouter.select)
-
-
-def select_is_pure(router) -> bool:
-    """True when *router*'s select() is a pure function of the target: the HTTP/1 fast path
-    and the HTTP/2 direct path may then remember its answer per authority.
-
-    Asked of the bound methods that will run, not of the router's class: TrafficRouter (the
-    outbound default) selects as DirectRouter does for the names the destination service is
-    not asked about, the only ones its direct() lets through, and AuthorizingRouter (the
-    inbound policy) hands select() and target() to the InboundRouter it wraps.
-    """
-    select = getattr(router, "select", None)
-    owner = getattr(select, "__self__", None)
-    if owner is None or getattr(select, "__func__", None) not in _PURE_SELECTS:
-        return False
-    target = getattr(router, "target", None)
-    cls = type(owner)
-    return (getattr(target, "__func__", None) is DirectRouter.target and getattr(target, "__self__", None) is owner
-            and cls.endpoint_for is DirectRouter.endpoint_for and cls._looping is DirectRouter._looping)
 
 
 def default_router(direction: str, forward_host: str, own_addrs: frozenset[tuple[str, int]]) -> DirectRouter:

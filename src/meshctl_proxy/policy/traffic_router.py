@@ -39,10 +39,10 @@ from meshctl_proxy.policy.balance import Balancer, make_balancer
 from meshctl_proxy.body import Body
 from meshctl_proxy.discovery.client import DestinationClient, Watch
 from meshctl_proxy.discovery.resolution import normalize_authority
-from meshctl_proxy.model import OUTBOUND, Endpoint as ProxyEndpoint, ProxyError, Request, Response
+from meshctl_proxy.model import OUTBOUND, Endpoint as ProxyEndpoint, ProxyError, Request, RequestRefused, Response
 from meshctl_proxy.policy.service_profile import ProfileError
 from meshctl_proxy.telemetry.route_metrics import RouteMetrics
-from meshctl_proxy.policy.route_policy import EMPTY_POLICY, RoutePolicy, compile_profile, route_timeout
+from meshctl_proxy.policy.route_policy import DEFAULT_ROUTE, EMPTY_POLICY, RoutePolicy, compile_profile, route_timeout
 from meshctl_proxy.policy.router import DirectRouter
 
 log = logging.getLogger("meshctl_proxy.policy.traffic_router")
@@ -132,6 +132,7 @@ class TrafficRouter(DirectRouter):
     def set_own_addrs(self, own_addrs: frozenset[tuple[str, int]]) -> None:
         self.own_addrs = own_addrs
         self.own_ports = {port for _host, port in own_addrs}
+        self._remembered.clear()  # loop detection may now answer differently
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -183,16 +184,17 @@ class TrafficRouter(DirectRouter):
             dest.generation = -1
         return dest
 
-    def direct(self, request: Request) -> bool:
-        """A request for a name the destination service is not asked about needs no route policy.
+    def shortcut(self, request: Request) -> ProxyEndpoint | None:
+        """DirectRouter's shortcut for names the destination service is not asked about; None for the rest.
 
-        Then select()/observe() suffice and the HTTP/1 fast path may take it
-        (meshctl_proxy.policy.router.DirectRouter.direct).
+        Those need route policy, balancing and retries: dispatch() does them.
         """
         if request.authority and self._candidate(request.authority) is not None:
-            return False
+            return None
         ctx = request.context
-        return ctx is None or ctx.orig_dst is None or self._candidate(ctx.target_addr) is None
+        if ctx is not None and ctx.orig_dst is not None and self._candidate(ctx.target_addr) is not None:
+            return None
+        return super().shortcut(request)
 
     # -- the exchange -----------------------------------------------------------
     async def dispatch(self, request: Request, upstream) -> Response:
@@ -206,6 +208,8 @@ class TrafficRouter(DirectRouter):
         clock = self.clock
         path = request.target.split(b"?", 1)[0].decode("latin-1")
         route = dest.policy.match(request.method.decode("latin-1"), path)
+        if route is not DEFAULT_ROUTE:
+            request.route = route.name  # for the per-request hook (meshctl_proxy.hooks)
         stats = self.metrics.logical(self.direction, dest.authority, route.name)
         stats.requests += 1
         concrete = dest
@@ -257,6 +261,10 @@ class TrafficRouter(DirectRouter):
             sent = clock()
             try:
                 response = await upstream.send(req, proxy_endpoint)
+            except RequestRefused:  # refused before sending (meshctl_proxy.hooks): not the endpoint's doing
+                concrete.balancer.release(endpoint, clock(), rtt=None, failed=False)
+                _wake(concrete)
+                raise
             except ProxyError as exc:
                 now = clock()
                 concrete.balancer.release(endpoint, now, rtt=None, failed=True)

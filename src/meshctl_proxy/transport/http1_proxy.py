@@ -17,15 +17,19 @@ from meshctl_proxy.wire import http1
 from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.telemetry.metrics import TcpStats
-from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
+from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.transport.outbox import outbox
-from meshctl_proxy.policy.router import DirectRouter, EndpointPool, http_series, select_is_pure
+from meshctl_proxy.policy.router import EndpointPool
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 
 log = logging.getLogger("meshctl_proxy.wire.http1")
 
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
+# After refusing a request whose client may still be sending: how long to keep reading (and dropping)
+# before the close, so the refusal is not destroyed by a reset (RFC 9112 section 9.6; nginx's lingering_close).
+LINGER_SECONDS = 2.0
 
 
 class UpstreamClosed(ProxyError):
@@ -87,23 +91,20 @@ class H1ServerConnection(_HeldWrites):
         self.rt = runtime
         self.ctx = ctx
         self.stats = stats
-        self.router = router = runtime.routers[ctx.direction]
-        self._pure_router = select_is_pure(router)
-        self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
-        self._endpoints: dict[str, Endpoint] = {}
-        # Asked of the router's own class: a wrapper that delegates attributes to an inner
-        # router (policy, authorization) must not be skipped by the inner one's answer.
-        self._direct = getattr(type(router), "direct", None)
+        self.path = path = RequestPath(runtime, ctx)
+        self._watched = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
         self._fast_retried = False
         self._host_bytes: bytes | None = None  # the last request's Host, and as str
         self._host = ""
-        self.upstream = runtime.upstreams[ctx.direction]
-        self.reader = http1.RequestReader()
+        self.upstream = path.upstream
+        marker = runtime.loop_markers[ctx.direction]
+        self.reader = http1.RequestReader((marker,))
+        self._via = (b"via", marker.entry("http/1"))  # added to every request forwarded (wire.loop_marker)
+        self._head_timer: asyncio.TimerHandle | None = None  # runs while a request head is incomplete
         self.transport = None
         self.queue: list[tuple[Request, RequestHead]] = []
         self.current_body: Body | None = None
-        self.upgrade_request: Request | None = None
         self.tunnel_buf: list[bytes] | None = None  # client bytes after an Upgrade head, held until 101
         self.broken: H1Error | None = None
         self.tunnelled = False
@@ -116,10 +117,6 @@ class H1ServerConnection(_HeldWrites):
         self._wakeup: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
         self.stream_task: asyncio.Task | None = None
-        self._http_stats = None
-        self._http_key = None
-        self._http_endpoint: Endpoint | None = None
-        self._outbound = ctx.direction == OUTBOUND
 
     # -- transport callbacks ---------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -149,6 +146,16 @@ class H1ServerConnection(_HeldWrites):
             self._refuse(exc)
             return
         self._on_events(events)
+        if self._head_timer is None and self.reader.head_incomplete() and not self.closed:
+            self._head_timer = self.loop.call_later(self.rt.config.header_read_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        """A request head begun and not finished in time: 408 (nginx's client_header_timeout, Node's
+        headersTimeout), then close.  A client sending its head a byte at a time holds a connection
+        and its buffers for as long as it likes otherwise."""
+        self._head_timer = None
+        if not self.closed and self.broken is None and self.reader.head_incomplete():
+            self._refuse(H1Error(408, "request head not received in time"))
 
     def _on_events(self, events: list) -> None:
         for ev in events:
@@ -166,6 +173,9 @@ class H1ServerConnection(_HeldWrites):
                 return
 
     def _on_head(self, head: RequestHead) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         target = head.target
         authority = head.host
         # Origin form ("/path") is the common case; only otherwise look for absolute form.
@@ -184,6 +194,11 @@ class H1ServerConnection(_HeldWrites):
             headers = [(k, authority if k.lower() == b"host" else v) for k, v in headers]
             if head.host is None:
                 headers.append((b"host", authority))
+        elif head.host is None and self.ctx.orig_dst is not None:
+            # An HTTP/1.0 request without Host goes upstream as HTTP/1.1, which must carry one
+            # (RFC 9112 section 3.2): the address it was sent to, as hyper takes it from the URI.
+            headers.append((b"host", self.ctx.target_addr.encode()))
+        headers.append(self._via)
         if authority != self._host_bytes:  # the same Host as the last request: reuse its str
             self._host_bytes = authority
             self._host = (authority or b"").decode("latin-1")
@@ -191,10 +206,8 @@ class H1ServerConnection(_HeldWrites):
                           head.upgrade)
         if head.expect_continue:
             request.interim = self._interim
-        if head.upgrade is not None:
-            self.upgrade_request = request
-        elif (body is EMPTY and not self.busy and not self.queue and not head.expect_continue
-              and not self.draining and self._try_fast(request, head)):
+        if (body is EMPTY and head.upgrade is None and not self.busy and not self.queue and not head.expect_continue
+                and not self.draining and self._try_fast(request, head)):
             return
         self.queue.append((request, head))
         if len(self.queue) > MAX_PIPELINED:
@@ -210,13 +223,35 @@ class H1ServerConnection(_HeldWrites):
             self.current_body = None
         if not self.busy and not self.queue:
             self._write(http1.error_response(exc.status, exc.reason))
-            self._close()
+            self._close_lingering()
         waiter = self._wakeup
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _close_lingering(self) -> None:
+        """Close after a refusal: half-close now, read and drop what still comes, close at EOF or
+        after LINGER_SECONDS.  Closed at once, a socket with unread input answers with a reset that
+        can destroy the refusal before the client reads it (RFC 9112 section 9.6)."""
+        self._outbox.flush()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self._linger_over)
+
+    def _linger_over(self) -> None:
+        if not self.closed and not self.transport.is_closing():
+            self.transport.close()
+
     def eof_received(self) -> bool:
         if self.tunnel_buf is not None:
+            return True
+        if self.broken is not None:  # lingering after a refusal: the client is done too
+            self.transport.close()
             return True
         if self.current_body is not None:
             self.current_body.abort(BodyError("client closed mid-body"))
@@ -230,6 +265,8 @@ class H1ServerConnection(_HeldWrites):
         self.closed = True
         self.stats.closed += 1
         self.rt.connections.discard(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         if self.current_body is not None:
             self.current_body.abort(BodyError("client disconnected"))
         for request, _head in self.queue:
@@ -239,6 +276,7 @@ class H1ServerConnection(_HeldWrites):
                 task.cancel()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionResetError("client disconnected"))
+        self._watch_end(None, error="client disconnected")
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -287,65 +325,61 @@ class H1ServerConnection(_HeldWrites):
             if not self.closed and not self.tunnelled:
                 if self.broken is not None and not self.responding:
                     self._write(http1.error_response(self.broken.status, self.broken.reason))
-                self._close()
+                if self.broken is not None:
+                    self._close_lingering()
+                else:
+                    self._close()
         except asyncio.CancelledError:
             pass
         except ConnectionError:
             if self.transport is not None:
                 self._abort()
 
-    def _http_stats_for(self, authority: str, endpoint: Endpoint | None = None):
-        """The series this request counts in (routing.http_series), remembered while it repeats."""
-        if authority != self._http_key or endpoint is not self._http_endpoint or self._http_stats is None:
-            self._http_stats = http_series(self.rt.metrics, self.ctx, authority, self.upstream.connector, endpoint)
-            self._http_key = authority
-            self._http_endpoint = endpoint
-        return self._http_stats
-
     async def _exchange(self, loop, request: Request, head: RequestHead) -> bool:
-        # Outbound series are labelled by the endpoint's hop, known once dispatch() has answered.
-        stats = None if self._outbound else self._http_stats_for(request.authority)
-        if stats is not None:
-            stats.requests += 1
+        path = self.path
+        # Outbound series are labelled by the endpoint's hop, known once the exchange has answered.
+        stats = None if path.outbound else path.counted(request.authority)
         start = loop.time()
         self.responding = False
+        exchange = Exchange(path, request, start)
         try:
-            response = await self.router.dispatch(request, self.upstream)
-        except ProxyError as exc:
-            response = exc.response()
+            response = await exchange.run()
         except BodyError:
+            self._watched = exchange.watched
             if self.broken is not None:
                 if stats is None:
-                    stats = self._http_stats_for(request.authority)
-                    stats.requests += 1
+                    stats = path.counted(request.authority)
                 stats.response(self.broken.status, "failure", (loop.time() - start) * 1000)
                 self._write(http1.error_response(self.broken.status, self.broken.reason))
                 self.responding = True
+                self._watch_end(None, error=self.broken.reason, status=self.broken.status)
                 return False
             response = ProxyError(502, "request body failed").response()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug or an unexpected upstream failure: answer, log, go on
-            log.exception("dispatch failed")
-            response = ProxyError(502, f"proxy error: {type(exc).__name__}").response()
+        self._watched = exchange.watched
         latency_ms = (loop.time() - start) * 1000
         status = response.status
         self.responding = True
         if stats is None:
-            stats = self._http_stats_for(request.authority, response.endpoint)
-            stats.requests += 1
+            stats = path.counted(request.authority, response.endpoint)
 
         if status == 101 and response.upgraded is not None:
             stats.response(101, "success", latency_ms)
+            self._watch_end(response)
             self._start_tunnel(response)
             return False
-        if head.upgrade is not None:
-            self.upgrade_request = None
 
         keep = self._respond_now(request, head, response, stats, latency_ms)
         if keep is None:
             keep = await self._respond_streaming(request, head, response, stats, latency_ms)
         return self._after_response(request, keep)
+
+    def _watch_end(self, response: Response | None, *, error: str | None = None, status: int | None = None) -> None:
+        """The request in flight is over (answered, failed or abandoned): its watches end, once."""
+        watched = self._watched
+        if watched is None:
+            return
+        self._watched = None
+        end_watch(watched, self.loop.time(), response, error, status)
 
     def _framing(self, head: RequestHead, response: Response) -> tuple[bool, bool, bool]:
         """(keep-alive, no body, chunked) for this response to this client."""
@@ -381,12 +415,16 @@ class H1ServerConnection(_HeldWrites):
                 out += http1.last_chunk(body.trailers)
         self._write(out)
         stats.record(response, latency_ms)
+        if self._watched is not None:
+            self._watch_end(response)
         return keep
 
     async def _respond_streaming(self, request: Request, head: RequestHead, response: Response, stats,
                                  latency_ms: float) -> bool:
         keep, no_body, chunked = self._framing(head, response)
         body = response.body
+        if self._watched is not None:
+            self._watched.response(response.status, self.loop.time())
         try:
             out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
                                       close=not keep)
@@ -414,9 +452,11 @@ class H1ServerConnection(_HeldWrites):
         except BodyError:
             # The upstream failed mid-body: HTTP/1 can only say so by cutting the connection.
             stats.response(response.status, "failure", latency_ms)
+            self._watch_end(response, error="upstream failed mid-body")
             self._abort()
             return False
         stats.record(response, latency_ms)
+        self._watch_end(response)
         return keep
 
     def _after_response(self, request: Request, keep: bool) -> bool:
@@ -435,38 +475,32 @@ class H1ServerConnection(_HeldWrites):
     def _try_fast(self, request: Request, head: RequestHead) -> bool:
         """Send *request* from inside data_received and answer from the upstream's data_received.
 
-        Taken when the router says the request needs nothing of dispatch() but
-        select() and observe() (``router.direct(request)``, asked of the router's
-        own class) and the request has no body.  It saves two event-loop passes
-        and a coroutine per request (docs/performance.md).  Once direct() has
-        said yes, the exchange stays here: a stale pooled connection is retried
-        once on a fresh one (a bodiless request may be, RFC 9112 section 9.3.1),
-        a connect failure is answered with its 502/504.
+        Taken when the router's shortcut names the endpoint (the exchange's
+        shortcut, meshctl_proxy.transport.exchange) and the request has no
+        body.  It saves two event-loop passes and a coroutine per request
+        (docs/performance.md).  Once the shortcut is taken, the exchange stays
+        here: a stale pooled connection is retried once on a fresh one (a
+        bodiless request may be, RFC 9112 section 9.3.1), a connect failure is
+        answered with its 502/504.
         """
-        router = self.router
-        direct = self._direct
-        if direct is None or not direct(router, request):
+        path = self.path
+        endpoint = path.take_shortcut(request)
+        if endpoint is None:
             return False
         self.busy = True
         self.responding = False
         loop = self.loop
         start = loop.time()
-        endpoint = self._endpoints.get(request.authority) if self._pure_router else None
-        if endpoint is None:
-            try:
-                endpoint = router.select(router.target(request))
-            except ProxyError as exc:
-                stats = self._http_stats_for(request.authority)
-                stats.requests += 1
-                self._fast_answer(request, head, exc.response(), stats, loop.time() - start)
-                return True
-            if self._pure_router and len(self._endpoints) < 64:
-                self._endpoints[request.authority] = endpoint
-        stats = self._http_stats_for(request.authority, endpoint)
-        stats.requests += 1
+        stats = path.counted(request.authority, endpoint)
         # One fast exchange at a time per client connection (busy): its state lives here.
         self._fast = (request, head, stats, start, endpoint)
         self._fast_retried = False
+        if path.hooks.observers:
+            try:
+                self._watched = path.announce(request, endpoint, start)
+            except ProxyError as exc:
+                self._fast_answer(request, head, exc.response(), stats, 0.0)
+                return True
         conn = self.upstream.h1.take_idle(endpoint)
         if conn is None:
             self.stream_task = loop.create_task(self._fast_connect())
@@ -486,9 +520,8 @@ class H1ServerConnection(_HeldWrites):
                 self.stream_task = self.loop.create_task(self._fast_connect())
                 return
             response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
-        if self._observing:
-            self.router.observe(endpoint, Outcome(response.status if response.error is None else None, latency,
-                                                  response.error))
+        if self.path.observes:
+            self.path.observe(endpoint, response, None, latency)
         self._fast_answer(request, head, response, stats, latency)
 
     async def _fast_connect(self) -> None:
@@ -609,7 +642,8 @@ class H1ClientConnection(_HeldWrites):
             if t is bytes:
                 self.body.feed(ev)
             elif t is ResponseHead:
-                self._on_head(ev)
+                if self._on_head(ev) is False:
+                    return  # the connection is dropped: the rest of this read is not anyone's response
             elif t is End:
                 self._on_end(ev)
             elif t is Interim:
@@ -623,6 +657,15 @@ class H1ClientConnection(_HeldWrites):
                     self.pool.forget(self)
 
     def _on_head(self, head: ResponseHead) -> None:
+        if self.response_done or self.request is None:
+            # A response nobody asked for (a second one after the first, or on an idle pooled connection):
+            # the upstream is out of step, and whatever it says next would answer the next client's
+            # request.  Closed, as hyper does ("unexpected message"); the response already relayed stands.
+            log.warning("upstream %s sent a response nobody asked for: connection closed", self.endpoint.addr)
+            self.keep = False
+            self.pool.forget(self)
+            self._abort()
+            return False
         status = head.status
         if status == 101 and (self.request is None or self.request.upgrade is None):
             self._fail(ProxyError(502, "upstream switched protocols unasked"))

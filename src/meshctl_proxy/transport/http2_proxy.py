@@ -38,11 +38,13 @@ from ngh2 import (ConnectionClosed, DataReceived, GoAwayReceived, NGH2Error, Pin
                   ResponseReceived, Role, SettingsReceived, StreamClosed, TrailersReceived, WindowUpdated)
 
 from meshctl_proxy.body import EMPTY, Body, BodyError
-from meshctl_proxy.wire.h2headers import MalformedHeaders, h2_fields, request_fields
+from meshctl_proxy.wire.h2headers import LoopDetected, MalformedHeaders, h2_fields, request_fields
+from meshctl_proxy.wire.loop_marker import LOOP_STATUS
 from meshctl_proxy.wire.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
 from meshctl_proxy.telemetry.metrics import TcpStats
-from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, Outcome, ProxyError, Request, Response
-from meshctl_proxy.policy.router import DirectRouter, EndpointPool, http_series, select_is_pure
+from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
+from meshctl_proxy.policy.router import EndpointPool
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -261,7 +263,7 @@ class _Sender:
 
 
 class _ServerStream:
-    __slots__ = ("id", "request", "body", "task", "upstream", "taken")
+    __slots__ = ("id", "request", "body", "task", "upstream", "taken", "watched")
 
     def __init__(self, stream_id: int, request: Request, body: Body) -> None:
         self.id = stream_id
@@ -273,6 +275,7 @@ class _ServerStream:
         self.taken = False
         # Direct path: (upstream connection, its stream id) while the response is awaited.
         self.upstream: tuple[H2ClientConnection, int] | None = None
+        self.watched = None  # the hook's watches of this request (meshctl_proxy.hooks)
 
     def cancel(self) -> None:
         """The client's stream is gone: stop serving it, and cancel the upstream stream too (RFC 9113 section 8.7)."""
@@ -292,16 +295,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.proxy = proxy
         self.ctx = ctx
         self.stats = stats
-        self.router = router = proxy.routers[ctx.direction]
-        self.upstream = proxy.upstreams[ctx.direction]
-        # As the HTTP/1 fast path: asked of the router's own class (a wrapper must not be skipped by
-        # the inner router's answer); the default routers' select() is a pure function of the target
-        # and their observe() does nothing, so the direct path remembers the one and skips the other.
-        self._direct = getattr(type(router), "direct", None)
-        self._pure_router = select_is_pure(router)  # the HTTP/1 fast path's rule, asked of the bound methods
-        self._observing = getattr(type(router), "observe", DirectRouter.observe) is not DirectRouter.observe
-        self._endpoints: dict[str, Endpoint] = {}
-        self._series: tuple = ("", None, None)  # (authority, endpoint, its HttpStats) of the last request
+        self.path = path = RequestPath(proxy, ctx, raw_errors=(UpstreamReset,))
+        self.upstream = path.upstream
         self.conn = ngh2.Connection(Role.SERVER, _SERVER_CONFIG)
         self.streams: dict[int, _ServerStream] = {}
         self.guard = FloodGuard()
@@ -310,6 +305,9 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.last_sid = 0  # the highest stream id the client opened (GOAWAY's last_stream_id)
         self.bodiless: list[_ServerStream] = []  # requests of this read, started once its events are in
         self._authority = (b"", "")  # the last :authority and its str: clients repeat it on every stream
+        marker = proxy.loop_markers[ctx.direction]
+        self._markers = (marker,)
+        self._via = (b"via", marker.entry("h2"))  # added to every request forwarded (wire.loop_marker)
 
     # -- transport callbacks ------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -393,7 +391,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
                     st.body.discard(StreamReset(ev.error_code, "stream closed"))
-                    st.cancel()
+                    self._cancel(st, "stream closed")
                     self._maybe_close()
         elif t is DataReceived:
             st = self.streams.get(ev.stream_id)
@@ -411,7 +409,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.body.discard(StreamReset(ev.error_code, "client reset the stream"))
-                st.cancel()
+                self._cancel(st, "client reset the stream")
                 # Only a stream reset before the proxy took it on counts towards the rapid-reset limit
                 # (CVE-2023-44487, as hyper's max_pending_accept_reset_streams): cancelling calls that
                 # were answered or are under way is what gRPC clients do (issue 13, class 12).
@@ -442,7 +440,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self.conn.reset_stream(sid, REFUSED_STREAM)
             return
         try:
-            pseudo, headers = request_fields(ev.headers)
+            pseudo, headers = request_fields(ev.headers, self._markers)
         except MalformedHeaders as exc:
             self._refuse_malformed(sid, exc)
             return
@@ -465,6 +463,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             length = next((v for k, v in headers if k == b"content-length"), None)
             body = Body(int(length) if length and length.isdigit() else None,
                         on_consumed=partial(self.ack, sid), high_water=STREAM_WINDOW)
+        headers = (*headers, self._via)  # libnghttp2 hands over a tuple
         request = Request(method, pseudo[b":path"], host, headers, body, pseudo[b":scheme"], "h2", self.ctx)
         st = self.streams[sid] = _ServerStream(sid, request, body)
         if body is EMPTY:
@@ -482,83 +481,79 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
 
     # -- the direct path: no task, no future -------------------------------------------------
     def _try_direct(self, st: _ServerStream) -> bool:
-        """Send a bodiless request upstream from this callback when the router asks nothing of it but
-        select() and observe() (routing.DirectRouter.direct, as the HTTP/1 fast path) and a pooled
-        upstream connection has room; the response is written from that connection's callback.
+        """Send a bodiless request upstream from this callback when the router's shortcut names the
+        endpoint (meshctl_proxy.transport.exchange) and a pooled upstream connection has room; the
+        response is written from that connection's callback.  Without room the general path sends it to
+        the same endpoint: the router is never asked twice about one request.
 
         A task per stream, its chain of coroutines and a future per response were a tenth of the
-        CPU per request.  False: take the general path (_serve_stream), which handles the rest.
+        CPU per request.  False: the general path (_serve_stream) handles it from the start.
         """
-        router = self.router
-        direct = self._direct
-        pool = getattr(self.upstream, "h2", None)
+        path = self.path
         request = st.request
-        if direct is None or pool is None or not direct(router, request):
-            return False
-        authority = request.authority
-        endpoint = self._endpoints.get(authority) if self._pure_router else None
+        endpoint = path.take_shortcut(request)
         if endpoint is None:
-            try:
-                endpoint = router.select(router.target(request))
-            except ProxyError:
-                return False  # the general path answers it
-            if self._pure_router and len(self._endpoints) < 64:
-                self._endpoints[authority] = endpoint
-        conn = pool.usable(endpoint)
-        if conn is None:
             return False
-        if conn.endpoint is not endpoint and self._pure_router:
-            # Remember the pool's own key: the pool's dict then matches it by identity, not by
-            # the dataclass's __eq__ (a tuple built each side, per request).
-            endpoint = self._endpoints[authority] = conn.endpoint
-        series = self._series
-        if series[0] != authority or series[1] is not endpoint:
-            series = self._series = (authority, endpoint, self._stats(request, endpoint))
-        stats = series[2]
-        stats.requests += 1
+        stats = path.counted(request.authority, endpoint)
         start = self.loop.time()
-        usid = conn.start(request, partial(self._direct_done, st, endpoint, stats, start))
+        if path.hooks.observers:
+            try:
+                st.watched = path.announce(request, endpoint, start)
+            except ProxyError as exc:
+                self._direct_answer(st, stats, exc.response(), None, 0.0, start)
+                return True
+        pool = self.upstream.h2
+        conn = pool.usable(endpoint) if pool is not None else None
+        usid = conn.start(request, partial(self._direct_done, st, endpoint, stats, start)) if conn is not None else None
         if usid is None:
-            stats.requests -= 1
-            return False
-        st.upstream = (conn, usid)
+            st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint))
+        else:
+            st.upstream = (conn, usid)
         st.taken = True
         return True
 
     def _direct_done(self, st: _ServerStream, endpoint: Endpoint, stats, start: float, response: Response | None,
                      exc: Exception | None) -> None:
         st.upstream = None
-        sid = st.id
         latency = self.loop.time() - start
         if isinstance(exc, UpstreamReset) and exc.code == REFUSED_STREAM:
             # Nothing was processed (RFC 9113 section 8.7): the general path sends it again, once.
-            if not self.closed and sid in self.streams:
-                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start))
+            if not self.closed and st.id in self.streams:
+                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint))
             return
-        if exc is not None:
-            self.router.observe(endpoint, Outcome(None, latency, getattr(exc, "reason", str(exc))))
-        elif self._observing:
-            self.router.observe(endpoint, Outcome(response.status, latency))
+        if self.path.observes:
+            self.path.observe(endpoint, response, exc, latency)
+        self._direct_answer(st, stats, response, exc, latency, start)
+
+    def _direct_answer(self, st: _ServerStream, stats, response: Response | None, exc: Exception | None,
+                       latency: float, start: float) -> None:
+        sid = st.id
         if self.closed or sid not in self.streams:
             if response is not None:
                 response.body.discard()  # nobody will relay it: its upstream credit goes back
+            self._watch_end(st, None, "client went away")
             return
         if isinstance(exc, UpstreamReset):
             stats.response(502, "failure", latency * 1000)
+            self._watch_end(st, None, exc.reason)
             self._reset(sid, exc.code)
             self._end(sid)
             return
         if exc is not None:
             response = exc.response() if isinstance(exc, ProxyError) else ProxyError(
                 502, f"proxy error: {type(exc).__name__}").response()
+        if st.watched is not None:
+            st.watched.response(response.status, self.loop.time())
         try:
             answered = self._respond_now(st, response)
         except NGH2Error:
             response.body.discard()
+            self._watch_end(st, response, "stream closed")
             self._end(sid)
             return
         if answered:
             stats.record(response, latency * 1000)
+            self._watch_end(st, response)
             del self.streams[sid]
             if self.draining:
                 self._maybe_close()
@@ -566,11 +561,36 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, response=response,
                                                                latency_ms=latency * 1000))
 
+    def _cancel(self, st: _ServerStream, reason: str) -> None:
+        st.cancel()
+        self._watch_end(st, None, reason)
+
+    def _watch_end(self, st: _ServerStream, response: Response | None, error: str | None = None) -> None:
+        """The request on *st* is over (answered, failed or abandoned): its watches end, once."""
+        watched = st.watched
+        if watched is None:
+            return
+        st.watched = None
+        end_watch(watched, self.loop.time(), response, error)
+
     def _end(self, sid: int) -> None:
         self.streams.pop(sid, None)
         self._maybe_close()
 
     def _refuse_malformed(self, sid: int, exc: MalformedHeaders) -> None:
+        if isinstance(exc, LoopDetected):  # well-formed, but this side forwarded it before: answer 508
+            log.warning("h2 client %s: stream %d: %s", self.ctx.client_addr, sid, exc)
+            response = ProxyError(LOOP_STATUS, str(exc)).response()
+            headers = [(b":status", b"%d" % LOOP_STATUS), *h2_fields(response.headers)]
+            self.conn.send_response(sid, headers, end_stream=False)
+            self.conn.send_data(sid, response.body.read_nowait(), end_stream=True)
+            self.flush()
+            try:
+                if not self.conn.queued_body_size(sid):
+                    self.conn.reset_stream(sid, NO_ERROR)  # the request's own body, if any, is not wanted
+            except NGH2Error:
+                pass
+            return
         # RFC 9113 section 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
         log.info("h2 client %s: stream %d: malformed header block: %s", self.ctx.client_addr, sid, exc)
         self.conn.reset_stream(sid, PROTOCOL_ERROR)
@@ -614,7 +634,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
     def _abort_streams(self) -> None:
         for st in list(self.streams.values()):
             st.body.abort(StreamReset(CANCEL, "connection closed"))
-            st.cancel()
+            self._cancel(st, "connection closed")
         self.streams.clear()
         self.bodiless.clear()
 
@@ -648,15 +668,6 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
 
 
     # -- one stream -------------------------------------------------------------------------
-    def _stats(self, request: Request, endpoint: Endpoint | None = None):
-        """The series *request* counts in (routing.http_series): outbound, the hop to *endpoint*."""
-        return http_series(self.proxy.metrics, self.ctx, request.authority, self.upstream.connector, endpoint)
-
-    def _counted(self, request: Request, endpoint: Endpoint | None = None):
-        stats = self._stats(request, endpoint)
-        stats.requests += 1
-        return stats
-
     def _respond_now(self, st: _ServerStream, response: Response) -> bool:
         """Write the response head, and the body too when it is all here and fits the peer's windows.
 
@@ -689,51 +700,53 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self.end_body(sid, body)
         return True
 
-    async def _serve_stream(self, st: _ServerStream, *, stats=None, start: float = 0.0,
+    async def _serve_stream(self, st: _ServerStream, *, stats=None, start: float = 0.0, endpoint: Endpoint | None = None,
                             response: Response | None = None, latency_ms: float = 0.0) -> None:
-        """The general path: dispatch through the router, then relay the response.
+        """The general path: the exchange (meshctl_proxy.transport.exchange), then relay the response.
 
-        The direct path hands over here with *stats* already counted (a refused stream to send
-        again), or with the *response* whose body is still to be relayed.
+        The direct path hands over here with *stats* already counted and the *endpoint* its shortcut
+        chose (no stream room, or a refused stream to send again), or with the *response* whose body
+        is still to be relayed.
         """
         request = st.request
+        path = self.path
         st.taken = True
         if stats is None:
             start = self.loop.time()
-            # Outbound requests count in their endpoint's hop series, known once dispatch() answers.
-            if self.ctx.direction != OUTBOUND:
-                stats = self._counted(request)
+            # Outbound requests count in their endpoint's hop series, known once the exchange answers.
+            if not path.outbound:
+                stats = path.counted(request.authority)
         sid = st.id
         status = response.status if response is not None else 0
         completed = False
+        error = None
         try:
             if response is None:
+                exchange = Exchange(path, request, start, watched=st.watched, announced=endpoint is not None)
                 try:
-                    router = self.router
-                    direct = getattr(type(router), "direct", None)
-                    if direct is not None and direct(router, request):
-                        # Nothing but select() + send + observe(), as DirectRouter.dispatch does:
-                        # skip the policy router's per-request machinery (see routing.DirectRouter.direct).
-                        response = await DirectRouter.dispatch(router, request, self.upstream)
-                    else:
-                        response = await router.dispatch(request, self.upstream)
+                    response = await exchange.run(endpoint)
                 except UpstreamReset as exc:
-                    (stats or self._counted(request)).response(502, "failure", (self.loop.time() - start) * 1000)
+                    st.watched = exchange.watched
+                    error = exc.reason
+                    (stats or path.counted(request.authority)).response(502, "failure",
+                                                                        (self.loop.time() - start) * 1000)
                     self._reset(sid, exc.code)
                     return
-                except ProxyError as exc:
-                    response = exc.response()
                 except BodyError:
-                    return  # the client reset its own stream
-                except Exception as exc:
-                    log.exception("dispatch failed")
-                    response = ProxyError(502, f"proxy error: {type(exc).__name__}").response()
+                    st.watched = exchange.watched
+                    error = "client reset the stream"
+                    return
+                finally:
+                    st.watched = exchange.watched
                 latency_ms = (self.loop.time() - start) * 1000
                 status = response.status
                 if stats is None:
-                    stats = self._counted(request, response.endpoint)
+                    stats = path.counted(request.authority, response.endpoint)
                 if self.closed or sid not in self.streams:
+                    error = "client went away"
                     return
+                if st.watched is not None:
+                    st.watched.response(status, self.loop.time())
                 if self._respond_now(st, response):
                     stats.record(response, latency_ms)
                     completed = True
@@ -742,16 +755,21 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             stats.record(response, latency_ms)
             completed = True
         except StreamReset as exc:  # the upstream reset mid-response: pass the code on
-            (stats or self._counted(request)).response(status or 502, "failure", (self.loop.time() - start) * 1000)
+            error = "upstream reset the stream"
+            (stats or path.counted(request.authority)).response(status or 502, "failure",
+                                                                (self.loop.time() - start) * 1000)
             self._reset(sid, exc.code)
         except BodyError:
-            (stats or self._counted(request)).response(status or 502, "failure", (self.loop.time() - start) * 1000)
+            error = "upstream failed mid-body"
+            (stats or path.counted(request.authority)).response(status or 502, "failure",
+                                                                (self.loop.time() - start) * 1000)
             self._reset(sid, INTERNAL_ERROR)
         except (asyncio.CancelledError, ConnectionError, NGH2Error):
-            pass
+            error = "stream abandoned"
         finally:
             self.streams.pop(sid, None)
             self._release(st, response, completed)
+            self._watch_end(st, response, None if completed else error or "stream abandoned")
             self._maybe_close()
 
     def _release(self, st: _ServerStream, response: Response | None, completed: bool) -> None:

@@ -19,8 +19,10 @@ import sys
 
 from meshctl_proxy.wire import detect as detection
 from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
+from meshctl_proxy.hooks import RequestHooks
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
+from meshctl_proxy.wire.loop_marker import LoopMarker
 from meshctl_proxy.policy.router import IDLE_TIMEOUT, MAX_IDLE, TcpConnector, default_router, mesh_identity, open_connection
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 from meshctl_proxy.transport.original_dst import original_dst
@@ -79,14 +81,22 @@ class Proxy:
         if config.workload_kind and config.workload_name:
             # Linkerd's scrape config adds the owner as e.g. deployment="web".
             pod[config.workload_kind.lower()] = config.workload_name
-        self.metrics = Metrics(pod_labels=pod, max_authorities=config.max_authority_labels)
+        self.metrics = Metrics(pod_labels=pod, max_authorities=config.max_authority_labels,
+                               max_series=config.max_metric_series)
         from meshctl_proxy.telemetry.route_metrics import RouteMetrics
 
-        self.route_metrics = RouteMetrics(pod_labels=self.metrics.pod_labels, max_dst=config.max_authority_labels)
+        self.route_metrics = RouteMetrics(pod_labels=self.metrics.pod_labels, max_dst=config.max_authority_labels,
+                                          series=self.metrics.series)
         self.metrics.extra_renderers.append(self.route_metrics.render)
         self.connector = connector or TcpConnector()
         self.tls_acceptor = tls_acceptor
+        # The per-request hook (meshctl_proxy.hooks): observers (tap, later policy) are called once per
+        # request while the list is non-empty.
+        self.hooks = RequestHooks()
+        self.observers = self.hooks.observers
         self._routers = {OUTBOUND: outbound_router, INBOUND: inbound_router}
+        # Each side marks what it forwards (Via) and refuses its own mark: a forwarding loop (wire.loop_marker).
+        self.loop_markers = {OUTBOUND: LoopMarker.new(OUTBOUND), INBOUND: LoopMarker.new(INBOUND)}
         self.routers: dict = {}
         self.upstreams = {
             OUTBOUND: HttpUpstream(OUTBOUND, self.connector, self.metrics,
@@ -108,9 +118,8 @@ class Proxy:
         self.admin_routes: dict = {}
         self.draining = False
         self.stopped: asyncio.Event | None = None
-        # Per-request observers (tap, later policy): called once per request while the list is
-        # non-empty; the tap hub is in it only while someone subscribes (meshctl_proxy.telemetry.tap).
-        self.observers: list = []
+        # The tap hub is in self.observers (the hook's list, above) only while someone subscribes
+        # (meshctl_proxy.telemetry.tap).
         from meshctl_proxy.identity.mesh import identity_enabled
         from meshctl_proxy.telemetry.tap import TapAccess, TapHub, TapServer
 

@@ -13,7 +13,8 @@ What it does not check, and the proxy does here:
 
 - Inbound (:func:`request_fields`): a ``host`` that differs from
   ``:authority`` (section 8.3.1: they must agree, or an intermediary and the
-  origin could route one request two ways).
+  origin could route one request two ways); a ``via`` carrying one of the
+  proxy's own marks (a forwarding loop, :mod:`meshctl_proxy.wire.loop_marker`).
 - Outbound (:func:`h2_fields`): lower-case names, no connection-specific
   fields, never-indexed credentials.  libnghttp2 sends what it is given.
 """
@@ -21,6 +22,8 @@ What it does not check, and the proxy does here:
 from __future__ import annotations
 
 from ngh2 import NeverIndexedHeader
+
+from meshctl_proxy.wire.loop_marker import LOOP_REASON
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -36,12 +39,17 @@ class MalformedHeaders(Exception):
     """A header block RFC 9113 calls malformed; the message names the field."""
 
 
-def request_fields(headers) -> tuple[dict[bytes, bytes], tuple]:
+class LoopDetected(MalformedHeaders):
+    """The request carries one of the proxy's own Via marks: it has been round once already."""
+
+
+def request_fields(headers, loop_markers: tuple = ()) -> tuple[dict[bytes, bytes], tuple]:
     """The pseudo-header fields and the regular fields of a request block libnghttp2 has validated.
 
     libnghttp2 delivers pseudo-headers first (it refuses any after a regular
     field), so the regular fields are a slice.  MalformedHeaders when a Host
-    field differs from :authority.
+    field differs from :authority; LoopDetected when a Via field carries one
+    of *loop_markers*.
     """
     pseudo = {}
     i = 0
@@ -52,10 +60,14 @@ def request_fields(headers) -> tuple[dict[bytes, bytes], tuple]:
         i += 1
     regular = headers[i:]
     authority = pseudo.get(b":authority")
-    if authority is not None:
-        for name, value in regular:
-            if name == b"host" and value != authority:
+    for name, value in regular:
+        if name == b"host":
+            if authority is not None and value != authority:
                 raise MalformedHeaders(f"host {value!r} differs from :authority {authority!r}")
+        elif name == b"via":
+            for marker in loop_markers:
+                if marker.seen_in((value,)):
+                    raise LoopDetected(LOOP_REASON)
     return pseudo, regular
 
 
