@@ -55,6 +55,8 @@ class Balancer(Protocol):
 
     def release(self, endpoint: WeightedAddr, now: float, *, rtt: float | None, failed: bool) -> None: ...
 
+    def ready(self, now: float) -> bool: ...
+
     def wake_at(self, now: float) -> float | None: ...
 
     def __len__(self) -> int: ...
@@ -125,6 +127,11 @@ class _Base:
             if st.aside_until is None or (not st.probing and now >= st.aside_until):
                 out.append(st)
         return out
+
+    def ready(self, now: float) -> bool:
+        """Would :meth:`acquire` give an endpoint now (without taking one)?"""
+        return any(st.aside_until is None or (not st.probing and now >= st.aside_until)
+                   for st in self._states.values())
 
     def wake_at(self, now: float) -> float | None:
         """When a set-aside endpoint may next be probed (None: nothing to wait for)."""
