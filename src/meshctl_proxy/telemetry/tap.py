@@ -166,8 +166,12 @@ class TokenBucket:
 
 # --- events ---------------------------------------------------------------------
 
+# One encoder for every event: json.dumps with non-default separators builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, check_circular=False).encode
+
+
 def _line(doc: dict) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+    return _encode(doc).encode() + b"\n"
 
 
 def request_event(meta, *, header_names: bool) -> bytes:
