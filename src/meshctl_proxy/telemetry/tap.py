@@ -396,7 +396,7 @@ class ControlProtocol(asyncio.Protocol):
 
     def __init__(self, server: "TapServer") -> None:
         self.server = server
-        self.transport = None
+        self.transport: asyncio.Transport | None = None
         self.peer = ""
 
     def connection_made(self, transport) -> None:
@@ -455,7 +455,7 @@ class TapHttp(asyncio.Protocol):
         self.client_identity = client_identity
         self.tls = tls
         self.reader = http1.RequestReader()
-        self.transport = None
+        self.transport: asyncio.Transport | None = None
         self.head: RequestHead | None = None
         self.body: list[bytes] = []
         self.body_size = 0
