@@ -75,8 +75,8 @@ def wait_for_web_pod(cluster, namespace: str, wait_s: float, report) -> str:
 class PortForward:
     """Relays each local connection to the pod's port through its own ``pods/portforward`` stream."""
 
-    def __init__(self, api_client, namespace: str, pod: str, port: int, report) -> None:
-        self.api_client = api_client
+    def __init__(self, global_options, namespace: str, pod: str, port: int, report) -> None:
+        self.global_options = global_options
         self.namespace = namespace
         self.pod = pod
         self.port = port
@@ -84,12 +84,9 @@ class PortForward:
         self.threads: set[threading.Thread] = set()  # kept, never fire-and-forget (STYLE 10)
 
     def _open(self):
-        from kubernetes import client
-        from kubernetes.stream import portforward
+        from meshctl import k8s
 
-        core = client.CoreV1Api(self.api_client)
-        pf = portforward(core.connect_get_namespaced_pod_portforward, self.pod, self.namespace, ports=str(self.port))
-        return pf, pf.socket(self.port)
+        return k8s.pod_port_forward(self.global_options, self.namespace, self.pod, self.port)
 
     def serve(self, listener: socket.socket, stop: threading.Event) -> None:
         listener.settimeout(0.5)
@@ -178,7 +175,7 @@ def main(options, global_options, *, out, report) -> None:
         cluster.close()
     listener = serve.bind(options.address, options.port)
     launch.announce(listener.url, options, out=out, report=report)
-    forward = PortForward(k8s._api_client(global_options), namespace, pod, WEB_PORT, report)
+    forward = PortForward(global_options, namespace, pod, WEB_PORT, report)
     stop = threading.Event()
     try:
         forward.serve(listener.sock, stop)
