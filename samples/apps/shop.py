@@ -121,8 +121,11 @@ class PriceApi(App):
 class Upstream:
     """One upstream API, called over a kept-alive connection per thread."""
 
-    def __init__(self, base_url: str, via: str | None):
+    def __init__(self, base_url: str, via: str | None, source: str | None = None):
         url = urllib.parse.urlsplit(base_url)
+        # Calls leave from the app's own address, as from a pod's IP (tap and the proxy's
+        # metrics then show who called), rather than from whatever the kernel picks.
+        self.source = (source, 0) if source else None
         if url.scheme != "http" or not url.hostname:
             raise SystemExit(f"shop: upstream URL must be http://HOST[:PORT], got {base_url!r}")
         self.authority = url.netloc
@@ -135,7 +138,8 @@ class Upstream:
         for attempt in (1, 2):  # a kept-alive connection may have been closed by the peer
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = self._local.conn = http.client.HTTPConnection(*self.target, timeout=10)
+                conn = self._local.conn = http.client.HTTPConnection(*self.target, timeout=10,
+                                                                     source_address=self.source)
             try:
                 conn.request("GET", path, headers={"Host": self.authority})
                 resp = conn.getresponse()
@@ -235,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     knobs = {"failure_rate": args.failure_rate, "latency_ms": args.latency_ms}
     if args.api == "gateway":
-        app: App = GatewayApi(product=Upstream(args.product_api, args.via), price=Upstream(args.price_api, args.via), **knobs)
+        source = args.host if args.via and args.host not in ("0.0.0.0", "::") else None
+        app: App = GatewayApi(product=Upstream(args.product_api, args.via, source),
+                              price=Upstream(args.price_api, args.via, source), **knobs)
     else:
         app = (ProductApi if args.api == "product" else PriceApi)(**knobs)
     if args.knobs:

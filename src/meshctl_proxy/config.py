@@ -238,6 +238,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Idle upstream connections kept per direction, across all endpoints; past it the longest idle is closed."),
     Setting("max_authority_labels", "1000", parse_positive_int,
             "Distinct authority label values kept in metrics; the rest are counted under authority=\"overflow\"."),
+    Setting("max_metric_series", "10000", parse_positive_int,
+            "Series /metrics exposes in all (every family and label); what new series the cap refuses would count "
+            "is counted in the overflow series."),
 )
 
 SETTINGS_BY_FIELD: Mapping[str, Setting] = {s.field: s for s in SETTINGS}

@@ -28,8 +28,8 @@ def loopback_spellings(count: int) -> list[str]:
     (a leading zero before 127 would make it octal 0127 = 87, another host: never generated).
     """
     high = ["127", "0x7f", "0X7F", "0x07f", "0x007F"] + ["0" * k + "177" for k in range(1, 8)]
-    zero = ["0" * k for k in range(1, 8)] + ["0x" + "0" * k for k in range(1, 4)]
-    one = ["0" * k + "1" for k in range(0, 7)] + ["0x" + "0" * k + "1" for k in range(0, 3)]
+    zero = ["0" * k for k in range(1, 11)] + ["0x" + "0" * k for k in range(1, 4)]
+    one = ["0" * k + "1" for k in range(0, 10)] + ["0x" + "0" * k + "1" for k in range(0, 3)]
     four = (".".join(p) for p in itertools.product(high, zero, zero, one))
     spellings = list(itertools.islice(four, count))
     assert len(set(spellings)) == count and {canonical_host(s) for s in spellings} == {"127.0.0.1"}

@@ -384,7 +384,7 @@ class LocalDemo:
             self._wait_ready({s.name for s in specs})
             if prometheus:
                 self._start_prometheus(plan)
-            if dashboard:
+            if dashboard and prometheus:
                 self._start_dashboard()
             if traffic:
                 self._start_traffic(plan, traffic)
@@ -419,12 +419,27 @@ class LocalDemo:
                                             "-c", "2", "--rps", f"{rps:g}", "--max-time", f"{seconds}s")))
 
     def _start_dashboard(self) -> None:
-        """The dashboard (``meshctl dashboard``), when this meshctl has it."""
+        """The dashboard (``meshctl dashboard``) as one of the demo's processes, when this meshctl has it.
+
+        Given ``--prometheus-url`` it starts before ``mesh.json`` exists and reads the state file
+        per request (meshctl.dashboard.launch), so it can be ready before ``up`` writes it.
+        """
         import importlib.util
+
+        from meshctl.viz import localprom
 
         if importlib.util.find_spec("meshctl.cli.dashboard") is None:
             return
-        # Wired in a later change, when `meshctl dashboard` is on main.
+        port = localprom._free_port("127.0.0.1")
+        url = f"http://127.0.0.1:{port}"
+        self.progress(f"starting the dashboard on {url}")
+        self._spawn(ProcessSpec("dashboard", (sys.executable, "-m", "meshctl", "dashboard", "--address", "127.0.0.1",
+                                              "--port", str(port), "--show", "url", "--wait", "30s",
+                                              "--prometheus-url", self.extra["prometheus_url"], "--demo-dir", str(self.dir)),
+                                health=f"{url}/ready"))
+        self._wait_ready({"dashboard"})
+        self.extra["dashboard_url"] = url
+        self._save_record()
 
     def _restart(self, missing: list[Started]) -> str:
         assert self.plan is not None
@@ -465,10 +480,15 @@ class LocalDemo:
     def status(self) -> list[ProcessStatus]:
         if not self._load_record():
             raise MeshctlError(f"no local mesh in {self.dir} (start one with: meshctl demo up)")
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Ask every process at once: a slow answer (a loaded machine) then costs one timeout, not nine.
+        with ThreadPoolExecutor(max_workers=max(1, len(self.started))) as pool:
+            healthy = list(pool.map(lambda p: is_running(p) and _healthy(p.spec.health), self.started))
         rows = []
-        for p in self.started:
+        for p, ok in zip(self.started, healthy):
             running = is_running(p)
-            health = "-" if not p.spec.health else ("ready" if running and _healthy(p.spec.health) else "not ready")
+            health = "-" if not p.spec.health else ("ready" if ok else "not ready")
             address = p.spec.health.split("://", 1)[-1].split("/", 1)[0] if p.spec.health else ""
             log = self.dir / "prometheus" / "prometheus.log" if p.spec.kind == "prometheus" else self.logs / f"{p.spec.name}.log"
             rows.append(ProcessStatus(p.spec.name, p.pid, "running" if running else "exited", health, address, str(log)))

@@ -114,8 +114,10 @@ class LocalResolver:
         self.mesh = mesh
         self.by_host: dict[str, Peer] = {}
         self.by_addr: dict[str, Peer] = {}
+        self.by_identity: dict[str, Peer] = {}
         for w in mesh.workloads:
             peer = Peer(w.namespace, w.kind, w.name, w.pod)
+            self.by_identity.setdefault(w.identity, peer)
             for addr in (w.app, w.proxy.inbound, w.proxy.outbound, w.proxy.admin, w.proxy.control):
                 if addr:
                     self.by_addr[addr] = peer
@@ -177,6 +179,14 @@ class LocalResolver:
         if not addr:
             return None
         return self.by_addr.get(addr) or self.by_host.get(split_addr(addr)[0])
+
+    def ends(self, target: "TapTarget", req: dict) -> tuple[Peer | None, Peer | None]:
+        """A request's source and destination: the tapped pod on its side; the other by the identity
+        mTLS proved (a proxy's own connections leave from an address nobody listens on), else by address."""
+        me = Peer(target.namespace, target.kind, target.workload, target.pod)
+        if req.get("direction") == "inbound":
+            return self.by_identity.get(req.get("client_id") or "") or self.peer(req.get("src")), me
+        return me, self.by_identity.get(req.get("server_id") or "") or self.peer(req.get("dst"))
 
 
 # --- the subscription ------------------------------------------------------------
@@ -394,10 +404,11 @@ class EventFormatter:
         if not self.wide or req is None:
             return ""
         out = []
-        me = Peer(target.namespace, target.kind, target.workload, target.pod)
-        inbound = req.get("direction") == "inbound"
-        src = me if not inbound else (self.resolver.peer(req.get("src")) if self.resolver else None)
-        dst = me if inbound else (self.resolver.peer(req.get("dst")) if self.resolver else None)
+        if self.resolver is not None:
+            src, dst = self.resolver.ends(target, req)
+        else:
+            me = Peer(target.namespace, target.kind, target.workload, target.pod)
+            src, dst = (None, me) if req.get("direction") == "inbound" else (me, None)
         for side, peer in (("src", src), ("dst", dst)):
             if peer is not None:
                 out.append(f"{side}_{SHORT.get(peer.kind, peer.kind)}={peer.workload} {side}_pod={peer.pod} "
@@ -446,8 +457,7 @@ class EventFormatter:
         elif kind == "end":
             self.open.pop((target, rid), None)
         if req is not None and self.resolver is not None:
-            for side in ("src", "dst"):
-                peer = self.resolver.peer(req.get(side))
+            for side, peer in zip(("src", "dst"), self.resolver.ends(target, req)):
                 if peer is not None:
                     doc[f"{side}_resource"] = {"namespace": peer.namespace, "pod": peer.pod,
                                                SHORT.get(peer.kind, peer.kind): peer.workload}
@@ -485,21 +495,24 @@ class TopTable:
         self.rows: dict[tuple[str, str, str, str], TopRow] = {}
         self.open: dict = {}  # (target, id) -> (row key, latency)
 
-    def _name(self, target: TapTarget, addr: str | None, mine: bool) -> str:
-        if mine:
-            return target.pod
-        peer = self.resolver.peer(addr) if self.resolver else None
-        if peer is not None:
-            return peer.pod
-        return split_addr(addr)[0] if addr else "-"
+    def _names(self, target: TapTarget, req: dict) -> tuple[str, str]:
+        """Pods where the mesh knows them, else the peer's IP, as linkerd viz top shows them."""
+        inbound = req.get("direction") == "inbound"
+        if self.resolver is not None:
+            ends = self.resolver.ends(target, req)
+        else:
+            ends = (None, target) if inbound else (target, None)
+        names = []
+        for side, end in zip(("src", "dst"), ends):
+            addr = req.get(side)
+            names.append(end.pod if end is not None else (split_addr(addr)[0] if addr else "-"))
+        return names[0], names[1]
 
     def add(self, target: TapTarget, event: dict) -> None:
         kind, key = event.get("event"), (target, event.get("id"))
         if kind == "req":
-            inbound = event.get("direction") == "inbound"
             path = (event.get("path") or "").split("?", 1)[0]
-            row_key = (self._name(target, event.get("src"), not inbound),
-                       self._name(target, event.get("dst"), inbound), event.get("method") or "", path)
+            row_key = (*self._names(target, event), event.get("method") or "", path)
             row = self.rows.get(row_key)
             if row is None:
                 row = self.rows[row_key] = TopRow(*row_key)

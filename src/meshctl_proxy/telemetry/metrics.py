@@ -8,10 +8,20 @@ and queries use ``request_total``, ``response_total``,
 ``response_latency_ms_bucket`` and ``tcp_*`` with ``direction``,
 ``authority``, ``target_addr`` and ``tls``; those carry over unchanged.
 
-Label values that come from the network (Host headers, original
-destinations) are admitted through a :class:`LabelBudget`: once it is full
-new values are counted as ``overflow``, so a flood of unique Host headers
-cannot grow memory without bound.
+Two bounds keep what a hostile peer can make us export finite:
+
+- label values that come from the network (Host headers, original
+  destinations) are admitted through a :class:`LabelBudget`: once it is full
+  new values are counted as ``overflow``;
+- the total number of series, across families and labels, is capped by one
+  :class:`SeriesBudget` (``MESHCTL_PROXY_MAX_METRIC_SERIES``).  The per-label
+  cap alone bounded values, not series: every admitted value brings its own
+  response and histogram series (~30 each), so 20,000 distinct Host values
+  made 30,000 series and a 4.7 MB scrape (issue 13, class 6; the class of
+  CVE-2025-43915).  A label set, or a status of one, that the cap refuses is
+  counted in its family's overflow series (``authority="overflow"``,
+  ``status_code="overflow"``), which always exist, and
+  ``metrics_series_refused_total`` says how often that happened.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import os
 import resource
 import time
 from bisect import bisect_left
+from functools import partial
 
 # linkerd2-proxy's response_latency_ms buckets (milliseconds): 1-5, 10-50,
 # 100-500, 1000-5000, 10000-50000, then +Inf.
@@ -47,6 +58,45 @@ class LabelBudget:
         return value
 
 
+# Series one response status adds: a response_latency_ms histogram (each bucket, +Inf, _count, _sum).
+HISTOGRAM_SERIES = len(LATENCY_BUCKETS_MS) + 3
+OVERFLOW_STATUS = 0  # the status key of responses folded by the series cap; rendered status_code="overflow"
+
+
+class SeriesBudget:
+    """The cap on the total number of series the proxy exposes, shared by every family.
+
+    A new series takes its cost (:meth:`take`) once, when it is first needed;
+    counters are never removed, so what is taken stays taken.  Refusals are
+    counted (``metrics_series_refused_total``): the observation goes to an
+    overflow series instead.
+    """
+
+    __slots__ = ("limit", "used", "refused")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.refused = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n <= self.limit:
+            self.used += n
+            return True
+        self.refused += 1
+        return False
+
+    def render(self) -> str:
+        return ("# HELP metrics_series_limit The most series this proxy exposes (MESHCTL_PROXY_MAX_METRIC_SERIES).\n"
+                "# TYPE metrics_series_limit gauge\n"
+                f"metrics_series_limit {self.limit}\n"
+                "# HELP metrics_series Series counted against the limit.\n# TYPE metrics_series gauge\n"
+                f"metrics_series {self.used}\n"
+                "# HELP metrics_series_refused_total New series the limit refused; what they would have counted "
+                "is counted in the overflow series.\n# TYPE metrics_series_refused_total counter\n"
+                f"metrics_series_refused_total {self.refused}\n")
+
+
 class ResponseStats:
     __slots__ = ("count", "buckets", "sum_ms")
 
@@ -55,8 +105,63 @@ class ResponseStats:
         self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.sum_ms = 0.0
 
+    def observe(self, latency_ms: float) -> None:
+        self.count += 1
+        self.sum_ms += latency_ms
+        self.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
 
-class HttpStats:
+
+class RequestStats:
+    """A request counter and its responses by (status, classification, grpc_status), for one label set.
+
+    *budget* pays for each new response series (one, plus a histogram for a
+    (status, grpc_status) not seen before); when it refuses, the response is counted under
+    ``status_code="overflow"`` of ``sink()``, the family's overflow label set
+    (itself when *sink* is None), whose two overflow children are outside the budget.
+    """
+
+    __slots__ = ("requests", "responses", "_plain", "_budget", "_sink")
+
+    def __init__(self, budget: SeriesBudget | None = None, sink=None) -> None:
+        self.requests = 0
+        self.responses: dict[tuple[int, str, str | None], ResponseStats] = {}
+        self._plain: dict[int, ResponseStats] = {}  # by status, for responses without grpc-status
+        self._budget = budget
+        self._sink = sink  # () -> RequestStats, made only when something is folded
+
+    def _series(self, status: int, classification: str, grpc_status: str | None = None) -> ResponseStats:
+        key = (status, classification, grpc_status)
+        rs = self.responses.get(key)
+        if rs is None:
+            budget = self._budget
+            if budget is not None:
+                histogram = any(s == status and g == grpc_status for s, _, g in self.responses)
+                if not budget.take(1 if histogram else 1 + HISTOGRAM_SERIES):
+                    return (self if self._sink is None else self._sink()).overflow(classification)
+            rs = self.responses[key] = ResponseStats()
+        return rs
+
+    def overflow(self, classification: str) -> ResponseStats:
+        """The response series that counts what the series cap folded."""
+        key = (OVERFLOW_STATUS, classification, None)
+        rs = self.responses.get(key)
+        if rs is None:
+            rs = self.responses[key] = ResponseStats()
+        return rs
+
+    def response(self, status: int, classification: str, latency_ms: float, grpc_status: str | None = None) -> None:
+        self._series(status, classification, grpc_status).observe(latency_ms)
+
+    def histograms(self) -> list[tuple[tuple[int, str | None], list[ResponseStats]]]:
+        """Responses grouped by (status, grpc_status), sorted: one latency histogram each, whatever the
+        classes (two classes of one status must not repeat a histogram series)."""
+        groups: dict[tuple[int, str | None], list[ResponseStats]] = {}
+        for (status, _cls, grpc), rs in self.responses.items():
+            groups.setdefault((status, grpc), []).append(rs)
+        return sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+
+
+class HttpStats(RequestStats):
     """Request and response counters for one (direction, authority, target_addr, tls, peer id, dst labels).
 
     Responses are counted per (status_code, classification, grpc_status), the
@@ -64,25 +169,7 @@ class HttpStats:
     (no label) for responses that carry no ``grpc-status``.
     """
 
-    __slots__ = ("requests", "responses", "_plain")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.responses: dict[tuple[int, str, str | None], ResponseStats] = {}
-        self._plain: dict[int, ResponseStats] = {}  # by status, for responses without grpc-status
-
-    def _series(self, status: int, classification: str, grpc_status: str | None = None) -> ResponseStats:
-        key = (status, classification, grpc_status)
-        rs = self.responses.get(key)
-        if rs is None:
-            rs = self.responses[key] = ResponseStats()
-        return rs
-
-    def response(self, status: int, classification: str, latency_ms: float, grpc_status: str | None = None) -> None:
-        rs = self._series(status, classification, grpc_status)
-        rs.count += 1
-        rs.sum_ms += latency_ms
-        rs.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+    __slots__ = ()
 
     def record(self, response, latency_ms: float) -> None:
         """Count a whole *response* (a model.Response), classified as Linkerd classifies it."""
@@ -91,7 +178,10 @@ class HttpStats:
         if grpc_status is None:  # the per-request path: the class follows from the status alone
             rs = self._plain.get(status)
             if rs is None:
-                rs = self._plain[status] = self._series(status, classify(status))
+                cls = classify(status)
+                rs = self._series(status, cls)
+                if self.responses.get((status, cls)) is rs:  # a folded one is not remembered: refused each time
+                    self._plain[status] = rs
         else:
             rs = self._series(status, classify(status, grpc_status), _grpc_label(grpc_status))
         rs.count += 1
@@ -124,6 +214,21 @@ def _grpc_label(grpc_status: bytes) -> str:
     return text if text.isdigit() and len(text) <= 2 else OVERFLOW
 
 
+def status_label(status: int) -> str:
+    return OVERFLOW if status == OVERFLOW_STATUS else str(status)
+
+
+def render_histogram(add, name: str, labels: str, group: list[ResponseStats]) -> None:
+    """One response_latency_ms-style histogram over *group* (the responses of one status)."""
+    cumulative = 0
+    for i, bound in enumerate(LATENCY_BUCKETS_MS + (float("inf"),)):
+        cumulative += sum(rs.buckets[i] for rs in group)
+        le = "+Inf" if bound == float("inf") else f"{bound:g}"
+        add(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}\n')
+    add(f"{name}_count{{{labels}}} {sum(rs.count for rs in group)}\n")
+    add(f"{name}_sum{{{labels}}} {sum(rs.sum_ms for rs in group):.3f}\n")
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -132,13 +237,20 @@ def _labels(pairs) -> str:
     return ",".join(f'{k}="{_escape(str(v))}"' for k, v in pairs if v is not None)
 
 
+TCP_SERIES = 5  # tcp_open_total, tcp_close_total, tcp_open_connections, tcp_read/write_bytes_total
+MAX_SERIES = 10_000  # MESHCTL_PROXY_MAX_METRIC_SERIES; about a 2 MB scrape at most (~210 bytes a series)
+
+
 class Metrics:
     """The registry: one per proxy process."""
 
-    def __init__(self, *, pod_labels: dict[str, str] | None = None, max_authorities: int = 1000) -> None:
+    def __init__(self, *, pod_labels: dict[str, str] | None = None, max_authorities: int = 1000,
+                 max_series: int = MAX_SERIES) -> None:
         self.pod_labels = tuple((k, v) for k, v in (pod_labels or {}).items() if v)
         self.authorities = LabelBudget(max_authorities)
         self.targets = LabelBudget(max_authorities)
+        # Every family's series count against this one cap (route_* too: RouteMetrics takes it).
+        self.series = SeriesBudget(max_series)
         self._http: dict[tuple, HttpStats] = {}
         self._tcp: dict[tuple, TcpStats] = {}
         self.started = time.time()
@@ -157,8 +269,18 @@ class Metrics:
                    self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id, dst_labels)
             stats = self._http.get(key)
             if stats is None:
-                stats = self._http[key] = HttpStats()
+                if key == (direction, OVERFLOW, OVERFLOW, tls, None, ()) or not self.series.take(1):
+                    return self._http_sink(direction, tls)  # (take(1): request_total; responses pay as they come)
+                stats = self._http[key] = HttpStats(self.series, partial(self._http_sink, direction, tls))
         return stats
+
+    def _http_sink(self, direction: str, tls: str) -> HttpStats:
+        """The overflow label set of *direction* and *tls*: always there once needed, outside the cap."""
+        key = (direction, OVERFLOW, OVERFLOW, tls, None, ())
+        sink = self._http.get(key)
+        if sink is None:
+            sink = self._http[key] = HttpStats(self.series)
+        return sink
 
     def tcp(self, direction: str, peer: str, authority: str | None, target_addr: str | None, tls: str,
             peer_id: str | None = None, dst_labels: tuple[tuple[str, str], ...] = ()) -> TcpStats:
@@ -169,7 +291,13 @@ class Metrics:
                    self.targets.admit(target_addr) if target_addr else target_addr, tls, peer_id, dst_labels)
             stats = self._tcp.get(key)
             if stats is None:
-                stats = self._tcp[key] = TcpStats()
+                sink_key = (direction, peer, OVERFLOW, OVERFLOW, tls, None, ())
+                if key != sink_key and self.series.take(TCP_SERIES):
+                    stats = self._tcp[key] = TcpStats()
+                else:
+                    stats = self._tcp.get(sink_key)
+                    if stats is None:  # the overflow label set: always there once needed, outside the cap
+                        stats = self._tcp[sink_key] = TcpStats()
         return stats
 
     # -- exposition ------------------------------------------------------------
@@ -190,21 +318,15 @@ class Metrics:
         for key, s in sorted(self._http.items(), key=_sort_key):
             base = http_labels(key)
             for (status, cls, grpc), rs in sorted(s.responses.items(), key=_response_order):
-                add(f"response_total{{{_labels(base + (('classification', cls), ('grpc_status', grpc), ('status_code', status)))}}} "
+                add(f"response_total{{{_labels(base + (('classification', cls), ('grpc_status', grpc), ('status_code', status_label(status))))}}} "
                     f"{rs.count}\n")
         add("# HELP response_latency_ms Elapsed times between a request's headers being received and its "
             "response stream completing.\n# TYPE response_latency_ms histogram\n")
         for key, s in sorted(self._http.items(), key=_sort_key):
             base = http_labels(key)
-            for (status, _cls, grpc), rs in sorted(s.responses.items(), key=_response_order):
-                labels = _labels(base + (("grpc_status", grpc), ("status_code", status)))
-                cumulative = 0
-                for bound, n in zip(LATENCY_BUCKETS_MS + (float("inf"),), rs.buckets):
-                    cumulative += n
-                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                    add(f'response_latency_ms_bucket{{{labels},le="{le}"}} {cumulative}\n')
-                add(f"response_latency_ms_count{{{labels}}} {rs.count}\n")
-                add(f"response_latency_ms_sum{{{labels}}} {rs.sum_ms:.3f}\n")
+            for (status, grpc), group in s.histograms():
+                render_histogram(add, "response_latency_ms",
+                                 _labels(base + (("grpc_status", grpc), ("status_code", status_label(status)))), group)
 
         def tcp_labels(key):
             direction, peer, authority, target_addr, tls, peer_id, dst_labels = key
@@ -225,6 +347,7 @@ class Metrics:
                 add(f"{name}{{{_labels(tcp_labels(key))}}} {value(s)}\n")
         for render in self.extra_renderers:
             add(render())
+        add(self.series.render())
         add(_process_metrics(self.started))
         return "".join(out).encode()
 

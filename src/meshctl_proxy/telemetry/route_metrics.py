@@ -19,55 +19,53 @@ admitted through a label budget, as the proxy's other metrics.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from functools import partial
 
-from meshctl_proxy.telemetry.metrics import LATENCY_BUCKETS_MS, LabelBudget, ResponseStats
-
-
-class _RouteStats:
-    __slots__ = ("requests", "responses")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.responses: dict[tuple[int, str], ResponseStats] = {}
-
-    def response(self, status: int, classification: str, latency_ms: float) -> None:
-        rs = self.responses.get((status, classification))
-        if rs is None:
-            rs = self.responses[(status, classification)] = ResponseStats()
-        rs.count += 1
-        rs.sum_ms += latency_ms
-        rs.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+from meshctl_proxy.telemetry.metrics import (OVERFLOW, LabelBudget, RequestStats, SeriesBudget, _escape,
+                                             render_histogram, status_label)
 
 
 class RouteMetrics:
-    """The route_* families; :meth:`render` is appended to the proxy's /metrics."""
+    """The route_* families; :meth:`render` is appended to the proxy's /metrics.
 
-    def __init__(self, *, pod_labels: tuple[tuple[str, str], ...] = (), max_dst: int = 1000) -> None:
+    *series* is the proxy's one cap on the series it exposes (``Metrics.series``):
+    a (direction, dst, route) it refuses is counted under ``dst="overflow"``,
+    ``rt_route="overflow"``.
+    """
+
+    def __init__(self, *, pod_labels: tuple[tuple[str, str], ...] = (), max_dst: int = 1000,
+                 series: SeriesBudget | None = None) -> None:
         self.pod_labels = pod_labels
         self._dsts = LabelBudget(max_dst)
-        self._logical: dict[tuple[str, str, str], _RouteStats] = {}
-        self._actual: dict[tuple[str, str, str], _RouteStats] = {}
+        self.series = series
+        self._logical: dict[tuple[str, str, str], RequestStats] = {}
+        self._actual: dict[tuple[str, str, str], RequestStats] = {}
 
-    def _stats(self, table: dict, direction: str, dst: str, route: str) -> _RouteStats:
+    def _stats(self, table: dict, direction: str, dst: str, route: str) -> RequestStats:
         key = (direction, dst, route)
         st = table.get(key)
         if st is None:
             key = (direction, self._dsts.admit(dst), route)
             st = table.get(key)
             if st is None:
-                st = table[key] = _RouteStats()
+                series = self.series
+                if series is not None and not series.take(1):  # route_*request_total; responses pay as they come
+                    return self._sink(table, direction)
+                st = table[key] = RequestStats(series, partial(self._sink, table, direction))
         return st
 
-    def logical(self, direction: str, dst: str, route: str) -> _RouteStats:
+    def _sink(self, table: dict, direction: str) -> RequestStats:
+        key = (direction, OVERFLOW, OVERFLOW)
+        st = table.get(key)
+        if st is None:  # always there once needed, outside the cap
+            st = table[key] = RequestStats(self.series)
+        return st
+
+    def logical(self, direction: str, dst: str, route: str) -> RequestStats:
         """Counters for what the client asked (route_*)."""
         return self._stats(self._logical, direction, dst, route)
 
-    def actual(self, direction: str, dst: str, route: str) -> _RouteStats:
+    def actual(self, direction: str, dst: str, route: str) -> RequestStats:
         """Counters for each attempt on the wire (route_actual_*)."""
         return self._stats(self._actual, direction, dst, route)
 
@@ -84,25 +82,16 @@ class RouteMetrics:
                        f"# TYPE {prefix}_response_total counter\n")
             for key, st in items:
                 base = self._labels(key)
-                for (status, cls), rs in sorted(st.responses.items()):
-                    out.append(f'{prefix}_response_total{{{base},classification="{cls}",status_code="{status}"}} '
-                               f"{rs.count}\n")
+                for (status, cls, _grpc), rs in sorted(st.responses.items(), key=lambda item: item[0][:2]):
+                    out.append(f'{prefix}_response_total{{{base},classification="{cls}",'
+                               f'status_code="{status_label(status)}"}} {rs.count}\n')
             out.append(f"# HELP {prefix}_response_latency_ms Elapsed times between a request being sent and "
                        f"its response head, by route.\n# TYPE {prefix}_response_latency_ms histogram\n")
             for key, st in items:
                 base = self._labels(key)
-                by_status: dict[int, list[ResponseStats]] = {}
-                for (status, _cls), rs in st.responses.items():
-                    by_status.setdefault(status, []).append(rs)
-                for status, group in sorted(by_status.items()):
-                    labels = f'{base},status_code="{status}"'
-                    cumulative = 0
-                    for i, bound in enumerate(LATENCY_BUCKETS_MS + (float("inf"),)):
-                        cumulative += sum(rs.buckets[i] for rs in group)
-                        le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                        out.append(f'{prefix}_response_latency_ms_bucket{{{labels},le="{le}"}} {cumulative}\n')
-                    out.append(f"{prefix}_response_latency_ms_count{{{labels}}} {sum(rs.count for rs in group)}\n")
-                    out.append(f"{prefix}_response_latency_ms_sum{{{labels}}} {sum(rs.sum_ms for rs in group):.3f}\n")
+                for (status, _grpc), group in st.histograms():  # route stats carry no grpc_status
+                    render_histogram(out.append, f"{prefix}_response_latency_ms",
+                                     f'{base},status_code="{status_label(status)}"', group)
         return "".join(out)
 
     def _labels(self, key: tuple[str, str, str]) -> str:

@@ -80,10 +80,12 @@ class Proxy:
         if config.workload_kind and config.workload_name:
             # Linkerd's scrape config adds the owner as e.g. deployment="web".
             pod[config.workload_kind.lower()] = config.workload_name
-        self.metrics = Metrics(pod_labels=pod, max_authorities=config.max_authority_labels)
+        self.metrics = Metrics(pod_labels=pod, max_authorities=config.max_authority_labels,
+                               max_series=config.max_metric_series)
         from meshctl_proxy.telemetry.route_metrics import RouteMetrics
 
-        self.route_metrics = RouteMetrics(pod_labels=self.metrics.pod_labels, max_dst=config.max_authority_labels)
+        self.route_metrics = RouteMetrics(pod_labels=self.metrics.pod_labels, max_dst=config.max_authority_labels,
+                                          series=self.metrics.series)
         self.metrics.extra_renderers.append(self.route_metrics.render)
         self.connector = connector or TcpConnector()
         self.tls_acceptor = tls_acceptor
