@@ -41,11 +41,11 @@ def test_demo_meshes_the_shop_and_retries_hide_price_failures():
 
 def test_demo_refuses_bad_flags_in_one_line():
     r = run_cli("demo", "run", "--address-prefix", "10.0.0")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["Error: --address-prefix: expected three octets inside 127.0.0.0/8 "
                                              "(e.g. 127.0.10), got '10.0.0'"]
     r = run_cli("demo", "run", "--duration", "soon")
-    assert r.returncode == 1 and "--duration" in r.stderr
+    assert r.returncode == 2 and "--duration" in r.stderr
 
 
 def test_demo_outside_a_checkout_says_what_is_missing(tmp_path):

@@ -72,7 +72,7 @@ def test_missing_file_and_plain_http():
     r = run_cli("inject", "nope.yaml")
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "Error: nope.yaml: no such file or directory\n")
     r = run_cli("uninject", "http://127.0.0.1:1/x.yaml")
-    assert r.returncode == 1 and "plain http is refused" in r.stderr
+    assert r.returncode == 2 and "plain http is refused" in r.stderr  # the argument is wrong: a usage error
 
 
 def test_no_inputs_is_a_usage_error():
@@ -108,7 +108,8 @@ def test_manual_without_a_cluster_fails_cleanly(tmp_path: Path):
     f.write_text(DEPLOY.format(name="web"))
     r = run_cli("inject", "--manual", str(f), env={"KUBECONFIG": str(tmp_path / "none")})
     assert (r.returncode, r.stdout) == (1, "")
-    assert r.stderr.startswith("Error: cannot load kubeconfig") and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"Error: cannot load kubeconfig {tmp_path / 'none'}") and "Traceback" not in r.stderr
+    assert "--ignore-cluster" in r.stderr
 
 
 def test_bad_trust_anchors_file(tmp_path: Path):

@@ -54,7 +54,9 @@ def test_golden(case: Path, update_golden: bool):
     _check(case / "golden", r.stdout, update_golden)
     _check(case / "report", r.stderr, update_golden)
     failed = any(line.startswith("Error:") for line in r.stderr.splitlines())
-    assert r.returncode == (1 if failed else 0), r.stderr
+    # A case's `exit` file holds its exit code when it is a usage error (2).
+    expected_exit = int((case / "exit").read_text()) if (case / "exit").exists() else (1 if failed else 0)
+    assert r.returncode == expected_exit, r.stderr
     assert "Traceback" not in r.stderr
     if failed:
         assert r.stdout == "", "nothing may be written on error"

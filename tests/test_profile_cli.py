@@ -145,11 +145,16 @@ BAD = {
 }
 
 
+# The command line itself is wrong: exit 2 (usage error), every other failure exit 1.
+USAGE = {"bad service", "service starting with a digit", "bad namespace", "bad domain", "no source", "two sources",
+         "no service"}
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input(case):
     args, stdin, message = BAD[case]
     r = run_cli("profile", *args, input=stdin if stdin is not None else b"")
-    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.returncode == (2 if case in USAGE else 1), (r.stdout, r.stderr)
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr

@@ -57,6 +57,12 @@ class _RecordingServer:
     def authority(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    async def start(self):
+        """Listen on a loopback ephemeral port, each connection served by ``self._conn(reader, writer)``."""
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
     async def stop(self) -> None:
         self.server.close()
 
@@ -78,11 +84,6 @@ class RecordingUpstream(_RecordingServer):
     def __init__(self) -> None:
         super().__init__()
         self.raw: list[bytearray] = []  # bytes received, per connection
-
-    async def start(self) -> "RecordingUpstream":
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
 
     def clear(self) -> None:
         super().clear()
@@ -208,6 +209,63 @@ class RecordingH2Upstream(_RecordingServer):
         return self
 
 
+class ScriptedUpstream(_RecordingServer):
+    """An upstream that answers every request head it reads with the same raw bytes (a hostile app).
+
+    It reads up to the end of a head (``\r\n\r\n``), records the head's bytes in
+    :attr:`heads`, writes :attr:`reply`, and reads on; nothing is parsed.
+    """
+
+    def __init__(self, reply: bytes = b"") -> None:
+        super().__init__()
+        self.reply = reply
+        self.heads: list[bytes] = []
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                writer.write(self.reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+class TcpRelay(_RecordingServer):
+    """A plain TCP relay to *target*: a NAT, a port-forward, anything that hides where bytes go next.
+
+    Counts the connections it relays, so a test can see a loop going round.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__()
+        self.target = target
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
 # --- clients -----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -223,11 +281,13 @@ class Answer:
         return None
 
 
-def http1_exchange(addr, data: bytes, *, timeout: float = 5.0, until_close: bool = False) -> tuple[list[Answer], bytes]:
+def http1_exchange(addr, data: bytes, *, timeout: float = 5.0, until_close: bool = False,
+                   linger: float = 0.0) -> tuple[list[Answer], bytes]:
     """Send raw *data* on a fresh connection; the responses h11 parses back, and any bytes after them.
 
-    Reads until the first complete response (and whatever else has arrived
-    a moment later), or with *until_close* until the proxy closes.
+    Reads until the first complete response and whatever else arrives within
+    *linger* seconds after it (a response nobody asked for), or with
+    *until_close* until the proxy closes.
     """
     answers: list[Answer] = []
     conn = h11.Connection(h11.CLIENT)
@@ -246,7 +306,9 @@ def http1_exchange(addr, data: bytes, *, timeout: float = 5.0, until_close: bool
                 break
             if event is h11.NEED_DATA:
                 if answers and not until_close:
-                    sock.settimeout(0.2)
+                    if not linger:
+                        break
+                    sock.settimeout(linger)
                 try:
                     chunk = sock.recv(65536)
                 except (TimeoutError, socket.timeout, ConnectionResetError):

@@ -348,10 +348,11 @@ def test_proxy_missing_namespace(installed, kubeconfig):
 
 
 def test_bad_flags(kubeconfig):
+    # Usage errors: exit 2 (tests/test_cli_conventions.py checks every command).
     rc, out, err = check(kubeconfig, "--wait", "soon")
-    assert rc == 1 and "--wait: expected a duration" in err and out == ""
+    assert rc == 2 and "--wait: expected a duration" in err and out == ""
     rc, out, err = check(kubeconfig, "-n", "shop")
-    assert rc == 1 and "--namespace only applies with --proxy" in err
+    assert rc == 2 and "--namespace only applies with --proxy" in err
 
 
 # --- the runner, on plain facts ---------------------------------------------------------------------

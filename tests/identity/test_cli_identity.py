@@ -29,7 +29,7 @@ def test_create_writes_a_chain_that_install_accepts_and_refuses_to_overwrite(tmp
 
 def test_create_rejects_bad_lifetime_in_one_line(tmp_path):
     r = run_cli("identity", "create", "--out-dir", str(tmp_path), "--issuer-lifetime", "a year")
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--issuer-lifetime" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--issuer-lifetime" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
 

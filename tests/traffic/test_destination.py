@@ -239,5 +239,5 @@ def test_cli_bad_listen_address_is_one_line(tmp_path, cli):
     good = tmp_path / "reg.json"
     write(good, REGISTRY)
     r = cli("destination", "serve", "--registry", str(good), "--addr", "nowhere")
-    assert r.returncode == 1
+    assert r.returncode == 2  # a usage error
     assert r.stderr.strip() == "Error: --addr: expected HOST:PORT, got 'nowhere'"

@@ -2,6 +2,17 @@
 
 Command modules import their cores lazily (inside the command function), so
 ``meshctl --help`` pulls in neither ``kubernetes`` nor ``openapi_spec_validator``.
+
+Conventions every command inherits from here (docs/linkerd-differences.md):
+
+- The global flags (``--kubeconfig``, ``--context``, ``-L/--mesh-namespace``,
+  ``--verbose``) work anywhere on the line, as cobra's persistent flags do for
+  linkerd: :func:`build_command` copies them into every sub-command's parser
+  (including commands registered later), and :func:`_common.global_options`
+  merges what was given after the command name over what was given before it.
+- Exit codes: 2 for usage errors (click's, and :class:`meshctl.errors.UsageError`),
+  1 for every other :class:`meshctl.errors.MeshctlError`; both are printed
+  by :func:`main` as one ``Error: ...`` line, the problem first.
 """
 
 from __future__ import annotations
@@ -28,11 +39,15 @@ app = typer.Typer(
 @app.callback()
 def root(
     ctx: typer.Context,
-    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG", help="Path to the kubeconfig file."),
-    context: Optional[str] = typer.Option(None, "--context", help="Name of the kubeconfig context to use."),
-    mesh_namespace: str = typer.Option(_common.DEFAULT_MESH_NAMESPACE, "--mesh-namespace", "-L", help="Namespace of the mesh's control plane."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG", metavar="PATH",
+                                             help="Path to the kubeconfig file."),
+    context: Optional[str] = typer.Option(None, "--context", metavar="NAME", help="Name of the kubeconfig context to use."),
+    mesh_namespace: str = typer.Option(_common.DEFAULT_MESH_NAMESPACE, "--mesh-namespace", "-L", metavar="NAMESPACE",
+                                       help="Namespace of the mesh's control plane."),
     verbose: bool = typer.Option(False, "--verbose", help="Report more, including what succeeded."),
 ) -> None:
+    # The values are read from this context by _common.global_options(), merged with
+    # those given after the command name; ctx.obj is kept for code that reads it.
     ctx.obj = _common.GlobalOptions(kubeconfig=kubeconfig, context=context, mesh_namespace=mesh_namespace, verbose=verbose)
 
 
@@ -51,7 +66,28 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def build_command():
+    """The root click group with the global flags added to every sub-command.
+
+    Built from :data:`app` on each call, so commands registered by any module
+    get the flags without doing anything themselves.
+    """
+    import typer.main
+
+    group = typer.main.get_command(app)
+    _common.add_persistent_flags(group, group.params)
+    return group
+
+
+def iter_commands(group=None, path: tuple[str, ...] = ()):
+    """(path, click command) for every command under ``group``, groups included, depth first."""
+    group = group if group is not None else build_command()
+    for name, command in sorted(getattr(group, "commands", {}).items()):
+        yield (*path, name), command
+        yield from iter_commands(command, (*path, name))
+
+
+def main(args: list[str] | None = None) -> None:
     import os
 
     if "_MESHCTL_COMPLETE" in os.environ:
@@ -62,13 +98,54 @@ def main() -> None:
 
         completion_init()
     try:
-        app(prog_name="meshctl")
-    except MeshctlError as exc:
-        _common.err_console().print(f"Error: {exc}", markup=False)
-        sys.exit(exc.exit_code)
+        code = _run(args)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
     except BrokenPipeError:
         # `meshctl inject ... | head` closed stdout: not our failure to report.
         sys.stderr.close()
-        sys.exit(1)
+        code = 1
+    sys.exit(code)
+
+
+def _run(args: list[str] | None) -> int:
+    """Run the command line; every error is reported here, the problem first, as one ``Error:`` line."""
+    from typer import _click
+    from typer.exceptions import Abort
+
+    command = build_command()
+    try:
+        # standalone_mode=False: usage errors come back to us, so that every
+        # error is printed by this one piece of code.
+        code = command.main(args=args, prog_name="meshctl", complete_var="_MESHCTL_COMPLETE", standalone_mode=False)
+    except _click.exceptions.NoArgsIsHelpError as exc:
+        # `meshctl` or `meshctl identity` alone: the help, as cobra prints it (stdout, exit 0).
+        print(exc.format_message())
+        return 0
+    except _click.exceptions.UsageError as exc:
+        _show_usage_error(exc)
+        return exc.exit_code
+    except _click.exceptions.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code
+    except MeshctlError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except Abort:
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"Error: {_common.clean_message(message)}\n")
+    sys.stderr.flush()
+
+
+def _show_usage_error(exc) -> None:
+    """Click's usage error as click prints it (usage line, hint), with the message cleaned."""
+    lines = []
+    if exc.ctx is not None:
+        lines.append(exc.ctx.get_usage())
+        lines.append(f"Try '{exc.ctx.command_path} -h' for help.\n")
+    sys.stderr.write("\n".join(lines) + "\n")
+    _error(exc.format_message())

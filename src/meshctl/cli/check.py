@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         """Check the installation and report each check's verdict; exit 1 on a failure."""
         import time
 
-        from meshctl.errors import InputError
+        from meshctl.errors import UsageError
         from meshctl.healthcheck import checks
         from meshctl.viz import checks as viz_checks
         from meshctl.viz.checks import VizFacts
@@ -43,9 +43,12 @@ def register(app: typer.Typer) -> None:
         try:
             wait_s = parse_duration(wait)
         except ValueError as exc:
-            raise InputError(f"--wait: {exc}") from None
+            raise UsageError(f"--wait: {exc}") from None
+        if pre and proxy:
+            # linkerd: "--pre and --proxy flags are mutually exclusive"
+            raise UsageError("--pre and --proxy flags are mutually exclusive")
         if namespace and not proxy:
-            raise InputError("--namespace only applies with --proxy")
+            raise UsageError("--namespace only applies with --proxy")
         # One request, and one attempt of a check, may take this long: never more
         # than 10 s, never more than --wait unless that is under 2 s.
         attempt_timeout = max(2.0, min(10.0, wait_s))
@@ -64,7 +67,8 @@ def register(app: typer.Typer) -> None:
 
 def run_checks(categories, facts, *, output: CheckOutput, deadline: float, attempt_timeout: float,
                fail_on_warning: bool) -> None:
-    """Run *categories* over *facts*, rendering each result as it comes; exit 1 when the run failed."""
+    """Run *categories* over *facts*, rendering each result as it comes; exit 1 when the run failed.
+    ``meshctl check`` and ``meshctl viz check`` both render through here."""
     from meshctl import healthcheck
 
     report = healthcheck.Report(fail_on_warning=fail_on_warning)
@@ -81,15 +85,16 @@ def run_checks(categories, facts, *, output: CheckOutput, deadline: float, attem
                     print()
                 print(f"{result.category}\n{'-' * len(result.category)}")
                 printed_category = result.category
-            print("\n".join(healthcheck.render_result(result)), flush=True)
+            print(_common.colorize_marks("\n".join(healthcheck.render_result(result)), sys.stdout), flush=True)
     if spinner:
         spinner.clear()
     if output == CheckOutput.table:
-        print(f"\nStatus check results are {healthcheck.OK_MARK if report.success else healthcheck.ERR_MARK}")
+        mark = healthcheck.OK_MARK if report.success else healthcheck.ERR_MARK
+        print(_common.colorize_marks(f"\nStatus check results are {mark}", sys.stdout))
     elif output == CheckOutput.json:
         print(healthcheck.render_json(report), end="")
     else:
-        print(healthcheck.render_short(report), end="")
+        print(_common.colorize_marks(healthcheck.render_short(report), sys.stdout), end="")
     if not report.success:
         raise typer.Exit(1)
 

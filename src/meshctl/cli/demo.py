@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from meshctl.cli import _common
@@ -63,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         from meshctl import demo as core
         from meshctl.demo import state
-        from meshctl.errors import MeshctlError
+        from meshctl.errors import MeshctlError, UsageError
 
         d = _demo(dir)
         if netns:
@@ -76,12 +74,15 @@ def register(app: typer.Typer) -> None:
         else:
             plan = core.Plan(prefix=core.validate_prefix(address_prefix), price_failure_rate=0.0)
         if not 0 <= traffic <= 200:
-            raise MeshctlError(f"--traffic: expected requests per second in [0, 200], got {traffic:g}")
+            raise UsageError(f"--traffic: expected requests per second in [0, 200], got {traffic:g}")
         core.check_samples()
         outcome = d.up(plan, traffic=traffic)
         mesh = state.load(d.dir)
         if outcome == "already up":
-            _common.report(f"the local mesh in {d.dir} is already up")
+            running = "with --netns" if d.plan and d.plan.netns_id else "on loopback"
+            _common.report(f"the local mesh in {d.dir} is already up ({running})")
+            if d.plan and (bool(d.plan.netns_id) != netns or (not netns and d.plan.prefix != plan.prefix)):
+                _common.report("  (it was started with other flags: `meshctl demo down` first to change them)")
         elif outcome.startswith("restarted"):
             _common.report(f"√ {outcome}")
         else:
@@ -111,12 +112,7 @@ def register(app: typer.Typer) -> None:
             import dataclasses
 
             data = [dataclasses.asdict(r) for r in rows]
-            if output is _common.TableFormat.json:
-                print(json.dumps(data, indent=2))
-            else:
-                import yaml
-
-                print(yaml.safe_dump(data, sort_keys=False), end="")
+            print(_common.dump(data, output.value), end="")
         else:
             wide = output is _common.TableFormat.wide
             header = ["NAME", "PID", "STATE", "HEALTH", "ADDRESS"] + (["LOG"] if wide else [])
@@ -142,33 +138,36 @@ def register(app: typer.Typer) -> None:
     def load(
         url: str = typer.Argument(None, help="URL to load (default: the gateway's /api/products/1)."),
         requests: int = typer.Option(1000, "-n", "--requests", help="Number of requests (ab -n)."),
-        concurrency: int = typer.Option(10, "-c", "--concurrency", help="Requests in flight at once (ab -c)."),
+        concurrency: int = typer.Option(None, "-c", "--concurrency", help="Requests in flight at once (ab -c; default 10, "
+                                        "at most -n)."),
         rps: float = typer.Option(None, "--rps", help="At most this many requests per second, in total."),
         max_time: str = typer.Option("5m", "--max-time", help="Stop after this long whatever is left (Go duration)."),
         dir: str = DirOption,
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table or json"),
+        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml (wide is table)."),
     ) -> None:
         """Send ab's load to the gateway (ab -n 1000 -c 10 http://GATEWAY/api/products/1) and print ab's summary."""
         import sys
 
         from meshctl.demo import load as load_core
         from meshctl.demo import state
-        from meshctl.errors import MeshctlError
+        from meshctl.errors import UsageError
         from meshctl_proxy.config import parse_duration
 
         try:
             seconds = parse_duration(max_time)
         except ValueError as exc:
-            raise MeshctlError(f"--max-time: {exc}") from None
+            raise UsageError(f"--max-time: {exc}") from None
         if url is None:
             url = state.load(dir).gateway_url + "/api/products/1"
         progress = _progress_bar(requests) if sys.stderr.isatty() else (lambda done, total: None)
+        if concurrency is None:
+            concurrency = max(1, min(10, requests))
         result = load_core.run_load(url, total=requests, concurrency=concurrency, rps=rps, max_seconds=seconds,
                                     on_progress=progress)
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         if output in (_common.TableFormat.json, _common.TableFormat.yaml):
-            print(json.dumps(result.to_dict(), indent=2))
+            print(_common.dump(result.to_dict(), output.value), end="")
         else:
             print(result.render())
 
@@ -199,12 +198,12 @@ def register(app: typer.Typer) -> None:
         import tempfile
 
         from meshctl.demo import live
-        from meshctl.errors import InputError, MeshctlError
+        from meshctl.errors import InputError, MeshctlError, UsageError
         from meshctl.profiles import text
 
         kind, _, name = resource.partition("/")
         if kind.lower() not in ("sp", "serviceprofile", "serviceprofiles", "serviceprofile.meshctl.io") or not name:
-            raise InputError(f"expected sp/NAME (a ServiceProfile), got {resource!r}")
+            raise UsageError(f"expected sp/NAME (a ServiceProfile), got {resource!r}")
         d = _demo(dir)
         plan = d.load_plan()
         registry = d.dir / "registry.json"
@@ -246,24 +245,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Change a sample app's failure rate or latency while it runs (the demo's knob)."""
         from meshctl.demo import live
-        from meshctl.errors import InputError
+        from meshctl.errors import UsageError
         from meshctl_proxy.config import parse_duration
 
         if failure_rate is None and latency is None:
-            raise InputError("give --failure-rate and/or --latency")
+            raise UsageError("give --failure-rate and/or --latency")
         if failure_rate is not None and not 0 <= failure_rate <= 1:
-            raise InputError(f"--failure-rate: expected a share in [0, 1], got {failure_rate}")
+            raise UsageError(f"--failure-rate: expected a share in [0, 1], got {failure_rate}")
         latency_ms = None
         if latency is not None:
             try:
                 latency_ms = parse_duration(latency) * 1000
             except ValueError as exc:
-                raise InputError(f"--latency: {exc}") from None
+                raise UsageError(f"--latency: {exc}") from None
         d = _demo(dir)
         plan = d.load_plan()
         names = [w.name for w in plan.workloads]
         if workload not in names:
-            raise InputError(f"no workload {workload!r} in the demo (it has: {', '.join(names)})")
+            raise UsageError(f"no workload {workload!r} in the demo (it has: {', '.join(names)})")
         now = live.set_knobs(d.dir / "knobs", workload, failure_rate=failure_rate, latency_ms=latency_ms)
         print(f"{workload}: failure rate {now['failure_rate'] * 100:g}%, latency {now['latency_ms']:g}ms")
 
@@ -276,7 +275,7 @@ def register(app: typer.Typer) -> None:
         price_latency_ms: float = typer.Option(0.0, "--price-latency-ms", help="Extra latency of price-api."),
         address_prefix: str = typer.Option("127.0.10", "--address-prefix", help="Loopback /24 the demo's pods use."),
         workdir: str = typer.Option(None, "--dir", help="Keep certificates, registry and logs here (default: a temporary directory, removed)."),
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table or json"),
+        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml (wide is table)."),
     ) -> None:
         """One shot: mesh the three APIs, send traffic, show success rate, RPS and latency, stop everything."""
         _run_once(ctx, duration=duration, rps=rps, price_failure_rate=price_failure_rate,
@@ -311,18 +310,18 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
     from pathlib import Path
 
     from meshctl import demo as core
-    from meshctl.errors import MeshctlError
+    from meshctl.errors import UsageError
     from meshctl.viz import tables
     from meshctl_proxy.config import parse_duration
 
     try:
         seconds = parse_duration(duration)
     except ValueError as exc:
-        raise MeshctlError(f"--duration: {exc}") from None
+        raise UsageError(f"--duration: {exc}") from None
     if not 0 < rps <= 500:
-        raise MeshctlError(f"--rps: expected a rate in (0, 500], got {rps}")
+        raise UsageError(f"--rps: expected a rate in (0, 500], got {rps}")
     if not 0 <= price_failure_rate < 1:
-        raise MeshctlError(f"--price-failure-rate: expected a share in [0, 1), got {price_failure_rate}")
+        raise UsageError(f"--price-failure-rate: expected a share in [0, 1), got {price_failure_rate}")
     plan = core.Plan(prefix=core.validate_prefix(address_prefix), price_failure_rate=price_failure_rate,
                      price_latency_ms=price_latency_ms)
     verbose = _common.global_options(ctx).verbose
@@ -353,7 +352,7 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
         if output in (_common.TableFormat.json, _common.TableFormat.yaml):
             data = {"ingress": {"statusCodes": codes}, "stat": tables.stat_json(stats),
                     "routes": tables.routes_json(routes, wide=True), "edges": tables.edges_json(edges)}
-            print(json.dumps(data, indent=2))
+            print(_common.dump(data, output.value), end="")
         else:
             render_tables(stats, routes, edges)
         report(f"ingress status codes: {', '.join(f'{k}: {v}' for k, v in sorted(codes.items()))}")

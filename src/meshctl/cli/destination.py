@@ -24,16 +24,16 @@ def register(app: typer.Typer) -> None:
         from meshctl.cli import _common
         from meshctl.destination.registry import LocalRegistry
         from meshctl.destination.server import serve as run_server
-        from meshctl.errors import InputError
+        from meshctl.errors import InputError, UsageError
         from meshctl_proxy.config import parse_addr
 
         try:
             host, port = parse_addr(addr)
         except ValueError as exc:
-            raise InputError(f"--addr: {exc}") from None
+            raise UsageError(f"--addr: {exc}") from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if kubernetes == bool(registry):
-            raise InputError("give exactly one of --registry FILE and --kubernetes")
+            raise UsageError("give exactly one of --registry FILE and --kubernetes")
         if kubernetes:
             from meshctl import k8s
             from meshctl.k8s.discovery import KubernetesDiscovery, serve as run_synced

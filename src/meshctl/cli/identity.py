@@ -19,13 +19,13 @@ class ShowFormat(str, enum.Enum):
 def _duration(raw: str, flag: str):
     import datetime as dt
 
-    from meshctl.errors import InputError
+    from meshctl.errors import UsageError
     from meshctl_proxy.config import parse_duration
 
     try:
         return dt.timedelta(seconds=parse_duration(raw))
     except ValueError as exc:
-        raise InputError(f"{flag}: {exc}") from None
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -60,11 +60,11 @@ def register(app: typer.Typer) -> None:
         output: ShowFormat = typer.Option(ShowFormat.text, "--output", "-O", help="text, json or pem."),
     ) -> None:
         """Show a workload's certificate: its identity, issuer and validity."""
-        from meshctl.errors import InputError
+        from meshctl.errors import UsageError
         from meshctl.identity import files
 
         if (file is None) == (admin is None):
-            raise InputError("give exactly one of --file or --admin")
+            raise UsageError("give exactly one of --file or --admin")
         pem, source = files.fetch_certificate(file=file, admin=admin)
         if output is ShowFormat.pem:
             print(pem, end="" if pem.endswith("\n") else "\n")

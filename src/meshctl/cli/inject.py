@@ -61,7 +61,7 @@ def _read_file(path: str, limit: int) -> bytes:
 
 def read_inputs(inputs: list[str]) -> list[tuple[str, bytes]]:
     """(source name, bytes) for each input: ``-``, files, directories (recursive, lexical), https URLs."""
-    from meshctl.errors import InputError
+    from meshctl.errors import InputError, UsageError
     from meshctl.yamlstream import MAX_INPUT_BYTES
 
     out: list[tuple[str, bytes]] = []
@@ -71,7 +71,7 @@ def read_inputs(inputs: list[str]) -> list[tuple[str, bytes]]:
         elif item.lower().startswith("https://"):
             out.append((item, _read_url(item, MAX_INPUT_BYTES)))
         elif item.lower().startswith("http://"):
-            raise InputError(f"{item}: plain http is refused (manifests must not be open to tampering): use https")
+            raise UsageError(f"{item}: plain http is refused (manifests must not be open to tampering): use https")
         elif os.path.isdir(item):
             found = []
             for root, dirs, files in os.walk(item):
@@ -122,7 +122,7 @@ def _write(text: str) -> None:
 
 
 def _mesh_config(ctx: typer.Context, *, manual: bool, ignore_cluster: bool, trust_anchors_file: Optional[str]):
-    from meshctl.errors import InputError, MeshctlError
+    from meshctl.errors import InputError, UsageError
     from meshctl.meshconfig import MeshConfig
 
     opts = _common.global_options(ctx)
@@ -139,12 +139,19 @@ def _mesh_config(ctx: typer.Context, *, manual: bool, ignore_cluster: bool, trus
         return MeshConfig(mesh_namespace=opts.mesh_namespace)  # annotation mode never needs a cluster
     if ignore_cluster:
         if anchors is None:
-            raise MeshctlError("--manual --ignore-cluster needs the mesh's trust anchors: "
+            raise UsageError("--manual --ignore-cluster needs the mesh's trust anchors: "
                                "pass --identity-trust-anchors-file FILE (PEM)")
         return MeshConfig(mesh_namespace=opts.mesh_namespace, trust_anchors_pem=anchors)
     from meshctl import k8s
+    from meshctl.errors import ClusterError
 
-    mesh = k8s.read_mesh_config(opts)
+    try:
+        mesh = k8s.read_mesh_config(opts)
+    except ClusterError as exc:
+        message = str(exc)
+        if "--ignore-cluster" not in message:
+            message += " (use --ignore-cluster --identity-trust-anchors-file FILE to inject without a cluster)"
+        raise ClusterError(message) from None
     if anchors is not None:
         import dataclasses
 
@@ -176,8 +183,8 @@ def _with_proxy_flags(func):
 
 
 OutputOption = typer.Option(None, "--output", "-o", help="Output format (default: as the input was written).")
-# linkerd's --verbose is persistent (accepted after the command too); the root's is the same flag.
-VerboseOption = typer.Option(False, "--verbose", help="Report the checks that passed too (√ lines).")
+
+
 
 
 def register(app: typer.Typer) -> None:
@@ -193,7 +200,6 @@ def register(app: typer.Typer) -> None:
         trust_anchors_file: Optional[str] = typer.Option(None, "--identity-trust-anchors-file",
                                                          help="PEM trust anchors of the mesh (needed with --manual --ignore-cluster)."),
         output: Optional[_common.OutputFormat] = OutputOption,
-        verbose: bool = VerboseOption,
         **proxy_flags: Optional[str],
     ) -> None:
         """Add the meshctl proxy to the workloads of Kubernetes manifests.
@@ -203,7 +209,7 @@ def register(app: typer.Typer) -> None:
 
         Example: kubectl get -n shop deploy -o yaml | meshctl inject - | kubectl apply -f -
         """
-        from meshctl.errors import MeshctlError
+        from meshctl.errors import UsageError
         from meshctl.inject import InjectError, InjectOptions, OptionsError, inject_text
         from meshctl.yamlstream import read_text
 
@@ -212,10 +218,10 @@ def register(app: typer.Typer) -> None:
         try:
             options = InjectOptions.from_flags(flags, manual=manual, mesh=mesh)
         except (OptionsError, InjectError) as exc:
-            raise MeshctlError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         fmt = output.value if output else None
         results = [inject_text(read_text(data, source), source, options, output=fmt) for source, data in read_inputs(inputs)]
-        _finish(ctx, results, fmt, uninject=False, verbose=verbose)
+        _finish(ctx, results, fmt, uninject=False)
 
     @app.command("uninject")
     def uninject(
@@ -223,7 +229,6 @@ def register(app: typer.Typer) -> None:
         inputs: list[str] = typer.Argument(..., metavar="(- | FILE | DIR | https://URL)...",
                                            help="Manifests: '-' for stdin, files, directories (recursive), https URLs."),
         output: Optional[_common.OutputFormat] = OutputOption,
-        verbose: bool = VerboseOption,
     ) -> None:
         """Remove what meshctl inject added (either mode) from Kubernetes manifests."""
         from meshctl.inject import uninject_text
@@ -231,13 +236,13 @@ def register(app: typer.Typer) -> None:
 
         fmt = output.value if output else None
         results = [uninject_text(read_text(data, source), source, output=fmt) for source, data in read_inputs(inputs)]
-        _finish(ctx, results, fmt, uninject=True, verbose=verbose)
+        _finish(ctx, results, fmt, uninject=True)
 
 
-def _finish(ctx: typer.Context, results, fmt: str | None, *, uninject: bool, verbose: bool) -> None:
+def _finish(ctx: typer.Context, results, fmt: str | None, *, uninject: bool) -> None:
     from meshctl.errors import MeshctlError
 
-    verbose = verbose or _common.global_options(ctx).verbose
+    verbose = _common.global_options(ctx).verbose  # --verbose anywhere on the line (a global flag)
     outcomes = [o for r in results for o in r.outcomes]
     lines = _report(outcomes, verbose=verbose, uninject=uninject)
     refused = [o for o in outcomes if o.verdict == "refused"]

@@ -46,22 +46,22 @@ def register(app: typer.Typer) -> None:
 
           meshctl profile --validate web-profile.yaml
         """
-        from meshctl.errors import InputError
+        from meshctl.errors import UsageError
 
         args = args or []
         sources = [flag for flag, given in (("--open-api", open_api is not None), ("--proto", proto is not None),
                                             ("--template", template), ("--validate", validate)) if given]
         if len(sources) != 1:
-            raise InputError("give exactly one of --open-api FILE, --proto FILE, --template or --validate FILE..."
+            raise UsageError("give exactly one of --open-api FILE, --proto FILE, --template or --validate FILE..."
                              + (f" (got {', '.join(sources)})" if sources else ""))
         if validate:
             if not args:
-                raise InputError("--validate needs at least one FILE")
+                raise UsageError("--validate needs at least one FILE")
             if namespace or cluster_domain or ignore_cluster:
-                raise InputError("--validate takes only files")
+                raise UsageError("--validate takes only files")
             raise typer.Exit(_validate_files(args))
         if len(args) != 1:
-            raise InputError(f"expected one SERVICE, got {len(args)} arguments")
+            raise UsageError(f"expected one SERVICE, got {len(args)} arguments")
         _generate(ctx, service=args[0], namespace=namespace or "default", open_api=open_api, proto=proto,
                   output=output.value, ignore_cluster=ignore_cluster, cluster_domain=cluster_domain)
 

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         import threading
 
         from meshctl import k8s
-        from meshctl.errors import InputError
+        from meshctl.errors import InputError, UsageError
         from meshctl.injector.server import InjectorServer
         from meshctl_proxy.config import parse_addr
 
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         try:
             host, port = parse_addr(addr)
         except ValueError as exc:
-            raise InputError(f"--addr: {exc}") from None
+            raise UsageError(f"--addr: {exc}") from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         cluster = k8s.Cluster.from_options(opts, timeout=2.0)
         mesh = k8s.read_mesh_config(opts)

@@ -21,12 +21,17 @@ def register(app: typer.Typer) -> None:
         if client:
             return
         from meshctl import k8s
-        from meshctl.errors import MeshctlError
+        from meshctl.errors import ClusterError
 
         opts = _common.global_options(ctx)
         try:
             server = k8s.control_plane_version(opts)
-        except MeshctlError as exc:
-            _common.report(f"Server version: unavailable ({exc})")
-            raise typer.Exit(1)
-        print(server if short else f"Server version: {server or 'unavailable'}")
+        except k8s.KubeconfigError:
+            raise  # no kubeconfig to use is an error, as in linkerd
+        except ClusterError as exc:
+            # A cluster that does not answer, or no mesh in it: linkerd prints
+            # "Server version: unavailable" and succeeds; the reason with --verbose.
+            if opts.verbose:
+                _common.report(f"server version unavailable: {exc}")
+            server = ""
+        print((server or "unavailable") if short else f"Server version: {server or 'unavailable'}")

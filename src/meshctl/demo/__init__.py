@@ -29,7 +29,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from meshctl.errors import MeshctlError
+from meshctl.errors import MeshctlError, UsageError
 
 NAMESPACE = "shop"
 MESH_NAMESPACE = "meshctl"
@@ -178,7 +178,7 @@ class Plan:
 def validate_prefix(prefix: str) -> str:
     parts = prefix.split(".")
     if len(parts) != 3 or parts[0] != "127" or not all(p.isdigit() and 0 <= int(p) <= 255 for p in parts):
-        raise MeshctlError(f"--address-prefix: expected three octets inside 127.0.0.0/8 (e.g. 127.0.10), got {prefix!r}")
+        raise UsageError(f"--address-prefix: expected three octets inside 127.0.0.0/8 (e.g. 127.0.10), got {prefix!r}")
     return prefix
 
 

@@ -13,7 +13,7 @@ from importlib import resources
 
 import yaml
 
-from meshctl.errors import InputError
+from meshctl.errors import InputError, UsageError
 
 # Linkerd's values-ha.yaml, in our keys.
 HA_OVERLAY = {
@@ -33,29 +33,33 @@ def default_values() -> dict:
     return yaml.safe_load(text)
 
 
-def merge(base: dict, overlay: dict, *, source: str, prefix: str = "") -> dict:
-    """*overlay* onto *base*; keys unknown to *base* are an InputError naming *source*."""
+def merge(base: dict, overlay: dict, *, source: str, prefix: str = "", error: type = InputError) -> dict:
+    """*overlay* onto *base*; keys unknown to *base* are an *error* naming *source*.
+
+    *error* is :class:`UsageError` for ``--set`` (the command line is wrong, exit 2),
+    :class:`InputError` for a values file (exit 1).
+    """
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         path = f"{prefix}{key}"
         if key not in base:
-            raise InputError(f"{source}: unknown value {path!r} (see manifests/values.yaml)")
+            raise error(f"{source}: unknown value {path!r} (see manifests/values.yaml)")
         if path in FREE_FORM:
             if not isinstance(value, dict):
-                raise InputError(f"{source}: {path} must be a mapping")
+                raise error(f"{source}: {path} must be a mapping")
             out[key] = copy.deepcopy(value)
         elif isinstance(base[key], dict):
             if not isinstance(value, dict):
-                raise InputError(f"{source}: {path} must be a mapping, got {type(value).__name__}")
-            out[key] = merge(base[key], value, source=source, prefix=path + ".")
+                raise error(f"{source}: {path} must be a mapping, got {type(value).__name__}")
+            out[key] = merge(base[key], value, source=source, prefix=path + ".", error=error)
         else:
             if isinstance(value, (dict, list)):
-                raise InputError(f"{source}: {path} must be a single value, got a {type(value).__name__}")
+                raise error(f"{source}: {path} must be a single value, got a {type(value).__name__}")
             if isinstance(base[key], bool) and not isinstance(value, bool):
-                raise InputError(f"{source}: {path} must be true or false, got {value!r}")
+                raise error(f"{source}: {path} must be true or false, got {value!r}")
             if isinstance(base[key], int) and not isinstance(base[key], bool) and \
                     (isinstance(value, bool) or not isinstance(value, int)):
-                raise InputError(f"{source}: {path} must be an integer, got {value!r}")
+                raise error(f"{source}: {path} must be an integer, got {value!r}")
             out[key] = "" if value is None else (value if not isinstance(base[key], str) else str(value))
     return out
 
@@ -64,7 +68,7 @@ def parse_set(assignment: str) -> dict:
     """``a.b=c`` as a nested mapping; the value is parsed as a YAML scalar (``3``, ``true``)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip() or any(not part for part in key.split(".")):
-        raise InputError(f"--set {assignment!r}: expected KEY=VALUE")
+        raise UsageError(f"--set {assignment!r}: expected KEY=VALUE")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -105,7 +109,7 @@ def build_values(*, ha: bool = False, files: list[str] = (), sets: list[str] = (
     for path in files:
         values = merge(values, load_values_file(path), source=path)
     for assignment in sets:
-        values = merge(values, parse_set(assignment), source=f"--set {assignment}")
+        values = merge(values, parse_set(assignment), source=f"--set {assignment}", error=UsageError)
     return values
 
 

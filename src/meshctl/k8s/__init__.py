@@ -31,6 +31,17 @@ class ApiStatusError(ClusterError):
         self.status_message = message
 
 
+class KubeconfigError(ClusterError):
+    """The kubeconfig cannot be loaded (missing, malformed, unknown context): nothing was asked of a cluster."""
+
+
+def kubeconfig_path(kubeconfig: str | None) -> str:
+    """The file(s) the client reads: --kubeconfig (or $KUBECONFIG, which the root flag reads), else ~/.kube/config."""
+    import os
+
+    return kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+
+
 class WatchExpired(ApiStatusError):
     """The watch's resourceVersion is too old (410 Gone / Expired): list again, then watch."""
 
@@ -57,7 +68,8 @@ def _load_configuration(*, kubeconfig: str | None, context: str | None):
             cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)
         except Exception:
-            raise ClusterError(f"cannot load kubeconfig: {exc}") from None
+            where = kubeconfig_path(kubeconfig) + (f" (context {context!r})" if context else "")
+            raise KubeconfigError(f"cannot load kubeconfig {where}: {exc}") from None
     cfg.retries = False
     return cfg
 
@@ -260,6 +272,18 @@ class Cluster:
                 "spec": {"resourceAttributes": attrs}}
         return bool((self.create("authorization.k8s.io/v1", "selfsubjectaccessreviews", body).get("status") or {})
                     .get("allowed"))
+
+
+def pod_port_forward(opts, namespace: str, pod: str, port: int):
+    """One ``pods/portforward`` stream to *pod*'s *port* through the API server (what ``kubectl
+    port-forward`` opens per connection): returns ``(stream, socket)``; close both when done.
+    Failures raise the client's exceptions (``ApiException``, websocket errors), for the caller to word."""
+    from kubernetes import client
+    from kubernetes.stream import portforward
+
+    core = client.CoreV1Api(_api_client(opts))
+    pf = portforward(core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+    return pf, pf.socket(port)
 
 
 def _short(exc: Exception) -> str:

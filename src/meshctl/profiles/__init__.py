@@ -14,37 +14,9 @@ produce is :mod:`meshctl_proxy.policy.service_profile`, the one the proxy matche
 
 from __future__ import annotations
 
-import re
+from meshctl.names import check_cluster_domain, check_namespace, check_service
 
-from meshctl.errors import InputError
-
-# Kubernetes' label rules (apimachinery validation): a Service name is a
-# DNS-1035 label (starts with a letter), a namespace a DNS-1123 label.
-_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-MAX_LABEL = 63
-
-
-def check_service(name: str) -> str:
-    if len(name) > MAX_LABEL or not _DNS1035.fullmatch(name):
-        raise InputError(f"service name {name!r} is not a DNS-1035 label (lower-case letters, digits and '-', "
-                         f"starting with a letter, at most {MAX_LABEL} characters)")
-    return name
-
-
-def check_namespace(name: str) -> str:
-    if len(name) > MAX_LABEL or not _DNS1123.fullmatch(name):
-        raise InputError(f"namespace {name!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
-                         f"at most {MAX_LABEL} characters)")
-    return name
-
-
-def check_cluster_domain(domain: str) -> str:
-    domain = domain.rstrip(".")
-    if len(domain) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(domain):
-        raise InputError(f"cluster domain {domain!r} is not a DNS subdomain")
-    return domain
+__all__ = ["check_cluster_domain", "check_namespace", "check_service", "profile_name"]
 
 
 def profile_name(service: str, namespace: str, cluster_domain: str) -> str:

@@ -29,9 +29,9 @@ from meshctl_proxy.identity import tls_contexts
 from meshctl_proxy.identity.certificates import IdentityManager
 from meshctl_proxy.identity import tls_transport
 from meshctl_proxy.identity.tls_transport import TlsTransport
+from meshctl_proxy.wire.identity_headers import strip_identity_headers
 
 HANDSHAKE_TIMEOUT = 10.0
-IDENTITY_HEADER = b"meshctl-client-id"  # as Linkerd's l5d-client-id
 
 
 class NoIdentity(ConnectionError):
@@ -133,17 +133,6 @@ class InboundTls:
         return Terminated(tls_transport, client, sslobj.selected_alpn_protocol())
 
 
-def strip_identity_header(headers: list[tuple[bytes, bytes]], client_identity: str | None) -> list[tuple[bytes, bytes]]:
-    """Drop any client-sent ``meshctl-client-id`` and set it only from the verified peer.
-
-    A plaintext client could otherwise claim any identity to the application.
-    """
-    out = [(k, v) for k, v in headers if k.lower() != IDENTITY_HEADER]
-    if client_identity:
-        out.append((IDENTITY_HEADER, client_identity.encode()))
-    return out
-
-
 # --- the proxy's seams (docs/proxy.md "Seams") --------------------------------------
 
 class AuthorizingRouter:
@@ -152,7 +141,8 @@ class AuthorizingRouter:
     Denied requests become 403 (``ProxyError``, with the reason in
     ``meshctl-proxy-error``); allowed ones reach the application with the
     client's verified identity in ``meshctl-client-id`` and never a
-    client-supplied one.  Each request is counted once in
+    client-supplied one, in that or any other spelling an application could
+    read as it (``wire.identity_headers``).  Each request is counted once in
     ``inbound_http_authz_{allow,deny}_total``: by dispatch(), or by commit()
     when the exchange took the shortcut (shortcut() itself only asks).
     """
@@ -179,7 +169,7 @@ class AuthorizingRouter:
         self.stats.count("http", decision, port)
         if not decision.allowed:
             raise ProxyError(403, decision.reason)
-        request.headers = strip_identity_header(request.headers, ctx.peer_identity)
+        request.headers = strip_identity_headers(request.headers, ctx.peer_identity)
         return await self.inner.dispatch(request, upstream)
 
     def shortcut(self, request):
@@ -195,7 +185,7 @@ class AuthorizingRouter:
         ctx = request.context
         port, decision = self.decide(ctx)
         self.stats.count("http", decision, port)
-        request.headers = strip_identity_header(request.headers, ctx.peer_identity)
+        request.headers = strip_identity_headers(request.headers, ctx.peer_identity)
         self.inner.commit(request, endpoint)
 
     async def aclose(self) -> None:

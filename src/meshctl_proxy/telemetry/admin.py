@@ -29,27 +29,44 @@ def is_loopback(host: str) -> bool:
 class AdminProtocol(asyncio.Protocol):
     def __init__(self, proxy) -> None:
         self.proxy = proxy
-        self.reader = http1.RequestReader()
-        self.transport = None
+        # A request one of the proxy's own listeners forwarded here carries its Via mark: refused (508),
+        # so the admin endpoints answer only what reached the admin listener itself (docs/security.md, 4).
+        self.reader = http1.RequestReader(tuple(getattr(proxy, "loop_markers", {}).values()))
+        self.transport: asyncio.Transport | None = None  # set by connection_made
         self.head: RequestHead | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peer = (transport.get_extra_info("peername") or ("", 0))[0]
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    def connection_lost(self, exc) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         try:
             events = self.reader.feed(data)
         except H1Error as exc:
-            self.transport.write(http1.error_response(exc.status, exc.reason))
-            self.transport.close()
+            self._refuse(exc)
             return
+        if self.reader.head_incomplete():
+            if self.head_timer is None:  # the same header-read timeout as the data listeners (class 5)
+                self.head_timer = asyncio.get_running_loop().call_later(
+                    self.proxy.config.header_read_timeout, self._refuse, H1Error(408, "request head not received in time"))
+        elif self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         for ev in events:
             if type(ev) is RequestHead:
                 self.head = ev
             elif type(ev) is End and self.head is not None:
                 head, self.head = self.head, None
                 self.respond(head)
+
+    def _refuse(self, exc: H1Error) -> None:
+        self.transport.write(http1.error_response(exc.status, exc.reason))
+        self.transport.close()
 
     def respond(self, head: RequestHead) -> None:
         status, ctype, body = self.route(head.method, head.target.split(b"?", 1)[0])

@@ -18,7 +18,8 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
-from meshctl_proxy.transport.outbox import outbox
+from meshctl_proxy.hooks import Watched
+from meshctl_proxy.transport.outbox import Outbox, outbox
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
 from meshctl_proxy.transport.tcp import PipeEnd, splice
@@ -27,6 +28,9 @@ log = logging.getLogger("meshctl_proxy.wire.http1")
 
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
+# After refusing a request whose client may still be sending: how long to keep reading (and dropping)
+# before the close, so the refusal is not destroyed by a reset (RFC 9112 section 9.6; nginx's lingering_close).
+LINGER_SECONDS = 2.0
 
 
 class UpstreamClosed(ProxyError):
@@ -56,6 +60,10 @@ class _HeldWrites(asyncio.Protocol):
     Every close, abort and hand-over flushes first, so nothing written before
     it goes after it.  ``connection_made`` sets ``_outbox``.
     """
+
+    stats: TcpStats
+    transport: asyncio.Transport | None
+    _outbox: Outbox
 
     def _write(self, data: bytes) -> None:
         self.stats.write_bytes += len(data)
@@ -89,13 +97,16 @@ class H1ServerConnection(_HeldWrites):
         self.ctx = ctx
         self.stats = stats
         self.path = path = RequestPath(runtime, ctx)
-        self._watched = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
+        self._watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
         self._fast_retried = False
         self._host_bytes: bytes | None = None  # the last request's Host, and as str
         self._host = ""
         self.upstream = path.upstream
-        self.reader = http1.RequestReader()
+        marker = runtime.loop_markers[ctx.direction]
+        self.reader = http1.RequestReader((marker,))
+        self._via = (b"via", marker.entry("http/1"))  # added to every request forwarded (wire.loop_marker)
+        self._head_timer: asyncio.TimerHandle | None = None  # runs while a request head is incomplete
         self.transport = None
         self.queue: list[tuple[Request, RequestHead]] = []
         self.current_body: Body | None = None
@@ -140,6 +151,16 @@ class H1ServerConnection(_HeldWrites):
             self._refuse(exc)
             return
         self._on_events(events)
+        if self._head_timer is None and self.reader.head_incomplete() and not self.closed:
+            self._head_timer = self.loop.call_later(self.rt.config.header_read_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        """A request head begun and not finished in time: 408 (nginx's client_header_timeout, Node's
+        headersTimeout), then close.  A client sending its head a byte at a time holds a connection
+        and its buffers for as long as it likes otherwise."""
+        self._head_timer = None
+        if not self.closed and self.broken is None and self.reader.head_incomplete():
+            self._refuse(H1Error(408, "request head not received in time"))
 
     def _on_events(self, events: list) -> None:
         for ev in events:
@@ -157,6 +178,9 @@ class H1ServerConnection(_HeldWrites):
                 return
 
     def _on_head(self, head: RequestHead) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         target = head.target
         authority = head.host
         # Origin form ("/path") is the common case; only otherwise look for absolute form.
@@ -175,6 +199,11 @@ class H1ServerConnection(_HeldWrites):
             headers = [(k, authority if k.lower() == b"host" else v) for k, v in headers]
             if head.host is None:
                 headers.append((b"host", authority))
+        elif head.host is None and self.ctx.orig_dst is not None:
+            # An HTTP/1.0 request without Host goes upstream as HTTP/1.1, which must carry one
+            # (RFC 9112 section 3.2): the address it was sent to, as hyper takes it from the URI.
+            headers.append((b"host", self.ctx.target_addr.encode()))
+        headers.append(self._via)
         if authority != self._host_bytes:  # the same Host as the last request: reuse its str
             self._host_bytes = authority
             self._host = (authority or b"").decode("latin-1")
@@ -199,13 +228,35 @@ class H1ServerConnection(_HeldWrites):
             self.current_body = None
         if not self.busy and not self.queue:
             self._write(http1.error_response(exc.status, exc.reason))
-            self._close()
+            self._close_lingering()
         waiter = self._wakeup
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _close_lingering(self) -> None:
+        """Close after a refusal: half-close now, read and drop what still comes, close at EOF or
+        after LINGER_SECONDS.  Closed at once, a socket with unread input answers with a reset that
+        can destroy the refusal before the client reads it (RFC 9112 section 9.6)."""
+        self._outbox.flush()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self._linger_over)
+
+    def _linger_over(self) -> None:
+        if not self.closed and not self.transport.is_closing():
+            self.transport.close()
+
     def eof_received(self) -> bool:
         if self.tunnel_buf is not None:
+            return True
+        if self.broken is not None:  # lingering after a refusal: the client is done too
+            self.transport.close()
             return True
         if self.current_body is not None:
             self.current_body.abort(BodyError("client closed mid-body"))
@@ -219,6 +270,8 @@ class H1ServerConnection(_HeldWrites):
         self.closed = True
         self.stats.closed += 1
         self.rt.connections.discard(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         if self.current_body is not None:
             self.current_body.abort(BodyError("client disconnected"))
         for request, _head in self.queue:
@@ -277,7 +330,10 @@ class H1ServerConnection(_HeldWrites):
             if not self.closed and not self.tunnelled:
                 if self.broken is not None and not self.responding:
                     self._write(http1.error_response(self.broken.status, self.broken.reason))
-                self._close()
+                if self.broken is not None:
+                    self._close_lingering()
+                else:
+                    self._close()
         except asyncio.CancelledError:
             pass
         except ConnectionError:
@@ -519,7 +575,8 @@ class H1ServerConnection(_HeldWrites):
 
     def _start_tunnel(self, response: Response) -> None:
         """101 Switching Protocols: from now on both connections are an opaque pipe."""
-        upgraded: Upgraded = response.upgraded
+        upgraded = response.upgraded
+        assert isinstance(upgraded, Upgraded)
         self.tunnelled = True
         headers = response.headers + [(b"connection", b"upgrade"), (b"upgrade", upgraded.protocol_name)]
         self._write(http1.response_head(101, response.reason, headers))
@@ -591,7 +648,8 @@ class H1ClientConnection(_HeldWrites):
             if t is bytes:
                 self.body.feed(ev)
             elif t is ResponseHead:
-                self._on_head(ev)
+                if self._on_head(ev) is False:
+                    return  # the connection is dropped: the rest of this read is not anyone's response
             elif t is End:
                 self._on_end(ev)
             elif t is Interim:
@@ -604,11 +662,21 @@ class H1ClientConnection(_HeldWrites):
                                                       self.request.upgrade or b"", self.stats)
                     self.pool.forget(self)
 
-    def _on_head(self, head: ResponseHead) -> None:
+    def _on_head(self, head: ResponseHead) -> bool:
+        """False when the connection is dropped (the rest of the read is nobody's response)."""
+        if self.response_done or self.request is None:
+            # A response nobody asked for (a second one after the first, or on an idle pooled connection):
+            # the upstream is out of step, and whatever it says next would answer the next client's
+            # request.  Closed, as hyper does ("unexpected message"); the response already relayed stands.
+            log.warning("upstream %s sent a response nobody asked for: connection closed", self.endpoint.addr)
+            self.keep = False
+            self.pool.forget(self)
+            self._abort()
+            return False
         status = head.status
         if status == 101 and (self.request is None or self.request.upgrade is None):
             self._fail(ProxyError(502, "upstream switched protocols unasked"))
-            return
+            return True
         self.keep = head.keep_alive
         if (head.content_length == 0 or status in (204, 304) or status == 101
                 or (self.request is not None and self.request.method == b"HEAD")):
@@ -621,6 +689,7 @@ class H1ClientConnection(_HeldWrites):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(self.response)
+        return True
 
     def _on_end(self, ev: End) -> None:
         body = self.body

@@ -13,14 +13,19 @@ What it does not check, and the proxy does here:
 
 - Inbound (:func:`request_fields`): a ``host`` that differs from
   ``:authority`` (section 8.3.1: they must agree, or an intermediary and the
-  origin could route one request two ways).
+  origin could route one request two ways); a ``via`` carrying one of the
+  proxy's own marks (a forwarding loop, :mod:`meshctl_proxy.wire.loop_marker`).
 - Outbound (:func:`h2_fields`): lower-case names, no connection-specific
   fields, never-indexed credentials.  libnghttp2 sends what it is given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from ngh2 import NeverIndexedHeader
+
+from meshctl_proxy.wire.loop_marker import LOOP_REASON, LoopMarker
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -36,26 +41,36 @@ class MalformedHeaders(Exception):
     """A header block RFC 9113 calls malformed; the message names the field."""
 
 
-def request_fields(headers) -> tuple[dict[bytes, bytes], tuple]:
+class LoopDetected(MalformedHeaders):
+    """The request carries one of the proxy's own Via marks: it has been round once already."""
+
+
+def request_fields(headers: Sequence[tuple[bytes, bytes]], loop_markers: tuple[LoopMarker, ...] = ()
+                   ) -> tuple[dict[bytes, bytes], Headers]:
     """The pseudo-header fields and the regular fields of a request block libnghttp2 has validated.
 
     libnghttp2 delivers pseudo-headers first (it refuses any after a regular
     field), so the regular fields are a slice.  MalformedHeaders when a Host
-    field differs from :authority.
+    field differs from :authority; LoopDetected when a Via field carries one
+    of *loop_markers*.
     """
-    pseudo = {}
+    pseudo: dict[bytes, bytes] = {}
     i = 0
     for name, value in headers:
         if name[:1] != b":":
             break
         pseudo[name] = value
         i += 1
-    regular = headers[i:]
+    regular = list(headers[i:])  # Request.headers is a list: the proxy edits it (meshctl-client-id)
     authority = pseudo.get(b":authority")
-    if authority is not None:
-        for name, value in regular:
-            if name == b"host" and value != authority:
+    for name, value in regular:
+        if name == b"host":
+            if authority is not None and value != authority:
                 raise MalformedHeaders(f"host {value!r} differs from :authority {authority!r}")
+        elif name == b"via":
+            for marker in loop_markers:
+                if marker.seen_in((value,)):
+                    raise LoopDetected(LOOP_REASON)
     return pseudo, regular
 
 
@@ -67,7 +82,7 @@ _PLAIN_MAX = 1024
 _NOT_PLAIN = CONNECTION_SPECIFIC | SENSITIVE | {b"te", b"cookie", b"host"}
 
 
-def h2_fields(headers, *, skip: bytes = b"") -> Headers:
+def h2_fields(headers: Iterable[tuple[bytes, bytes]], *, skip: bytes = b"") -> Headers:
     """Regular fields ready for libnghttp2 to send.
 
     Lower-case names, no connection-specific fields, "te" only as
@@ -76,7 +91,7 @@ def h2_fields(headers, *, skip: bytes = b"") -> Headers:
     intermediary must (RFC 7541 section 7.1.3).  *skip* drops one more field
     (the Host a request carries as :authority; it must be one of _NOT_PLAIN).
     """
-    out = []
+    out: Headers = []
     plain = _PLAIN
     for field in headers:
         name = field[0]

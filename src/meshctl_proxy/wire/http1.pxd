@@ -20,6 +20,10 @@ cdef class _Reader:
     cdef object _length
     cdef object _expect
     cdef bint _counting
+    cdef object _via
+    cdef tuple _markers
+    cdef bint _dropped_upgrade
+    cdef bint _synthetic
 
 
 cdef class RequestReader(_Reader):

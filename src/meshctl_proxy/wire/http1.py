@@ -15,7 +15,20 @@ it lets through, and this module refuses (RFC 9112 unless noted):
 - Transfer-Encoding in an HTTP/1.0 message (section 6.1: faulty, close);
 - a head larger than MAX_HEAD_BYTES (llhttp has no limit of its own: 431);
 - CONNECT (a proxy is not a tunnel for arbitrary hosts here: 501);
+- a request carrying one of the proxy's own Via marks (a forwarding loop,
+  RFC 9110 section 7.6.3: 508, :mod:`meshctl_proxy.wire.loop_marker`);
 - responses: the same header rules, and a body is never guessed for HEAD.
+
+And what it changes (docs/security.md):
+
+- ``Connection`` cannot make framing or routing headers hop-by-hop:
+  Content-Length, Transfer-Encoding and Host stay what they are, so the body
+  forwarded and the framing forwarded agree (a Content-Length dropped while
+  its body went on let the upstream read a second request out of the body);
+- ``Upgrade: h2c`` is removed and the request goes on as plain HTTP/1.1, as
+  Linkerd does: RFC 9113 section 3.1 retired the upgrade, and forwarded it
+  would let a client speak HTTP/2 straight to the upstream past the proxy.
+  ``HTTP2-Settings`` (only ever meaningful with it) is hop-by-hop.
 
 Events: :class:`RequestHead` / :class:`ResponseHead`, ``bytes`` (body data),
 :class:`End` (with trailers), :class:`Interim` (1xx), :class:`Upgrade` (the
@@ -28,7 +41,8 @@ import dataclasses
 
 import httptools
 
-from meshctl_proxy.model import Headers
+from meshctl_proxy.wire.fields import Headers
+from meshctl_proxy.wire.loop_marker import LOOP_REASON, LOOP_STATUS
 
 # The whole request head (request line and headers).  llhttp buffers a
 # header it has not finished without bound, so we count ourselves.  64 KiB:
@@ -38,7 +52,15 @@ MAX_HEAD_BYTES = 64 * 1024
 
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
 # Proxy-Connection is not standard but old clients send it (as curl once did).
-HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade"))
+# HTTP2-Settings belongs to the h2c upgrade alone (RFC 7540 section 3.2.1 makes it connection-specific).
+HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
+                        b"http2-settings"))
+# What Connection may not name: the framing the proxy forwards must describe the body it forwards,
+# and an HTTP/1.1 request needs its Host (RFC 9112 section 3.2).  Transfer-Encoding is hop-by-hop
+# anyway and re-written from the body's framing.
+NEVER_CONNECTION_NAMED = frozenset((b"content-length", b"transfer-encoding", b"host"))
+# RFC 9113 section 3.1: the h2c upgrade is obsolete; Linkerd strips it.
+H2C = b"h2c"
 
 
 class H1Error(Exception):
@@ -134,15 +156,25 @@ def drop_connection_named(headers: Headers, hop: dict[bytes, list[bytes]]) -> He
         if len(conn) == 1 and conn[0].lower() in _PLAIN_CONNECTION:  # the usual "keep-alive" / "close"
             return headers
         named = {t for v in conn for t in _split_tokens(v)} - {b"close", b"keep-alive", b"upgrade"}
+        named -= NEVER_CONNECTION_NAMED
         if named:
             return [(n, v) for n, v in headers if n.lower() not in named]
     return headers
 
 
+def without_h2c(upgrade: bytes) -> bytes | None:
+    """The Upgrade value with ``h2c`` taken out of its list (None when nothing else is left)."""
+    protocols = [p.strip() for p in upgrade.split(b",") if p.strip()]
+    kept = [p for p in protocols if p.lower() != H2C]
+    if len(kept) == len(protocols):
+        return upgrade
+    return b", ".join(kept) or None
+
+
 # Only names of these lengths can be hop-by-hop or framing headers (Host 4, Expect 6,
-# Content-Length 14): other names skip lower() and set lookups, the per-header hot path.
+# Content-Length 14, Via 3): other names skip lower() and set lookups, the per-header hot path.
 # Responses have no Host or Expect, so Date and Server (4, 6) skip them too.
-_REQUEST_WATCHED_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP | {b"host", b"expect", b"content-length"})
+_REQUEST_WATCHED_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP | {b"host", b"expect", b"content-length", b"via"})
 _RESPONSE_WATCHED_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP | {b"content-length"})
 
 
@@ -152,7 +184,8 @@ class _Reader:
     _watched_lengths = _REQUEST_WATCHED_LENGTHS
 
     __slots__ = ("_parser", "_events", "_raw", "_url", "_head_bytes", "_pending", "_in_head", "_trailers",
-                 "_in_body", "_upgraded", "_failed", "_hop", "_hosts", "_length", "_expect", "_counting")
+                 "_in_body", "_upgraded", "_failed", "_hop", "_hosts", "_length", "_expect", "_counting", "_via",
+                 "_markers", "_dropped_upgrade", "_synthetic")
 
     def __init__(self) -> None:
         self._parser = None
@@ -171,6 +204,10 @@ class _Reader:
         self._length: bytes | None = None
         self._expect: bytes | None = None
         self._counting = False
+        self._via: list[bytes] | None = None
+        self._markers: tuple = ()  # the proxy's LoopMarkers a request must not carry (RequestReader)
+        self._dropped_upgrade = False  # the head's Upgrade was h2c alone and is not forwarded
+        self._synthetic = False  # parsing the stand-in head after a dropped upgrade (see _resume_plain)
 
     # llhttp callbacks -----------------------------------------------------
     def on_message_begin(self) -> None:
@@ -182,6 +219,7 @@ class _Reader:
         if self._hosts:
             self._hosts = []
         self._length = self._expect = None
+        self._via = None
         self._in_head = True
         self._head_bytes = 0
         self._pending = 0
@@ -218,6 +256,10 @@ class _Reader:
                 self._length = value
             elif low == b"expect":
                 self._expect = value
+            elif low == b"via":
+                if self._via is None:
+                    self._via = []
+                self._via.append(value)
         self._raw.append((name, value))
 
     def on_body(self, body: bytes) -> None:
@@ -241,6 +283,9 @@ class _Reader:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            if self._dropped_upgrade:
+                more = self._resume_plain(data[exc.args[0]:])  # may take back the End it reported
+                return events + more
             self._upgraded = True
             events.append(Upgrade(data[exc.args[0]:]))
         except H1Error:
@@ -263,25 +308,63 @@ class _Reader:
                 raise H1Error(431, "request header fields too large")
         return events
 
+    def head_incomplete(self) -> bool:
+        """True while a message head has begun and is not yet complete (the header-read timeout runs)."""
+        return self._in_head
+
+    def _resume_plain(self, tail: bytes) -> list:
+        """Go on parsing as plain HTTP/1.1 after a request whose only Upgrade was dropped (h2c).
+
+        llhttp stopped at that head as at any upgrade, taking its body for the
+        new protocol's bytes and reporting the message complete.  When the head
+        framed a body, a fresh parser is given a stand-in head with the same
+        framing (never reported: :attr:`_synthetic`), so the body is read as
+        this request's body and what follows as the next request.
+        """
+        self._dropped_upgrade = False
+        self._parser = httptools.HttpRequestParser(self)
+        events = self._events
+        length, chunked = self._length, b"transfer-encoding" in self._hop
+        if length is None and not chunked or length == b"0":
+            return self.feed(tail) if tail else []
+        if events and events[-1] is END:
+            events.pop()  # the body is still to come: the message is not complete
+        framing = b"transfer-encoding: chunked" if chunked else b"content-length: " + (length or b"")
+        self._synthetic = True
+        return self.feed(b"POST / HTTP/1.1\r\nhost: x\r\n" + framing + b"\r\n\r\n" + tail)
+
 
 class RequestReader(_Reader):
-    """Parses requests from a client connection (pipelining included)."""
+    """Parses requests from a client connection (pipelining included).
+
+    *loop_markers*: the proxy's :class:`~meshctl_proxy.wire.loop_marker.LoopMarker`
+    objects; a request carrying any of them in Via is refused with 508.
+    """
 
     __slots__ = ()
 
-    def __init__(self) -> None:
+    def __init__(self, loop_markers: tuple = ()) -> None:
         super().__init__()
         self._parser = httptools.HttpRequestParser(self)
+        self._markers = loop_markers
 
     def on_headers_complete(self) -> None:
         p = self._parser
         self._in_head = False
+        if self._synthetic:  # the stand-in head of _resume_plain: only its framing matters
+            self._synthetic = False
+            self._in_body = True
+            return
         version = p.get_http_version()
         if version not in ("1.1", "1.0"):
             raise H1Error(505 if version.startswith(("2", "3")) else 400, f"unsupported HTTP version {version}")
         method = p.get_method()
         if method == b"CONNECT":
             raise H1Error(501, "CONNECT is not supported")
+        if self._via is not None and self._markers:
+            for marker in self._markers:
+                if marker.seen_in(self._via):
+                    raise H1Error(LOOP_STATUS, LOOP_REASON)
         hop = self._hop
         headers = drop_connection_named(self._raw, hop) if hop else self._raw
         hosts = self._hosts
@@ -301,6 +384,9 @@ class RequestReader(_Reader):
             if not values or len(values) != 1:
                 raise H1Error(400, "Connection: upgrade without exactly one Upgrade header")
             upgrade = values[0]
+            if H2C in upgrade.lower():
+                upgrade = without_h2c(upgrade)
+                self._dropped_upgrade = upgrade is None
         self._in_body = True
         self._events.append(RequestHead(
             method, self._url, _VERSION_BYTES[version], headers, host, p.should_keep_alive(), content_length,
@@ -391,7 +477,8 @@ def request_head(method: bytes, target: bytes, headers: Headers, *, chunked: boo
 
 
 _REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content", 400: b"Bad Request",
-            404: b"Not Found", 405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
+            404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+            431: b"Request Header Fields Too Large", 508: b"Loop Detected",
             500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
             503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
 
