@@ -226,7 +226,8 @@ class IdentityManager:
         dns = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
         if dns != [self.name]:
             raise CertifyError(f"identity service returned a certificate for {dns}, expected {self.name!r}")
-        if leaf.public_key().public_numbers() != self._key.public_key().public_numbers():
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if leaf.public_key().public_bytes(*spki) != self._key.public_key().public_bytes(*spki):
             raise CertifyError("identity service returned a certificate for another key")
         chain_pem = leaf_pem + "".join(intermediates)
         contexts = tls_contexts.contexts_from_pem(trust_anchors_pem=self.settings.trust_anchors_pem, chain_pem=chain_pem,

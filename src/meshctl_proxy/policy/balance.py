@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from meshctl_proxy.discovery.resolution import WeightedAddr
 
@@ -179,7 +179,7 @@ class _Base:
 class PeakEwmaBalancer(_Base):
     """Power of two choices over peak-EWMA cost (see the module docstring)."""
 
-    def __init__(self, *, default_rtt: float = DEFAULT_RTT, decay: float = DECAY, **kw) -> None:
+    def __init__(self, *, default_rtt: float = DEFAULT_RTT, decay: float = DECAY, **kw: Any) -> None:
         super().__init__(**kw)
         self._default_rtt = default_rtt
         self._decay = decay
@@ -231,7 +231,7 @@ class PeakEwmaBalancer(_Base):
 class RoundRobinBalancer(_Base):
     """The baseline: each available endpoint in turn, blind to latency."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self._next = 0
 

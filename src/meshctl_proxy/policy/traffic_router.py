@@ -160,8 +160,9 @@ class TrafficRouter(DirectRouter):
     async def logical_destination(self, request: Request) -> Destination | None:
         ctx = request.context
         raws = [request.authority] if request.authority else []
-        if ctx is not None and ctx.orig_dst is not None:
-            raws.append(ctx.target_addr)
+        target_addr = ctx.target_addr if ctx is not None else None
+        if target_addr is not None:
+            raws.append(target_addr)
         for raw in raws:
             auth = self._candidate(raw)
             if auth is None:
@@ -198,8 +199,8 @@ class TrafficRouter(DirectRouter):
         """
         if request.authority and self._candidate(request.authority) is not None:
             return None
-        ctx = request.context
-        if ctx is not None and ctx.orig_dst is not None and self._candidate(ctx.target_addr) is not None:
+        target_addr = request.context.target_addr if request.context is not None else None
+        if target_addr is not None and self._candidate(target_addr) is not None:
             return None
         return super().shortcut(request)
 
