@@ -16,6 +16,7 @@ median requests per second and the proxy's requests per CPU second.
 
     python benches/bench_tap.py                        # 5 s per run, 5 rounds
     python benches/bench_tap.py --duration 3 --rounds 3 --before 8248f26
+    python benches/bench_tap.py --micro                # in-process: the hook and the hub, per request
 
 Needs wrk and nginx (scripts/apt-packages.txt).  Loopback only; every load is
 bounded in time; every process started is stopped.
@@ -42,21 +43,19 @@ from bench_proxy import Procs, cpu_seconds, free_port, run_wrk, start_nginx, wai
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PATHS_ADDED = ("src/meshctl_proxy/hooks.py", "src/meshctl_proxy/telemetry/tap.py", "src/meshctl_proxy/tap.py")
+
+
 def default_before() -> str:
-    """The revision before the request hook or tap was added: the parent of the first commit adding either."""
-    firsts = []
-    for path in ("src/meshctl_proxy/hooks.py", "src/meshctl_proxy/telemetry/tap.py"):
-        out = subprocess.run(["git", "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H", "--", path],
-                             capture_output=True, text=True).stdout.split()
-        if out:
-            firsts.append(out[-1])
-    if not firsts:
-        sys.exit("bench_tap: neither the hook nor tap is in this checkout's history; give --before REV")
-    order = subprocess.run(["git", "-C", str(ROOT), "rev-list", "--topo-order", "--reverse", "HEAD"],
-                           capture_output=True, text=True, check=True).stdout.split()
-    first = min(firsts, key=order.index)
-    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{first}^"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    """The newest commit in this checkout's history with neither the request hook nor tap."""
+    revs = subprocess.run(["git", "-C", str(ROOT), "rev-list", "--date-order", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    for rev in revs:
+        has = [subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:{path}"],
+                              capture_output=True).returncode == 0 for path in PATHS_ADDED]
+        if not any(has):
+            return rev[:12]
+    sys.exit("bench_tap: no commit without the hook and tap in this history; give --before REV")
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -85,20 +84,84 @@ class Subscriber(threading.Thread):
     def __init__(self, control: int, max_rps: float) -> None:
         super().__init__(daemon=True)
         self.sock = socket.create_connection(("127.0.0.1", control), timeout=10)
+        self.sock.settimeout(None)  # idle while the other proxies take their turn
         body = json.dumps({"max_rps": max_rps}).encode()
         self.sock.sendall(b"POST /tap HTTP/1.1\r\nhost: bench\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-        self.lines = 0
+        self.requests = 0  # req events received
         self.start()
 
     def run(self) -> None:
+        marker, tail = b'"event":"req"', b""
         try:
             while chunk := self.sock.recv(1 << 16):
-                self.lines += chunk.count(b"\n")
+                data = tail + chunk
+                self.requests += data.count(marker)
+                tail = data[-(len(marker) - 1):]  # a marker split across reads is counted once, here
         except OSError:
             pass
 
     def close(self) -> None:
         self.sock.close()
+
+
+def micro(n: int = 200_000) -> None:
+    """Per-request cost of the hook with the tap hub registered, measured in-process (no sockets)."""
+    import asyncio
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from meshctl_proxy.hooks import RequestHooks
+    from meshctl_proxy.model import ConnectionContext, Endpoint, Request
+    from meshctl_proxy.telemetry.tap import TapFilter, TapHub
+
+    class NullTransport:
+        def write(self, data) -> None:
+            pass
+
+    def per_call(fn, count: int) -> float:
+        """Best of five batches (as timeit advises: the rest of a loaded machine only ever adds)."""
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(count // 5):
+                fn()
+            best = min(best, (time.perf_counter() - started) / (count // 5) * 1e6)
+        return best
+
+    async def run() -> None:
+        hooks = RequestHooks()
+        ctx = ConnectionContext("outbound", ("127.0.0.1", 40000), ("127.0.0.1", 4140), None)
+        request = Request(b"GET", b"/api/products/1?x=1", "web.shop.svc.cluster.local:80",
+                          [(b"host", b"web.shop.svc.cluster.local:80"), (b"user-agent", b"wrk"), (b"accept", b"*/*")])
+        endpoint = Endpoint("127.0.0.1", 8080)
+        empty = per_call(lambda: hooks.observers and None, n)
+        hub = TapHub(hooks.observers)
+        sub = hub.subscribe(NullTransport(), TapFilter(max_rps=100), "bench")
+        sub.bucket.rate, sub.bucket.capacity, sub.bucket.tokens = 1e-9, 1.0, 0.0  # nothing admitted
+        announce = per_call(lambda: hooks.announce(ctx, request, endpoint, None, 0.0), n)
+        from meshctl_proxy.hooks import RequestMeta
+
+        m = RequestMeta(id=1, direction="outbound", protocol="HTTP/1.1", src=("127.0.0.1", 40000),
+                        dst=("127.0.0.1", 8080), tls=False, client_id=None, server_id=None, method="GET",
+                        scheme="http", authority="web.shop.svc.cluster.local:80", path="/api/products/1", route=None,
+                        header_names=("host", "user-agent", "accept"))
+        hub_only = per_call(lambda: hub.on_request(m), n)
+        sub.bucket.rate, sub.bucket.capacity, sub.bucket.tokens = 1e12, 1e12, 1e12  # everything admitted
+        sub.capacity = 10 ** 9
+
+        def tapped():
+            watch = hub.on_request(m)
+            watch.on_response(200, 0.001)
+            watch.on_end(grpc_status=None, error=None, duration_s=0.002, response_bytes=12)
+            if len(sub.pending) > 1000:
+                sub.pending.clear()
+
+        tapped_us = per_call(tapped, n // 4)
+        print(f"no observer: the emptiness check          {empty:6.2f} us")
+        print(f"hub registered, request not tapped:        {announce:6.2f} us (hooks.announce, RequestMeta included)")
+        print(f"  of which TapHub.on_request:              {hub_only:6.2f} us")
+        print(f"a tapped request (req, rsp, end encoded):  {tapped_us:6.2f} us")
+
+    asyncio.run(run())
 
 
 def main() -> None:
@@ -107,7 +170,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--before", default=None, help="git revision of the proxy before tap (default: found in history)")
+    ap.add_argument("--micro", action="store_true", help="only the in-process per-request figures")
     args = ap.parse_args()
+    if args.micro:
+        micro()
+        return
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_tap: {tool} is not installed (see scripts/apt-packages.txt)")
@@ -146,7 +213,9 @@ def main() -> None:
             per_core = statistics.median(c for _, c in runs)
             print(f"{name:<28} {rps:>15.0f} {' '.join(f'{r:.0f}' for r, _ in runs):>36} {per_core:>14.0f}"
                   f"   ({(rps / base - 1) * 100:+.1f}% vs before)")
-        print(f"events read: @100 rps {subscribers[0].lines}, @all {subscribers[1].lines}")
+        total_s = args.rounds * args.duration
+        print(f"requests tapped: @100 rps {subscribers[0].requests} ({subscribers[0].requests / total_s:.0f}/s of its "
+              f"runs), @all {subscribers[1].requests} ({subscribers[1].requests / total_s:.0f}/s)")
     finally:
         for s in subscribers:
             s.close()

@@ -15,10 +15,11 @@ echo "--- meshctl demo up --traffic 5 $*" >&2
 echo "--- meshctl demo load -n 1000   (the walkthrough's ab -n 1000 http://GATEWAY/api/products/1)" >&2
 .venv/bin/meshctl demo load -n 1000
 cat >&2 <<'NEXT'
---- the mesh stays up (the load generator keeps 5 requests/s going); the walkthrough goes on
-    in docs/walkthrough.md, e.g.:
-    .venv/bin/meshctl demo status
-    .venv/bin/meshctl demo set price-api --failure-rate 0.3
-    .venv/bin/meshctl profile --open-api samples/swagger/price-api.json price-api-svc -n shop --ignore-cluster | .venv/bin/meshctl demo apply -f -
-    .venv/bin/meshctl demo down      # stops everything
+--- the mesh stays up (the load generator keeps 5 requests/s going); the story goes on
+    (docs/walkthrough.md, all of it with real output):
+    .venv/bin/meshctl demo set price-api --failure-rate 0.3      # the gateway drops to ~70% success
+    .venv/bin/meshctl profile --open-api samples/swagger/price-api.json price-api-svc -n shop --ignore-cluster \
+        | .venv/bin/meshctl demo apply -f -                      # its route is retryable, picked up live
+    .venv/bin/meshctl viz routes deploy/product-gateway-api -n shop --to svc/price-api-svc -o wide
+    .venv/bin/meshctl demo status / demo down                  # what runs / stop everything
 NEXT

@@ -339,3 +339,33 @@ def test_the_walkthrough_story_in_network_namespaces(tmp_path):
     assert not [ns for ns in lab["namespaces"] if Path("/etc/netns", ns).exists()]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert lab["host_link"] not in links
+
+
+def test_foreground_stays_until_interrupted_then_stops_everything(tmp_path):
+    import sys
+
+    from conftest import SRC
+
+    d = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "demo", "up", "--foreground", "--address-prefix", "127.0.34",
+                             "--dir", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not (d / "mesh.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (d / "mesh.json").exists(), proc.stderr.read() if proc.poll() is not None else "not up after 60s"
+        started = pids(d)
+        assert httpx.get("http://127.0.34.2:5000/api/products/3", timeout=5).status_code == 200
+        time.sleep(0.5)
+        assert proc.poll() is None  # still in the foreground
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            demo(d, "down")
+    assert proc.returncode == 0, err
+    assert "gateway:    http://127.0.34.2:5000" in out and "√ stopped" in err
+    assert not [name for name, pid in started.items() if alive(pid)]
+    assert listening("127.0.34") == [] and not (d / "mesh.json").exists()

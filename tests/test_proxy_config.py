@@ -58,3 +58,14 @@ def test_proxy_entry_point_rejects_bad_env(cli):
     r = cli(module="meshctl_proxy", env={"MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "bad"})
     assert r.returncode == 2
     assert "MESHCTL_PROXY_ADMIN_LISTEN_ADDR" in r.stderr
+
+
+def test_proxy_config_fields_are_the_settings_with_their_parsers_types():
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config.ProxyConfig)
+    assert [f.name for f in dataclasses.fields(config.ProxyConfig)] == [s.field for s in config.SETTINGS]
+    for s in config.SETTINGS:
+        parsed = typing.get_type_hints(s.parse)["return"]
+        assert hints[s.field] == (parsed if s.default is not None else parsed | None), s.field

@@ -193,7 +193,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("detect_timeout", "10s", parse_duration, "How long protocol detection waits for the first bytes."),
     # nginx's client_header_timeout and Node's headersTimeout are both 60 s (docs/security.md, class 5).
     Setting("header_read_timeout", "60s", parse_duration,
-            "How long an HTTP/1 request head may take to arrive once begun; then 408 and the connection closes."),
+            "How long a request head may take to arrive once begun: HTTP/1 answers 408, HTTP/2 sends GOAWAY."),
     Setting("inbound_connect_timeout", "100ms", parse_duration, "Connect timeout towards the application."),
     Setting("outbound_connect_timeout", "1s", parse_duration, "Connect timeout towards other endpoints."),
     Setting("shutdown_grace_period", "30s", parse_duration,
@@ -249,15 +249,60 @@ SETTINGS: tuple[Setting, ...] = (
 SETTINGS_BY_FIELD: Mapping[str, Setting] = {s.field: s for s in SETTINGS}
 
 
-def _config_fields() -> list[tuple[str, Any, dataclasses.Field]]:
-    return [(s.field, Any, dataclasses.field(default=None)) for s in SETTINGS]
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """The proxy's parsed configuration: one attribute per Setting.field, in the same order.
 
+    Each field's type is what its Setting's parser returns (tests/test_proxy_config.py
+    checks both against SETTINGS, so a new Setting needs its field here).
+    """
 
-ProxyConfig = dataclasses.make_dataclass(
-    "ProxyConfig", _config_fields(), frozen=True, slots=True,
-)
-ProxyConfig.__module__ = __name__
-ProxyConfig.__doc__ = "The proxy's parsed configuration; one attribute per Setting.field."
+    log_level: str
+    log_format: str
+    inbound_listen_addr: tuple[str, int]
+    outbound_listen_addr: tuple[str, int]
+    admin_listen_addr: tuple[str, int]
+    control_listen_addr: tuple[str, int]
+    tap_svc_name: str
+    inbound_forward_host: str
+    inbound_ports: frozenset[int]
+    inbound_ports_disable_protocol_detection: frozenset[int]
+    outbound_ports_disable_protocol_detection: frozenset[int]
+    inbound_ports_require_identity: frozenset[int]
+    default_inbound_policy: str
+    cluster_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    detect_timeout: float
+    header_read_timeout: float
+    inbound_connect_timeout: float
+    outbound_connect_timeout: float
+    shutdown_grace_period: float
+    shutdown_endpoint_enabled: bool
+    balancer: str
+    destination_svc_addr: tuple[str, int]
+    destination_svc_name: str
+    destination_profile_suffixes: str
+    destination_initial_timeout: float
+    destination_idle_timeout: float
+    outbound_failfast_timeout: float
+    outbound_buffer_capacity: int
+    identity_disabled: bool
+    identity_svc_addr: tuple[str, int]
+    identity_svc_name: str
+    identity_dir: str
+    identity_trust_anchors: str
+    identity_token_file: str
+    identity_local_name: str
+    identity_min_refresh: float
+    pod_name: str
+    pod_namespace: str
+    pod_service_account: str
+    workload_kind: str
+    workload_name: str
+    http2_max_concurrent_streams: int
+    upstream_idle_timeout: float
+    upstream_max_idle: int
+    max_authority_labels: int
+    max_metric_series: int
 
 
 def defaults() -> dict[str, str]:
@@ -275,7 +320,7 @@ def load(environ: Mapping[str, str]) -> "ProxyConfig":
     for name in sorted(environ):
         if name.startswith(PREFIX) and name not in known:
             raise ConfigError(f"{name}: unknown variable (see docs/proxy.md)")
-    values = {}
+    values: dict[str, Any] = {}
     for s in SETTINGS:
         raw = environ.get(s.env, s.default)
         if raw is None:

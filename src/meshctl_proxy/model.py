@@ -14,18 +14,9 @@ import dataclasses
 from collections.abc import Callable
 
 from meshctl_proxy.body import EMPTY, Body
+from meshctl_proxy.wire.fields import Headers, find_header
 
-Headers = list[tuple[bytes, bytes]]
-
-
-def find_header(headers: Headers, name: bytes) -> bytes | None:
-    """The first value of the field *name* (any case) in *headers*, or None."""
-    name = name.lower()
-    n = len(name)
-    for k, v in headers:
-        if len(k) == n and k.lower() == name:  # len() first: no lowered copy of every name
-            return v
-    return None
+__all__ = ["Headers", "find_header"]  # defined with the wire code (sans-IO), used here too
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"

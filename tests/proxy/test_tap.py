@@ -51,9 +51,9 @@ def drive(proxy: Proxy, metas, *, status: int = 200) -> None:
     for meta in metas:
         watches = [w for o in list(proxy.observers) if (w := o.on_request(meta)) is not None]
         for w in watches:
-            w.on_response(status, 0.0015)
+            w.on_response(status, 0.0045)
         for w in watches:
-            w.on_end(grpc_status=None, error=None, duration_s=0.0025, response_bytes=42)
+            w.on_end(grpc_status=None, error=None, duration_s=0.0055, response_bytes=42)
 
 
 @pytest.fixture
@@ -177,6 +177,13 @@ def test_token_bucket_admits_the_rate_and_refills():
     assert slow.admit()
 
 
+def test_times_are_the_watch_own_unless_the_hook_saw_a_wait_before_the_endpoint():
+    # The hook's clock (uvloop's loop.time) moves in whole milliseconds.
+    assert tap._finer(0.001, 0.00031) == 0.00031
+    assert tap._finer(0.0, 0.00031) == 0.00031
+    assert tap._finer(0.250, 0.00031) == 0.250  # waited for discovery before on_request
+
+
 def test_access_rules():
     open_access = tap.TapAccess(identity_required=False, tap_identity="tap.x")
     assert open_access.check(peer_host="127.0.0.1", client_identity=None, tls=False) is None
@@ -224,8 +231,8 @@ def test_events_of_matching_requests_in_order_with_contract_fields(loop_thread, 
                        "authority": "web.shop.svc.cluster.local:8080", "path": "/api/products/0", "route": None,
                        "ts": req["ts"]}
         assert abs(req["ts"] - time.time()) < 60
-        assert rsp == {"event": "rsp", "id": 0, "status": 200, "latency_ms": 1.5}
-        assert end == {"event": "end", "id": 0, "grpc_status": None, "error": None, "duration_ms": 2.5,
+        assert rsp == {"event": "rsp", "id": 0, "status": 200, "latency_ms": 4.5}
+        assert end == {"event": "end", "id": 0, "grpc_status": None, "error": None, "duration_ms": 5.5,
                        "response_bytes": 42}
         assert [e["id"] for e in events[1::3]] == [0, 1, 2, 3, 4]
         time.sleep(0.1)

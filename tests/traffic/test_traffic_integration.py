@@ -254,17 +254,25 @@ def test_no_endpoints_waits_in_a_bounded_queue_then_fails_fast(tmp_path):
         await lab.start()
         lab.set_registry({("web", "shop", 8080): []})
         try:
-            results = await asyncio.gather(*(Client(lab.outbound).request(AUTH) for _ in range(3)))
-            by_latency = sorted(results, key=lambda r: r.latency)
-            assert all(r.status == 503 for r in results)
-            assert by_latency[0].latency < 0.2 and "too many requests waiting" in by_latency[0].error
-            assert all(0.38 <= r.latency < 0.8 and "no endpoints" in r.error for r in by_latency[1:])
             # Endpoints that appear while a request waits serve it.
             pending = asyncio.ensure_future(Client(lab.outbound).request(AUTH))
             await asyncio.sleep(0.1)
             lab.set_registry({("web", "shop", 8080): [backend.address]})
             r = await pending
             assert r.status == 200 and r.latency < 0.39  # served before its 0.4 s fail-fast
+            lab.set_registry({("web", "shop", 8080): []})
+            await asyncio.sleep(0.05)
+            results = await asyncio.gather(*(Client(lab.outbound).request(AUTH) for _ in range(3)))
+            by_latency = sorted(results, key=lambda r: r.latency)
+            assert all(r.status == 503 for r in results)
+            assert by_latency[0].latency < 0.2 and "too many requests waiting" in by_latency[0].error
+            assert all(0.38 <= r.latency < 0.8 and "no endpoints" in r.error for r in by_latency[1:])
+            # Known to be empty now (fail-fast): answered at once, until endpoints return (Linkerd's failfast).
+            r = await Client(lab.outbound).request(AUTH)
+            assert r.status == 503 and r.latency < 0.2 and "fail-fast" in r.error, (r.latency, r.error)
+            lab.set_registry({("web", "shop", 8080): [backend.address]})
+            await asyncio.sleep(0.05)
+            assert (await Client(lab.outbound).request(AUTH)).status == 200
         finally:
             await teardown(lab, [backend])
     run(main())

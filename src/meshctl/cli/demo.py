@@ -79,7 +79,10 @@ def register(app: typer.Typer) -> None:
         outcome = d.up(plan, traffic=traffic)
         mesh = state.load(d.dir)
         if outcome == "already up":
-            _common.report(f"the local mesh in {d.dir} is already up")
+            running = "with --netns" if d.plan and d.plan.netns_id else "on loopback"
+            _common.report(f"the local mesh in {d.dir} is already up ({running})")
+            if d.plan and (bool(d.plan.netns_id) != netns or (not netns and d.plan.prefix != plan.prefix)):
+                _common.report("  (it was started with other flags: `meshctl demo down` first to change them)")
         elif outcome.startswith("restarted"):
             _common.report(f"√ {outcome}")
         else:
@@ -135,7 +138,8 @@ def register(app: typer.Typer) -> None:
     def load(
         url: str = typer.Argument(None, help="URL to load (default: the gateway's /api/products/1)."),
         requests: int = typer.Option(1000, "-n", "--requests", help="Number of requests (ab -n)."),
-        concurrency: int = typer.Option(10, "-c", "--concurrency", help="Requests in flight at once (ab -c)."),
+        concurrency: int = typer.Option(None, "-c", "--concurrency", help="Requests in flight at once (ab -c; default 10, "
+                                        "at most -n)."),
         rps: float = typer.Option(None, "--rps", help="At most this many requests per second, in total."),
         max_time: str = typer.Option("5m", "--max-time", help="Stop after this long whatever is left (Go duration)."),
         dir: str = DirOption,
@@ -156,6 +160,8 @@ def register(app: typer.Typer) -> None:
         if url is None:
             url = state.load(dir).gateway_url + "/api/products/1"
         progress = _progress_bar(requests) if sys.stderr.isatty() else (lambda done, total: None)
+        if concurrency is None:
+            concurrency = max(1, min(10, requests))
         result = load_core.run_load(url, total=requests, concurrency=concurrency, rps=rps, max_seconds=seconds,
                                     on_progress=progress)
         if sys.stderr.isatty():

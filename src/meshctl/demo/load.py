@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import h11
 
-from meshctl.errors import MeshctlError
+from meshctl.errors import MeshctlError, UsageError
 
 PERCENTILES = (50, 66, 75, 80, 90, 95, 98, 99, 100)  # ab's table
 REQUEST_TIMEOUT = 10.0
@@ -107,7 +107,7 @@ def parse_url(url: str) -> tuple[str, int, str, str]:
     """(host, port, target, Host header) of an ``http://`` URL; MeshctlError otherwise."""
     u = urllib.parse.urlsplit(url)
     if u.scheme != "http" or not u.hostname:
-        raise MeshctlError(f"load: expected an http://HOST[:PORT]/PATH URL, got {url!r}")
+        raise UsageError(f"load: expected an http://HOST[:PORT]/PATH URL, got {url!r}")
     target = (u.path or "/") + (f"?{u.query}" if u.query else "")
     return u.hostname, u.port or 80, target, u.netloc
 
@@ -199,13 +199,13 @@ def run_load(url: str, *, total: int, concurrency: int = 1, rps: float | None = 
     """Send *total* GETs to *url* over *concurrency* connections (at most *rps* per second, at most
     *max_seconds*); *check* is called about once a second (the one-shot demo checks its processes)."""
     if total < 1:
-        raise MeshctlError(f"load: -n must be at least 1, got {total}")
+        raise UsageError(f"load: -n must be at least 1, got {total}")
     if concurrency < 1:
-        raise MeshctlError(f"load: -c must be at least 1, got {concurrency}")
+        raise UsageError(f"load: -c must be at least 1, got {concurrency}")
     if concurrency > total:
-        raise MeshctlError(f"load: cannot use concurrency {concurrency} for only {total} requests (ab refuses too)")
+        raise UsageError(f"load: cannot use concurrency {concurrency} for only {total} requests (ab refuses too)")
     if rps is not None and rps <= 0:
-        raise MeshctlError(f"load: --rps must be positive, got {rps}")
+        raise UsageError(f"load: --rps must be positive, got {rps}")
     parse_url(url)
     last = [time.monotonic()]
 

@@ -346,13 +346,14 @@ class LocalDemo:
         """Bring the mesh up; returns "started", "already up" or "restarted: NAMES"."""
         with self._locked():
             if self._load_record():
-                if (self.dir / state.STATE_FILE).exists():
+                if (self.dir / state.STATE_FILE).exists() and self._namespaces_intact():
                     missing = [p for p in self.started if not is_running(p)]
                     if not missing:
                         return "already up"
                     return "restarted: " + self._restart(missing)
-                # A record without mesh.json: an `up` that was killed or failed half-way.
-                self.progress(f"cleaning up a demo that did not finish starting in {self.dir}")
+                # A record without mesh.json: an `up` that was killed or failed half-way; or
+                # namespaces gone from under a --netns demo.
+                self.progress(f"cleaning up a demo that did not finish starting, or lost its namespaces, in {self.dir}")
                 self._stop_all()
             return self._start(plan, prometheus=prometheus, profiles=profiles, dashboard=dashboard, traffic=traffic)
 
@@ -441,12 +442,15 @@ class LocalDemo:
         self.extra["dashboard_url"] = url
         self._save_record()
 
-    def _restart(self, missing: list[Started]) -> str:
-        assert self.plan is not None
-        if self.plan.netns_id:
-            from meshctl.demo import netns
+    def _namespaces_intact(self) -> bool:
+        """False when a --netns demo lost its namespaces (a reboot): it is then started afresh."""
+        if self.plan is None or not self.plan.netns_id:
+            return True
+        from meshctl.demo import netns
 
-            netns.check(self.plan)
+        return netns.intact(self.plan)
+
+    def _restart(self, missing: list[Started]) -> str:
         names = []
         for p in missing:
             self.progress(f"restarting {p.spec.name} (it was not running)")

@@ -181,9 +181,6 @@ def init_pods(plan: plan_mod.Plan) -> None:
                                f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or proc.returncode}")
 
 
-def check(plan: plan_mod.Plan) -> None:
-    """Before restarting processes: the namespaces must still be there."""
-    missing = sorted(set(namespaces(plan)) - set(_existing(plan)))
-    if missing:
-        raise MeshctlError(f"demo --netns: network namespaces {', '.join(missing)} are gone; "
-                           "run meshctl demo down, then meshctl demo up --netns")
+def intact(plan: plan_mod.Plan) -> bool:
+    """Every namespace of the plan still exists (a reboot removes them all)."""
+    return set(namespaces(plan)) <= set(_existing(plan))

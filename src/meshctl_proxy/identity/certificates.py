@@ -2,7 +2,8 @@
 
 As linkerd2-proxy does: the key is made here at start and never leaves the
 pod (only the CSR is sent); the proxy is not ready until the identity service
-has signed; it renews at 70% of the certificate's lifetime, retrying with
+has signed; it renews when 70% of the time the certificate had left on arrival
+has passed (linkerd2-proxy's ``refresh_in``: 70% of ``expiry - now``), retrying with
 backoff but never more often than ``MESHCTL_PROXY_IDENTITY_MIN_REFRESH``; while
 the identity service is unreachable it keeps serving on the certificate it
 has, and when that expires it fails closed (:meth:`IdentityManager.current`
@@ -34,7 +35,7 @@ from meshctl_proxy.identity import tls_contexts
 log = logging.getLogger("meshctl_proxy.identity.certificates")
 
 CERTIFY_PATH = "/v1/certify"
-RENEW_AT = 0.7  # of the lifetime, as Linkerd renews
+RENEW_AT = 0.7  # of the time left when a certificate arrives, as Linkerd renews
 # Before the first certificate the proxy is not ready: retry fast, doubling up to min_refresh.
 INITIAL_BACKOFF = 0.1
 REQUEST_TIMEOUT = 10.0
@@ -58,6 +59,7 @@ class Credentials:
     not_before: float  # epoch seconds
     not_after: float
     contexts: tls_contexts.MeshContexts
+    received: float = 0.0  # epoch seconds when it arrived (the renewal schedule counts from there)
 
     @property
     def server_context(self) -> ssl.SSLContext:
@@ -71,13 +73,18 @@ class Credentials:
 
 
 def next_refresh(*, now: float, not_before: float | None, not_after: float | None, failures: int,
-                 min_refresh: float, retry_after: float | None = None,
+                 min_refresh: float, retry_after: float | None = None, received: float | None = None,
                  jitter: Callable[[], float] = random.random) -> float:
     """Seconds until the next CSR.  Pure: the whole renewal policy in one place.
 
     - no certificate yet: 0.1 s doubling per failure, capped at *min_refresh*
       (the proxy is not ready, so starting fast matters);
-    - holding one: at 70% of its lifetime after a success, and after a failure
+    - holding one: after a success, once 70% of the time it had left when it
+      arrived (*received*, by default *now*) has passed, as Linkerd renews.  Not
+      70% of its whole lifetime: a leaf backdated for clock skew (the identity
+      service's ``--clock-skew-allowance``, 20 s) and short-lived would reach that
+      point at once, and renew at every *min_refresh* (issue 13, class 10);
+    - after a failure
       *min_refresh* doubling per failure (with up to 10% jitter so a fleet
       does not retry in step), but never past what is left of the lifetime
       and never below *min_refresh*;
@@ -86,7 +93,8 @@ def next_refresh(*, now: float, not_before: float | None, not_after: float | Non
     if not_after is None or not_before is None:
         delay = min(min_refresh, INITIAL_BACKOFF * 2 ** failures) if failures else 0.0
     elif failures == 0:
-        delay = max(min_refresh, not_before + RENEW_AT * (not_after - not_before) - now)
+        start = now if received is None else received
+        delay = max(min_refresh, start + RENEW_AT * (not_after - start) - now)
     else:
         backoff = min_refresh * 2 ** (failures - 1) * (1 + 0.1 * jitter())
         delay = max(min_refresh, min(backoff, not_after - now))
@@ -194,7 +202,8 @@ class IdentityManager:
             creds = self._creds
             delay = next_refresh(now=self._clock(), not_before=creds.not_before if creds else None,
                                  not_after=creds.not_after if creds else None, failures=failures,
-                                 min_refresh=self.settings.min_refresh, retry_after=retry_after)
+                                 min_refresh=self.settings.min_refresh, retry_after=retry_after,
+                                 received=creds.received if creds else None)
             await asyncio.sleep(delay)
             try:
                 await self.refresh()
@@ -217,13 +226,14 @@ class IdentityManager:
         dns = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
         if dns != [self.name]:
             raise CertifyError(f"identity service returned a certificate for {dns}, expected {self.name!r}")
-        if leaf.public_key().public_numbers() != self._key.public_key().public_numbers():
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if leaf.public_key().public_bytes(*spki) != self._key.public_key().public_bytes(*spki):
             raise CertifyError("identity service returned a certificate for another key")
         chain_pem = leaf_pem + "".join(intermediates)
         contexts = tls_contexts.contexts_from_pem(trust_anchors_pem=self.settings.trust_anchors_pem, chain_pem=chain_pem,
                                          key_pem=self._key_pem, directory=self.settings.directory)
         creds = Credentials(self.name, chain_pem, leaf.not_valid_before_utc.timestamp(),
-                            leaf.not_valid_after_utc.timestamp(), contexts)
+                            leaf.not_valid_after_utc.timestamp(), contexts, received=self._clock())
         self._creds = creds
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()

@@ -22,6 +22,7 @@ import dataclasses
 import os
 import ssl
 import tempfile
+from typing import cast
 
 # Inner protocols offered inside mesh TLS.  The inbound side still runs
 # protocol detection on the decrypted bytes; ALPN only tells it early.
@@ -143,7 +144,8 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     cert = ssl_object.getpeercert()
     if not cert:
         return None
-    dns = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    sans = cast("tuple[tuple[str, str], ...]", cert.get("subjectAltName", ()))
+    dns = [value for kind, value in sans if kind == "DNS"]
     return parse_identity_name(dns[0]) if len(dns) == 1 else None
 
 
@@ -212,7 +214,8 @@ def _parse_hello_body(b: bytes) -> ClientHello | NotTls:
         return ClientHello(None, ())
     ext_end = min(end, i + 2 + int.from_bytes(b[i:i + 2], "big"))
     i += 2
-    server_name, alpn = None, ()
+    server_name: str | None = None
+    alpn: tuple[str, ...] = ()
     while i + 4 <= ext_end:
         ext_type, ext_len = int.from_bytes(b[i:i + 2], "big"), int.from_bytes(b[i + 2:i + 4], "big")
         ext = b[i + 4:i + 4 + ext_len]

@@ -44,7 +44,7 @@ class TlsTransport(asyncio.Transport):
         super().__init__()
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
-        self._sslobj = self._ssl._sslobj  # the C object the wrapper forwards to (module docstring)
+        self._sslobj = self._ssl._sslobj  # type: ignore[attr-defined]  # the C object the wrapper forwards to (module docstring)
         self._raw: asyncio.Transport | None = None
         self._app: asyncio.Protocol | None = None
         self._handshaking = True

@@ -25,6 +25,8 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 
+from meshctl_proxy.config import ProxyConfig
+
 ALL_UNAUTHENTICATED = "all-unauthenticated"
 ALL_AUTHENTICATED = "all-authenticated"
 CLUSTER_AUTHENTICATED = "cluster-authenticated"
@@ -41,10 +43,10 @@ class Decision:
 class InboundPolicy:
     default: str = ALL_UNAUTHENTICATED
     require_identity_ports: frozenset[int] = frozenset()
-    cluster_networks: tuple = ()
+    cluster_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg) -> "InboundPolicy":
+    def from_config(cls, cfg: ProxyConfig) -> "InboundPolicy":
         return cls(cfg.default_inbound_policy, frozenset(cfg.inbound_ports_require_identity),
                    tuple(cfg.cluster_networks))
 
@@ -63,7 +65,7 @@ class InboundPolicy:
         return Decision(True, "authenticated" if client_identity else "unauthenticated")
 
 
-def _in_networks(ip: str, networks: Iterable) -> bool:
+def _in_networks(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

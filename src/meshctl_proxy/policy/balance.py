@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from meshctl_proxy.discovery.resolution import WeightedAddr
 
@@ -54,6 +54,8 @@ class Balancer(Protocol):
     def acquire(self, now: float) -> WeightedAddr | None: ...
 
     def release(self, endpoint: WeightedAddr, now: float, *, rtt: float | None, failed: bool) -> None: ...
+
+    def ready(self, now: float) -> bool: ...
 
     def wake_at(self, now: float) -> float | None: ...
 
@@ -126,6 +128,11 @@ class _Base:
                 out.append(st)
         return out
 
+    def ready(self, now: float) -> bool:
+        """Would :meth:`acquire` give an endpoint now (without taking one)?"""
+        return any(st.aside_until is None or (not st.probing and now >= st.aside_until)
+                   for st in self._states.values())
+
     def wake_at(self, now: float) -> float | None:
         """When a set-aside endpoint may next be probed (None: nothing to wait for)."""
         times = [st.aside_until for st in self._states.values()
@@ -172,7 +179,7 @@ class _Base:
 class PeakEwmaBalancer(_Base):
     """Power of two choices over peak-EWMA cost (see the module docstring)."""
 
-    def __init__(self, *, default_rtt: float = DEFAULT_RTT, decay: float = DECAY, **kw) -> None:
+    def __init__(self, *, default_rtt: float = DEFAULT_RTT, decay: float = DECAY, **kw: Any) -> None:
         super().__init__(**kw)
         self._default_rtt = default_rtt
         self._decay = decay
@@ -224,7 +231,7 @@ class PeakEwmaBalancer(_Base):
 class RoundRobinBalancer(_Base):
     """The baseline: each available endpoint in turn, blind to latency."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self._next = 0
 

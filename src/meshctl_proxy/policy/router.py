@@ -289,6 +289,7 @@ class DirectRouter:
 
     def target(self, request: Request) -> Target:
         ctx = request.context
+        assert ctx is not None, "a routed request comes from an accepted connection"
         return Target(ctx.direction, request.authority, ctx.orig_dst, request.protocol)
 
     async def dispatch(self, request: Request, upstream: Upstream) -> Response:

@@ -324,8 +324,10 @@ class _Reader:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def fail(self, path: str, message: str) -> None:
+    def fail(self, path: str, message: str) -> Any:
+        """Record a problem; None, for the ``x = ... if present else self.fail(...)`` idiom."""
         self.problems.append(Problem(path, message))
+        return None
 
     def mapping(self, value: Any, path: str, known: tuple[str, ...], *, strict: bool = True) -> Mapping | None:
         if not isinstance(value, Mapping):
@@ -454,6 +456,7 @@ class _Reader:
         timeout = self.duration(raw["timeout"], _join(path, "timeout"), positive=True) if "timeout" in raw else None
         if len(self.problems) != before:
             return None
+        assert name is not None and condition is not None  # each missing one was a problem
         return Route(name=name, condition=condition, response_classes=tuple(classes), is_retryable=retryable,
                      timeout=timeout)
 
@@ -552,6 +555,7 @@ class _Reader:
         ttl = self.duration(raw["ttl"], _join(path, "ttl"), positive=True) if "ttl" in raw else DEFAULT_RETRY_BUDGET.ttl
         if len(self.problems) != before:
             return None
+        assert ttl is not None  # a bad one was a problem
         return RetryBudget(retry_ratio=ratio, min_retries_per_second=per_second, ttl=ttl)
 
     def dst_override(self, value: Any, path: str) -> DstOverride | None:
@@ -576,6 +580,7 @@ class _Reader:
                 self.fail(_join(path, "weight"), str(exc))
         if len(self.problems) != before:
             return None
+        assert authority is not None and weight is not None  # each missing one was a problem
         return DstOverride(authority=authority, weight=weight)
 
 

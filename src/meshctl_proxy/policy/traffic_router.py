@@ -58,7 +58,7 @@ class Destination:
     """One authority: its resolution, balancer, route policy and retry budget."""
 
     __slots__ = ("authority", "watch", "balancer", "generation", "policy", "budget", "endpoints", "waiting",
-                 "known", "released", "_profile_doc")
+                 "known", "released", "unavailable_since", "_profile_doc")
 
     def __init__(self, authority: str, watch: Watch, balancer: Balancer) -> None:
         self.authority = authority
@@ -73,6 +73,11 @@ class Destination:
         # brings a set-aside endpoint back, and the queue must hear it.
         self.released = asyncio.Event()
         self.known = True
+        # Since when no endpoint has been available (clock time), or None.  Once that lasts the
+        # fail-fast timeout the destination is in fail-fast: requests that find no endpoint are
+        # answered 503 at once, not after waiting the timeout each (Linkerd's failfast state).
+        # It ends when an endpoint answers well or the endpoint set brings endpoints.
+        self.unavailable_since: float | None = None
         self._profile_doc: object = None
 
     def refresh(self) -> None:
@@ -85,6 +90,8 @@ class Destination:
         self.known = res is None or res.known
         eps = res.endpoints if res is not None and res.known else ()
         self.balancer.update(eps)
+        if eps:
+            self.unavailable_since = None
         # The proxy's Endpoint carries the identity mTLS must verify; only a
         # meshed endpoint has one.
         self.endpoints = {e.address: ProxyEndpoint(e.host, e.port, e.identity if e.meshed and e.identity else None,
@@ -153,8 +160,9 @@ class TrafficRouter(DirectRouter):
     async def logical_destination(self, request: Request) -> Destination | None:
         ctx = request.context
         raws = [request.authority] if request.authority else []
-        if ctx is not None and ctx.orig_dst is not None:
-            raws.append(ctx.target_addr)
+        target_addr = ctx.target_addr if ctx is not None else None
+        if target_addr is not None:
+            raws.append(target_addr)
         for raw in raws:
             auth = self._candidate(raw)
             if auth is None:
@@ -191,8 +199,8 @@ class TrafficRouter(DirectRouter):
         """
         if request.authority and self._candidate(request.authority) is not None:
             return None
-        ctx = request.context
-        if ctx is not None and ctx.orig_dst is not None and self._candidate(ctx.target_addr) is not None:
+        target_addr = request.context.target_addr if request.context is not None else None
+        if target_addr is not None and self._candidate(target_addr) is not None:
             return None
         return super().shortcut(request)
 
@@ -270,7 +278,7 @@ class TrafficRouter(DirectRouter):
                 concrete.balancer.release(endpoint, now, rtt=None, failed=True)
                 _wake(concrete)
                 actual.response(exc.status, "failure", (now - sent) * 1000)
-                if replay is not None and budget.try_withdraw(now):
+                if replay is not None and concrete.balancer.ready(now) and budget.try_withdraw(now):
                     continue
                 raise
             except BaseException:
@@ -284,9 +292,14 @@ class TrafficRouter(DirectRouter):
             now = clock()
             failed = route.is_failure(response.status)
             concrete.balancer.release(endpoint, now, rtt=now - sent, failed=failed)
+            if not failed:
+                concrete.unavailable_since = None
             _wake(concrete)
             actual.response(response.status, "failure" if failed else "success", (now - sent) * 1000)
-            if failed and replay is not None and budget.try_withdraw(now):
+            # A retry goes only to an endpoint ready now: one that failure accrual set aside would
+            # make the retry wait (up to the route timeout, a 504) where the failure it has is the
+            # answer (issue 13, class 10).  Linkerd's retries likewise never queue.
+            if failed and replay is not None and concrete.balancer.ready(now) and budget.try_withdraw(now):
                 await _discard(response)
                 continue
             return response
@@ -296,14 +309,22 @@ class TrafficRouter(DirectRouter):
         dest.refresh()
         clock = self.clock
         dest.watch.last_used = time.monotonic()
-        endpoint = dest.balancer.acquire(clock())
+        now = clock()
+        endpoint = dest.balancer.acquire(now)
         if endpoint is not None:
             return endpoint, dest.endpoints[endpoint.address]
+        if dest.unavailable_since is None:
+            dest.unavailable_since = now
+        # The fail-fast timeout runs from when the destination lost its last endpoint, not from each
+        # request: once it has passed, the destination is known to be empty (or all set aside) and
+        # requests are answered at once until endpoints return (Linkerd's failfast).
+        deadline = dest.unavailable_since + self.failfast_timeout
+        if now >= deadline:
+            raise ProxyError(503, f"no endpoints available for {dest.authority} (fail-fast)")
         if dest.waiting >= self.buffer_capacity:
             raise ProxyError(503, f"too many requests waiting for endpoints of {dest.authority}")
         dest.waiting += 1
         try:
-            deadline = clock() + self.failfast_timeout
             while True:
                 now = clock()
                 if now >= deadline:

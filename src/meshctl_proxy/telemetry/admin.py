@@ -32,7 +32,7 @@ class AdminProtocol(asyncio.Protocol):
         # A request one of the proxy's own listeners forwarded here carries its Via mark: refused (508),
         # so the admin endpoints answer only what reached the admin listener itself (docs/security.md, 4).
         self.reader = http1.RequestReader(tuple(getattr(proxy, "loop_markers", {}).values()))
-        self.transport = None
+        self.transport: asyncio.Transport | None = None  # set by connection_made
         self.head: RequestHead | None = None
 
     def connection_made(self, transport) -> None:

@@ -180,7 +180,7 @@ class HttpStats(RequestStats):
             if rs is None:
                 cls = classify(status)
                 rs = self._series(status, cls)
-                if self.responses.get((status, cls)) is rs:  # a folded one is not remembered: refused each time
+                if self.responses.get((status, cls, None)) is rs:  # a folded one is not remembered: refused each time
                     self._plain[status] = rs
         else:
             rs = self._series(status, classify(status, grpc_status), _grpc_label(grpc_status))
@@ -343,8 +343,8 @@ class Metrics:
             ("tcp_write_bytes_total", "counter", "Total count of bytes written to peers.", lambda s: s.write_bytes),
         ):
             add(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n")
-            for key, s in tcp:
-                add(f"{name}{{{_labels(tcp_labels(key))}}} {value(s)}\n")
+            for key, ts in tcp:
+                add(f"{name}{{{_labels(tcp_labels(key))}}} {value(ts)}\n")
         for render in self.extra_renderers:
             add(render())
         add(self.series.render())

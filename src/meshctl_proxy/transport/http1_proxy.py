@@ -18,7 +18,8 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, ResponseHead, Upgrade
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
-from meshctl_proxy.transport.outbox import outbox
+from meshctl_proxy.hooks import Watched
+from meshctl_proxy.transport.outbox import Outbox, outbox
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
 from meshctl_proxy.transport.tcp import PipeEnd, splice
@@ -60,6 +61,10 @@ class _HeldWrites(asyncio.Protocol):
     it goes after it.  ``connection_made`` sets ``_outbox``.
     """
 
+    stats: TcpStats
+    transport: asyncio.Transport | None
+    _outbox: Outbox
+
     def _write(self, data: bytes) -> None:
         self.stats.write_bytes += len(data)
         self._outbox.write(self.transport, data)
@@ -92,7 +97,7 @@ class H1ServerConnection(_HeldWrites):
         self.ctx = ctx
         self.stats = stats
         self.path = path = RequestPath(runtime, ctx)
-        self._watched = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
+        self._watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
         self._fast_retried = False
         self._host_bytes: bytes | None = None  # the last request's Host, and as str
@@ -570,7 +575,8 @@ class H1ServerConnection(_HeldWrites):
 
     def _start_tunnel(self, response: Response) -> None:
         """101 Switching Protocols: from now on both connections are an opaque pipe."""
-        upgraded: Upgraded = response.upgraded
+        upgraded = response.upgraded
+        assert isinstance(upgraded, Upgraded)
         self.tunnelled = True
         headers = response.headers + [(b"connection", b"upgrade"), (b"upgrade", upgraded.protocol_name)]
         self._write(http1.response_head(101, response.reason, headers))
@@ -656,7 +662,8 @@ class H1ClientConnection(_HeldWrites):
                                                       self.request.upgrade or b"", self.stats)
                     self.pool.forget(self)
 
-    def _on_head(self, head: ResponseHead) -> None:
+    def _on_head(self, head: ResponseHead) -> bool:
+        """False when the connection is dropped (the rest of the read is nobody's response)."""
         if self.response_done or self.request is None:
             # A response nobody asked for (a second one after the first, or on an idle pooled connection):
             # the upstream is out of step, and whatever it says next would answer the next client's
@@ -669,7 +676,7 @@ class H1ClientConnection(_HeldWrites):
         status = head.status
         if status == 101 and (self.request is None or self.request.upgrade is None):
             self._fail(ProxyError(502, "upstream switched protocols unasked"))
-            return
+            return True
         self.keep = head.keep_alive
         if (head.content_length == 0 or status in (204, 304) or status == 101
                 or (self.request is not None and self.request.method == b"HEAD")):
@@ -682,6 +689,7 @@ class H1ClientConnection(_HeldWrites):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(self.response)
+        return True
 
     def _on_end(self, ev: End) -> None:
         body = self.body

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
+from typing import cast
 
 import ngh2
 from ngh2 import (ConnectionClosed, DataReceived, GoAwayReceived, NGH2Error, PingReceived, RequestReceived,
@@ -44,6 +45,7 @@ from meshctl_proxy.wire.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.policy.router import EndpointPool
+from meshctl_proxy.hooks import Watched
 from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
 
 log = logging.getLogger("meshctl_proxy.http2")
@@ -114,7 +116,7 @@ class _Sender:
 
     def __init__(self) -> None:
         self.conn: ngh2.Connection = None
-        self.transport = None
+        self.transport: asyncio.Transport | None = None  # set by connection_made
         self.window_waiters: dict[int, asyncio.Future] = {}
         self.write_paused = False
         # Every stream whose sender waits for the socket to drain has its own future here, and
@@ -275,7 +277,7 @@ class _ServerStream:
         self.taken = False
         # Direct path: (upstream connection, its stream id) while the response is awaited.
         self.upstream: tuple[H2ClientConnection, int] | None = None
-        self.watched = None  # the hook's watches of this request (meshctl_proxy.hooks)
+        self.watched: Watched | None = None  # the hook's watches of this request (meshctl_proxy.hooks)
 
     def cancel(self) -> None:
         """The client's stream is gone: stop serving it, and cancel the upstream stream too (RFC 9113 section 8.7)."""
@@ -308,6 +310,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         marker = proxy.loop_markers[ctx.direction]
         self._markers = (marker,)
         self._via = (b"via", marker.entry("h2"))  # added to every request forwarded (wire.loop_marker)
+        self._head_timer: asyncio.TimerHandle | None = None  # runs while a frame is arriving unfinished
 
     # -- transport callbacks ------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -342,11 +345,13 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self._protocol_error(exc)
             return
         on_event = self._on_event
+        heard = False
         for ev in conn.events():
+            heard = True
             t = type(ev)
             if t is RequestReceived:
                 self._on_request(ev)
-            elif t is not StreamClosed or ev.error_code:  # a stream that closed cleanly needs nothing
+            elif t is not StreamClosed or cast(StreamClosed, ev).error_code:  # a stream that closed cleanly needs nothing
                 on_event(ev)
                 if self.closed:
                     return
@@ -357,10 +362,24 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             return
         # Streams libnghttp2 closed while writing (a reset it sent for a malformed DATA frame) report here.
         for ev in conn.events():
+            heard = True
             if type(ev) is not StreamClosed or ev.error_code:
                 on_event(ev)
                 if self.closed:
                     return
+        # Bytes that made no event are a frame (a header block above all) still arriving: the
+        # header-read timeout runs until one completes (class 5; HTTP/1's is in http1_proxy).
+        if heard:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.proxy.config.header_read_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        log.info("h2 client %s: a frame begun and not finished in time", self.ctx.client_addr)
+        self._close_with(NO_ERROR, "request head not received in time")
 
     def _ended(self, data: bytes) -> None:
         """libnghttp2 is done with the connection: a drain completed, or it closed it on an error."""
@@ -463,7 +482,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             length = next((v for k, v in headers if k == b"content-length"), None)
             body = Body(int(length) if length and length.isdigit() else None,
                         on_consumed=partial(self.ack, sid), high_water=STREAM_WINDOW)
-        headers = (*headers, self._via)  # libnghttp2 hands over a tuple
+        headers.append(self._via)  # request_fields() made a list of its own
         request = Request(method, pseudo[b":path"], host, headers, body, pseudo[b":scheme"], "h2", self.ctx)
         st = self.streams[sid] = _ServerStream(sid, request, body)
         if body is EMPTY:
@@ -642,6 +661,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.closed = True
         self.stats.closed += 1
         self.proxy.connections.discard(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         self.fail_waiters(ConnectionResetError("client connection lost"))
         self._abort_streams()
 

@@ -88,7 +88,7 @@ def original_dst(sock: socket.socket) -> tuple[str, int] | None:
     # conntrack entry: ask the IPv4 layer.
     if family == socket.AF_INET6 and _is_v4_mapped(local[0]):
         family = socket.AF_INET
-        local_host = str(ipaddress.ip_address(local[0]).ipv4_mapped)
+        local_host = str(ipaddress.IPv6Address(local[0]).ipv4_mapped)
     else:
         local_host = local[0]
     try:

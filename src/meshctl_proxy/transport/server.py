@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING, Any
 
 from meshctl_proxy.wire import detect as detection
 from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
@@ -26,6 +27,9 @@ from meshctl_proxy.wire.loop_marker import LoopMarker
 from meshctl_proxy.policy.router import IDLE_TIMEOUT, MAX_IDLE, TcpConnector, default_router, mesh_identity, open_connection
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 from meshctl_proxy.transport.original_dst import original_dst
+
+if TYPE_CHECKING:  # HTTP/2 is imported when a connection first speaks it (start-up time, idle memory)
+    from meshctl_proxy.transport.http2_proxy import H2Pool, H2ServerConnection
 
 log = logging.getLogger("meshctl_proxy")
 
@@ -46,9 +50,9 @@ class HttpUpstream:
         self.connector = connector
         self.metrics = metrics
         self.connect_timeout = connect_timeout
-        self.idle = {"idle_timeout": idle_timeout, "max_idle": max_idle}  # each pool's bounds (EndpointPool)
+        self.idle: dict[str, Any] = {"idle_timeout": idle_timeout, "max_idle": max_idle}  # each pool's bounds (EndpointPool)
         self.h1 = H1Pool(connector, metrics, direction, connect_timeout=connect_timeout, **self.idle)
-        self.h2 = None
+        self.h2: H2Pool | None = None  # made when a request first speaks HTTP/2
         self.h2_settings = h2_settings or {}
 
     async def send(self, request: Request, endpoint: Endpoint) -> Response:
@@ -239,6 +243,7 @@ class Proxy:
             log.info("tcp %s: %s", ctx.direction, exc.reason)
             down.transport.close()
             return
+        assert isinstance(up, PipeEnd)
         stats.opened += 1
         if down.closed:
             up.transport.close()
@@ -253,7 +258,7 @@ class DetectProtocol(asyncio.Protocol):
     def __init__(self, proxy: Proxy, direction: str, *, ctx: ConnectionContext | None = None, stats=None) -> None:
         self.proxy = proxy
         self.direction = direction
-        self.transport = None
+        self.transport: asyncio.Transport | None = None  # set by connection_made
         self.buf = b""
         self.timer: asyncio.TimerHandle | None = None
         self.ctx = ctx  # preset when detecting again on a TLS-terminated transport
@@ -350,12 +355,14 @@ class DetectProtocol(asyncio.Protocol):
             proxy.spawn(proxy.terminate_tls(transport, ctx, initial, self.stats))
             return
         if kind in (detection.H1, detection.H2):
+            handler: H1ServerConnection | H2ServerConnection
             if kind == detection.H1:
-                server_connection = H1ServerConnection
+                handler = H1ServerConnection(proxy, ctx, self.stats)
             else:  # h2 is imported only when a connection speaks it (start-up, idle memory)
-                from meshctl_proxy.transport.http2_proxy import H2ServerConnection as server_connection
+                from meshctl_proxy.transport.http2_proxy import H2ServerConnection
+
+                handler = H2ServerConnection(proxy, ctx, self.stats)
             ctx.protocol = kind
-            handler = server_connection(proxy, ctx, self.stats)
             transport.set_protocol(handler)
             handler.connection_made(transport)
             handler.feed_initial(initial)

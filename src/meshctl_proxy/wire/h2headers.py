@@ -21,9 +21,11 @@ What it does not check, and the proxy does here:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from ngh2 import NeverIndexedHeader
 
-from meshctl_proxy.wire.loop_marker import LOOP_REASON
+from meshctl_proxy.wire.loop_marker import LOOP_REASON, LoopMarker
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -43,7 +45,8 @@ class LoopDetected(MalformedHeaders):
     """The request carries one of the proxy's own Via marks: it has been round once already."""
 
 
-def request_fields(headers, loop_markers: tuple = ()) -> tuple[dict[bytes, bytes], tuple]:
+def request_fields(headers: Sequence[tuple[bytes, bytes]], loop_markers: tuple[LoopMarker, ...] = ()
+                   ) -> tuple[dict[bytes, bytes], Headers]:
     """The pseudo-header fields and the regular fields of a request block libnghttp2 has validated.
 
     libnghttp2 delivers pseudo-headers first (it refuses any after a regular
@@ -51,14 +54,14 @@ def request_fields(headers, loop_markers: tuple = ()) -> tuple[dict[bytes, bytes
     field differs from :authority; LoopDetected when a Via field carries one
     of *loop_markers*.
     """
-    pseudo = {}
+    pseudo: dict[bytes, bytes] = {}
     i = 0
     for name, value in headers:
         if name[:1] != b":":
             break
         pseudo[name] = value
         i += 1
-    regular = headers[i:]
+    regular = list(headers[i:])  # Request.headers is a list: the proxy edits it (meshctl-client-id)
     authority = pseudo.get(b":authority")
     for name, value in regular:
         if name == b"host":
@@ -79,7 +82,7 @@ _PLAIN_MAX = 1024
 _NOT_PLAIN = CONNECTION_SPECIFIC | SENSITIVE | {b"te", b"cookie", b"host"}
 
 
-def h2_fields(headers, *, skip: bytes = b"") -> Headers:
+def h2_fields(headers: Iterable[tuple[bytes, bytes]], *, skip: bytes = b"") -> Headers:
     """Regular fields ready for libnghttp2 to send.
 
     Lower-case names, no connection-specific fields, "te" only as
@@ -88,7 +91,7 @@ def h2_fields(headers, *, skip: bytes = b"") -> Headers:
     intermediary must (RFC 7541 section 7.1.3).  *skip* drops one more field
     (the Host a request carries as :authority; it must be one of _NOT_PLAIN).
     """
-    out = []
+    out: Headers = []
     plain = _PLAIN
     for field in headers:
         name = field[0]

@@ -41,7 +41,7 @@ import dataclasses
 
 import httptools
 
-from meshctl_proxy.model import Headers
+from meshctl_proxy.wire.fields import Headers
 from meshctl_proxy.wire.loop_marker import LOOP_REASON, LOOP_STATUS
 
 # The whole request head (request line and headers).  llhttp buffers a
@@ -329,7 +329,7 @@ class _Reader:
             return self.feed(tail) if tail else []
         if events and events[-1] is END:
             events.pop()  # the body is still to come: the message is not complete
-        framing = b"transfer-encoding: chunked" if chunked else b"content-length: " + length
+        framing = b"transfer-encoding: chunked" if chunked else b"content-length: " + (length or b"")
         self._synthetic = True
         return self.feed(b"POST / HTTP/1.1\r\nhost: x\r\n" + framing + b"\r\n\r\n" + tail)
 
