@@ -44,11 +44,17 @@ def _child(requests: int, runs: int, source: bool) -> None:
     import importlib.util
     import time
 
-    if source:  # the plain-Python http1, even where the compiled extension would import
-        import meshctl_proxy
+    import meshctl_proxy
 
-        path = Path(meshctl_proxy.__file__).with_name("http1.py")
-        loader = importlib.machinery.SourceFileLoader("meshctl_proxy.wire.http1", str(path))
+    # The proxy's layout since its sub-packages, else the flat one of an older tree (--against).
+    layered = (Path(meshctl_proxy.__file__).parent / "wire").is_dir()
+    if source:  # the plain-Python http1, even where the compiled extension would import
+        package = Path(meshctl_proxy.__file__).parent
+        path = package / "wire" / "http1.py" if layered else package / "http1.py"
+        name = "meshctl_proxy.wire.http1" if layered else "meshctl_proxy.http1"
+        if layered:
+            import meshctl_proxy.wire  # noqa: F401  (the parent package first)
+        loader = importlib.machinery.SourceFileLoader(name, str(path))
         module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
         sys.modules[loader.name] = module
         loader.exec_module(module)
@@ -56,30 +62,20 @@ def _child(requests: int, runs: int, source: bool) -> None:
 
     from meshctl_proxy import config
 
-    from meshctl_proxy.wire import http1
-    from meshctl_proxy.transport.http1_proxy import H1ClientConnection, H1ServerConnection
     from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint
-    from meshctl_proxy.policy.traffic_router import TrafficRouter
-    from meshctl_proxy.transport.server import Proxy
 
-    class Transport:
-        def __init__(self) -> None:
-            self.out: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.out.append(data)
-
-        def get_extra_info(self, name, default=None):
-            return default
-
-        def pause_reading(self) -> None: ...
-
-        def resume_reading(self) -> None: ...
-
-        def close(self) -> None: ...
-
-        def is_closing(self) -> bool:
-            return False
+    if layered:
+        from meshctl_proxy.policy.traffic_router import TrafficRouter
+        from meshctl_proxy.transport.http1_proxy import H1ClientConnection, H1ServerConnection
+        from meshctl_proxy.transport.server import Proxy
+        from meshctl_proxy.wire import http1
+    else:
+        from meshctl_proxy import http1
+        from meshctl_proxy.http1_proxy import H1ClientConnection, H1ServerConnection
+        from meshctl_proxy.server import Proxy
+        from meshctl_proxy.traffic import TrafficRouter
+    sys.path.insert(0, str(ROOT / "tests"))
+    from proxy.memory import MemoryTransport as Transport  # the tests' in-memory transport
 
     async def main() -> float:
         proxy = Proxy(config.load({"MESHCTL_PROXY_IDENTITY_DISABLED": "true"}))
@@ -118,17 +114,19 @@ def _child(requests: int, runs: int, source: bool) -> None:
             one()
             await asyncio.sleep(0)
         # The exchange really happened: the request went up, the response came back.
-        assert upstream_side.out[-1].startswith(b"GET / HTTP/1.1\r\n"), upstream_side.out[-1]
-        assert client_side.out[-1].startswith(b"HTTP/1.1 200 OK\r\n") and client_side.out[-1].endswith(b"hello world\n")
+        up, down = upstream_side.take(), client_side.take()
+        assert up.startswith(b"GET / HTTP/1.1\r\n") and up.endswith(b"\r\n\r\n"), up[-200:]
+        assert down.startswith(b"HTTP/1.1 200 OK\r\n") and down.endswith(b"hello world\n"), down[-200:]
         gc.collect()
         gc.freeze()  # as the proxy does after start-up (server.settle_heap)
         best = float("inf")
         for _ in range(runs):
-            client_side.out.clear()
-            upstream_side.out.clear()
+            client_side.writes = 0
             idle = await timed(requests, nothing)
             best = min(best, await timed(requests, one) - idle)
-            assert len(client_side.out) == requests
+            assert client_side.writes == requests
+            client_side.take()
+            upstream_side.take()
         return best
 
     us = uvloop.run(main())

@@ -49,7 +49,14 @@ import hpack  # noqa: E402
 
 from meshctl_proxy import config  # noqa: E402
 from meshctl_proxy.model import OUTBOUND, ConnectionContext  # noqa: E402
-from meshctl_proxy.transport.server import Proxy  # noqa: E402
+
+try:
+    from meshctl_proxy.transport.server import Proxy  # noqa: E402
+except ImportError:  # a tree from before the proxy's sub-packages (--against an older checkout)
+    from meshctl_proxy.server import Proxy  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from proxy.memory import MemoryTransport  # noqa: E402  (the tests' in-memory transport, peer-delivering)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 UPSTREAM = ("127.0.0.1", 8080)  # never connected to: the connector below answers in memory
@@ -92,40 +99,6 @@ def header_blocks(headers) -> tuple[bytes, bytes]:
     """The first block (literals, indexed into the dynamic table) and every later one (all indexed)."""
     enc = hpack.Encoder()
     return enc.encode(headers), enc.encode(headers)
-
-
-class MemoryTransport(asyncio.Transport):
-    """Writes reach the peer's data_received on the next loop pass, one delivery per pass."""
-
-    def __init__(self, loop) -> None:
-        super().__init__()
-        self.loop = loop
-        self.peer = None
-        self.pending: list[bytes] = []
-        self.closed = False
-
-    def write(self, data) -> None:
-        if not self.pending:
-            self.loop.call_soon(self._deliver)
-        self.pending.append(bytes(data))
-
-    def _deliver(self) -> None:
-        data = b"".join(self.pending)
-        self.pending.clear()
-        if not self.closed:
-            self.peer.data_received(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def can_write_eof(self) -> bool:
-        return False
 
 
 class FakeUpstream:
@@ -238,7 +211,10 @@ class Bench:
 
 
 async def one_run(requests: int, connections: int, streams: int, profile: cProfile.Profile | None) -> dict:
-    from meshctl_proxy.transport.http2_proxy import H2ServerConnection
+    try:
+        from meshctl_proxy.transport.http2_proxy import H2ServerConnection
+    except ImportError:  # an older tree (--against)
+        from meshctl_proxy.http2_proxy import H2ServerConnection
 
     loop = asyncio.get_running_loop()
     cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0",
@@ -249,7 +225,10 @@ async def one_run(requests: int, connections: int, streams: int, profile: cProfi
     await proxy.start()  # the real routers; its listeners are bound but get no traffic
     # As serve() does once started: the collector's thresholds and frozen start-up heap
     # are the process's (without this, collections were ~6% of the CPU measured here).
-    from meshctl_proxy.transport.server import settle_heap
+    try:
+        from meshctl_proxy.transport.server import settle_heap
+    except ImportError:  # an older tree (--against)
+        from meshctl_proxy.server import settle_heap
 
     settle_heap()
     try:

@@ -59,7 +59,8 @@ def test_completion_protocol_answers_what_the_script_asks():
     assert "--kubeconfig" in r.stdout
 
 
-HEAVY = ("kubernetes", "openapi_spec_validator")
+# The web stack is the dashboard's alone (meshctl.dashboard imports it when serving).
+HEAVY = ("kubernetes", "openapi_spec_validator", "starlette", "uvicorn", "sse_starlette", "jinja2", "playwright")
 
 
 def _modules_after(args: list[str], stdin: str = "") -> set[str]:

@@ -21,6 +21,7 @@ import pytest
 from ngh2 import NeverIndexedHeader
 
 from .h2wire import GoawayFilter
+from .memory import MemoryTransport
 
 from meshctl_proxy.wire.h2headers import h2_fields
 from meshctl_proxy.transport.http2_proxy import (STREAM_WINDOW, H2ClientConnection, H2Pool, H2ServerConnection, StreamReset,
@@ -28,42 +29,6 @@ from meshctl_proxy.transport.http2_proxy import (STREAM_WINDOW, H2ClientConnecti
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.transport.server import Proxy
-
-
-class MemoryTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-        self.eof = False
-
-    def write(self, data) -> None:
-        self.out += data
-
-    def take(self) -> bytes:
-        data, self.out = bytes(self.out), bytearray()
-        return data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class CodeRouter:

@@ -274,6 +274,18 @@ class Cluster:
                     .get("allowed"))
 
 
+def pod_port_forward(opts, namespace: str, pod: str, port: int):
+    """One ``pods/portforward`` stream to *pod*'s *port* through the API server (what ``kubectl
+    port-forward`` opens per connection): returns ``(stream, socket)``; close both when done.
+    Failures raise the client's exceptions (``ApiException``, websocket errors), for the caller to word."""
+    from kubernetes import client
+    from kubernetes.stream import portforward
+
+    core = client.CoreV1Api(_api_client(opts))
+    pf = portforward(core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+    return pf, pf.socket(port)
+
+
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
