@@ -193,7 +193,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("detect_timeout", "10s", parse_duration, "How long protocol detection waits for the first bytes."),
     # nginx's client_header_timeout and Node's headersTimeout are both 60 s (docs/security.md, class 5).
     Setting("header_read_timeout", "60s", parse_duration,
-            "How long an HTTP/1 request head may take to arrive once begun; then 408 and the connection closes."),
+            "How long a request head may take to arrive once begun: HTTP/1 answers 408, HTTP/2 sends GOAWAY."),
     Setting("inbound_connect_timeout", "100ms", parse_duration, "Connect timeout towards the application."),
     Setting("outbound_connect_timeout", "1s", parse_duration, "Connect timeout towards other endpoints."),
     Setting("shutdown_grace_period", "30s", parse_duration,

@@ -117,3 +117,70 @@ def test_a_head_completed_in_time_in_pieces_is_served(quick, upstream):
     head = b"GET /pieces HTTP/1.1\r\nHost: %s\r\n\r\n" % upstream.authority.encode()
     reply, _ = drip(quick.outbound, head, gap=TIMEOUT / len(head) / 2, limit=1.0)
     assert reply.startswith(b"HTTP/1.1 200 ")
+
+
+# --- HTTP/2: a header block (any frame) begun and not finished ---------------------------------------
+
+def _h2_peer(quick, authority):
+    from .test_h2_conformance import Peer
+
+    return Peer(quick.outbound, authority)
+
+
+def _goaway_debug(peer, timeout: float) -> bytes | None:
+    from .test_h2_conformance import GOAWAY
+
+    for ftype, _flags, _sid, payload in peer.frames(timeout):
+        if ftype == GOAWAY:
+            return payload[8:]
+    return None
+
+
+def test_http2_a_headers_frame_dripped_a_byte_at_a_time_ends_the_connection(quick, h2_upstream):
+    peer = _h2_peer(quick, h2_upstream.authority)
+    try:
+        list(peer.frames(0.2))  # the server's SETTINGS and the ACK
+        data = peer.headers(1, peer.block("/slow"))
+        started = time.monotonic()
+        for i in range(len(data)):
+            peer.send(data[i:i + 1])
+            time.sleep(0.05)
+            if peer.closed or time.monotonic() - started > TIMEOUT + 2:
+                break
+        debug = _goaway_debug(peer, TIMEOUT + 2)
+        assert debug is not None and b"not received in time" in debug
+        assert time.monotonic() - started < TIMEOUT + 3
+    finally:
+        peer.close()
+    assert h2_upstream.requests == []
+
+
+def test_http2_a_header_block_dribbled_in_continuation_frames_is_timed_too(quick, h2_upstream):
+    from .test_h2_conformance import CONTINUATION, HEADERS, frame
+
+    peer = _h2_peer(quick, h2_upstream.authority)
+    try:
+        block = peer.block("/cont", extra=[("x-pad", "p" * 40)])
+        peer.send(frame(HEADERS, 0, 1, block[:1]))
+        # Complete CONTINUATION frames, spaced out, never the last one (fewer than libnghttp2's
+        # own cap on CONTINUATIONs per block, which would end the connection first).
+        for i in range(1, 6):
+            time.sleep(TIMEOUT / 3)
+            peer.send(frame(CONTINUATION, 0, 1, block[i:i + 1]))
+            if peer.closed:
+                break
+        debug = _goaway_debug(peer, TIMEOUT + 2)
+        assert debug is not None and b"not received in time" in debug
+    finally:
+        peer.close()
+    assert h2_upstream.requests == []
+
+
+def test_http2_an_idle_connection_is_not_what_the_timeout_measures(quick, h2_upstream):
+    peer = _h2_peer(quick, h2_upstream.authority)
+    try:
+        list(peer.frames(0.2))
+        time.sleep(TIMEOUT * 1.5)
+        assert peer.still_serving(1) == 200
+    finally:
+        peer.close()

@@ -15,7 +15,6 @@ from concurrent import futures
 import grpc
 import pytest
 
-from ._hb_local import chain
 
 CHUNK = 64 * 1024
 CHUNKS = 16  # 1 MiB per stream
@@ -55,36 +54,32 @@ def _channel(entry, port):
 
 
 @pytest.mark.parametrize("hops", [0, 1, 2])
-def test_ten_server_streams_to_a_client_that_pauses_reading_all_finish(bulk_server, hops):
-    entry, proxies = chain(hops)
-    try:
-        with _channel(entry, bulk_server) as channel:
-            call = channel.unary_stream("/test.Bulk/Stream")
-            received = [0] * 10
-            errors: list = []
+def test_ten_server_streams_to_a_client_that_pauses_reading_all_finish(bulk_server, proxy_chain, hops):
+    entry = proxy_chain(hops)
+    with _channel(entry, bulk_server) as channel:
+        call = channel.unary_stream("/test.Bulk/Stream")
+        received = [0] * 10
+        errors: list = []
 
-            def consume(i: int) -> None:
-                try:
-                    for n, msg in enumerate(call(b"go", timeout=8)):
-                        if n == 0:
-                            time.sleep(0.5)  # the client stops reading; the proxy's writes back up
-                        received[i] += len(msg)
-                except grpc.RpcError as exc:
-                    errors.append((i, exc.code(), exc.details()))
+        def consume(i: int) -> None:
+            try:
+                for n, msg in enumerate(call(b"go", timeout=8)):
+                    if n == 0:
+                        time.sleep(0.5)  # the client stops reading; the proxy's writes back up
+                    received[i] += len(msg)
+            except grpc.RpcError as exc:
+                errors.append((i, exc.code(), exc.details()))
 
-            start = time.monotonic()
-            threads = [threading.Thread(target=consume, args=(i,)) for i in range(10)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(10)
-            elapsed = time.monotonic() - start
-        assert not errors, errors
-        assert received == [CHUNK * CHUNKS] * 10
-        assert elapsed < 5, elapsed
-    finally:
-        for p in proxies:
-            p.stop()
+        start = time.monotonic()
+        threads = [threading.Thread(target=consume, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        elapsed = time.monotonic() - start
+    assert not errors, errors
+    assert received == [CHUNK * CHUNKS] * 10
+    assert elapsed < 5, elapsed
 
 
 def _grpc_request(sid_authority: str) -> list[tuple[bytes, bytes]]:
@@ -145,37 +140,29 @@ def _raw_streams_pausing(addr, authority: str, *, streams: int, pause: float, ti
 
 
 @pytest.mark.parametrize("hops", [1, 2])
-def test_streams_blocked_on_one_socket_all_resume_when_it_drains(bulk_server, hops):
-    entry, proxies = chain(hops)
-    try:
-        start = time.monotonic()
-        got, status = _raw_streams_pausing(entry, f"127.0.0.1:{bulk_server}", streams=10, pause=0.5, timeout=6)
-        elapsed = time.monotonic() - start
-        assert status == {sid: b"0" for sid in got}, (status, got)
-        # each message framed with its 5-byte gRPC prefix
-        assert set(got.values()) == {CHUNKS * (CHUNK + 5)}
-        assert elapsed < 4, elapsed
-    finally:
-        for p in proxies:
-            p.stop()
+def test_streams_blocked_on_one_socket_all_resume_when_it_drains(bulk_server, proxy_chain, hops):
+    entry = proxy_chain(hops)
+    start = time.monotonic()
+    got, status = _raw_streams_pausing(entry, f"127.0.0.1:{bulk_server}", streams=10, pause=0.5, timeout=6)
+    elapsed = time.monotonic() - start
+    assert status == {sid: b"0" for sid in got}, (status, got)
+    # each message framed with its 5-byte gRPC prefix
+    assert set(got.values()) == {CHUNKS * (CHUNK + 5)}
+    assert elapsed < 4, elapsed
 
 
 @pytest.mark.parametrize("hops", [1, 2])
-def test_many_concurrent_large_unary_calls_on_one_channel_all_complete(bulk_server, hops):
+def test_many_concurrent_large_unary_calls_on_one_channel_all_complete(bulk_server, proxy_chain, hops):
     """grpc interop's large_unary shape, many at once on one channel (the issue: a few hundred of 1,000
     finished, the rest stalled).  Sized to run in seconds: CALLS x SIZE each way."""
     calls, size = 1000, 300 * 1024
-    entry, proxies = chain(hops)
-    try:
-        with _channel(entry, bulk_server) as channel:
-            unary = channel.unary_unary("/test.Bulk/Unary")
-            payload = bytes(range(256)) * (size // 256)
-            start = time.monotonic()
-            pending = [unary.future(payload, timeout=20) for _ in range(calls)]
-            results = [f.result() == payload[::-1] for f in pending]
-            elapsed = time.monotonic() - start
-        assert all(results)
-        assert elapsed < 15, elapsed
-    finally:
-        for p in proxies:
-            p.stop()
+    entry = proxy_chain(hops)
+    with _channel(entry, bulk_server) as channel:
+        unary = channel.unary_unary("/test.Bulk/Unary")
+        payload = bytes(range(256)) * (size // 256)
+        start = time.monotonic()
+        pending = [unary.future(payload, timeout=20) for _ in range(calls)]
+        results = [f.result() == payload[::-1] for f in pending]
+        elapsed = time.monotonic() - start
+    assert all(results)
+    assert elapsed < 15, elapsed

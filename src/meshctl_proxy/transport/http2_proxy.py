@@ -310,6 +310,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         marker = proxy.loop_markers[ctx.direction]
         self._markers = (marker,)
         self._via = (b"via", marker.entry("h2"))  # added to every request forwarded (wire.loop_marker)
+        self._head_timer: asyncio.TimerHandle | None = None  # runs while a frame is arriving unfinished
 
     # -- transport callbacks ------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -344,7 +345,9 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self._protocol_error(exc)
             return
         on_event = self._on_event
+        heard = False
         for ev in conn.events():
+            heard = True
             t = type(ev)
             if t is RequestReceived:
                 self._on_request(ev)
@@ -359,10 +362,24 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             return
         # Streams libnghttp2 closed while writing (a reset it sent for a malformed DATA frame) report here.
         for ev in conn.events():
+            heard = True
             if type(ev) is not StreamClosed or ev.error_code:
                 on_event(ev)
                 if self.closed:
                     return
+        # Bytes that made no event are a frame (a header block above all) still arriving: the
+        # header-read timeout runs until one completes (class 5; HTTP/1's is in http1_proxy).
+        if heard:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.proxy.config.header_read_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        log.info("h2 client %s: a frame begun and not finished in time", self.ctx.client_addr)
+        self._close_with(NO_ERROR, "request head not received in time")
 
     def _ended(self, data: bytes) -> None:
         """libnghttp2 is done with the connection: a drain completed, or it closed it on an error."""
@@ -644,6 +661,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.closed = True
         self.stats.closed += 1
         self.proxy.connections.discard(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         self.fail_waiters(ConnectionResetError("client connection lost"))
         self._abort_streams()
 
