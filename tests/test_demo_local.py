@@ -1,7 +1,8 @@
 """``meshctl demo up|status|load|apply|edit|set|down``: the walkthrough's story on loopback, end to end.
 
 Real processes (identity, destination, three apps, three proxies, Debian's Prometheus),
-daemonised by ``up`` and outliving it; real mTLS; traffic only to 127.0.3x.0/24.
+daemonised by ``up`` and outliving it; real mTLS; traffic only to loopback /24s of this run (127.B.31-34) and, with --netns,
+to the namespaces the demo creates.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ import pytest
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
+
+# Each run its own loopback /24s (127.B.31 ... 127.B.34): test runs from several checkouts
+# may share this machine, and the demo's ports are fixed within a prefix.
+BASE = f"127.{100 + os.getpid() % 150}"
 
 # Counters since the proxies started (none restarts in the story): Prometheus' first scrape may
 # come after the first load, so increase() over a window would miss it.
@@ -106,7 +111,7 @@ def load_json(d: Path, *args: str) -> dict:
 @pytest.fixture
 def up(tmp_path):
     d = tmp_path / "demo"
-    r = demo(d, "up", "--address-prefix", "127.0.31")
+    r = demo(d, "up", "--address-prefix", f"{BASE}.31")
     try:
         assert r.returncode == 0, r.stderr
         yield d, r
@@ -116,7 +121,7 @@ def up(tmp_path):
         assert down.returncode == 0, down.stderr
         # Nothing is left: no process, no listening socket, no state saying the mesh is up.
         assert not [name for name, pid in started.items() if alive(pid)]
-        assert listening("127.0.31") == []
+        assert listening(f"{BASE}.31") == []
         assert not (d / "mesh.json").exists() and not (d / "processes.json").exists()
 
 
@@ -125,7 +130,7 @@ def test_the_walkthrough_story_on_loopback(up, tmp_path):
 
     d, r = up
     mesh = state.load(d)
-    assert mesh.gateway_url == "http://127.0.31.2:5000"
+    assert mesh.gateway_url == f"http://{BASE}.31.2:5000"
     assert f"gateway:    {mesh.gateway_url}" in r.stdout and f"prometheus: {mesh.prometheus_url}" in r.stdout
     walkthrough(d, tmp_path)
 
@@ -248,26 +253,26 @@ def test_bad_input_is_one_line_and_changes_nothing(up, tmp_path):
 
     # Another demo on the same addresses: the port is named, and nothing is left started.
     other = tmp_path / "other"
-    r = demo(other, "up", "--address-prefix", "127.0.31")
+    r = demo(other, "up", "--address-prefix", f"{BASE}.31")
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("Error: demo: 127.0.31.1:8080 is already in use")
+    assert r.stderr.strip().splitlines()[-1].startswith(f"Error: demo: {BASE}.31.1:8080 is already in use")
     assert not (other / "processes.json").exists() and not (other / "mesh.json").exists()
 
 
 def test_a_port_taken_by_something_else_and_a_stale_state_dir(tmp_path):
     d = tmp_path / "demo"
     blocker = socket.socket()
-    blocker.bind(("127.0.32.4", 4191))  # price-api's proxy admin port
+    blocker.bind((f"{BASE}.32.4", 4191))  # price-api's proxy admin port
     blocker.listen()
     try:
-        r = demo(d, "up", "--address-prefix", "127.0.32")
+        r = demo(d, "up", "--address-prefix", f"{BASE}.32")
     finally:
         blocker.close()
-    assert r.returncode == 1 and "Error: demo: 127.0.32.4:4191 is already in use" in r.stderr
-    assert listening("127.0.32") == []
+    assert r.returncode == 1 and f"Error: demo: {BASE}.32.4:4191 is already in use" in r.stderr
+    assert listening(f"{BASE}.32") == []
 
     # A demo whose processes were all killed (a reboot, kill -9): `up` starts them again.
-    r = demo(d, "up", "--address-prefix", "127.0.32")
+    r = demo(d, "up", "--address-prefix", f"{BASE}.32")
     assert r.returncode == 0, r.stderr
     try:
         first = pids(d)
@@ -275,13 +280,13 @@ def test_a_port_taken_by_something_else_and_a_stale_state_dir(tmp_path):
             os.kill(pid, signal.SIGKILL)
         # ...and an `up` killed half-way (no mesh.json): the next `up` cleans up and starts afresh.
         (d / "mesh.json").unlink()
-        r = demo(d, "up", "--address-prefix", "127.0.32")
+        r = demo(d, "up", "--address-prefix", f"{BASE}.32")
         assert r.returncode == 0 and "did not finish starting" in r.stderr, r.stderr
         assert all(alive(pid) for pid in pids(d).values())
-        assert httpx.get("http://127.0.32.2:5000/api/products/2", timeout=5).json()["price"] == 189.5
+        assert httpx.get(f"http://{BASE}.32.2:5000/api/products/2", timeout=5).json()["price"] == 189.5
     finally:
         assert demo(d, "down").returncode == 0
-    assert listening("127.0.32") == []
+    assert listening(f"{BASE}.32") == []
 
 
 def test_prometheus_missing_stops_everything_started(tmp_path, monkeypatch):
@@ -295,15 +300,15 @@ def test_prometheus_missing_stops_everything_started(tmp_path, monkeypatch):
 
     monkeypatch.setattr(localprom, "find_binary", missing)
     with pytest.raises(MeshctlError, match="^prometheus: not found"):
-        LocalDemo(tmp_path).up(core.Plan(prefix="127.0.33"))
-    assert not (tmp_path / "processes.json").exists() and listening("127.0.33") == []
+        LocalDemo(tmp_path).up(core.Plan(prefix=f"{BASE}.33"))
+    assert not (tmp_path / "processes.json").exists() and listening(f"{BASE}.33") == []
 
     # Prometheus failing after the mesh started: what `up` started is stopped again.
     monkeypatch.undo()
     monkeypatch.setattr(localprom, "start", lambda *a, **k: (_ for _ in ()).throw(MeshctlError("prometheus exited with 1")))
     with pytest.raises(MeshctlError, match="prometheus exited"):
-        LocalDemo(tmp_path).up(core.Plan(prefix="127.0.33"))
-    assert not (tmp_path / "processes.json").exists() and listening("127.0.33") == []
+        LocalDemo(tmp_path).up(core.Plan(prefix=f"{BASE}.33"))
+    assert not (tmp_path / "processes.json").exists() and listening(f"{BASE}.33") == []
 
 
 def test_netns_needs_root_says_so(tmp_path):
@@ -338,7 +343,8 @@ def test_the_walkthrough_story_in_network_namespaces(tmp_path):
         lab = json.loads((d / "processes.json").read_text())["extra"]["netns"]
         assert len(lab["namespaces"]) == 5 and all(Path("/var/run/netns", ns).exists() for ns in lab["namespaces"])
         # The gateway's Service on port 80, as `kubectl get svc` shows it in the walkthrough.
-        assert mesh.gateway_url == "http://198.18.0.100"
+        net = json.loads((d / "processes.json").read_text())["plan"]["netns_net"]
+        assert mesh.gateway_url == f"http://{net}.100"
         # The apps know nothing of the mesh: no --via, they call the Services by name.
         record = json.loads((d / "processes.json").read_text())
         gateway_app = next(p for p in record["processes"] if p["spec"]["name"] == "product-gateway-api-app")
@@ -353,7 +359,7 @@ def test_the_walkthrough_story_in_network_namespaces(tmp_path):
         # The gateway's calls were redirected transparently: the proxy saw the Service IP as the
         # original destination, and originated mTLS to the price API's identity.
         metrics = httpx.get(f"http://{mesh.workload('product-gateway-api').proxy.admin}/metrics", timeout=5).text
-        assert ('target_addr="198.18.0.102:8080",tls="true",'
+        assert (f'target_addr="{net}.102:8080",tls="true",'
                 'server_id="price-api.shop.serviceaccount.identity.meshctl.cluster.local"') in metrics
     finally:
         started = pids(d) if (d / "processes.json").exists() else {}
@@ -372,7 +378,7 @@ def test_foreground_stays_until_interrupted_then_stops_everything(tmp_path):
     from conftest import SRC
 
     d = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "demo", "up", "--foreground", "--address-prefix", "127.0.34",
+    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "demo", "up", "--foreground", "--address-prefix", f"{BASE}.34",
                              "--dir", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1"})
     try:
@@ -381,7 +387,7 @@ def test_foreground_stays_until_interrupted_then_stops_everything(tmp_path):
             time.sleep(0.2)
         assert (d / "mesh.json").exists(), proc.stderr.read() if proc.poll() is not None else "not up after 60s"
         started = pids(d)
-        assert httpx.get("http://127.0.34.2:5000/api/products/3", timeout=5).status_code == 200
+        assert httpx.get(f"http://{BASE}.34.2:5000/api/products/3", timeout=5).status_code == 200
         time.sleep(0.5)
         assert proc.poll() is None  # still in the foreground
         proc.send_signal(signal.SIGINT)
@@ -391,6 +397,6 @@ def test_foreground_stays_until_interrupted_then_stops_everything(tmp_path):
             proc.kill()
             demo(d, "down")
     assert proc.returncode == 0, err
-    assert "gateway:    http://127.0.34.2:5000" in out and "√ stopped" in err
+    assert f"gateway:    http://{BASE}.34.2:5000" in out and "√ stopped" in err
     assert not [name for name, pid in started.items() if alive(pid)]
-    assert listening("127.0.34") == [] and not (d / "mesh.json").exists()
+    assert listening(f"{BASE}.34") == [] and not (d / "mesh.json").exists()
