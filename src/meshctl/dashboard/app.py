@@ -44,7 +44,7 @@ class Settings:
     policy: HostPolicy
     grafana_url: str | None = None
     refresh_s: float = 5.0
-    live_calls_max: int = 50  # rows kept in the live-calls table
+    live_calls_max: int = 25  # rows kept in the live-calls table (newest first)
     chart_span: str = "10 min"  # what the charts' x axis spans (the source's range)
     title: str = "meshctl"
 

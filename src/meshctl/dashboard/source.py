@@ -150,6 +150,7 @@ class LocalSource:
                 "callers": pool.submit(self._stat, "deployment", at=at, to=res, tcp=False),
                 "edges": pool.submit(queries.edges, self.prom, "deployment", at=at),
                 "routes": pool.submit(self._routes, res, ns, at),
+                "served": pool.submit(self._routes, res, None, at),
                 "pods": pool.submit(self.prom.query, f"group(up{up}) by (pod)", at=at),
             }
             charts = self._charts(ns, name, at, pool)  # its five range queries, on the same pool
@@ -180,17 +181,20 @@ class LocalSource:
             routes += self._routes(res, dst_ns, at)
         pods = tuple(sorted(s.get("pod") for s in done["pods"] if s.get("pod")))
         return WorkloadPage(self._row("deployment", me[0]), my_id, pods, tuple(inbound), tuple(outbound),
-                            tuple(routes), charts())
+                            tuple(routes), charts(), tuple(done["served"]))
 
-    def _routes(self, res, dst_namespace: str, at: float) -> list[RouteRow]:
-        """Outbound routes of *res* to the services of *dst_namespace*: effective next to actual success."""
+    def _routes(self, res, dst_namespace: str | None, at: float) -> list[RouteRow]:
+        """Outbound routes of *res* to the services of *dst_namespace* (effective next to actual success),
+        or with None its inbound routes (what it served, by its own ServiceProfile)."""
         from meshctl.viz import queries
         from meshctl.viz.resources import Resource
 
+        to = Resource("namespace", dst_namespace) if dst_namespace is not None else None
         return [RouteRow(rr.route, rr.dst, rr.success_rate, rr.rps or 0.0, rr.actual_success_rate,
-                         rr.actual_rps or 0.0, rr.latency_ms_p50, rr.latency_ms_p95, rr.latency_ms_p99)
-                for rr in queries.routes(self.prom, res, window_s=self.window_s,
-                                         to=Resource("namespace", dst_namespace), at=at)]
+                         rr.actual_rps if to is not None else None, rr.latency_ms_p50, rr.latency_ms_p95,
+                         rr.latency_ms_p99)
+                for rr in queries.routes(self.prom, res, window_s=self.window_s, to=to, at=at)
+                if rr.requests > 0 or rr.route != queries.DEFAULT_ROUTE]
 
     def _charts(self, ns: str, name: str, at: float, pool):
         """The last ten minutes of the golden metrics (range queries: the dashboard's own, on viz's matchers).

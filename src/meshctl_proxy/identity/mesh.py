@@ -245,6 +245,7 @@ class Mesh:
         from meshctl_proxy.model import INBOUND
 
         proxy.routers[INBOUND] = AuthorizingRouter(proxy.routers[INBOUND], self.policy, self.authz)
+        self.authz.series = proxy.metrics.series  # ports come from the network: one cap for every family
         proxy.metrics.extra_renderers.append(self.render_metrics)
         if self.identity is None:
             return

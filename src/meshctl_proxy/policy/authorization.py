@@ -76,13 +76,23 @@ def _in_networks(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.I
 
 
 class AuthzStats:
-    """Linkerd's ``inbound_{http,tcp}_authz_{allow,deny}_total`` counters, keyed by port."""
+    """Linkerd's ``inbound_{http,tcp}_authz_{allow,deny}_total`` counters, keyed by port.
 
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str, int]] = Counter()  # (protocol, "allow"/"deny", port)
+    The port is the connection's original destination, which a client picks (every inbound port is
+    redirected to the proxy): *series* (the proxy's ``Metrics.series``, set when the mesh attaches)
+    caps them with the other families, and a port it refuses counts under ``srv_port="overflow"``.
+    """
+
+    def __init__(self, series=None) -> None:
+        self.counts: Counter[tuple[str, str, int | str]] = Counter()  # (protocol, "allow"/"deny", port)
+        self.series = series
 
     def count(self, protocol: str, decision: Decision, port: int) -> None:
-        self.counts[(protocol, "allow" if decision.allowed else "deny", port)] += 1
+        key = (protocol, "allow" if decision.allowed else "deny", port)
+        counts = self.counts
+        if key not in counts and self.series is not None and not self.series.take(1):
+            key = (key[0], key[1], "overflow")
+        counts[key] += 1
 
     def render(self, pod_labels: Iterable[tuple[str, str]] = ()) -> str:
         pod = "".join(f',{k}="{v}"' for k, v in pod_labels)
@@ -93,7 +103,7 @@ class AuthzStats:
                 out.append(f"# HELP {name} Inbound {protocol.upper()} {'connections' if protocol == 'tcp' else 'requests'}"
                            f" {'allowed' if verdict == 'allow' else 'denied'} by the inbound policy.\n"
                            f"# TYPE {name} counter\n")
-                for (p, v, port), n in sorted(self.counts.items()):
+                for (p, v, port), n in sorted(self.counts.items(), key=lambda item: str(item[0])):
                     if (p, v) == (protocol, verdict):
                         out.append(f'{name}{{srv_port="{port}"{pod}}} {n}\n')
         return "".join(out)
