@@ -85,8 +85,10 @@ def test_fragments_carry_only_the_refreshing_part(client):
 
 
 def test_unknown_namespace_is_404_and_a_backend_failure_503_with_its_message(client, source):
-    r = client.get("/namespaces/nope")
+    r = client.get("/_fragment/namespaces/nope")
     assert r.status_code == 404 and "namespace &#39;nope&#39; has no meshed workloads" in r.text
+    r = client.get("/namespaces/nope")  # the page's frame, then the same message in place of the figures
+    assert '<p class="error" role="alert">namespace &#39;nope&#39; has no meshed workloads</p>' in r.text
     source.down = True
     r = client.get("/_fragment/")
     assert r.status_code == 503 and "Prometheus at http://127.0.0.1:9 is unreachable" in r.text

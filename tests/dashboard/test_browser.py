@@ -27,7 +27,9 @@ from conftest import ROOT, SRC, run_cli
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's (scripts/apt-packages.txt); playwright never downloads a browser
-PREFIX = "127.0.45"  # this module's pods; other demo tests use other /24s
+# This module's pods: a /24 of 127/8 by process id, so two test runs on one machine (developers'
+# worktrees) do not collide; the demo tests use 127.0.3x.
+PREFIX = f"127.{60 + os.getpid() % 150}.45"
 IMAGES = ROOT / "docs" / "images"
 SHOP = ("price-api", "product-api", "product-gateway-api")
 PRICE_FAILURE_RATE = "0.3"
