@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 
 from meshctl_proxy.config import ProxyConfig
 
@@ -75,6 +76,12 @@ def _in_networks(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.I
     return any(addr.version == net.version and addr in net for net in networks)
 
 
+class SeriesBudget(Protocol):
+    """What the metrics' series cap offers (telemetry.metrics): room for *n* more series, or not."""
+
+    def take(self, n: int) -> bool: ...
+
+
 class AuthzStats:
     """Linkerd's ``inbound_{http,tcp}_authz_{allow,deny}_total`` counters, keyed by port.
 
@@ -83,12 +90,12 @@ class AuthzStats:
     caps them with the other families, and a port it refuses counts under ``srv_port="overflow"``.
     """
 
-    def __init__(self, series=None) -> None:
+    def __init__(self, series: SeriesBudget | None = None) -> None:
         self.counts: Counter[tuple[str, str, int | str]] = Counter()  # (protocol, "allow"/"deny", port)
         self.series = series
 
     def count(self, protocol: str, decision: Decision, port: int) -> None:
-        key = (protocol, "allow" if decision.allowed else "deny", port)
+        key: tuple[str, str, int | str] = (protocol, "allow" if decision.allowed else "deny", port)
         counts = self.counts
         if key not in counts and self.series is not None and not self.series.take(1):
             key = (key[0], key[1], "overflow")
