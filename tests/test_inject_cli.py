@@ -225,3 +225,48 @@ def test_verbose_after_the_command_as_linkerd_accepts_it(tmp_path: Path):
     assert after.returncode == before.returncode == 0
     assert after.stderr == before.stderr
     assert after.stderr.startswith('√ deployment "web": pods do not use host networking\n')
+
+
+def test_native_sidecar_is_a_switch(tmp_path: Path):
+    # linkerd's boolean flags: `--native-sidecar FILE` (a switch before a file name) and `--native-sidecar=false`.
+    f = tmp_path / "d.yaml"
+    f.write_text(DEPLOY.format(name="web"))
+    anchors = "tests/golden/trust-anchors.pem"
+    base = ["inject", "--manual", "--ignore-cluster", "--identity-trust-anchors-file", anchors]
+    native = run_cli(*base, "--native-sidecar", str(f))
+    assert native.returncode == 0, native.stderr
+    assert "restartPolicy: Always" in native.stdout
+    for off in (["--native-sidecar=false"], ["--no-native-sidecar"], ["--native-sidecar=0"]):
+        r = run_cli(*base, *off, str(f))
+        assert r.returncode == 0, r.stderr
+        assert "restartPolicy: Always" not in r.stdout and "meshctl-proxy" in r.stdout
+    r = run_cli(*base, "--native-sidecar=maybe", str(f))
+    assert r.returncode == 2
+
+
+def test_opaque_port_names_are_accepted_and_bad_ones_refused(tmp_path: Path):
+    f = tmp_path / "d.yaml"
+    f.write_text(DEPLOY.format(name="web"))
+    r = run_cli("inject", "--opaque-ports", "mysql,8080-8081", str(f))
+    assert r.returncode == 0, r.stderr
+    assert 'config.meshctl.io/opaque-ports: "mysql,8080-8081"' in r.stdout
+    r = run_cli("inject", "--opaque-ports", "My_SQL", str(f))
+    assert r.returncode == 2 and "--opaque-ports" in r.stderr
+
+
+def test_user_config_annotations_survive_inject_and_uninject_byte_for_byte(tmp_path: Path):
+    source = ROOT / "tests" / "golden" / "inject" / "user-config" / "input.yaml"
+    text = source.read_text()
+    mine = [line for line in text.splitlines() if "config.meshctl.io/" in line]
+    assert len(mine) == 3
+    injected = run_cli("inject", str(source))
+    assert injected.returncode == 0, injected.stderr
+    assert all(line in injected.stdout.splitlines() for line in mine)
+    (tmp_path / "i.yaml").write_text(injected.stdout)
+    back = run_cli("uninject", str(tmp_path / "i.yaml"))
+    assert back.returncode == 0, back.stderr
+    assert back.stdout == text  # uninject(inject(x)) == x, the user's annotations included
+    manual = run_cli("inject", "--manual", "--ignore-cluster", "--identity-trust-anchors-file", TRUST, str(source))
+    assert manual.returncode == 0, manual.stderr
+    assert all(line in manual.stdout.splitlines() for line in mine)
+    assert "cpu: 250m" in manual.stdout and '- "3306"' in manual.stdout and "0.0.0.0:9991" in manual.stdout

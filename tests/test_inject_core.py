@@ -214,7 +214,16 @@ def test_uninject_inverts_inject_and_inject_is_idempotent_on_dicts(template, opt
     injected = inject_pod(template, options, Workload("deployment", "web", "shop")).patch.apply(template)
     again = inject_pod(injected, options, Workload("deployment", "web", "shop")).patch.apply(injected)
     assert again == injected
-    assert omitempty(uninject_pod(injected).patch.apply(injected)) == omitempty(template)
+    # uninject gives the template back, except the config.meshctl.io/* annotations inject wrote
+    # for the flags given: configuration, which uninject keeps (as linkerd's keeps config.linkerd.io/*).
+    expected = template
+    written = {} if options.manual else options.annotations_to_write(
+        ((template.get("metadata") or {}).get("annotations")) or {})
+    if written:
+        meta = dict(template.get("metadata") or {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), **written}
+        expected = {**template, "metadata": meta}
+    assert omitempty(uninject_pod(injected).patch.apply(injected)) == omitempty(expected)
     if options.manual:
         # What --manual adds is valid Kubernetes 1.31 whatever the (valid) pod around it.
         names = [c["name"] for f in ("initContainers", "containers") for c in injected["spec"].get(f) or []]
@@ -262,9 +271,24 @@ def test_text_edits_agree_with_the_patch_and_round_trip(template, options, style
     twice = inject_text(once.text, "x", options, verify=True)
     assert twice.text == once.text
     back = uninject_text(once.text, "x", verify=True)
-    assert omitempty(_values(back.text)) == omitempty(_values(text))
+    # Back to the input, but for the config.meshctl.io/* annotations written for the flags (kept, as linkerd does).
+    assert omitempty(_values(back.text)) == omitempty(_values(_dump(_with_written_config(obj, options, kind), style)))
     if "# a comment" in text:
         assert back.text.startswith("# a comment that must survive\n")
+
+
+def _with_written_config(obj: dict, options: InjectOptions, kind: str) -> dict:
+    """*obj* with the config annotations annotation-mode inject writes on its pod template."""
+    import copy
+
+    obj = copy.deepcopy(obj)
+    template = obj if kind == "Pod" else (obj["spec"]["jobTemplate"]["spec"]["template"] if kind == "CronJob"
+                                          else obj["spec"]["template"])
+    current = ((template.get("metadata") or {}).get("annotations")) or {}
+    written = {} if options.manual else options.annotations_to_write(current)
+    if written:
+        template["metadata"] = {**(template.get("metadata") or {}), "annotations": {**current, **written}}
+    return obj
 
 
 def test_webhook_seam_reads_config_annotations_and_keeps_them():
@@ -284,5 +308,5 @@ def test_webhook_seam_reads_config_annotations_and_keeps_them():
     # A second admission (e.g. a re-created pod spec) changes nothing.
     again = inject_pod(new, options, Workload("deployment", "web", "shop"), keep_opt_in=True)
     assert again.patch.apply(new) == new
-    with pytest.raises(OptionsError, match="--proxy-cpu-request"):
+    with pytest.raises(OptionsError, match="^config.meshctl.io/proxy-cpu-request: expected a Kubernetes quantity"):
         InjectOptions.from_annotations({"config.meshctl.io/proxy-cpu-request": "lots"})

@@ -21,7 +21,7 @@ import pytest
 
 from proxy.conftest import ProxyProcess, loop_thread, proxy, start_proxy  # noqa: F401 (fixtures shared)
 
-from .peers import RecordingH2Upstream, RecordingUpstream, wait_until
+from .peers import ForwardingProxy, RecordingH2Upstream, RecordingUpstream, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,29 @@ def _h2_upstream(loop_thread):
 def h2_upstream(_h2_upstream):
     _h2_upstream.clear()
     return _h2_upstream
+
+
+@pytest.fixture
+def proxy_chain():
+    """``chain(hops, **env)``: the address a client connects to in front of 0, 1 or 2 proxies (None for 0:
+    connect to the upstream itself), routed by the request's authority; with 2, a mesh hop
+    (:class:`.peers.ForwardingProxy` -> the server-side proxy's inbound).  Stopped after the test."""
+    started = []
+
+    def chain(hops: int, **env):
+        if hops == 0:
+            return None
+        if hops == 1:
+            started.append(ProxyProcess(**env))
+            return started[-1].outbound
+        server_side = ProxyProcess(**env)
+        started.append(server_side)
+        started.append(ForwardingProxy(server_side.inbound[1], **env))
+        return started[-1].outbound
+
+    yield chain
+    for p in started:
+        p.terminate()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import time
 
 import h11
 
+from proxy.conftest import ProxyProcess
 from proxy.conftest import wait_for as wait_until  # noqa: F401 (re-exported for the tests)
 
 
@@ -173,6 +174,7 @@ class _H2UpstreamConnection(asyncio.Protocol):
             return
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
+                self.owner.streams_opened += 1  # counted at once: a stream reset before its end is not recorded
                 self.heads[ev.stream_id] = ev.headers
                 self.bodies[ev.stream_id] = bytearray()
             elif isinstance(ev, h2.events.DataReceived):
@@ -199,8 +201,17 @@ class _H2UpstreamConnection(asyncio.Protocol):
 class RecordingH2Upstream(_RecordingServer):
     """An HTTP/2 (prior knowledge) server (h2) that answers every request ``200`` and records it.
 
-    A request's recorded headers are its regular fields plus ``:authority``.
+    A request's recorded headers are its regular fields plus ``:authority``; :attr:`streams_opened`
+    counts request heads as they arrive, also those of streams reset before their end.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams_opened = 0
+
+    def clear(self) -> None:
+        super().clear()
+        self.streams_opened = 0
 
     async def start(self) -> "RecordingH2Upstream":
         loop = asyncio.get_running_loop()
@@ -413,6 +424,32 @@ class H2Client:
                     self.flush()
                     return Answer(status, headers, bytes(body))
         return None
+
+
+# --- a mesh hop: two proxies ----------------------------------------------------------------
+
+class ForwardingProxy(ProxyProcess):
+    """A proxy whose outbound side sends every request to *forward_port* on loopback: the client-side
+    proxy of a mesh hop, in front of the server-side proxy's inbound listener (which routes by the
+    request's authority to the application, as ``meshctl_proxy`` does without iptables)."""
+
+    argv = ("-c", """
+import os, sys
+from meshctl_proxy import config
+from meshctl_proxy.model import Endpoint
+from meshctl_proxy.policy.router import DirectRouter
+from meshctl_proxy.transport.server import run
+
+class ForwardTo(DirectRouter):
+    def select(self, target):
+        return Endpoint("127.0.0.1", int(os.environ["FORWARD_PORT"]))
+
+sys.exit(run(config.load({k: v for k, v in os.environ.items() if k.startswith("MESHCTL_PROXY_")}),
+             outbound_router=ForwardTo()))
+""")
+
+    def __init__(self, forward_port: int, **env: str) -> None:
+        super().__init__(FORWARD_PORT=str(forward_port), **env)
 
 
 # --- a mesh: an identity service and leaves with any name ----------------------------------

@@ -131,8 +131,24 @@ def test_namespace_annotations_inherited_pod_wins(injector, kube):
     assert proxy["resources"]["requests"]["cpu"] == "150m"
 
 
+def test_user_and_linkerd_config_annotations_are_applied_and_kept(injector, kube):
+    # The user's config.meshctl.io/* annotations, and Linkerd's aliases (docs/linkerd-differences.md),
+    # apply as `inject --manual` applies them; meshctl's own wins over Linkerd's; all stay on the pod.
+    namespace(kube, annotations={"meshctl.io/inject": "enabled"})
+    annotations = {"config.meshctl.io/proxy-cpu-request": "250m", "config.linkerd.io/proxy-memory-limit": "96Mi",
+                   "config.linkerd.io/proxy-cpu-request": "1", "config.linkerd.io/admin-port": "9991"}
+    pod = web_pod(annotations)
+    response = post(injector, admission_review(pod))
+    meshed = patched(pod, response)
+    proxy = next(c for c in meshed["spec"]["initContainers"] if c["name"] == "meshctl-proxy")
+    assert proxy["resources"] == {"requests": {"cpu": "250m"}, "limits": {"memory": "96Mi"}}
+    assert proxy_env(meshed)["MESHCTL_PROXY_ADMIN_LISTEN_ADDR"] == "0.0.0.0:9991"
+    assert {k: meshed["metadata"]["annotations"][k] for k in annotations} == annotations
+
+
 @pytest.mark.parametrize("ns_annotations, pod_annotations", [
     ({"meshctl.io/inject": "enabled"}, {"meshctl.io/inject": "disabled"}),
+    ({"meshctl.io/inject": "enabled"}, {"linkerd.io/inject": "disabled"}),  # Linkerd's opt-out is honoured
     ({}, {}),
     ({"meshctl.io/inject": "disabled"}, {}),
 ])

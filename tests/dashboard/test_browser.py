@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -26,11 +27,14 @@ from conftest import ROOT, SRC, run_cli
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's (scripts/apt-packages.txt); playwright never downloads a browser
-PREFIX = "127.0.45"  # this module's pods; other demo tests use other /24s
+# This module's pods: a /24 of 127/8 by process id, so two test runs on one machine (developers'
+# worktrees) do not collide; the demo tests use 127.0.3x.
+PREFIX = f"127.{60 + os.getpid() % 150}.45"
 IMAGES = ROOT / "docs" / "images"
 SHOP = ("price-api", "product-api", "product-gateway-api")
 PRICE_FAILURE_RATE = "0.3"
 REFRESH_S = 5.0
+GRAFANA = "http://127.0.0.1:3000"
 
 
 def demo(d: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -108,7 +112,8 @@ def stop_dashboard(proc: subprocess.Popen) -> int:
 @pytest.fixture(scope="module")
 def dashboard(shop):
     d, _ = shop
-    proc, url = start_dashboard("--demo-dir", str(d))
+    # A Grafana URL only for its links (no Grafana runs here: nothing loads from it).
+    proc, url = start_dashboard("--demo-dir", str(d), "--grafana-url", GRAFANA)
     try:
         wait_for("the dashboard", lambda: httpx.get(f"{url}/ready", timeout=2).status_code == 200, 20)
         yield url
@@ -141,8 +146,9 @@ class Watched:
         self.page.on("response", lambda r: r.status >= 400 and self.problems.append(f"{r.status} {r.url}"))
 
     def _failed(self, request) -> None:
-        # A live-calls stream still open when the page is left is cancelled by the browser: not a failure.
-        if "/api/tap/" in request.url and request.failure == "net::ERR_ABORTED":
+        # Leaving a page cancels its live-calls stream and any refresh in flight (ERR_ABORTED): the
+        # browser abandoned them, nothing failed.
+        if ("/api/tap/" in request.url or "/_fragment/" in request.url) and request.failure == "net::ERR_ABORTED":
             return
         self.problems.append(f"request failed: {request.url} {request.failure}")
 
@@ -175,6 +181,8 @@ def test_every_page_loads_with_no_console_error_and_no_failed_request(watched):
     for name, path in PAGES.items():
         page = watched.goto(path)
         page.wait_for_selector("#live table")
+        if name.startswith("workload"):
+            page.wait_for_selector("#live-calls tbody tr", timeout=10_000)  # traffic is flowing: calls stream in
         page.wait_for_timeout(REFRESH_S * 1000 + 1500)  # one refresh of the numbers, too
         page.screenshot(path=str(IMAGES / f"dashboard-{name}.png"), full_page=True)
     assert watched.problems == []
@@ -190,12 +198,22 @@ def test_overview_lists_the_shop_meshed_with_viz_stats_success_rates(watched, sh
         assert row.get_attribute("data-namespace") == "shop"
         assert row.locator("[data-meshed]").get_attribute("data-meshed") == "true", name
         assert row.locator("[data-meshed]").inner_text() == "1/1"
-    shown = {name: float(row.locator('[data-field="success-rate"]').get_attribute("data-value")) for name, row in seen.items()}
-    r = run_cli("viz", "stat", "-n", "shop", "deploy", "-o", "json", "--demo-dir", str(d))
-    assert r.returncode == 0, r.stderr
-    stat = {row["name"]: row for row in json.loads(r.stdout)}
-    for name in SHOP:
-        assert abs(shown[name] - stat[name]["success"]) <= 0.01, (name, shown[name], stat[name])
+    # The page and `viz stat` each evaluate a one-minute window at their own instant, a second or two
+    # apart; with 30% random failures that alone can move the price API's rate by a point or two.
+    # So compare a page and a `viz stat` taken back to back, a few times: they must agree once.
+    differences = []
+    for _ in range(4):
+        page.reload()
+        rows = page.locator('table[data-kind="deployment"] tbody tr')
+        shown = {rows.nth(i).get_attribute("data-name"): float(
+            rows.nth(i).locator('[data-field="success-rate"]').get_attribute("data-value")) for i in range(rows.count())}
+        r = run_cli("viz", "stat", "-n", "shop", "deploy", "-o", "json", "--demo-dir", str(d))
+        assert r.returncode == 0, r.stderr
+        stat = {row["name"]: row["success"] for row in json.loads(r.stdout)}
+        differences.append(max(abs(shown[name] - stat[name]) for name in SHOP))
+        if differences[-1] <= 0.01:
+            break
+    assert min(differences) <= 0.01, differences
     assert shown["price-api"] < 0.9  # the failures are real, and shown
 
 
@@ -206,11 +224,33 @@ def test_the_gateways_dependency_map_has_exactly_two_outgoing_edges(watched):
     assert {edges.nth(i).get_attribute("data-peer") for i in range(2)} == {"product-api", "price-api"}
     assert page.locator("svg.depmap g.edge.outbound.secured").count() == 2  # both over mTLS
     assert page.locator('svg.depmap g.node[data-node="product-gateway-api"]').count() == 1
+    grafana = page.locator("header.crumbs a.grafana")
+    assert grafana.get_attribute("href") == (f"{GRAFANA}/d/meshctl-deployment/meshctl-deployment"
+                                             "?var-namespace=shop&var-deployment=product-gateway-api")
+
+
+def test_live_calls_show_a_request_to_the_gateway_within_two_seconds(watched, shop):
+    _, mesh = shop
+    page = watched.goto("/namespaces/shop/deployments/product-gateway-api")
+    page.wait_for_function("document.getElementById('tap-state').textContent === 'streaming'", timeout=10_000)
+    page.wait_for_selector("#live-calls tbody tr", timeout=10_000)  # subscribed: the background traffic shows
+    # A product id no other request uses, so this request's row is unmistakable (the gateway answers 404).
+    path = f"/api/products/{900000 + uuid.uuid4().int % 100000}"
+    sent = time.monotonic()
+    r = httpx.get(mesh.gateway_url + path, timeout=10)
+    row = page.wait_for_selector(f'#live-calls tbody tr[data-path="{path}"][data-status="{r.status_code}"]',
+                                 timeout=2_000)
+    elapsed = time.monotonic() - sent
+    cells = row.query_selector_all("td")
+    texts = [c.inner_text() for c in cells]
+    assert texts[5] == "GET" and texts[6] == path and texts[7] == str(r.status_code), texts
+    assert texts[8].endswith(" ms"), texts
+    assert elapsed < 2.0
 
 
 def test_route_metrics_show_retries_lifting_effective_success_over_actual(watched):
     page = watched.goto("/namespaces/shop/deployments/product-gateway-api")
-    row = page.locator('#routes tr[data-route="GET /api/prices"]')
+    row = page.locator('#routes table[data-direction="outbound"] tr[data-route="GET /api/prices"]')
     assert row.count() == 1
     assert row.get_attribute("data-service").startswith("price-api-svc.shop.svc.cluster.local")
     effective = float(row.locator('[data-field="effective-success"]').get_attribute("data-value"))
@@ -228,6 +268,9 @@ def test_numbers_refresh_without_a_page_reload(watched):
     page.wait_for_function("document.getElementById('updated').textContent.startsWith('updated')")
     assert page.evaluate("window.__notReloaded") is True
     assert page.locator('#live table[data-kind="deployment"] tbody tr').count() == 3
+    services = page.locator('#live table[data-kind="service"] tbody tr')
+    assert {services.nth(i).get_attribute("data-name") for i in range(services.count())} == {f"{n}-svc" for n in SHOP}
+    assert page.locator('#live table[data-kind="service"] [data-meshed="true"]').count() == 3
 
 
 def test_a_foreign_host_header_is_refused(dashboard):
@@ -254,9 +297,11 @@ def first_paint_ms(watched, path: str) -> float:
 
 
 def test_first_paint_under_one_second(watched):
+    # The median of three loads per page: one load on a loaded 2-core machine can stall on the
+    # scheduler; docs/performance.md has the distribution (benches/bench_dashboard.py).
     for path in PAGES.values():
-        fcp = first_paint_ms(watched, path)
-        assert fcp < 1000, (path, fcp)
+        paints = sorted(first_paint_ms(watched, path) for _ in range(3))
+        assert paints[1] < 1000, (path, paints)
 
 
 def test_ctrl_c_stops_the_dashboard_with_exit_0(shop):

@@ -46,7 +46,9 @@ import ssl
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -55,6 +57,9 @@ from fakekube.resources import BUILTIN_TYPES, ResourceType, crd_types
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SYSTEM_NAME = re.compile(r"^[a-z0-9:.-]+$")  # RBAC objects may be named system:...
+
+
+_SERVICE_PROXY = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<ref>[^/]+)/proxy(?P<rest>/.*)?$")
 
 
 def _now() -> str:
@@ -701,6 +706,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(data)
                 return
             user = self._user()
+            proxied = _SERVICE_PROXY.match(url.path)
+            if proxied:
+                return self._service_proxy(method, proxied, url.query, user)
             self._route(method, url.path, query, user)
         except ApiError as exc:
             self._send(exc.code, exc.body)
@@ -708,6 +716,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         except selectors.SelectorError as exc:
             self._send(400, status(400, "BadRequest", str(exc)))
+
+    def _service_proxy(self, method: str, m, query: str, user) -> None:
+        """``/api/v1/namespaces/NS/services/[SCHEME:]NAME[:PORT]/proxy/PATH``: the API server relays
+        the request to the Service (``kubectl proxy``, ``linkerd viz`` reach Prometheus so); here
+        to what ``service_endpoints`` says serves that port."""
+        ns, ref, rest = m.group("ns"), urllib.parse.unquote(m.group("ref")), m.group("rest") or "/"
+        parts = ref.split(":")
+        name, port = (parts[1], parts[2]) if len(parts) == 3 else (parts[0], parts[1] if len(parts) > 1 else "")
+        if not self.kube.allowed(user, "get", "", "services/proxy", ns):
+            raise ApiError(403, "Forbidden", f'services "{name}" is forbidden: User "{user.username}" cannot get '
+                                             f'resource "services/proxy" in API group "" in the namespace "{ns}"')
+        svc = self.kube.get("v1", "Service", name, ns)
+        if svc is None:
+            raise ApiError(404, "NotFound", f'services "{name}" not found')
+        ports = [p for p in svc["spec"].get("ports", []) if not port or str(p.get("port")) == port
+                 or p.get("name") == port]
+        backend = self.kube.service_endpoints.get((ns, name, int(ports[0]["port"]))) if ports else None
+        if backend is None:
+            raise ApiError(503, "ServiceUnavailable", f'no endpoints available for service "{name}"')
+
+        target = f"http://{backend[0]}:{backend[1]}{rest}" + (f"?{query}" if query else "")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(target, method=method), timeout=10) as resp:
+                code, body, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            code, body, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+        except OSError as exc:
+            raise ApiError(503, "ServiceUnavailable", f"error trying to reach service: {exc}") from None
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _route(self, method, path, query, user) -> None:
         kube = self.kube

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class ProxyProcess:
     """``python -m meshctl_proxy`` with all listeners on ephemeral loopback ports."""
 
+    argv: tuple[str, ...] = ("-m", "meshctl_proxy")  # after the interpreter; subclasses run other seams
+
     def __init__(self, **env: str) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith("MESHCTL_PROXY_")}
         full.update({
@@ -31,7 +33,7 @@ class ProxyProcess:
             "MESHCTL_PROXY_LOG_LEVEL": "warn",
         })
         full.update(env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "meshctl_proxy"], env=full, cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, *self.argv], env=full, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.proc.stderr.readline().decode()
         m = re.search(r"outbound=([\d.]+):(\d+) inbound=([\d.]+):(\d+) admin=([\d.]+):(\d+)", line)

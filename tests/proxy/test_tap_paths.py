@@ -66,3 +66,25 @@ def test_every_path_reports_each_request_to_tap(tapped, apps, protocol, listener
         assert "value-never-seen" not in wire and "s3cr3t" not in wire  # header values and queries stay home
     finally:
         sub.close()
+
+
+def test_grpc_status_from_trailers_reaches_the_end_event(tapped, apps):
+    proxy = tapped("direct")
+    sub = Subscription(proxy, client.TapQuery())
+    try:
+        host, port = proxy.addresses["outbound"]
+        with _client("HTTP/2") as c:
+            r = c.post(f"http://{host}:{port}/grpc.Service/Method", content=b"\0\0\0\0\0",
+                       headers={"Host": f"127.0.0.1:{apps['HTTP/2'].port}", "want-trailers": "1",
+                                "content-type": "application/grpc"})
+            assert r.status_code == 200
+        assert wait_for(lambda: any(e["event"] == "end" for e in sub.events))
+        end = next(e for e in sub.events if e["event"] == "end")
+        assert end["grpc_status"] == 0 and end["error"] is None
+        target = client.TapTarget("", "deployment", "x", "x-0", proxy.addresses["control"], None)
+        formatter = client.EventFormatter()
+        for event in sub.events[1:]:
+            line = formatter.format(target, event)
+        assert " grpc-status=OK duration=" in line
+    finally:
+        sub.close()

@@ -31,56 +31,55 @@ def free_prefix() -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Shop:
-    run: object  # meshctl.demo.DemoRun
-    prometheus: object  # meshctl.viz.localprom.LocalPrometheus
-    dir: Path
+    run: object  # meshctl.demo.DemoRun: its LocalDemo runs the Prometheus, scraping every second
+    dir: Path  # the local mesh's state directory (mesh.json): `viz --demo-dir`
 
     @property
     def prometheus_url(self) -> str:
-        return self.prometheus.url
+        return self.run.prometheus_url
 
 
-def scrape_targets(plan):
-    from meshctl.demo import NAMESPACE
-    from meshctl.viz import localprom
+def free_prefix() -> str:
+    """A loopback /24 nobody listens in (other runs of the demo, other test sessions), from the pid."""
+    import os
+    import socket
 
-    return [localprom.proxy_target(w.admin, namespace=NAMESPACE, pod=f"{w.name}-0", kind="deployment", name=w.name)
-            for w in plan.workloads]
-
-
-def save_local_mesh(run, prometheus_url: str, workdir: Path) -> None:
-    """The shop's mesh.json (contract B) as ``meshctl demo up`` writes it, naming our Prometheus."""
-    from meshctl.demo import state
-
-    state.save(dataclasses.replace(run.mesh.mesh_state(), prometheus_url=prometheus_url), workdir)
+    pid = os.getpid()
+    for i in range(50):
+        prefix = f"127.{200 + (pid + i) % 50}.{(pid // 50 + i) % 250 + 1}"
+        try:
+            for host, port in ((f"{prefix}.1", 8086), (f"{prefix}.2", 4191), (f"{prefix}.4", 8080)):
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return prefix
+    raise RuntimeError("no free loopback /24 for the shop")
 
 
 @pytest.fixture(scope="session")
 def shop(tmp_path_factory):
-    """The three APIs meshed (mTLS, profiles, retries) with a Prometheus scraping every proxy each second.
+    """The three APIs meshed (mTLS, profiles, retries), and Debian's Prometheus scraping every proxy
+    each second (``meshctl.viz.localprom``, started by the local mesh as ``meshctl demo`` starts it).
 
     price-api fails 30% of its requests, so retries and failures both show.
     """
     from meshctl import demo
-    from meshctl.viz import localprom
 
     workdir = tmp_path_factory.mktemp("shop")
     # The shop's processes run this checkout's code (not the installed package's).
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(SRC)
     plan = demo.Plan(prefix=free_prefix(), price_failure_rate=0.3)
-    with demo.DemoRun(plan, workdir) as run:
-        localprom.write_config(workdir / "prometheus.yml", scrape_targets(plan), scrape_interval="1s")
-        with localprom.start(workdir / "prometheus", config=workdir / "prometheus.yml") as prom:
-            prom.wait_scraped(len(plan.workloads))
-            save_local_mesh(run, prom.url, workdir)
-            try:
-                yield Shop(run=run, prometheus=prom, dir=workdir)
-            finally:
-                if saved is None:
-                    os.environ.pop("PYTHONPATH", None)
-                else:
-                    os.environ["PYTHONPATH"] = saved
+    try:
+        with demo.DemoRun(plan, workdir) as run:
+            run.wait_scraped()
+            yield Shop(run=run, dir=workdir)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 @dataclasses.dataclass

@@ -26,19 +26,21 @@ from pathlib import Path
 from conftest import ROOT, SRC, run_cli
 from proxy.conftest import wait_for
 
-PREFIX = "127.0.23"
+# Loopback /24s this module may use, tried in turn: another run of the suite (another checkout)
+# may hold one; `demo up` refuses an address in use at once.
+PREFIXES = ("127.0.23", "127.0.25", "127.0.26", "127.0.27")
 
 
 class Mesh:
     """A ``meshctl demo up`` local mesh: its state directory, state file and plan."""
 
-    def __init__(self, d: Path) -> None:
+    def __init__(self, d: Path, prefix: str) -> None:
         from meshctl import demo
         from meshctl.demo import state
 
         self.state_dir = d
         self.state = state.load(d)
-        self.plan = demo.Plan(prefix=PREFIX)
+        self.plan = demo.Plan(prefix=prefix)
 
     def workload(self, name: str):
         return self.state.workload(name)
@@ -47,10 +49,13 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     d = tmp_path_factory.mktemp("tapmesh") / "demo"
-    r = run_cli("demo", "up", "--dir", str(d), "--address-prefix", PREFIX, timeout=180)
+    for prefix in PREFIXES:
+        r = run_cli("demo", "up", "--dir", str(d), "--address-prefix", prefix, timeout=180)
+        if r.returncode == 0 or "already in use" not in r.stderr:
+            break
     try:
         assert r.returncode == 0, r.stderr
-        yield Mesh(d)
+        yield Mesh(d, prefix)
     finally:
         down = run_cli("demo", "down", "--dir", str(d), timeout=60)
         assert down.returncode == 0, down.stderr

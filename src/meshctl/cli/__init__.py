@@ -114,6 +114,7 @@ def _run(args: list[str] | None) -> int:
     from typer.exceptions import Abort
 
     command = build_command()
+    args = _common.rewrite_bool_values(command, list(sys.argv[1:] if args is None else args))
     try:
         # standalone_mode=False: usage errors come back to us, so that every
         # error is printed by this one piece of code.

@@ -88,6 +88,47 @@ def add_persistent_flags(group, flags) -> None:
             add_persistent_flags(command, flags)
 
 
+# Go's strconv.ParseBool, which cobra's boolean flags use for `--flag=value`.
+_GO_TRUE, _GO_FALSE = {"1", "t", "T", "TRUE", "true", "True"}, {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def rewrite_bool_values(group, args: list[str]) -> list[str]:
+    """``--switch=true|false`` as cobra accepts it for boolean flags, in click's terms.
+
+    ``--native-sidecar=false`` becomes ``--no-native-sidecar`` (or is dropped when the
+    switch has no negative form and is off by default); everything after ``--`` is left alone.
+    """
+    switches: dict[str, tuple[str, str | None, bool]] = {}
+
+    def collect(command) -> None:
+        for param in command.params:
+            if getattr(param, "is_flag", False) and not getattr(param, "count", False):
+                negative = next(iter(param.secondary_opts), None)
+                for opt in param.opts:
+                    if opt.startswith("--"):
+                        switches[opt] = (opt, negative, bool(param.default))
+        for sub in getattr(command, "commands", {}).values():
+            collect(sub)
+
+    collect(group)
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        name, sep, value = arg.partition("=")
+        if sep and name in switches and (value in _GO_TRUE or value in _GO_FALSE):
+            positive, negative, default = switches[name]
+            if value in _GO_TRUE:
+                out.append(positive)
+            elif negative:
+                out.append(negative)
+            elif default:
+                out.append(arg)  # cannot be turned off: click says so
+            continue
+        out.append(arg)
+    return out
+
+
 def global_options(ctx: typer.Context) -> GlobalOptions:
     """The global flags, wherever on the line they were given (later ones win)."""
     root = ctx.find_root()

@@ -33,10 +33,10 @@ def register(app: typer.Typer) -> None:
         """Check the installation and report each check's verdict; exit 1 on a failure."""
         import time
 
-        from meshctl import healthcheck
         from meshctl.errors import UsageError
         from meshctl.healthcheck import checks
-        from meshctl.healthcheck.facts import ClusterFacts
+        from meshctl.viz import checks as viz_checks
+        from meshctl.viz.checks import VizFacts
         from meshctl_proxy.config import parse_duration
 
         opts = _common.global_options(ctx)
@@ -55,35 +55,48 @@ def register(app: typer.Typer) -> None:
         from meshctl import k8s
 
         k8s.preload()
-        facts = ClusterFacts(kubeconfig=opts.kubeconfig, context=opts.context, mesh_namespace=opts.mesh_namespace,
-                             data_plane_namespace=namespace or "", request_timeout=attempt_timeout)
-        report = healthcheck.Report(fail_on_warning=fail_on_warning)
-        spinner = _Spinner() if sys.stderr.isatty() else None
-        printed_category = None
-        for result in healthcheck.run(checks.categories(pre=pre, proxy=proxy), facts,
-                                      deadline=time.monotonic() + wait_s, attempt_timeout=attempt_timeout,
-                                      on_wait=spinner.waiting if spinner else None):
-            if spinner:
-                spinner.clear()
-            report.results.append(result)
-            if output == CheckOutput.table:
-                if result.category != printed_category:
-                    if printed_category is not None:
-                        print()
-                    print(f"{result.category}\n{'-' * len(result.category)}")
-                    printed_category = result.category
-                print(_common.colorize_marks("\n".join(healthcheck.render_result(result)), sys.stdout), flush=True)
+        facts = VizFacts(kubeconfig=opts.kubeconfig, context=opts.context, mesh_namespace=opts.mesh_namespace,
+                         data_plane_namespace=namespace or "", request_timeout=attempt_timeout)
+        categories = checks.categories(pre=pre, proxy=proxy)
+        if not pre and facts.viz_installed():
+            # Installed extensions' checks follow the control plane's, as `linkerd check` runs them.
+            categories += viz_checks.categories()
+        run_checks(categories, facts, output=output, deadline=time.monotonic() + wait_s,
+                   attempt_timeout=attempt_timeout, fail_on_warning=fail_on_warning)
+
+
+def run_checks(categories, facts, *, output: CheckOutput, deadline: float, attempt_timeout: float,
+               fail_on_warning: bool) -> None:
+    """Run *categories* over *facts*, rendering each result as it comes; exit 1 when the run failed.
+    ``meshctl check`` and ``meshctl viz check`` both render through here."""
+    from meshctl import healthcheck
+
+    report = healthcheck.Report(fail_on_warning=fail_on_warning)
+    spinner = _Spinner() if sys.stderr.isatty() else None
+    printed_category = None
+    for result in healthcheck.run(categories, facts, deadline=deadline, attempt_timeout=attempt_timeout,
+                                  on_wait=spinner.waiting if spinner else None):
         if spinner:
             spinner.clear()
+        report.results.append(result)
         if output == CheckOutput.table:
-            mark = healthcheck.OK_MARK if report.success else healthcheck.ERR_MARK
-            print(_common.colorize_marks(f"\nStatus check results are {mark}", sys.stdout))
-        elif output == CheckOutput.json:
-            print(healthcheck.render_json(report), end="")
-        else:
-            print(_common.colorize_marks(healthcheck.render_short(report), sys.stdout), end="")
-        if not report.success:
-            raise typer.Exit(1)
+            if result.category != printed_category:
+                if printed_category is not None:
+                    print()
+                print(f"{result.category}\n{'-' * len(result.category)}")
+                printed_category = result.category
+            print(_common.colorize_marks("\n".join(healthcheck.render_result(result)), sys.stdout), flush=True)
+    if spinner:
+        spinner.clear()
+    if output == CheckOutput.table:
+        mark = healthcheck.OK_MARK if report.success else healthcheck.ERR_MARK
+        print(_common.colorize_marks(f"\nStatus check results are {mark}", sys.stdout))
+    elif output == CheckOutput.json:
+        print(healthcheck.render_json(report), end="")
+    else:
+        print(_common.colorize_marks(healthcheck.render_short(report), sys.stdout), end="")
+    if not report.success:
+        raise typer.Exit(1)
 
 
 class _Spinner:

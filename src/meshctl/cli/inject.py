@@ -110,10 +110,25 @@ def _report(outcomes, *, verbose: bool, uninject: bool) -> list[str]:
         if o.verdict == "refused":
             summary.append(f"{o.label} refused: {o.reason}")
             continue
+        if not o.kind:
+            # linkerd's words, with where the document is: `document missing "kind" field, skipped`.
+            summary.append(f"{o.label}: {o.reason}")
+            continue
         if o.verdict == "skipped" and o.reason and (verbose or not uninject):
             checks.append(f"‼ {o.label}: {o.reason}")
         summary.append(f"{o.label} {o.verdict}")
     return checks + summary
+
+
+def _nothing_supported(sources: list[str], outcomes) -> list[str]:
+    """A warning when the whole input held nothing inject acts on (e.g. a swagger file given by mistake)."""
+    from meshctl.inject._objects import SUPPORTED_KINDS
+
+    if any(o.kind in SUPPORTED_KINDS for o in outcomes):
+        return []
+    given = ", ".join(sources) if len(sources) <= 3 else f"{len(sources)} inputs"
+    return [f"‼ {given or 'the input'}: no workload, Namespace or Service found: nothing to inject "
+            "(Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob, Pod)"]
 
 
 def _write(text: str) -> None:
@@ -165,12 +180,19 @@ def _proxy_flag_params() -> list[inspect.Parameter]:
 
     params = []
     for flag in PROXY_FLAGS:
-        # Every proxy flag takes a value, as linkerd's do (`--native-sidecar=false`).
-        extra = {"metavar": "BOOL"} if flag.name == "native-sidecar" else {}
         default = f" [default: {flag.default}]" if flag.default else ""
+        if flag.name == "native-sidecar":
+            # A switch, as linkerd's boolean flags: `--native-sidecar`, `--native-sidecar=false`
+            # (meshctl.cli rewrites `--FLAG=true|false` of switches) or `--no-native-sidecar`.
+            params.append(inspect.Parameter(
+                flag.name.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[bool],
+                default=typer.Option(None, f"--{flag.name}/--no-{flag.name}", help=flag.help + default,
+                                     show_default=False),
+            ))
+            continue
         params.append(inspect.Parameter(
             flag.name.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-            default=typer.Option(None, f"--{flag.name}", help=flag.help + default, **extra),
+            default=typer.Option(None, f"--{flag.name}", help=flag.help + default),
         ))
     return params
 
@@ -213,15 +235,18 @@ def register(app: typer.Typer) -> None:
         from meshctl.inject import InjectError, InjectOptions, OptionsError, inject_text
         from meshctl.yamlstream import read_text
 
-        flags = {name.replace("_", "-"): value for name, value in proxy_flags.items()}
+        flags = {name.replace("_", "-"): (str(value).lower() if isinstance(value, bool) else value)
+                 for name, value in proxy_flags.items()}
         mesh = _mesh_config(ctx, manual=manual, ignore_cluster=ignore_cluster, trust_anchors_file=trust_anchors_file)
         try:
             options = InjectOptions.from_flags(flags, manual=manual, mesh=mesh)
         except (OptionsError, InjectError) as exc:
             raise UsageError(str(exc)) from None
         fmt = output.value if output else None
-        results = [inject_text(read_text(data, source), source, options, output=fmt) for source, data in read_inputs(inputs)]
-        _finish(ctx, results, fmt, uninject=False)
+        inputs_read = read_inputs(inputs)
+        results = [inject_text(read_text(data, source), source, options, output=fmt) for source, data in inputs_read]
+        notes = _nothing_supported([source for source, _ in inputs_read], [o for r in results for o in r.outcomes])
+        _finish(ctx, results, fmt, uninject=False, notes=notes)
 
     @app.command("uninject")
     def uninject(
@@ -239,12 +264,12 @@ def register(app: typer.Typer) -> None:
         _finish(ctx, results, fmt, uninject=True)
 
 
-def _finish(ctx: typer.Context, results, fmt: str | None, *, uninject: bool) -> None:
+def _finish(ctx: typer.Context, results, fmt: str | None, *, uninject: bool, notes: list[str] = ()) -> None:
     from meshctl.errors import MeshctlError
 
     verbose = _common.global_options(ctx).verbose  # --verbose anywhere on the line (a global flag)
     outcomes = [o for r in results for o in r.outcomes]
-    lines = _report(outcomes, verbose=verbose, uninject=uninject)
+    lines = _report(outcomes, verbose=verbose, uninject=uninject) + list(notes)
     refused = [o for o in outcomes if o.verdict == "refused"]
     if not refused:
         _write(_join([r.text for r in results], fmt))

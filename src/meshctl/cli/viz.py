@@ -30,8 +30,7 @@ viz_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-VIZ_NAMESPACE = "meshctl-viz"
-PROMETHEUS_SERVICE = "prometheus"
+PROMETHEUS_SERVICE = "prometheus"  # manifests/viz: the Service `viz install` creates
 PROMETHEUS_PORT = 9090
 
 
@@ -73,6 +72,8 @@ def metrics_source(ctx: typer.Context, prometheus_url: str | None, demo_dir: str
         return source
     if _kubeconfig_present(opts) and not demo_dir:
         from meshctl import k8s
+
+        from meshctl_proxy.config import VIZ_NAMESPACE
 
         cluster = k8s.Cluster.from_options(opts)
         transport, url = k8s.service_proxy(cluster, VIZ_NAMESPACE, PROMETHEUS_SERVICE, PROMETHEUS_PORT)

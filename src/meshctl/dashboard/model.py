@@ -69,8 +69,8 @@ class RouteRow:
     service: str
     effective_success: float | None
     effective_rps: float
-    actual_success: float | None
-    actual_rps: float
+    actual_success: float | None  # None for inbound routes: only the caller's proxy sees attempts
+    actual_rps: float | None
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
@@ -117,8 +117,9 @@ class WorkloadPage:
     pods: tuple[str, ...]
     inbound: tuple[EdgeRow, ...]
     outbound: tuple[EdgeRow, ...]
-    routes: tuple[RouteRow, ...]
+    routes: tuple[RouteRow, ...]  # outbound: the routes it calls, effective and actual
     charts: tuple[Chart, ...] = ()
+    served_routes: tuple[RouteRow, ...] = ()  # inbound: the routes of its own ServiceProfile it served
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -121,12 +121,15 @@ class LocalSource:
         if not deployments:
             raise LookupError(f"namespace {ns!r} has no meshed workloads")
         mesh = self.mesh
-        # Services without callers in the window are still listed where the inventory knows them.
-        known = {w.service for w in mesh.workloads if w.namespace == ns and w.service} if mesh else set()
+        # Services without callers in the window are still listed where the inventory knows them, and
+        # a Service is as meshed as the deployment behind it (the local mesh knows which; else "-").
+        backing = {w.service: w.name for w in mesh.workloads if w.namespace == ns and w.service} if mesh else {}
+        by_deploy = {d.name: d for d in deployments}
         service_rows = []
-        for name in sorted(known | set(services)):
-            r = services.get(name)
-            service_rows.append(ResourceRow("service", ns, name, 0, 0, golden(r)))
+        for name in sorted(set(backing) | set(services)):
+            d = by_deploy.get(backing.get(name, ""))
+            meshed, total = (d.meshed_pods or 0, d.total_pods or 0) if d is not None else (0, 0)
+            service_rows.append(ResourceRow("service", ns, name, meshed, total, golden(services.get(name))))
         return NamespacePage(ns, tuple(self._row("deployment", d) for d in deployments),
                              tuple(self._row("pod", p) for p in pods), tuple(service_rows))
 
@@ -150,6 +153,7 @@ class LocalSource:
                 "callers": pool.submit(self._stat, "deployment", at=at, to=res, tcp=False),
                 "edges": pool.submit(queries.edges, self.prom, "deployment", at=at),
                 "routes": pool.submit(self._routes, res, ns, at),
+                "served": pool.submit(self._routes, res, None, at),
                 "pods": pool.submit(self.prom.query, f"group(up{up}) by (pod)", at=at),
             }
             charts = self._charts(ns, name, at, pool)  # its five range queries, on the same pool
@@ -180,17 +184,20 @@ class LocalSource:
             routes += self._routes(res, dst_ns, at)
         pods = tuple(sorted(s.get("pod") for s in done["pods"] if s.get("pod")))
         return WorkloadPage(self._row("deployment", me[0]), my_id, pods, tuple(inbound), tuple(outbound),
-                            tuple(routes), charts())
+                            tuple(routes), charts(), tuple(done["served"]))
 
-    def _routes(self, res, dst_namespace: str, at: float) -> list[RouteRow]:
-        """Outbound routes of *res* to the services of *dst_namespace*: effective next to actual success."""
+    def _routes(self, res, dst_namespace: str | None, at: float) -> list[RouteRow]:
+        """Outbound routes of *res* to the services of *dst_namespace* (effective next to actual success),
+        or with None its inbound routes (what it served, by its own ServiceProfile)."""
         from meshctl.viz import queries
         from meshctl.viz.resources import Resource
 
+        to = Resource("namespace", dst_namespace) if dst_namespace is not None else None
         return [RouteRow(rr.route, rr.dst, rr.success_rate, rr.rps or 0.0, rr.actual_success_rate,
-                         rr.actual_rps or 0.0, rr.latency_ms_p50, rr.latency_ms_p95, rr.latency_ms_p99)
-                for rr in queries.routes(self.prom, res, window_s=self.window_s,
-                                         to=Resource("namespace", dst_namespace), at=at)]
+                         rr.actual_rps if to is not None else None, rr.latency_ms_p50, rr.latency_ms_p95,
+                         rr.latency_ms_p99)
+                for rr in queries.routes(self.prom, res, window_s=self.window_s, to=to, at=at)
+                if rr.requests > 0 or rr.route != queries.DEFAULT_ROUTE]
 
     def _charts(self, ns: str, name: str, at: float, pool):
         """The last ten minutes of the golden metrics (range queries: the dashboard's own, on viz's matchers).

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from meshctl.inject._options import INJECT_ANNOTATION, InjectOptions
+from meshctl.inject._options import CONFIG_PREFIX, INJECT_ANNOTATION, InjectOptions, resolve_port_names
 from meshctl.inject._patch import Path, PodPatch, SetEntries
-from meshctl.inject._pod import Workload, _keep, _prune, inject_pod, own_paths, uninject_pod
+from meshctl.inject._pod import Workload, _keep, _leave_unchanged, _prune, inject_pod, own_paths, uninject_pod
 
 # Where each kind keeps its pod template (Linkerd meshes the same kinds).
 TEMPLATE_PATHS: dict[str, Path] = {
@@ -22,6 +22,11 @@ TEMPLATE_PATHS: dict[str, Path] = {
 }
 
 
+# Kinds inject acts on (pod templates, Namespaces, Services): an input with none of them gets a warning.
+SUPPORTED_KINDS = frozenset(k.lower() for k in TEMPLATE_PATHS) | {"namespace", "service"}
+MISSING_KIND = 'document missing "kind" field, skipped'
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
     """What inject or uninject did to one Kubernetes object (one report line)."""
@@ -34,9 +39,12 @@ class Outcome:
     reason: str = ""
     warnings: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
+    where: str = ""  # source and document number, for documents that are no Kubernetes object
 
     @property
     def label(self) -> str:
+        if not self.kind:
+            return self.where or "document"
         return f'{self.kind} "{self.name}"'
 
 
@@ -66,7 +74,8 @@ def is_list(obj: Any) -> bool:
 
 def _annotation_patch(obj: dict, entries: dict[str, str]) -> PodPatch:
     old = [p for p in own_paths(obj) if p[:2] == ("metadata", "annotations")]
-    additions = (SetEntries(("metadata", "annotations"), entries),)
+    additions = (SetEntries(("metadata", "annotations"), entries),) if entries else ()
+    old, additions = _leave_unchanged(obj, old, additions)
     return PodPatch(_prune(obj, old, _keep(additions)), additions)
 
 
@@ -74,7 +83,10 @@ def _decide(obj: dict, on_pod, on_other) -> Outcome:
     """Route an object to *on_pod* (pod template holders) or *on_other*, with its report identity."""
     kind = str(obj.get("kind") or "")
     name = _name(obj)
-    label_kind = kind.lower() or "object"
+    if not kind:
+        # What linkerd reports for a document that is no Kubernetes object (a swagger file in a folder).
+        return Outcome("", name, "skipped", reason=MISSING_KIND)
+    label_kind = kind.lower()
     path = TEMPLATE_PATHS.get(kind)
     if path is None:
         return on_other(kind, label_kind, name)
@@ -90,13 +102,24 @@ def inject_object(obj: dict, options: InjectOptions) -> Outcome:
     """Inject one object (not a List: the caller handles each item)."""
 
     def other(kind: str, label_kind: str, name: str) -> Outcome:
+        annotations = _get(obj, ("metadata", "annotations"))
+        annotations = annotations if isinstance(annotations, dict) else {}
         if kind == "Namespace":
-            entries = {INJECT_ANNOTATION: "enabled", **options.config_annotations()}
+            entries = {INJECT_ANNOTATION: "enabled", **options.annotations_to_write(annotations)}
             return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries))
         if kind == "Service" and "opaque-ports" in options.overrides:
             # Opaque ports concern the service's clients too: Linkerd annotates services with them.
-            entries = {"config.meshctl.io/opaque-ports": options.overrides["opaque-ports"]}
-            return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries))
+            # Port names are the Service's own port names, resolved to their numbers here.
+            ports = _get(obj, ("spec", "ports"))
+            named = {p["name"]: p["port"] for p in (ports if isinstance(ports, list) else [])
+                     if isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("port"), int)}
+            value, missing = resolve_port_names(options.overrides["opaque-ports"], named)
+            warnings = tuple(f"opaque port {n!r}: the service has no port of that name (ignored)" for n in missing)
+            key = CONFIG_PREFIX + "opaque-ports"
+            if not value:
+                return Outcome(label_kind, name, "skipped", warnings=warnings)
+            entries = {key: value} if str(annotations.get(key)) != value else {}
+            return Outcome(label_kind, name, "annotated", (), _annotation_patch(obj, entries), warnings=warnings)
         return Outcome(label_kind, name, "skipped")
 
     return _decide(obj, lambda pod, workload: inject_pod(pod, options, workload), other)

@@ -13,12 +13,15 @@ from typing import Any
 
 from meshctl_proxy import config as proxy_config
 from meshctl.inject._options import (
-    CONFIG_PREFIX,
     INJECT_ANNOTATION,
+    LINKERD_INJECT_ANNOTATION,
     PROXY_VERSION_ANNOTATION,
     TRUST_ROOT_ANNOTATION,
     InjectOptions,
     OptionsError,
+    inject_disabled_by,
+    read_annotations,
+    resolve_port_names,
 )
 from meshctl.inject._patch import Addition, InsertItems, Path, PodPatch, Remove, SetEntries
 
@@ -29,7 +32,9 @@ TOKEN_VOLUME = "meshctl-identity-token"
 CONTROL_PLANE_NS_LABEL = "meshctl.io/control-plane-ns"
 WORKLOAD_NS_LABEL = "meshctl.io/workload-ns"
 PROXY_KIND_LABEL_PREFIX = "meshctl.io/proxy-"  # meshctl.io/proxy-deployment: web, as linkerd.io/proxy-deployment
-# Annotations meshctl writes (besides config.meshctl.io/*); uninject removes exactly these.
+# Annotations that mark a pod meshed; uninject removes exactly these.  The config.meshctl.io/*
+# annotations are configuration, the user's once written: inject and uninject keep them, as
+# linkerd's keep config.linkerd.io/* (its uninject removes only linkerd.io/* keys).
 OWN_ANNOTATIONS = (INJECT_ANNOTATION, PROXY_VERSION_ANNOTATION, TRUST_ROOT_ANNOTATION)
 
 # Sidecars of other meshes: two proxies would both claim the pod's traffic with
@@ -119,11 +124,11 @@ def _udp_warnings(spec: dict) -> list[str]:
 def _own_annotation(key: str, value: Any) -> bool:
     if key == INJECT_ANNOTATION:
         return value != "disabled"  # the user's opt-out is theirs, not ours
-    return key in OWN_ANNOTATIONS or key.startswith(CONFIG_PREFIX)
+    return key in OWN_ANNOTATIONS
 
 
 def _opt_in(key: str) -> bool:
-    return key == INJECT_ANNOTATION or key.startswith(CONFIG_PREFIX)
+    return key == INJECT_ANNOTATION
 
 
 def _own_label(key: str) -> bool:
@@ -192,24 +197,78 @@ def inject_pod(pod: dict, options: InjectOptions, workload: Workload = Workload(
         return PodResult("refused", reason=other)
     checks = ["pods do not use host networking", "pods do not have another mesh's sidecar"]
     annotations = _dict(_dict(pod.get("metadata")).get("annotations"))
-    if annotations.get(INJECT_ANNOTATION) == "disabled":
+    disabled_by = inject_disabled_by(annotations)
+    if disabled_by == INJECT_ANNOTATION:
         return PodResult("skipped", reason=f"pods are annotated {INJECT_ANNOTATION}: disabled", checks=tuple(checks))
-    checks.append("pods are not annotated to disable injection")
+    if disabled_by is not None:
+        return PodResult("skipped", reason=f"pods are annotated {disabled_by}: disabled (Linkerd's annotation, "
+                                           f"read as {INJECT_ANNOTATION}: disabled)", checks=tuple(checks))
+    checks.append("pods are not annotated to disable injection")  # linkerd's words
     warnings = _udp_warnings(spec)
     if not warnings:
         checks.append("pods do not use UDP ports")
+    if annotations.get(LINKERD_INJECT_ANNOTATION) == "enabled":
+        warnings.append(f"{LINKERD_INJECT_ANNOTATION}: enabled is Linkerd's: meshctl meshes by {INJECT_ANNOTATION}, "
+                        "and Linkerd's injector, if installed, would add its proxy too (remove the annotation)")
+    read = read_annotations(annotations)
+    alias_checks, alias_warnings = read.notes()
+    checks += alias_checks
+    warnings += alias_warnings
+    try:
+        # The pod's own configuration annotations apply under the flags given, as in the webhook.
+        options = options.under_annotations(annotations)
+    except OptionsError as exc:
+        return PodResult("refused", reason=str(exc), warnings=tuple(warnings), checks=tuple(checks))
     old = own_paths(pod)
     if keep_opt_in:
         old = [p for p in old if not (p[:2] == ("metadata", "annotations") and _opt_in(p[2]))]
     base = PodPatch(removals=tuple(Remove(p) for p in old)).apply(pod) if old else pod
-    additions = _manual_additions(base, options, workload) if options.manual else _annotation_additions(options)
+    if options.manual:
+        opaque = options.get("opaque-ports")
+        if opaque:
+            resolved, missing = resolve_port_names(opaque, _named_ports(spec))
+            warnings += [f"opaque port {name!r}: no container port has that name (ignored)" for name in missing]
+            overrides = {k: v for k, v in options.overrides.items() if k != "opaque-ports"}
+            options = dataclasses.replace(options, overrides={**overrides, **({"opaque-ports": resolved} if resolved else {})})
+        additions = _manual_additions(base, options, workload)
+    else:
+        additions = _annotation_additions(options, annotations)
+    old, additions = _leave_unchanged(pod, old, additions)
     patch = PodPatch(_prune(pod, old, _keep(additions)), additions)
     return PodResult("injected", patch, warnings=tuple(warnings), checks=tuple(checks))
 
 
-def _annotation_additions(options: InjectOptions) -> tuple[Addition, ...]:
+def _leave_unchanged(pod: dict, old: list[Path], additions: tuple[Addition, ...]):
+    """Neither remove nor rewrite an annotation or label that already has the value to be set:
+    its text (quoting, position) stays byte for byte, so injecting twice changes nothing."""
+    same: set[Path] = set()
+    kept_additions: list[Addition] = []
+    for op in additions:
+        if isinstance(op, SetEntries) and len(op.path) == 2 and op.path[0] == "metadata":
+            current = _dict(_dict(pod.get("metadata")).get(op.path[1]))
+            unchanged = {k for k, v in op.entries.items() if k in current and str(current[k]) == str(v)
+                         and isinstance(current[k], str)}
+            same |= {(*op.path, k) for k in unchanged}
+            op = SetEntries(op.path, {k: v for k, v in op.entries.items() if k not in unchanged})
+            if not op.entries:
+                continue
+        kept_additions.append(op)
+    return [p for p in old if p not in same], tuple(kept_additions)
+
+
+def _named_ports(spec: dict) -> dict[str, int]:
+    """The containers' named ports (name -> containerPort), as Linkerd resolves opaque port names."""
+    named = {}
+    for c in _list(spec.get("containers")):
+        for p in _list(c.get("ports") if isinstance(c, dict) else None):
+            if isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("containerPort"), int):
+                named.setdefault(p["name"], p["containerPort"])
+    return named
+
+
+def _annotation_additions(options: InjectOptions, annotations: dict) -> tuple[Addition, ...]:
     # Annotation mode: the admission webhook renders the sidecar in the cluster.
-    entries = {INJECT_ANNOTATION: "enabled", **options.config_annotations()}
+    entries = {INJECT_ANNOTATION: "enabled", **options.annotations_to_write(annotations)}
     return (SetEntries(("metadata", "annotations"), entries),)
 
 

@@ -104,9 +104,13 @@ def _process_documents(text: str, source: str, decide: Callable[[dict], Outcome]
         decided = []
         for obj, path in _objects(value, doc):
             try:
-                decided.append((decide(obj), path))
+                outcome = decide(obj)
             except InjectError as exc:
                 raise InputError(f"{doc.where()}: {exc}") from None
+            if not outcome.kind:
+                where = doc.where() + (f", item {path[1] + 1}" if path else "")
+                outcome = dataclasses.replace(outcome, where=where)
+            decided.append((outcome, path))
         outcomes += [o for o, _ in decided]
         if output is None or (output == "yaml" and not doc.json):
             edited = _edit(doc, decided)

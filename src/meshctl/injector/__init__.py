@@ -8,9 +8,11 @@ same inject core as ``meshctl inject --manual`` (:func:`meshctl.inject.inject_po
 Rules (Linkerd's proxy-injector):
 
 - a pod is meshed when it, or else its namespace, is annotated
-  ``meshctl.io/inject: enabled``; the pod's ``disabled`` wins over the namespace;
+  ``meshctl.io/inject: enabled``; the pod's ``disabled`` wins over the namespace,
+  and so does Linkerd's ``linkerd.io/inject: disabled`` (docs/linkerd-differences.md);
 - ``config.meshctl.io/<flag>`` annotations of the namespace are inherited,
-  the pod's own win;
+  the pod's own win; Linkerd's ``config.linkerd.io/*`` are read as their meshctl
+  equivalents (``meshctl.inject.LINKERD_CONFIG_ALIASES``), meshctl's own winning;
 - the webhook never blocks a pod because of its own failure: any error
   admits the pod unchanged, with a warning the user sees and a log line.
 """
@@ -49,17 +51,25 @@ def _workload(pod: dict, namespace: str):
 
 
 def wanted(pod: dict, namespace_obj: dict | None) -> bool:
-    pod_value = _annotations(pod).get(INJECT_ANNOTATION)
+    from meshctl.inject._options import inject_disabled_by
+
+    annotations = _annotations(pod)
+    pod_value = annotations.get(INJECT_ANNOTATION)
     if pod_value is not None:
         return pod_value == "enabled"
+    if inject_disabled_by(annotations):  # linkerd.io/inject: disabled keeps the pod out
+        return False
     return _annotations(namespace_obj).get(INJECT_ANNOTATION) == "enabled"
 
 
 def config_annotations(pod: dict, namespace_obj: dict | None) -> dict[str, str]:
-    """``config.meshctl.io/*`` annotations: the namespace's, overridden by the pod's."""
+    """``config.meshctl.io/*`` annotations (Linkerd's read as their aliases): the namespace's,
+    overridden by the pod's."""
+    from meshctl.inject._options import read_annotations
+
     merged = {}
     for source in (_annotations(namespace_obj), _annotations(pod)):
-        merged.update({k: str(v) for k, v in source.items() if k.startswith(CONFIG_PREFIX)})
+        merged.update({CONFIG_PREFIX + name: value for name, value in read_annotations(source).values.items()})
     return merged
 
 
