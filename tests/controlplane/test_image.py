@@ -120,11 +120,79 @@ def image(podman, tmp_path_factory):
     _base_image(podman)
     ctx = tmp_path_factory.mktemp("build")
     shutil.copy(ROOT / "Dockerfile", ctx / "Dockerfile")
+    (ctx / "samples" / "apps").mkdir(parents=True)  # the samples-shop stage's file, should a builder want it
+    shutil.copy(ROOT / "samples" / "apps" / "shop.py", ctx / "samples" / "apps" / "shop.py")
     _wheelhouse(ctx / "wheelhouse")
     start = time.monotonic()
     podman("build", "--network", "none", "--build-arg", f"BASE_IMAGE={BASE}", "-t", IMAGE, str(ctx), timeout=1200)
     print(f"image build took {time.monotonic() - start:.0f}s", file=sys.stderr)
     return IMAGE
+
+
+SHOP_IMAGE = "localhost/meshctl-samples-shop:test"
+
+
+@pytest.fixture(scope="session")
+def shop_image(podman):
+    """The Dockerfile's samples-shop target, built from the repository as a user builds it.
+
+    Cheap: the cached base and one COPY (no wheelhouse); the build runs with no network.
+    """
+    _base_image(podman)
+    podman("build", "--network", "none", "--target", "samples-shop", "--build-arg", f"BASE_IMAGE={BASE}",
+           "-t", SHOP_IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT), timeout=600)
+    return SHOP_IMAGE
+
+
+def test_sample_shop_image_runs_the_walkthrough_chain(podman, shop_image):
+    """The three APIs from the one image, wired as samples/shop/deployments.yaml wires them."""
+    import yaml
+
+    listing = yaml.safe_load((ROOT / "samples" / "shop" / "deployments.yaml").read_text())
+    deployments = {o["metadata"]["name"]: o for o in listing["items"] if o["kind"] == "Deployment"}
+    services = {o["metadata"]["name"]: o for o in listing["items"] if o["kind"] == "Service"}
+    gateway = deployments["product-gateway-api"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in gateway["env"]}
+    assert env == {"Product_API_Host": "http://product-api-svc.shop.svc.cluster.local:9090",
+                   "Price_API_Host": "http://price-api-svc.shop.svc.cluster.local:8080"}
+    assert services["product-gateway-api-svc"]["spec"]["ports"][0]["port"] == 80
+    assert gateway["ports"][0]["containerPort"] == 5000
+    assert {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in deployments.values()} == \
+        {"ghcr.io/meshctl/samples-shop:0.1.0"}
+    assert podman("run", "--rm", "--entrypoint", "id", shop_image, "-u").stdout.strip() == "65534"
+    ports = {name: _free_port() for name in deployments}
+    names = []
+    try:
+        for name, deployment in deployments.items():
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            args = [a for a in container["args"]]
+            args[args.index("--host") + 1] = "127.0.0.1"  # host network here, a pod's own address in a cluster
+            args[args.index("--port") + 1] = str(ports[name])
+            # The upstreams as the manifest names them, reached on loopback (no cluster DNS here).
+            upstream = {"Product_API_Host": f"http://127.0.0.1:{ports['product-api']}",
+                        "Price_API_Host": f"http://127.0.0.1:{ports['price-api']}"}
+            envs = [f"-e={k}={upstream[k]}" for k in (e["name"] for e in container.get("env") or [])]
+            cname = f"shop-{name}-{os.getpid()}"
+            names.append(cname)
+            podman("run", "-d", "--rm", "--name", cname, "--network", "host", *envs, shop_image, *args)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = all(httpx.get(f"http://127.0.0.1:{p}/ready", timeout=1).status_code == 200
+                            for p in ports.values())
+            except httpx.HTTPError:
+                ready = False
+            if ready:
+                break
+            assert time.monotonic() < deadline, {n: podman("logs", n, check=False).stderr[-1000:] for n in names}
+            time.sleep(0.2)
+        resp = httpx.get(f"http://127.0.0.1:{ports['product-gateway-api']}/api/products/2", timeout=5)
+        assert resp.status_code == 200
+        assert resp.json() == {"productId": 2, "name": "Burr grinder",
+                               "description": "A conical burr grinder with 40 grind settings.", "price": 189.5}
+    finally:
+        for cname in names:
+            podman("rm", "-f", cname, check=False)
 
 
 @pytest.fixture(scope="session")
