@@ -64,7 +64,7 @@ def _workload_href(namespace: str, name: str) -> str:
 
 
 class LocalSource:
-    """The dashboard's figures for a mesh without a cluster, from ``meshctl.viz.queries`` (viz stat's queries)."""
+    """The dashboard's figures over one Prometheus, from ``meshctl.viz.queries`` (viz stat's queries)."""
 
     def __init__(self, prometheus_url: str, mesh_dir: Path | None = None, *, window_s: float = WINDOW_S,
                  client=None) -> None:
