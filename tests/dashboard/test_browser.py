@@ -263,6 +263,9 @@ def test_numbers_refresh_without_a_page_reload(watched):
     page.wait_for_function("document.getElementById('updated').textContent.startsWith('updated')")
     assert page.evaluate("window.__notReloaded") is True
     assert page.locator('#live table[data-kind="deployment"] tbody tr').count() == 3
+    services = page.locator('#live table[data-kind="service"] tbody tr')
+    assert {services.nth(i).get_attribute("data-name") for i in range(services.count())} == {f"{n}-svc" for n in SHOP}
+    assert page.locator('#live table[data-kind="service"] [data-meshed="true"]').count() == 3
 
 
 def test_a_foreign_host_header_is_refused(dashboard):

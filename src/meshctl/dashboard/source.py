@@ -121,12 +121,15 @@ class LocalSource:
         if not deployments:
             raise LookupError(f"namespace {ns!r} has no meshed workloads")
         mesh = self.mesh
-        # Services without callers in the window are still listed where the inventory knows them.
-        known = {w.service for w in mesh.workloads if w.namespace == ns and w.service} if mesh else set()
+        # Services without callers in the window are still listed where the inventory knows them, and
+        # a Service is as meshed as the deployment behind it (the local mesh knows which; else "-").
+        backing = {w.service: w.name for w in mesh.workloads if w.namespace == ns and w.service} if mesh else {}
+        by_deploy = {d.name: d for d in deployments}
         service_rows = []
-        for name in sorted(known | set(services)):
-            r = services.get(name)
-            service_rows.append(ResourceRow("service", ns, name, 0, 0, golden(r)))
+        for name in sorted(set(backing) | set(services)):
+            d = by_deploy.get(backing.get(name, ""))
+            meshed, total = (d.meshed_pods or 0, d.total_pods or 0) if d is not None else (0, 0)
+            service_rows.append(ResourceRow("service", ns, name, meshed, total, golden(services.get(name))))
         return NamespacePage(ns, tuple(self._row("deployment", d) for d in deployments),
                              tuple(self._row("pod", p) for p in pods), tuple(service_rows))
 
