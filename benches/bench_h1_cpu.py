@@ -146,7 +146,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20_000, help="requests per timed run (default 20,000)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per process; the best counts (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating subprocess rounds (default 3)")
-    ap.add_argument("--against", type=Path, help="another source tree, run the same way (its http1 as imported)")
+    ap.add_argument("--against", type=Path, action="append", default=[],
+                    help="another source tree, run the same way (its http1 as imported); may be repeated")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--source", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -154,8 +155,8 @@ def main() -> None:
         _child(args.requests, args.runs, args.source)
         return
     variants = [("http1 as imported", ROOT / "src", False), ("http1 from source (baseline)", ROOT / "src", True)]
-    if args.against:
-        variants.append((f"{args.against} as imported", args.against, False))
+    for other in args.against:
+        variants.append((f"{other} as imported", other, False))
     best: dict[str, float] = {}
     modules: dict[str, str] = {}
     for _ in range(args.rounds):

@@ -1,7 +1,8 @@
 """``meshctl demo up|status|load|apply|edit|set|down``: the walkthrough's story on loopback, end to end.
 
 Real processes (identity, destination, three apps, three proxies, Debian's Prometheus),
-daemonised by ``up`` and outliving it; real mTLS; traffic only to 127.0.3x.0/24.
+daemonised by ``up`` and outliving it; real mTLS; traffic only to loopback /24s of this run (127.B.31-34) and, with --netns,
+to the namespaces the demo creates.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ import pytest
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
+
+# Each run its own loopback /24s (127.B.31 ... 127.B.34): test runs from several checkouts
+# may share this machine, and the demo's ports are fixed within a prefix.
+BASE = f"127.{100 + os.getpid() % 150}"
 
 # Counters since the proxies started (none restarts in the story): Prometheus' first scrape may
 # come after the first load, so increase() over a window would miss it.
@@ -78,6 +83,25 @@ def wait_route(d: Path, predicate, timeout: float = 20) -> dict:
         time.sleep(1)
 
 
+def wait_dashboard_route(url: str, predicate, timeout: float = 20) -> tuple[float, float]:
+    """(effective, actual) success in % of the price route, as the gateway's dashboard page shows them."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while True:
+        html = httpx.get(f"{url}/namespaces/shop/deployments/product-gateway-api", timeout=10).text
+        text = " ".join(re.sub(r"<[^>]*>", " ", html).split())
+        m = re.search(r"GET /api/prices price-api-svc\.shop\.svc\.cluster\.local ([\d.]+)% [\d.]+ ?rps ([\d.]+)%", text)
+        if m:
+            effective, actual = float(m.group(1)), float(m.group(2))
+            if predicate(effective, actual) or time.monotonic() > deadline:
+                return effective, actual
+        else:
+            # Not drawn yet (no sample in the page's window): wait, as a person reloading would.
+            assert time.monotonic() < deadline, f"no route row for GET /api/prices on the dashboard page: {text[-2000:]}"
+        time.sleep(1)
+
+
 def load_json(d: Path, *args: str) -> dict:
     r = demo(d, "load", *args, "-o", "json", timeout=120)
     assert r.returncode == 0, r.stderr
@@ -87,7 +111,7 @@ def load_json(d: Path, *args: str) -> dict:
 @pytest.fixture
 def up(tmp_path):
     d = tmp_path / "demo"
-    r = demo(d, "up", "--address-prefix", "127.0.31")
+    r = demo(d, "up", "--address-prefix", f"{BASE}.31")
     try:
         assert r.returncode == 0, r.stderr
         yield d, r
@@ -97,7 +121,7 @@ def up(tmp_path):
         assert down.returncode == 0, down.stderr
         # Nothing is left: no process, no listening socket, no state saying the mesh is up.
         assert not [name for name, pid in started.items() if alive(pid)]
-        assert listening("127.0.31") == []
+        assert listening(f"{BASE}.31") == []
         assert not (d / "mesh.json").exists() and not (d / "processes.json").exists()
 
 
@@ -106,7 +130,7 @@ def test_the_walkthrough_story_on_loopback(up, tmp_path):
 
     d, r = up
     mesh = state.load(d)
-    assert mesh.gateway_url == "http://127.0.31.2:5000"
+    assert mesh.gateway_url == f"http://{BASE}.31.2:5000"
     assert f"gateway:    {mesh.gateway_url}" in r.stdout and f"prometheus: {mesh.prometheus_url}" in r.stdout
     walkthrough(d, tmp_path)
 
@@ -123,7 +147,10 @@ def walkthrough(d: Path, tmp_path: Path) -> None:
     r = demo(d, "status", "-o", "json")
     assert r.returncode == 0, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}
-    assert len(rows) == 9 and all(row["state"] == "running" and row["health"] in ("ready", "-") for row in rows.values())
+    assert set(rows) == {"identity", "destination", "prometheus", "dashboard",
+                         *(f"{w.name}-{part}" for w in mesh.workloads for part in ("app", "proxy"))}
+    assert all(row["state"] == "running" and row["health"] in ("ready", "-") for row in rows.values())
+    assert mesh.dashboard_url and httpx.get(f"{mesh.dashboard_url}/ready", timeout=5).status_code == 200
 
     # ab's load through the mesh: nothing fails while nothing is made to fail.
     result = load_json(d, "-n", "1000", "-c", "10")
@@ -166,6 +193,9 @@ def walkthrough(d: Path, tmp_path: Path) -> None:
     assert wait_prom(url, GATEWAY_SUCCESS, lambda v: v >= 1200) >= 1200
     route = wait_route(d, lambda r: (r["actual_rps"] or 0) > 1.15 * (r["effective_rps"] or 0) > 0)
     assert route["actual_success"] < 0.9 and route["effective_success"] > route["actual_success"] + 0.1, route
+    # ...and so does the dashboard's page of the gateway (its route metrics, over its own window).
+    effective, actual = wait_dashboard_route(mesh.dashboard_url, lambda e, a: e >= a + 5)
+    assert effective >= actual + 5 and actual < 90, (effective, actual)
 
     # `edit` opens $EDITOR on the live profile and applies what it saved.
     r = demo(d, "edit", "sp/price-api-svc.shop.svc.cluster.local", env={"EDITOR": "sed -i s/500ms/300ms/"})
@@ -223,26 +253,26 @@ def test_bad_input_is_one_line_and_changes_nothing(up, tmp_path):
 
     # Another demo on the same addresses: the port is named, and nothing is left started.
     other = tmp_path / "other"
-    r = demo(other, "up", "--address-prefix", "127.0.31")
+    r = demo(other, "up", "--address-prefix", f"{BASE}.31")
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("Error: demo: 127.0.31.1:8080 is already in use")
+    assert r.stderr.strip().splitlines()[-1].startswith(f"Error: demo: {BASE}.31.1:8080 is already in use")
     assert not (other / "processes.json").exists() and not (other / "mesh.json").exists()
 
 
 def test_a_port_taken_by_something_else_and_a_stale_state_dir(tmp_path):
     d = tmp_path / "demo"
     blocker = socket.socket()
-    blocker.bind(("127.0.32.4", 4191))  # price-api's proxy admin port
+    blocker.bind((f"{BASE}.32.4", 4191))  # price-api's proxy admin port
     blocker.listen()
     try:
-        r = demo(d, "up", "--address-prefix", "127.0.32")
+        r = demo(d, "up", "--address-prefix", f"{BASE}.32")
     finally:
         blocker.close()
-    assert r.returncode == 1 and "Error: demo: 127.0.32.4:4191 is already in use" in r.stderr
-    assert listening("127.0.32") == []
+    assert r.returncode == 1 and f"Error: demo: {BASE}.32.4:4191 is already in use" in r.stderr
+    assert listening(f"{BASE}.32") == []
 
     # A demo whose processes were all killed (a reboot, kill -9): `up` starts them again.
-    r = demo(d, "up", "--address-prefix", "127.0.32")
+    r = demo(d, "up", "--address-prefix", f"{BASE}.32")
     assert r.returncode == 0, r.stderr
     try:
         first = pids(d)
@@ -250,13 +280,13 @@ def test_a_port_taken_by_something_else_and_a_stale_state_dir(tmp_path):
             os.kill(pid, signal.SIGKILL)
         # ...and an `up` killed half-way (no mesh.json): the next `up` cleans up and starts afresh.
         (d / "mesh.json").unlink()
-        r = demo(d, "up", "--address-prefix", "127.0.32")
+        r = demo(d, "up", "--address-prefix", f"{BASE}.32")
         assert r.returncode == 0 and "did not finish starting" in r.stderr, r.stderr
         assert all(alive(pid) for pid in pids(d).values())
-        assert httpx.get("http://127.0.32.2:5000/api/products/2", timeout=5).json()["price"] == 189.5
+        assert httpx.get(f"http://{BASE}.32.2:5000/api/products/2", timeout=5).json()["price"] == 189.5
     finally:
         assert demo(d, "down").returncode == 0
-    assert listening("127.0.32") == []
+    assert listening(f"{BASE}.32") == []
 
 
 def test_prometheus_missing_stops_everything_started(tmp_path, monkeypatch):
@@ -270,15 +300,15 @@ def test_prometheus_missing_stops_everything_started(tmp_path, monkeypatch):
 
     monkeypatch.setattr(localprom, "find_binary", missing)
     with pytest.raises(MeshctlError, match="^prometheus: not found"):
-        LocalDemo(tmp_path).up(core.Plan(prefix="127.0.33"))
-    assert not (tmp_path / "processes.json").exists() and listening("127.0.33") == []
+        LocalDemo(tmp_path).up(core.Plan(prefix=f"{BASE}.33"))
+    assert not (tmp_path / "processes.json").exists() and listening(f"{BASE}.33") == []
 
     # Prometheus failing after the mesh started: what `up` started is stopped again.
     monkeypatch.undo()
     monkeypatch.setattr(localprom, "start", lambda *a, **k: (_ for _ in ()).throw(MeshctlError("prometheus exited with 1")))
     with pytest.raises(MeshctlError, match="prometheus exited"):
-        LocalDemo(tmp_path).up(core.Plan(prefix="127.0.33"))
-    assert not (tmp_path / "processes.json").exists() and listening("127.0.33") == []
+        LocalDemo(tmp_path).up(core.Plan(prefix=f"{BASE}.33"))
+    assert not (tmp_path / "processes.json").exists() and listening(f"{BASE}.33") == []
 
 
 def test_netns_needs_root_says_so(tmp_path):
@@ -313,7 +343,8 @@ def test_the_walkthrough_story_in_network_namespaces(tmp_path):
         lab = json.loads((d / "processes.json").read_text())["extra"]["netns"]
         assert len(lab["namespaces"]) == 5 and all(Path("/var/run/netns", ns).exists() for ns in lab["namespaces"])
         # The gateway's Service on port 80, as `kubectl get svc` shows it in the walkthrough.
-        assert mesh.gateway_url == "http://198.18.0.100"
+        net = json.loads((d / "processes.json").read_text())["plan"]["netns_net"]
+        assert mesh.gateway_url == f"http://{net}.100"
         # The apps know nothing of the mesh: no --via, they call the Services by name.
         record = json.loads((d / "processes.json").read_text())
         gateway_app = next(p for p in record["processes"] if p["spec"]["name"] == "product-gateway-api-app")
@@ -328,7 +359,7 @@ def test_the_walkthrough_story_in_network_namespaces(tmp_path):
         # The gateway's calls were redirected transparently: the proxy saw the Service IP as the
         # original destination, and originated mTLS to the price API's identity.
         metrics = httpx.get(f"http://{mesh.workload('product-gateway-api').proxy.admin}/metrics", timeout=5).text
-        assert ('target_addr="198.18.0.102:8080",tls="true",'
+        assert (f'target_addr="{net}.102:8080",tls="true",'
                 'server_id="price-api.shop.serviceaccount.identity.meshctl.cluster.local"') in metrics
     finally:
         started = pids(d) if (d / "processes.json").exists() else {}
@@ -347,7 +378,7 @@ def test_foreground_stays_until_interrupted_then_stops_everything(tmp_path):
     from conftest import SRC
 
     d = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "demo", "up", "--foreground", "--address-prefix", "127.0.34",
+    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "demo", "up", "--foreground", "--address-prefix", f"{BASE}.34",
                              "--dir", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1"})
     try:
@@ -356,7 +387,7 @@ def test_foreground_stays_until_interrupted_then_stops_everything(tmp_path):
             time.sleep(0.2)
         assert (d / "mesh.json").exists(), proc.stderr.read() if proc.poll() is not None else "not up after 60s"
         started = pids(d)
-        assert httpx.get("http://127.0.34.2:5000/api/products/3", timeout=5).status_code == 200
+        assert httpx.get(f"http://{BASE}.34.2:5000/api/products/3", timeout=5).status_code == 200
         time.sleep(0.5)
         assert proc.poll() is None  # still in the foreground
         proc.send_signal(signal.SIGINT)
@@ -366,6 +397,6 @@ def test_foreground_stays_until_interrupted_then_stops_everything(tmp_path):
             proc.kill()
             demo(d, "down")
     assert proc.returncode == 0, err
-    assert "gateway:    http://127.0.34.2:5000" in out and "√ stopped" in err
+    assert f"gateway:    http://{BASE}.34.2:5000" in out and "√ stopped" in err
     assert not [name for name, pid in started.items() if alive(pid)]
-    assert listening("127.0.34") == [] and not (d / "mesh.json").exists()
+    assert listening(f"{BASE}.34") == [] and not (d / "mesh.json").exists()

@@ -152,3 +152,19 @@ def test_route_series_count_against_the_same_cap(family):
     assert m[("metrics_series", frozenset())] <= 300
     assert metric_sum(m, family) == 1000
     assert metric_sum(m, family, dst="overflow") > 0
+
+
+def test_inbound_authorization_series_per_port_count_against_the_cap():
+    """Every inbound port is redirected to the proxy: a port scan must not make a series per port."""
+    from meshctl_proxy.policy.authorization import AuthzStats, Decision
+    from meshctl_proxy.telemetry.metrics import Metrics
+
+    metrics = Metrics(max_series=100)
+    authz = AuthzStats(metrics.series)
+    metrics.extra_renderers.append(authz.render)
+    for port in range(1, 5001):
+        authz.count("tcp", Decision(False, "scan"), port)
+    m = parse_metrics(metrics.render().decode())
+    assert m[("metrics_series", frozenset())] <= 100
+    assert metric_sum(m, "inbound_tcp_authz_deny_total") == 5000
+    assert metric_sum(m, "inbound_tcp_authz_deny_total", srv_port="overflow") == 4900

@@ -87,6 +87,16 @@ def _grpc_request(sid_authority: str) -> list[tuple[bytes, bytes]]:
             (b":authority", sid_authority.encode()), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
 
 
+def _read_events(sock, conn, deadline: float) -> list | None:
+    """The h2 events of one read from *sock*; None when it timed out (at *deadline*) or closed."""
+    sock.settimeout(max(0.05, deadline - time.monotonic()))
+    try:
+        data = sock.recv(1 << 20)
+    except TimeoutError:
+        return None
+    return conn.receive_data(data) if data else None
+
+
 def _raw_streams_pausing(addr, authority: str, *, streams: int, pause: float, timeout: float):
     """Open *streams* gRPC server streams on one h2 connection that grants every window at once but
     does not read its socket for *pause* s (a small receive buffer, so the proxy's writes back up)."""
@@ -118,13 +128,10 @@ def _raw_streams_pausing(addr, authority: str, *, streams: int, pause: float, ti
     status: dict[int, bytes] = {}
     deadline = time.monotonic() + timeout
     while len(status) < streams and time.monotonic() < deadline:
-        try:
-            data = sock.recv(1 << 20)
-        except TimeoutError:
+        events = _read_events(sock, conn, deadline)
+        if events is None:
             break
-        if not data:
-            break
-        for ev in conn.receive_data(data):
+        for ev in events:
             if isinstance(ev, h2.events.DataReceived):
                 got[ev.stream_id] += len(ev.data)
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -167,3 +174,139 @@ def test_many_concurrent_large_unary_calls_on_one_channel_all_complete(bulk_serv
         elapsed = time.monotonic() - start
     assert all(results)
     assert elapsed < 15, elapsed
+
+
+class _SlowReadingUpstream:
+    """An h2 server that grants every window at once but stops reading its socket for *pause* s once it
+    has seen *streams* request heads (a small receive buffer): the proxy's uploads back up on the socket,
+    the other direction of the same bug.  Answers each stream with the number of bytes it received."""
+
+    def __init__(self, streams: int, pause: float) -> None:
+        self.streams, self.pause = streams, pause
+        self.port = 0
+
+    async def start(self):
+        import asyncio
+        import socket
+
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # inherited by accepted sockets
+        sock.bind(("127.0.0.1", 0))
+        self.server = await loop.create_server(lambda: _SlowReadingConnection(self), sock=sock)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.server.close()
+
+
+class _SlowReadingConnection:
+    def __init__(self, owner: _SlowReadingUpstream) -> None:
+        import h2.config
+        import h2.connection
+
+        self.owner = owner
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.received: dict[int, int] = {}
+        self.paused = False
+
+    def connection_made(self, transport) -> None:
+        import h2.settings
+
+        self.transport = transport
+        self.conn.initiate_connection()
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1})
+        self.conn.increment_flow_control_window((1 << 31) - 1 - 65535)
+        transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        import asyncio
+
+        import h2.events
+
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                self.received[ev.stream_id] = 0
+            elif isinstance(ev, h2.events.DataReceived):
+                self.received[ev.stream_id] += len(ev.data)
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                body = str(self.received[ev.stream_id]).encode()
+                self.conn.send_headers(ev.stream_id, [(b":status", b"200"), (b"content-length", b"%d" % len(body))])
+                self.conn.send_data(ev.stream_id, body, end_stream=True)
+        self.transport.write(self.conn.data_to_send())
+        if not self.paused and len(self.received) >= self.owner.streams:
+            self.paused = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(self.owner.pause, self.transport.resume_reading)
+
+    def connection_lost(self, exc) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
+def _upload(addr, authority: str, *, streams: int, size: int, timeout: float) -> dict[int, bytes]:
+    """*streams* uploads of *size* bytes on one h2 connection, within the proxy's windows; each response body."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    sock = socket.create_connection(addr, timeout=timeout)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    left: dict[int, int] = {}
+    for _ in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/upload"),
+                                (b":authority", authority.encode())])
+        left[sid] = size
+    chunk = bytes(range(256)) * 64  # 16 KiB
+    bodies: dict[int, bytes] = {}
+    deadline = time.monotonic() + timeout
+    while len(bodies) < streams and time.monotonic() < deadline:
+        for sid, n in left.items():
+            while n:
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, n, len(chunk))
+                if window <= 0:
+                    break
+                conn.send_data(sid, chunk[:window], end_stream=window == n)
+                n -= window
+            left[sid] = n
+        sock.sendall(conn.data_to_send())
+        events = _read_events(sock, conn, deadline)
+        if events is None:
+            break
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                bodies[ev.stream_id] = bodies.get(ev.stream_id, b"") + ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamReset):
+                bodies[ev.stream_id] = b"reset %d" % ev.error_code
+        sock.sendall(conn.data_to_send())
+    sock.close()
+    return bodies
+
+
+def test_uploads_blocked_on_one_upstream_socket_all_resume_when_it_drains(loop_thread, proxy_chain):
+    """The upstream direction: ten 1 MiB uploads on one connection to an upstream that stops reading."""
+    upstream = loop_thread.run(_SlowReadingUpstream(streams=10, pause=0.5).start())
+    try:
+        entry = proxy_chain(1)
+        start = time.monotonic()
+        bodies = _upload(entry, f"127.0.0.1:{upstream.port}", streams=10, size=1 << 20, timeout=8)
+        elapsed = time.monotonic() - start
+        assert sorted(bodies.values()) == [b"%d" % (1 << 20)] * 10, bodies
+        assert elapsed < 6, elapsed
+    finally:
+        loop_thread.run(upstream.stop())

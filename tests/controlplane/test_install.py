@@ -181,16 +181,61 @@ def test_set_and_values_file_precedence(tmp_path):
     (["--set", "nosuch.key=1"], "--set nosuch.key=1: unknown value 'nosuch'", 2),
     (["--set", "controllerReplicas=three"], "controllerReplicas must be an integer", 2),
     (["--set", "ha"], "expected KEY=VALUE", 2),
-    (["--set", "identity.issuer.lifetime=forever"], "identity.issuer.lifetime: expected a duration", 1),
+    (["--set", "identity.issuer.lifetime=forever"], "identity.issuer.lifetime: expected a duration", 2),
     (["--set", "identity.issuerCrtPEM=x"], "go together", 1),
     (["--set", "proxyInjector.crtPEM=x", "--set", "proxyInjector.keyPEM=y", "--set", "proxyInjector.caBundlePEM=z"],
      "proxyInjector.crtPEM: not signed by proxyInjector.caBundlePEM", 1),
+    # Values with a known domain are checked before rendering, with linkerd's words where it has them.
+    (["-L", "Bad_NS"], "-L/--mesh-namespace: namespace 'Bad_NS' is not a DNS-1123 label", 2),
+    (["--image-pull-policy", "sometimes"], "--image-pull-policy: must be one of: Always, IfNotPresent, Never", 2),
+    (["--set", "image.pullPolicy=sometimes"], "image.pullPolicy: must be one of: Always, IfNotPresent, Never", 2),
+    (["--set", "proxy.resources.requests.cpu=2", "--set", "proxy.resources.limits.cpu=1"],
+     "The cpu limit '1' cannot be lower than the cpu request '2'", 2),
+    (["--ha", "--set", "controllerResources.limits.memory=10Mi"],
+     "The memory limit '10Mi' cannot be lower than the memory request '50Mi'", 2),
+    (["--set", "controllerResources.requests.cpu=lots"], "controllerResources.requests.cpu: expected a Kubernetes quantity", 2),
+    (["--set", "proxy.logLevel=loud"], "proxy.logLevel:", 2),
+    (["--set", "clusterDomain=Bad_Domain"], "clusterDomain: 'Bad_Domain' is not a DNS subdomain", 2),
+    (["--set", "clusterNetworks=10.0.0.0/33"], "clusterNetworks:", 2),
+    (["--set", "controllerReplicas=0"], "controllerReplicas: must be at least 1", 2),
+    (["--set", "proxyInjector.failurePolicy=Sometimes"], "proxyInjector.failurePolicy: must be Ignore or Fail", 2),
+    (["--set", "proxyInjector.timeoutSeconds=60"], "proxyInjector.timeoutSeconds: must be between 1 and 30", 2),
+    (["--identity-trust-anchors-file", "/nonexistent/ca.crt"], "--identity-trust-anchors-file /nonexistent/ca.crt", 1),
 ])
 def test_bad_values_are_one_line_errors(args, message, code):
     proc = run_cli("install", "--ignore-cluster", *args)
     assert proc.returncode == code
     assert proc.stdout == ""
     assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_bad_value_in_a_values_file_names_the_value_and_exits_1(tmp_path):
+    f = tmp_path / "v.yaml"
+    f.write_text("image:\n  pullPolicy: Sometimes\n")
+    proc = run_cli("install", "--ignore-cluster", "-f", str(f))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "Error: image.pullPolicy: must be one of: Always, IfNotPresent, Never, got 'Sometimes'\n"
+
+
+def test_identity_files_from_identity_create(tmp_path):
+    # What `meshctl identity create` prints is a command that works: the issuer installed is the one given.
+    made = run_cli("identity", "create", "--out-dir", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    hint = made.stderr.strip().splitlines()[-1]
+    assert hint.startswith("install with: meshctl install --identity-trust-anchors-file ")
+    args = hint.removeprefix("install with: meshctl install ").split()
+    proc = run_cli("install", "--ignore-cluster", *args)
+    assert proc.returncode == 0, proc.stderr
+    secret = by_kind(list(yaml.safe_load_all(proc.stdout)), "Secret", core.ISSUER_SECRET)
+    assert base64.b64decode(secret["data"]["tls.crt"]).decode() == (tmp_path / "issuer.crt").read_text()
+    # A key that is not the certificate's: the error names both files.
+    wrong = [a if not a.endswith("issuer.key") else str(tmp_path / "ca.key") for a in args]
+    proc = run_cli("install", "--ignore-cluster", *wrong)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert f"{tmp_path / 'ca.key'}: does not match the public key of {tmp_path / 'issuer.crt'}" in proc.stderr
+    # Two of the three: they go together.
+    proc = run_cli("install", "--ignore-cluster", *args[:4])
+    assert proc.returncode == 1 and "go together" in proc.stderr
 
 
 def test_bad_values_file_names_file_and_line(tmp_path):

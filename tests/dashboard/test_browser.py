@@ -27,11 +27,14 @@ from conftest import ROOT, SRC, run_cli
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's (scripts/apt-packages.txt); playwright never downloads a browser
-PREFIX = "127.0.45"  # this module's pods; other demo tests use other /24s
+# This module's pods: a /24 of 127/8 by process id, so two test runs on one machine (developers'
+# worktrees) do not collide; the demo tests use 127.0.3x.
+PREFIX = f"127.{60 + os.getpid() % 150}.45"
 IMAGES = ROOT / "docs" / "images"
 SHOP = ("price-api", "product-api", "product-gateway-api")
 PRICE_FAILURE_RATE = "0.3"
 REFRESH_S = 5.0
+GRAFANA = "http://127.0.0.1:3000"
 
 
 def demo(d: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -109,7 +112,8 @@ def stop_dashboard(proc: subprocess.Popen) -> int:
 @pytest.fixture(scope="module")
 def dashboard(shop):
     d, _ = shop
-    proc, url = start_dashboard("--demo-dir", str(d))
+    # A Grafana URL only for its links (no Grafana runs here: nothing loads from it).
+    proc, url = start_dashboard("--demo-dir", str(d), "--grafana-url", GRAFANA)
     try:
         wait_for("the dashboard", lambda: httpx.get(f"{url}/ready", timeout=2).status_code == 200, 20)
         yield url
@@ -220,6 +224,9 @@ def test_the_gateways_dependency_map_has_exactly_two_outgoing_edges(watched):
     assert {edges.nth(i).get_attribute("data-peer") for i in range(2)} == {"product-api", "price-api"}
     assert page.locator("svg.depmap g.edge.outbound.secured").count() == 2  # both over mTLS
     assert page.locator('svg.depmap g.node[data-node="product-gateway-api"]').count() == 1
+    grafana = page.locator("header.crumbs a.grafana")
+    assert grafana.get_attribute("href") == (f"{GRAFANA}/d/meshctl-deployment/meshctl-deployment"
+                                             "?var-namespace=shop&var-deployment=product-gateway-api")
 
 
 def test_live_calls_show_a_request_to_the_gateway_within_two_seconds(watched, shop):
@@ -261,6 +268,9 @@ def test_numbers_refresh_without_a_page_reload(watched):
     page.wait_for_function("document.getElementById('updated').textContent.startsWith('updated')")
     assert page.evaluate("window.__notReloaded") is True
     assert page.locator('#live table[data-kind="deployment"] tbody tr').count() == 3
+    services = page.locator('#live table[data-kind="service"] tbody tr')
+    assert {services.nth(i).get_attribute("data-name") for i in range(services.count())} == {f"{n}-svc" for n in SHOP}
+    assert page.locator('#live table[data-kind="service"] [data-meshed="true"]').count() == 3
 
 
 def test_a_foreign_host_header_is_refused(dashboard):

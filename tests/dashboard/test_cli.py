@@ -57,7 +57,7 @@ def test_a_taken_port_is_named(tmp_path):
 
 def test_without_a_cluster_or_a_local_mesh_it_names_the_missing_state_file(tmp_path):
     env = {"HOME": str(tmp_path), "MESHCTL_DEMO_DIR": "", "KUBECONFIG": ""}
-    r = run_cli("dashboard", "--show", "url", env=env)
+    r = run_cli("dashboard", "--show", "url", "-p", "0", env=env)
     assert r.returncode == 1
     (line,) = r.stderr.strip().splitlines()
     assert line == (f"Error: no local mesh: {tmp_path}/.local/state/meshctl/demo/mesh.json does not exist "

@@ -14,7 +14,7 @@ import asyncio
 from meshctl_proxy import config
 from meshctl_proxy.model import OUTBOUND, ConnectionContext
 from meshctl_proxy.policy.router import DirectRouter
-from meshctl_proxy.transport.http1_proxy import H1ServerConnection
+from meshctl_proxy.transport.http1_proxy import H1ServerConnection, Phase
 from meshctl_proxy.transport.server import Proxy
 
 from .memory import MemoryConnector, MemoryTransport
@@ -161,5 +161,52 @@ def test_drain_closes_an_idle_connection_at_once():
         await pb.settle()
         assert pb.client.closed
         assert pb.to_client() == b""
+
+    run(play())
+
+
+def test_the_phase_follows_the_request_cycle():
+    async def play():
+        pb = Playbook()
+        assert pb.server.phase is Phase.IDLE
+        await pb.from_client(b"GET / HTTP/1.1\r\nHost: app:80\r\n\r\n")
+        assert pb.server.phase is Phase.EXCHANGING
+        await pb.from_upstream(OK)
+        assert pb.server.phase is Phase.IDLE
+        pb.server.drain()
+        assert pb.server.phase is Phase.DRAINING
+        pb.server.connection_lost(None)
+        assert pb.server.phase is Phase.CLOSED
+
+    run(play())
+
+
+def test_a_refused_first_request_is_answered_once():
+    async def play():
+        pb = Playbook()
+        await pb.from_client(b"GET / HTTP/1.1\r\nHost: app:80\r\nContent-Length: x\r\n\r\n")
+        out = pb.to_client()
+        assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert out.count(b"HTTP/1.1 ") == 1  # (it used to be written twice)
+        assert pb.client.eof and not pb.client.closed  # half-closed, lingering for the client to read it
+        assert pb.server.phase is Phase.DRAINING
+        assert pb.connector.opened == []
+
+    run(play())
+
+
+def test_an_accepted_upgrade_turns_the_connection_into_a_tunnel():
+    async def play():
+        pb = Playbook()
+        await pb.from_client(b"GET /ws HTTP/1.1\r\nHost: app:80\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nearly")
+        pb.to_upstream()
+        await pb.from_upstream(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhi")
+        out = pb.to_client()
+        assert out.startswith(b"HTTP/1.1 101 ") and out.endswith(b"\r\n\r\nhi")
+        assert pb.server.phase is Phase.TUNNELLED
+        assert pb.to_upstream() == b"early"  # what the client sent after its head, held until the 101
+        pb.client.protocol.data_received(b"ping")
+        await pb.settle()
+        assert pb.to_upstream() == b"ping"
 
     run(play())

@@ -85,3 +85,15 @@ def test_a_denied_request_has_no_shortcut():
     assert not stats.counts  # dispatch() counts it and answers 403
     allowed = request(direction=INBOUND, orig_dst=("10.0.0.5", 8080), peer_identity="web.shop.serviceaccount")
     assert router.shortcut(allowed) == Endpoint("127.0.0.1", 8080)
+
+
+class ShortcutsItsOwnWay(DirectRouter):
+    def shortcut(self, request):
+        return None
+
+
+def test_overriding_shortcut_also_stops_its_answers_being_remembered():
+    assert ShortcutsItsOwnWay.remembers_endpoints is False
+    assert TrafficRouter.remembers_endpoints is True  # declared: its shortcut is DirectRouter's, by suffix
+    assert AuthorizingRouter(ShortcutsItsOwnWay(), None, None).remembers_endpoints is False
+    assert AuthorizingRouter(InboundRouter("127.0.0.1"), None, None).remembers_endpoints is True

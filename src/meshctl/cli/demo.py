@@ -69,8 +69,16 @@ def register(app: typer.Typer) -> None:
                 raise MeshctlError("demo up --netns needs root (it creates network namespaces and iptables rules); "
                                    "run it with sudo, or without --netns on loopback")
             # Names carry a hash of the state directory: two demos never share a namespace.
-            lab = "md" + hashlib.sha256(str(d.dir).encode()).hexdigest()[:6]
-            plan = core.Plan(prefix="", price_failure_rate=0.0, netns_id=lab)
+            digest = hashlib.sha256(str(d.dir).encode()).hexdigest()
+            lab = "md" + digest[:6]
+            from meshctl.demo import netns as netns_core
+            from meshctl.demo import state as state_core
+
+            # The default directory's demo gets 198.18.0.0/24 (the addresses of the docs);
+            # another directory's starts looking at a /24 of its own.
+            preferred = 0 if d.dir == state_core.state_dir().absolute() else int(digest[6:8], 16)
+            plan = core.Plan(prefix="", price_failure_rate=0.0, netns_id=lab,
+                             netns_net=d.recorded_netns_net() or netns_core.choose_net(preferred))
         else:
             plan = core.Plan(prefix=core.validate_prefix(address_prefix), price_failure_rate=0.0)
         if not 0 <= traffic <= 200:

@@ -57,17 +57,15 @@ def _setup(resource: str, namespace: Optional[str], demo_dir: Optional[str], *, 
 
     res = tap.parse_resource(resource)
     to_res = tap.parse_resource(to, flag="--to") if to else None
+    from meshctl.errors import MeshctlError
+
     try:
         resolver = tap.LocalResolver.load(demo_dir)
-    except Exception as exc:
-        from meshctl.errors import MeshctlError
-
-        if isinstance(exc, MeshctlError):
-            # In a cluster Linkerd reaches the proxies through the tap APIService; meshctl has no
-            # tap service yet, so tap works against the local mesh only (docs/viz.md).
-            raise MeshctlError(f"{exc}; tap in a cluster needs the viz tap service, which meshctl does not "
-                               "have yet (docs/viz.md)") from None
-        raise
+    except MeshctlError as exc:
+        # In a cluster Linkerd reaches the proxies through the tap APIService; meshctl has no
+        # tap service yet, so tap works against the local mesh only (docs/viz.md).
+        raise MeshctlError(f"{exc}; tap in a cluster needs the viz tap service, which meshctl does not "
+                           "have yet (docs/viz.md)") from None
     targets = resolver.targets(res, namespace)
     dst = tuple(resolver.destination_addrs(to_res, to_namespace or namespace)) if to_res else ()
     return tap, resolver, targets, dst

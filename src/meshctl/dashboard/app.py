@@ -31,6 +31,7 @@ log = logging.getLogger("meshctl.dashboard")
 # would be refused by the browser (and show as a console error in the tests).
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+LIVE_MARKER = "<!-- the page's figures -->"  # where a page's shell is split to stream its figures after it
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -68,13 +69,15 @@ def count(value: float | None) -> str:
 
 
 def grafana_link(base: str | None, kind: str, namespace: str, name: str = "") -> str | None:
-    """A Grafana dashboard of meshctl's set (manifests/grafana/, Linkerd's uids and variables)."""
+    """The Grafana dashboard of meshctl's set (manifests/grafana/: uid ``meshctl-KIND``, variables
+    ``namespace`` and the kind, as Linkerd's ``linkerd-KIND`` dashboards) for one resource."""
     if not base:
         return None
+    from urllib.parse import urlencode
+
     base = base.rstrip("/")
-    if kind == "namespace":
-        return f"{base}/d/linkerd-namespace/linkerd-namespace?var-namespace={namespace}"
-    return f"{base}/d/linkerd-{kind}/linkerd-{kind}?var-namespace={namespace}&var-{kind}={name}"
+    variables = {"var-namespace": namespace} if kind == "namespace" else {"var-namespace": namespace, f"var-{kind}": name}
+    return f"{base}/d/meshctl-{kind}/meshctl-{kind}?{urlencode(variables)}"
 
 
 def _environment():
@@ -90,36 +93,51 @@ def _environment():
 def create_app(source, settings: Settings):
     """The dashboard over *source* (see :mod:`meshctl.dashboard.source`), behind the Host check."""
     from starlette.applications import Starlette
-    from starlette.responses import HTMLResponse, PlainTextResponse, Response
+    from starlette.responses import HTMLResponse, PlainTextResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
     env = _environment()
 
-    def render(template: str, status: int = 200, **context) -> Response:
-        started = time.perf_counter()
-        body = env.get_template(template).render(settings=settings, chart_span=settings.chart_span, **context)
-        headers = {**SECURITY_HEADERS, "Server-Timing": f"render;dur={(time.perf_counter() - started) * 1000:.1f}"}
-        return HTMLResponse(body, status_code=status, headers=headers)
+    def fragment_of(name: str, build, params: dict) -> tuple[int, str]:
+        """The refreshing part of a page: (status, HTML), the figures or the error that stopped them."""
+        try:
+            data = build(**params)
+        except LookupError as exc:
+            return 404, env.get_template("error_fragment.html").render(message=str(exc.args[0] if exc.args else exc))
+        except MeshctlError as exc:
+            return 503, env.get_template("error_fragment.html").render(message=str(exc))
+        return 200, env.get_template(name).render(settings=settings, chart_span=settings.chart_span, **data)
 
     def page(template: str, fragment: str, build):
-        # Sync endpoints: Starlette runs them in its thread pool, so blocking
-        # Prometheus queries never stall the event loop (and the SSE streams on it).
-        def full(request):
-            return _view(request, template)
-
         def part(request):
-            return _view(request, fragment)
+            # Sync: Starlette runs it in its thread pool, so blocking Prometheus queries never stall
+            # the event loop (and the live-calls streams on it).
+            started = time.perf_counter()
+            status, html = fragment_of(fragment, build, request.path_params)
+            timing = f"render;dur={(time.perf_counter() - started) * 1000:.1f}"
+            return HTMLResponse(html, status_code=status, headers={**SECURITY_HEADERS, "Server-Timing": timing})
 
-        def _view(request, name):
-            try:
-                data = build(**request.path_params)
-            except LookupError as exc:
-                message = str(exc.args[0] if exc.args else exc)
-                return render("error_fragment.html" if name == fragment else "error.html", 404, message=message)
-            except MeshctlError as exc:
-                return render("error_fragment.html" if name == fragment else "error.html", 503, message=str(exc))
-            return render(name, **data)
+        async def full(request):
+            # The page's frame (navigation, title, headings) goes out at once and paints while the
+            # figures are queried; they follow in the same response, rendered by the server, so the
+            # page needs no script to show them.  Errors then arrive as the fragment's message
+            # (the frame's 200 is sent); the fragment URLs keep their 404/503.
+            from markupsafe import Markup
+            from starlette.concurrency import run_in_threadpool
+            from starlette.responses import StreamingResponse
+
+            shell = env.get_template(template).render(settings=settings, live=Markup(LIVE_MARKER),
+                                                      **request.path_params)
+            head, tail = shell.split(LIVE_MARKER)
+
+            async def body():
+                yield head
+                _, html = await run_in_threadpool(fragment_of, fragment, build, request.path_params)
+                yield html
+                yield tail
+
+            return StreamingResponse(body(), media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
         return full, part
 

@@ -69,11 +69,8 @@ def wait_ready(url: str, wait_s: float, report) -> None:
         time.sleep(READY_POLL_S)
 
 
-def build_local_app(options: Options, listener_address: str, listener_port: int, report):
-    from meshctl.dashboard.app import Settings, create_app
-    from meshctl.dashboard.hosts import HostPolicy
-    from meshctl.dashboard.source import LocalSource
-
+def local_prometheus(options: Options) -> tuple[str, Path | None]:
+    """The Prometheus URL and the local mesh's directory the dashboard serves (errors before binding)."""
     directory = local_mesh_dir(options, must_exist=options.prometheus_url is None)
     prometheus_url = options.prometheus_url
     if prometheus_url is None:
@@ -85,9 +82,16 @@ def build_local_app(options: Options, listener_address: str, listener_port: int,
         if not prometheus_url:
             raise MeshctlError(f"{directory / 'mesh.json'}: the local mesh runs no Prometheus (prometheus_url is "
                                "empty): give --prometheus-url")
-    wait_ready(prometheus_url, options.wait_s, report)
+    return prometheus_url, directory
+
+
+def build_local_app(options: Options, prometheus_url: str, directory: Path | None, port: int):
+    from meshctl.dashboard.app import Settings, create_app
+    from meshctl.dashboard.hosts import HostPolicy
+    from meshctl.dashboard.source import LocalSource
+
     policy = (HostPolicy.from_regex(options.enforced_host) if options.enforced_host
-              else HostPolicy.for_address(listener_address, listener_port))
+              else HostPolicy.for_address(options.address, port))
     source = LocalSource(prometheus_url, directory)
     return create_app(source, Settings(policy=policy, grafana_url=options.grafana_url, refresh_s=options.refresh_s))
 
@@ -101,9 +105,11 @@ def main(options: Options, global_options, *, cluster_configured: bool, out, rep
         return portforward.main(options, global_options, out=out, report=report)
     if options.show == "grafana" and not options.grafana_url:
         raise MeshctlError("--show grafana: no Grafana is configured (give --grafana-url)")
+    prometheus_url, directory = local_prometheus(options)
     listener = serve.bind(options.address, options.port)
     try:
-        app = build_local_app(options, options.address, listener.port, report)
+        wait_ready(prometheus_url, options.wait_s, report)
+        app = build_local_app(options, prometheus_url, directory, listener.port)
     except BaseException:
         listener.sock.close()
         raise

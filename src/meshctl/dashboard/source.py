@@ -1,11 +1,12 @@
 """Where the dashboard's figures come from: Prometheus, the mesh's inventory, the proxies' tap.
 
-:class:`LocalSource` serves a mesh without a cluster (``meshctl demo up``'s
-``mesh.json``, contract B, or only a Prometheus URL): the inventory (which
-namespaces, deployments, pods and services exist, which are meshed, their
-identities) comes from the state file, else from the proxies Prometheus
-scrapes; the golden metrics come from Prometheus with Linkerd's queries; live
-calls from the proxies' tap with the mesh's tap credentials.
+:class:`LocalSource` serves the dashboard over a Prometheus URL: the local
+mesh's (``meshctl demo up``), or the viz Prometheus for the web deployment in a
+cluster.  Every figure, and which namespaces, deployments and pods exist and are
+meshed, comes from ``meshctl.viz.queries`` (the proxies Prometheus scrapes, as
+``viz stat`` lists them); the local mesh's ``mesh.json`` (contract B), when there
+is one, adds what Prometheus does not know: the workloads' identities and
+Services, and the proxies' tap addresses and credentials for live calls.
 
 Every page is one evaluation time (``at``) for all its instant queries, so
 the numbers on a page agree with each other.
@@ -64,7 +65,7 @@ def _workload_href(namespace: str, name: str) -> str:
 
 
 class LocalSource:
-    """The dashboard's figures for a mesh without a cluster, from ``meshctl.viz.queries`` (viz stat's queries)."""
+    """The dashboard's figures over one Prometheus, from ``meshctl.viz.queries`` (viz stat's queries)."""
 
     def __init__(self, prometheus_url: str, mesh_dir: Path | None = None, *, window_s: float = WINDOW_S,
                  client=None) -> None:
@@ -121,12 +122,15 @@ class LocalSource:
         if not deployments:
             raise LookupError(f"namespace {ns!r} has no meshed workloads")
         mesh = self.mesh
-        # Services without callers in the window are still listed where the inventory knows them.
-        known = {w.service for w in mesh.workloads if w.namespace == ns and w.service} if mesh else set()
+        # Services without callers in the window are still listed where the inventory knows them, and
+        # a Service is as meshed as the deployment behind it (the local mesh knows which; else "-").
+        backing = {w.service: w.name for w in mesh.workloads if w.namespace == ns and w.service} if mesh else {}
+        by_deploy = {d.name: d for d in deployments}
         service_rows = []
-        for name in sorted(known | set(services)):
-            r = services.get(name)
-            service_rows.append(ResourceRow("service", ns, name, 0, 0, golden(r)))
+        for name in sorted(set(backing) | set(services)):
+            d = by_deploy.get(backing.get(name, ""))
+            meshed, total = (d.meshed_pods or 0, d.total_pods or 0) if d is not None else (0, 0)
+            service_rows.append(ResourceRow("service", ns, name, meshed, total, golden(services.get(name))))
         return NamespacePage(ns, tuple(self._row("deployment", d) for d in deployments),
                              tuple(self._row("pod", p) for p in pods), tuple(service_rows))
 

@@ -120,7 +120,7 @@ SHOP = (
     ("price-api", "price-api-svc", 8080, "price", "price-api.json"),
 )
 GATEWAY = "product-gateway-api"
-NETNS_NET = "198.18.0"  # RFC 2544's benchmarking range, as tests/netns.py (docs/architecture.md)
+NETNS_NET = "198.18.0"  # RFC 2544's benchmarking range (198.18.0.0/15), as tests/netns.py (docs/architecture.md)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,10 +131,11 @@ class Plan:
     price_failure_rate: float = 0.1
     price_latency_ms: float = 0.0
     netns_id: str | None = None  # --netns: namespaces are named "<id>-<pod>"
+    netns_net: str = NETNS_NET  # --netns: the /24 of the pods, Services and the host's link
 
     @property
     def control_host(self) -> str:
-        return f"{NETNS_NET}.2" if self.netns_id else f"{self.prefix}.1"
+        return f"{self.netns_net}.2" if self.netns_id else f"{self.prefix}.1"
 
     @property
     def control_netns(self) -> str | None:
@@ -155,9 +156,9 @@ class Plan:
             if self.netns_id:
                 # .1 is the host's end of the lab, .2 the control plane, pods from .3; Service
                 # IPs from .100 on the same on-link /24, so a pod needs no route to reach them.
-                out.append(Workload(name, service, port, app, spec, pod_ip=f"{NETNS_NET}.{3 + i}", app_host="127.0.0.1",
+                out.append(Workload(name, service, port, app, spec, pod_ip=f"{self.netns_net}.{3 + i}", app_host="127.0.0.1",
                                     service_port=80 if name == GATEWAY else port,
-                                    cluster_ip=f"{NETNS_NET}.{100 + i}", netns=f"{self.netns_id}-{app}"))
+                                    cluster_ip=f"{self.netns_net}.{100 + i}", netns=f"{self.netns_id}-{app}"))
             else:
                 out.append(Workload(name, service, port, app, spec, pod_ip=f"{self.prefix}.{2 + i}",
                                     app_host=f"{self.prefix}.{102 + i}", service_port=port))
@@ -243,7 +244,7 @@ def proxy_env(plan: Plan, w: Workload, *, trust_anchors_pem: str, token_file: st
         "MESHCTL_PROXY_SHUTDOWN_GRACE_PERIOD": "2s",
     }
     if w.netns:
-        env["MESHCTL_PROXY_CLUSTER_NETWORKS"] = f"{NETNS_NET}.0/24"
+        env["MESHCTL_PROXY_CLUSTER_NETWORKS"] = f"{plan.netns_net}.0/24"
     return env
 
 

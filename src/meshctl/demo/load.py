@@ -92,7 +92,9 @@ class LoadResult:
             lines.append(f"Non-2xx responses:      {self.non_2xx}")
         lines += [
             f"Requests per second:    {self.rps:.2f} [#/sec] (mean)",
-            f"Time per request:       {self.seconds * 1000 * self.concurrency / total if total else 0:.3f} [ms] (mean)",
+            # ab's "Time per request" is concurrency x time / requests, which --rps pacing makes
+            # meaningless; the mean of the measured latencies says what a request took.
+            f"Time per request:       {sum(self.latencies_ms) / len(self.latencies_ms) if self.latencies_ms else 0:.3f} [ms] (mean, measured)",
             f"Status codes:           {', '.join(f'{k}: {v}' for k, v in sorted(self.codes.items()))}",
             "",
             "Percentage of the requests served within a certain time (ms)",

@@ -498,6 +498,13 @@ class LocalDemo:
             rows.append(ProcessStatus(p.spec.name, p.pid, "running" if running else "exited", health, address, str(log)))
         return rows
 
+    def recorded_netns_net(self) -> str | None:
+        """The /24 a recorded --netns demo of this directory uses (kept across `up`s)."""
+        with contextlib.suppress(MeshctlError):
+            if self._load_record() and self.plan is not None and self.plan.netns_id:
+                return self.plan.netns_net
+        return None
+
     def load_plan(self) -> plan_mod.Plan:
         if not self._load_record() or self.plan is None:
             raise MeshctlError(f"no local mesh in {self.dir} (start one with: meshctl demo up)")

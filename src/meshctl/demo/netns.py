@@ -6,7 +6,8 @@ The design of ``tests/netns.py`` (docs/architecture.md), with what a node adds:
   ``<id>-gateway``, ``<id>-product``, ``<id>-price``) has ``lo`` and ``eth0``, a veth whose
   other end is enslaved to ``br0``; addresses from 198.18.0.0/24 (RFC 2544's benchmarking
   range), no default route anywhere, so nothing the demo sends can leave it;
-- the host's end: one veth ``<id>h`` in the host's namespace with 198.18.0.1/24, its peer on
+- the host's end: one veth ``<id>h`` in the host's namespace with 198.18.X.1/24 (X is 0 for the
+  first demo, another free /24 of 198.18.0.0/15 for the next), its peer on
   ``br0``, so that Prometheus, the dashboard, ``ab`` and a browser on this machine reach the
   pods (and nothing else is routed: the pods have no route beyond the /24);
 - Services: each has a virtual IP (198.18.0.100 + i) and its cluster port.  Inside a pod,
@@ -40,8 +41,8 @@ from meshctl.errors import MeshctlError
 
 NETNS_DIR = Path("/var/run/netns")
 ETC_NETNS = Path("/etc/netns")
-HOST_IP = f"{plan_mod.NETNS_NET}.1"
-NODE_IP = f"{plan_mod.NETNS_NET}.254"  # the bridge namespace's own address (kube-proxy's node)
+HOST_OCTET = 1  # the host's end of the lab
+NODE_OCTET = 254  # the bridge namespace's own address (kube-proxy's node)
 PREFIXLEN = 24
 
 
@@ -93,13 +94,36 @@ def remove(plan: plan_mod.Plan) -> None:
     _run(["ip", "link", "del", host_link(plan)], check=False)
 
 
-def _check_host_free(plan: plan_mod.Plan) -> None:
+def _nets_in_use() -> dict[str, str]:
+    """198.18.X (the /24s of RFC 2544's range) that this host's interfaces have, with the interface."""
     out = _run(["ip", "-4", "-o", "addr", "show"]).stdout
+    used = {}
     for line in out.splitlines():
-        if f" {plan_mod.NETNS_NET}." in line:
-            iface = line.split()[1]
-            raise MeshctlError(f"demo --netns: {plan_mod.NETNS_NET}.0/24 is already on interface {iface} of this host "
-                               "(another --netns demo? meshctl demo down --dir DIR)")
+        fields = line.split()
+        addr = fields[3] if len(fields) > 3 else ""
+        if addr.startswith("198.18.") or addr.startswith("198.19."):
+            used[addr.rsplit(".", 1)[0]] = fields[1]
+    return used
+
+
+def choose_net(preferred: int) -> str:
+    """A free 198.18.X /24 for a new --netns demo: X = *preferred* when free, else the next free one.
+
+    Two demos (or two test runs) at once each need their own: the host's link and its route
+    are in the host's namespace, the one thing they share."""
+    used = _nets_in_use()
+    for i in range(256):
+        net = f"198.18.{(preferred + i) % 256}"
+        if net not in used:
+            return net
+    raise MeshctlError("demo --netns: every 198.18.X.0/24 is in use on this host")
+
+
+def _check_host_free(plan: plan_mod.Plan) -> None:
+    iface = _nets_in_use().get(plan.netns_net)
+    if iface:
+        raise MeshctlError(f"demo --netns: {plan.netns_net}.0/24 is already on interface {iface} of this host "
+                           "(another --netns demo? meshctl demo down --dir DIR)")
 
 
 def create(plan: plan_mod.Plan) -> dict:
@@ -133,7 +157,7 @@ def create(plan: plan_mod.Plan) -> dict:
              netns=br)
         _run(["ip", "link", "set", "hostlink", "master", "br0"], netns=br)
         _run(["ip", "link", "set", "hostlink", "up"], netns=br)
-        _run(["ip", "addr", "add", f"{HOST_IP}/{PREFIXLEN}", "dev", host_link(plan)])
+        _run(["ip", "addr", "add", f"{plan.netns_net}.{HOST_OCTET}/{PREFIXLEN}", "dev", host_link(plan)])
         _run(["ip", "link", "set", host_link(plan), "up"])
         _services(plan, br)
         for w in plan.workloads:
@@ -147,7 +171,7 @@ def create(plan: plan_mod.Plan) -> dict:
 def _services(plan: plan_mod.Plan, br: str) -> None:
     """Service IPs answered by the bridge namespace, as kube-proxy does on a node (DNAT + masquerade)."""
     _run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=br)
-    _run(["ip", "addr", "add", f"{NODE_IP}/{PREFIXLEN}", "dev", "br0"], netns=br)
+    _run(["ip", "addr", "add", f"{plan.netns_net}.{NODE_OCTET}/{PREFIXLEN}", "dev", "br0"], netns=br)
     for w in plan.workloads:
         _run(["ip", "addr", "add", f"{w.cluster_ip}/32", "dev", "br0"], netns=br)
         _run(["iptables", "-t", "nat", "-A", "PREROUTING", "-d", w.cluster_ip, "-p", "tcp", "--dport",

@@ -12,6 +12,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping
 
+from meshctl import kubevalues
 from meshctl.meshconfig import MeshConfig
 from meshctl_proxy import config as proxy_config
 
@@ -20,13 +21,14 @@ INJECT_ANNOTATION = "meshctl.io/inject"
 PROXY_VERSION_ANNOTATION = "meshctl.io/proxy-version"
 TRUST_ROOT_ANNOTATION = "meshctl.io/trust-root-sha256"
 
-# Kubernetes resource.Quantity, as apimachinery's regexp accepts it.
-_QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[mkMGTPE]|)")
-
-
 def _quantity(raw: str) -> str:
-    if not _QUANTITY.fullmatch(raw):
-        raise ValueError(f"expected a Kubernetes quantity such as 100m or 64Mi, got {raw!r}")
+    kubevalues.parse_quantity(raw)
+    return raw
+
+
+def _pull_policy(raw: str) -> str:
+    if raw not in kubevalues.PULL_POLICIES:
+        raise ValueError(f"must be one of: {', '.join(kubevalues.PULL_POLICIES)}, got {raw!r}")
     return raw
 
 
@@ -119,7 +121,7 @@ def _setting_default(field: str) -> str:
 PROXY_FLAGS: tuple[ProxyFlag, ...] = (
     ProxyFlag("proxy-image", None, _nonempty, "Proxy container image (default: the installed mesh's)."),
     ProxyFlag("proxy-version", None, _nonempty, "Proxy image tag (default: the installed mesh's version)."),
-    ProxyFlag("image-pull-policy", "IfNotPresent", _nonempty, "Pull policy of the proxy and init images."),
+    ProxyFlag("image-pull-policy", "IfNotPresent", _pull_policy, "Pull policy of the proxy and init images."),
     ProxyFlag("proxy-uid", str(proxy_config.PROXY_UID), _uid, "User id the proxy runs as (iptables skips its traffic)."),
     ProxyFlag("proxy-inbound-port", str(proxy_config.INBOUND_PORT), _port, "Proxy port for inbound traffic."),
     ProxyFlag("proxy-outbound-port", str(proxy_config.OUTBOUND_PORT), _port, "Proxy port for outbound traffic."),
@@ -269,7 +271,17 @@ class InjectOptions:
             if value != flag.default:
                 overrides[name] = value
         given = frozenset(name for name, raw in flags.items() if raw is not None)
-        return cls(manual=manual, overrides=overrides, mesh=mesh or MeshConfig(), given=given)
+        options = cls(manual=manual, overrides=overrides, mesh=mesh or MeshConfig(), given=given)
+        options.check_resources()
+        return options
+
+    def check_resources(self) -> None:
+        """A request above its limit is refused before rendering, with linkerd's message."""
+        for kind in ("cpu", "memory"):
+            problem = kubevalues.resource_order_error(kind, self.get(f"proxy-{kind}-request"),
+                                                      self.get(f"proxy-{kind}-limit"))
+            if problem:
+                raise OptionsError(problem)
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, str], *, mesh: MeshConfig | None = None,
@@ -306,7 +318,9 @@ class InjectOptions:
                 raise OptionsError(f"{read.sources[name]}: {exc}") from None
             if value != flag.default:
                 overrides[name] = value
-        return dataclasses.replace(self, overrides=overrides)
+        options = dataclasses.replace(self, overrides=overrides)
+        options.check_resources()
+        return options
 
     def get(self, name: str) -> str | None:
         """The flag's effective value: the override, else its default."""

@@ -75,8 +75,14 @@ def webhook_dns_name(namespace: str) -> str:
     return f"{WEBHOOK_SERVICE}.{namespace}.svc"
 
 
-def make_certificates(values: dict, *, namespace: str, now: dt.datetime | None = None) -> Certificates:
-    """Certificates from *values* where given (validated), else new ones."""
+def make_certificates(values: dict, *, namespace: str, now: dt.datetime | None = None,
+                      sources: dict[str, str] | None = None) -> Certificates:
+    """Certificates from *values* where given (validated), else new ones.
+
+    *sources* names where a PEM value came from (``{"identity.issuerCrtPEM": "issuer.crt"}``),
+    for the error messages; by default the value's own name.
+    """
+    sources = sources or {}
     from meshctl.identity import certs
     from meshctl_proxy.config import parse_duration
 
@@ -84,11 +90,13 @@ def make_certificates(values: dict, *, namespace: str, now: dt.datetime | None =
     anchors, crt, key = ident["trustAnchorsPEM"], ident["issuerCrtPEM"], ident["issuerKeyPEM"]
     if crt or key or anchors:
         if not (crt and key and anchors):
-            raise InputError("identity.trustAnchorsPEM, identity.issuerCrtPEM and identity.issuerKeyPEM go together: "
-                             "give all three, or none to have them made")
+            raise InputError("identity.trustAnchorsPEM, identity.issuerCrtPEM and identity.issuerKeyPEM go together "
+                             "(--identity-trust-anchors-file, --identity-issuer-certificate-file, "
+                             "--identity-issuer-key-file): give all three, or none to have them made")
         issuer = certs.load_issuer(cert_pem=crt, key_pem=key, trust_anchors_pem=anchors, now=now,
-                                   cert_source="identity.issuerCrtPEM", key_source="identity.issuerKeyPEM",
-                                   anchors_source="identity.trustAnchorsPEM")
+                                   cert_source=sources.get("identity.issuerCrtPEM", "identity.issuerCrtPEM"),
+                                   key_source=sources.get("identity.issuerKeyPEM", "identity.issuerKeyPEM"),
+                                   anchors_source=sources.get("identity.trustAnchorsPEM", "identity.trustAnchorsPEM"))
         crt, key = issuer.key_pair.cert_pem, issuer.key_pair.key_pem
     else:
         try:
@@ -274,9 +282,13 @@ def render_crds() -> list[dict]:
     return objs
 
 
-def install_values(*, ha: bool, files: list[str], sets: list[str], existing: Existing | None = None) -> dict:
-    """Values for an install (no *existing*) or an upgrade (certificates and stored values kept)."""
-    values = build_values(ha=ha, files=files, sets=sets, stored=existing.values if existing else None)
+def install_values(*, ha: bool, files: list[str], sets: list[str], existing: Existing | None = None,
+                   flags: dict[str, tuple[str, object]] | None = None) -> dict:
+    """Values for an install (no *existing*) or an upgrade (certificates and stored values kept).
+
+    *flags*: values set by the command's own flags, ``{dotted path: (flag, value)}``.
+    """
+    values = build_values(ha=ha, files=files, sets=sets, stored=existing.values if existing else None, flags=flags)
     if existing is not None:
         ident, inj = values["identity"], values["proxyInjector"]
         if not ident["issuerCrtPEM"] and existing.issuer_crt_pem:

@@ -47,7 +47,8 @@ def merge(base: dict, overlay: dict, *, source: str, prefix: str = "", error: ty
         if path in FREE_FORM:
             if not isinstance(value, dict):
                 raise error(f"{source}: {path} must be a mapping")
-            out[key] = copy.deepcopy(value)
+            # Merged key by key, as Helm merges maps: `--set x.requests.cpu=1 --set x.limits.cpu=2` keeps both.
+            out[key] = _deep_merge(base[key] if isinstance(base[key], dict) else {}, value)
         elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise error(f"{source}: {path} must be a mapping, got {type(value).__name__}")
@@ -61,6 +62,14 @@ def merge(base: dict, overlay: dict, *, source: str, prefix: str = "", error: ty
                     (isinstance(value, bool) or not isinstance(value, int)):
                 raise error(f"{source}: {path} must be an integer, got {value!r}")
             out[key] = "" if value is None else (value if not isinstance(base[key], str) else str(value))
+    return out
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
     return out
 
 
@@ -99,8 +108,13 @@ def load_values_file(path: str) -> dict:
     return data
 
 
-def build_values(*, ha: bool = False, files: list[str] = (), sets: list[str] = (), stored: dict | None = None) -> dict:
-    """The effective values: defaults, stored (upgrade), --ha, files, --set."""
+def build_values(*, ha: bool = False, files: list[str] = (), sets: list[str] = (), stored: dict | None = None,
+                 flags: dict[str, tuple[str, object]] | None = None) -> dict:
+    """The effective values: defaults, stored (upgrade), --ha, files, flags, --set; then checked.
+
+    *flags* maps a dotted value path to (the flag that set it, its value), e.g.
+    ``{"image.pullPolicy": ("--image-pull-policy", "Never")}``.
+    """
     values = default_values()
     if stored:
         values = merge(values, stored, source="installed values (meshctl-config)")
@@ -108,9 +122,116 @@ def build_values(*, ha: bool = False, files: list[str] = (), sets: list[str] = (
         values = merge(values, HA_OVERLAY, source="--ha")
     for path in files:
         values = merge(values, load_values_file(path), source=path)
+    origin: dict[str, str] = {}  # dotted path -> the command-line flag that set it last
+    for dotted, (flag, value) in (flags or {}).items():
+        values = merge(values, _nest(dotted, value), source=flag, error=UsageError)
+        origin[dotted] = flag
     for assignment in sets:
-        values = merge(values, parse_set(assignment), source=f"--set {assignment}", error=UsageError)
+        overlay = parse_set(assignment)
+        values = merge(values, overlay, source=f"--set {assignment}", error=UsageError)
+        origin.update({dotted: f"--set {assignment}" for dotted in _paths(overlay)})
+    check_values(values, origin=origin)
     return values
+
+
+def _nest(dotted: str, value: object) -> dict:
+    out: dict = {}
+    cur = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def _paths(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and f"{prefix}{key}" not in FREE_FORM:
+            out += _paths(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def check_values(values: dict, *, origin: dict[str, str] | None = None) -> None:
+    """Refuse, before anything is rendered, a value the API server (or a controller) would refuse.
+
+    The error names the value and where it came from; one set on the command line (a flag or
+    ``--set``) is a :class:`UsageError` (exit 2), one from a values file an :class:`InputError`.
+    """
+    origin = origin or {}
+    for path, problem in _problems(values):
+        flag = next((origin[p] for p in origin if path == p or path.startswith(p + ".")), None)
+        if flag is None:
+            raise InputError(f"{path}: {problem}")
+        if flag.startswith("--set"):
+            raise UsageError(f"{flag}: {path}: {problem}")
+        raise UsageError(f"{flag}: {problem}")
+
+
+def _problems(values: dict):
+    """(dotted path, problem) for every value outside its domain, in a fixed order."""
+    from meshctl import kubevalues
+    from meshctl.errors import UsageError as _Usage
+    from meshctl_proxy import config as proxy_config
+
+    image = values["image"]
+    if not str(image["name"]).strip() or any(c.isspace() for c in str(image["name"])):
+        yield "image.name", f"{image['name']!r} is not a valid image name"
+    if image["pullPolicy"] not in kubevalues.PULL_POLICIES:
+        yield "image.pullPolicy", f"must be one of: {', '.join(kubevalues.PULL_POLICIES)}, got {image['pullPolicy']!r}"
+    for key in ("clusterDomain", "identityTrustDomain"):
+        try:
+            kubevalues.check_cluster_domain(str(values[key]))
+        except _Usage:
+            yield key, f"{values[key]!r} is not a DNS subdomain"
+    try:
+        proxy_config.parse_networks(str(values["clusterNetworks"]))
+    except ValueError as exc:
+        yield "clusterNetworks", str(exc)
+    if values["controllerReplicas"] < 1:
+        yield "controllerReplicas", f"must be at least 1, got {values['controllerReplicas']}"
+    try:
+        proxy_config.SETTINGS_BY_FIELD["log_level"].parse(str(values["proxy"]["logLevel"]))
+    except ValueError as exc:
+        yield "proxy.logLevel", str(exc)
+    if not 0 <= values["proxy"]["uid"] < 2 ** 31:
+        yield "proxy.uid", f"expected a user id in 0..2147483647, got {values['proxy']['uid']}"
+    injector = values["proxyInjector"]
+    if injector["failurePolicy"] not in ("Ignore", "Fail"):
+        yield "proxyInjector.failurePolicy", f"must be Ignore or Fail, got {injector['failurePolicy']!r}"
+    # admissionregistration/v1: timeoutSeconds must be between 1 and 30.
+    if not 1 <= injector["timeoutSeconds"] <= 30:
+        yield "proxyInjector.timeoutSeconds", f"must be between 1 and 30, got {injector['timeoutSeconds']}"
+    try:
+        if proxy_config.parse_duration(str(values["identity"]["issuer"]["lifetime"])) <= 0:
+            raise ValueError("expected a duration greater than 0")
+    except ValueError as exc:
+        yield "identity.issuer.lifetime", str(exc)
+    for key in ("controllerResources", "proxy.resources"):
+        block = values["controllerResources"] if key == "controllerResources" else values["proxy"]["resources"]
+        yield from _resource_problems(key, block)
+
+
+def _resource_problems(key: str, block: dict):
+    from meshctl import kubevalues
+
+    for part, entries in block.items():
+        if part not in ("requests", "limits") or not isinstance(entries, dict):
+            yield f"{key}.{part}", "expected requests or limits, a mapping of cpu and memory"
+            return
+        for resource, raw in entries.items():
+            try:
+                kubevalues.parse_quantity(str(raw))
+            except ValueError as exc:
+                yield f"{key}.{part}.{resource}", str(exc)
+                return
+    for resource in ("cpu", "memory"):
+        problem = kubevalues.resource_order_error(resource, (block.get("requests") or {}).get(resource),
+                                                  (block.get("limits") or {}).get(resource))
+        if problem:
+            yield f"{key}.limits.{resource}", problem
 
 
 def overrides(values: dict, base: dict | None = None) -> dict:

@@ -14,7 +14,7 @@ produce is :mod:`meshctl_proxy.policy.service_profile`, the one the proxy matche
 
 from __future__ import annotations
 
-from meshctl.names import check_cluster_domain, check_namespace, check_service
+from meshctl.kubevalues import check_cluster_domain, check_namespace, check_service
 
 __all__ = ["check_cluster_domain", "check_namespace", "check_service", "profile_name"]
 

@@ -156,6 +156,8 @@ class AuthorizingRouter:
         self.target = inner.target
         self.observe = inner.observe
         self.observes = getattr(inner, "observes", True)
+        # The policy's answer depends on the connection alone (port, peer identity, address).
+        self.remembers_endpoints = getattr(inner, "remembers_endpoints", False)
 
     def decide(self, ctx):
         port = ctx.orig_dst[1] if ctx.orig_dst else ctx.local_addr[1]
@@ -243,6 +245,7 @@ class Mesh:
         from meshctl_proxy.model import INBOUND
 
         proxy.routers[INBOUND] = AuthorizingRouter(proxy.routers[INBOUND], self.policy, self.authz)
+        self.authz.series = proxy.metrics.series  # ports come from the network: one cap for every family
         proxy.metrics.extra_renderers.append(self.render_metrics)
         if self.identity is None:
             return

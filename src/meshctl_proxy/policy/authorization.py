@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 
 from meshctl_proxy.config import ProxyConfig
 
@@ -75,14 +76,30 @@ def _in_networks(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.I
     return any(addr.version == net.version and addr in net for net in networks)
 
 
-class AuthzStats:
-    """Linkerd's ``inbound_{http,tcp}_authz_{allow,deny}_total`` counters, keyed by port."""
+class SeriesBudget(Protocol):
+    """What the metrics' series cap offers (telemetry.metrics): room for *n* more series, or not."""
 
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str, int]] = Counter()  # (protocol, "allow"/"deny", port)
+    def take(self, n: int) -> bool: ...
+
+
+class AuthzStats:
+    """Linkerd's ``inbound_{http,tcp}_authz_{allow,deny}_total`` counters, keyed by port.
+
+    The port is the connection's original destination, which a client picks (every inbound port is
+    redirected to the proxy): *series* (the proxy's ``Metrics.series``, set when the mesh attaches)
+    caps them with the other families, and a port it refuses counts under ``srv_port="overflow"``.
+    """
+
+    def __init__(self, series: SeriesBudget | None = None) -> None:
+        self.counts: Counter[tuple[str, str, int | str]] = Counter()  # (protocol, "allow"/"deny", port)
+        self.series = series
 
     def count(self, protocol: str, decision: Decision, port: int) -> None:
-        self.counts[(protocol, "allow" if decision.allowed else "deny", port)] += 1
+        key: tuple[str, str, int | str] = (protocol, "allow" if decision.allowed else "deny", port)
+        counts = self.counts
+        if key not in counts and self.series is not None and not self.series.take(1):
+            key = (key[0], key[1], "overflow")
+        counts[key] += 1
 
     def render(self, pod_labels: Iterable[tuple[str, str]] = ()) -> str:
         pod = "".join(f',{k}="{v}"' for k, v in pod_labels)
@@ -93,7 +110,7 @@ class AuthzStats:
                 out.append(f"# HELP {name} Inbound {protocol.upper()} {'connections' if protocol == 'tcp' else 'requests'}"
                            f" {'allowed' if verdict == 'allow' else 'denied'} by the inbound policy.\n"
                            f"# TYPE {name} counter\n")
-                for (p, v, port), n in sorted(self.counts.items()):
+                for (p, v, port), n in sorted(self.counts.items(), key=lambda item: str(item[0])):
                     if (p, v) == (protocol, verdict):
                         out.append(f'{name}{{srv_port="{port}"{pod}}} {n}\n')
         return "".join(out)

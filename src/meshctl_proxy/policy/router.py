@@ -200,22 +200,23 @@ class DirectRouter:
     # observe() learns nothing here: the exchange need not report shortcut outcomes.
     observes = False
     # select() answers from the request's authority and the connection's original destination
-    # alone (and the listeners, fixed once serving), so shortcut() remembers its answers.  A
-    # subclass that overrides select(), target() or endpoint_for() is asked every time unless it
-    # declares the same (see __init_subclass__).
+    # alone (and the listeners, fixed once serving), so shortcut() remembers its answers, and the
+    # exchange may remember them per connection and authority.  A subclass that overrides
+    # select(), target(), endpoint_for() or shortcut() is asked every time unless it declares the
+    # same (see __init_subclass__).
     remembers_endpoints = True
     MAX_REMEMBERED = 1024
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         own = vars(cls)
-        if "remembers_endpoints" not in own and any(name in own for name in ("select", "target", "endpoint_for")):
+        if "remembers_endpoints" not in own and any(name in own for name in ("select", "target", "endpoint_for", "shortcut")):
             cls.remembers_endpoints = False
 
     def __init__(self, *, own_addrs: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.own_ports = {port for _host, port in own_addrs}
         self.own_addrs = own_addrs
-        self._remembered: dict[tuple, Endpoint] = {}
+        self._remembered: dict[object, Endpoint] = {}
         # Per port, the addresses the proxy listens on: a listener on a wildcard address
         # (0.0.0.0, ::) is reached through every loopback address too, one on a specific
         # address only through that address.  So an application on 127.0.10.102:5000
@@ -270,7 +271,9 @@ class DirectRouter:
         for those.
         """
         ctx = request.context
-        key = (request.authority, ctx.orig_dst if ctx is not None else None)
+        orig_dst = ctx.orig_dst if ctx is not None else None
+        # Keyed by the authority alone when the connection was not redirected (no tuple per request).
+        key: object = request.authority if orig_dst is None else (request.authority, orig_dst)
         endpoint = self._remembered.get(key)
         if endpoint is None:
             try:

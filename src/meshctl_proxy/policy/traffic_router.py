@@ -113,6 +113,10 @@ class Destination:
 class TrafficRouter(DirectRouter):
     """The outbound router: discovery, balancing, routes, retries, timeouts, splits."""
 
+    # shortcut() is DirectRouter's for the names the destination service is not asked about, which
+    # the configured suffixes decide: its answers depend on the authority and the connection alone.
+    remembers_endpoints = True
+
     def __init__(self, client: DestinationClient, *, balancer: str = "peak-ewma", failfast_timeout: float = 3.0,
                  buffer_capacity: int = 10_000, metrics: RouteMetrics | None = None, direction: str = OUTBOUND,
                  own_addrs: frozenset[tuple[str, int]] = frozenset(), rng: random.Random | None = None,
@@ -199,10 +203,12 @@ class TrafficRouter(DirectRouter):
         """
         if request.authority and self._candidate(request.authority) is not None:
             return None
-        target_addr = request.context.target_addr if request.context is not None else None
-        if target_addr is not None and self._candidate(target_addr) is not None:
-            return None
-        return super().shortcut(request)
+        ctx = request.context
+        if ctx is not None and ctx.orig_dst is not None:  # (target_addr formats a string: only when redirected)
+            target_addr = ctx.target_addr
+            if target_addr is not None and self._candidate(target_addr) is not None:
+                return None
+        return DirectRouter.shortcut(self, request)  # (not super(): this runs on every request)
 
     # -- the exchange -----------------------------------------------------------
     async def dispatch(self, request: Request, upstream) -> Response:

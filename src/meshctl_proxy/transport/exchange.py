@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from meshctl_proxy.body import BodyError
 from meshctl_proxy.hooks import Watched
@@ -40,7 +41,8 @@ from meshctl_proxy.policy.router import mesh_identity
 
 log = logging.getLogger("meshctl_proxy.exchange")
 
-_NO_ENDPOINT = object()  # the series cache's first key matches nothing
+_NO_ENDPOINT: Any = object()  # the series cache's first key matches nothing; "not remembered" for shortcuts
+MAX_REMEMBERED_AUTHORITIES = 64  # per connection: a client cycling through Host values only misses
 
 
 def http_series(metrics, ctx, authority: str, connector, endpoint: Endpoint | None):
@@ -82,7 +84,7 @@ class RequestPath:
     """What the requests of one accepted connection go through: router, upstream, hook, series."""
 
     __slots__ = ("ctx", "router", "upstream", "hooks", "metrics", "observes", "outbound", "raw_errors",
-                 "_shortcut", "_series")
+                 "_shortcut", "_series", "_remembers", "_shortcuts")
 
     def __init__(self, proxy, ctx, *, raw_errors: tuple[type[BaseException], ...] = ()) -> None:
         self.ctx = ctx
@@ -93,6 +95,10 @@ class RequestPath:
         # A router that declares nothing is assumed to want its outcomes and to have no shortcut.
         self.observes: bool = getattr(router, "observes", True)
         self._shortcut = getattr(router, "shortcut", None)
+        # A router whose shortcut answers depend on the authority and the connection alone says so
+        # (remembers_endpoints): its answers are then remembered here, per authority.
+        self._remembers: bool = getattr(router, "remembers_endpoints", False)
+        self._shortcuts: dict[str, Endpoint | None] = {}
         self.outbound = ctx.direction == OUTBOUND
         self.raw_errors = raw_errors  # ProxyErrors the protocol answers itself (HTTP/2: a reset to pass on)
         self._series: tuple = (None, _NO_ENDPOINT, None)
@@ -109,7 +115,14 @@ class RequestPath:
         return stats
 
     def counted(self, authority: str, endpoint: Endpoint | None = None):
-        stats = self.series(authority, endpoint)
+        """series(), with this request counted in it (the common case, inlined: once per request)."""
+        if not self.outbound:
+            endpoint = None
+        cached = self._series
+        if cached[1] is endpoint and cached[0] == authority:
+            stats = cached[2]
+        else:
+            stats = self.series(authority, endpoint)
         stats.requests += 1
         return stats
 
@@ -118,7 +131,15 @@ class RequestPath:
         shortcut = self._shortcut
         if shortcut is None:
             return None
-        endpoint = shortcut(request)
+        if self._remembers:
+            known = self._shortcuts
+            endpoint = known.get(request.authority, _NO_ENDPOINT)
+            if endpoint is _NO_ENDPOINT:
+                endpoint = shortcut(request)
+                if len(known) < MAX_REMEMBERED_AUTHORITIES:
+                    known[request.authority] = endpoint
+        else:
+            endpoint = shortcut(request)
         if endpoint is not None:
             self.router.commit(request, endpoint)
         return endpoint

@@ -11,6 +11,7 @@ request time).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 
 from meshctl_proxy.wire import http1
@@ -89,8 +90,30 @@ def _absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
+class Phase(enum.Enum):
+    """Where a client connection is in its request cycle (h11 keeps the same in its connection states)."""
+
+    IDLE = "idle"              # between exchanges: the next request may start
+    EXCHANGING = "exchanging"  # a request is with the router and the upstream; nothing written back yet
+    RESPONDING = "responding"  # its response is being written
+    TUNNELLED = "tunnelled"    # after a 101: an opaque pipe (transport.tcp.splice), HTTP is over
+    DRAINING = "draining"      # no request will start again: the connection is closing (or lingering)
+    CLOSED = "closed"          # the transport is gone
+
+
+# Module globals: compared by identity on every request, without an attribute lookup on Phase.
+IDLE, EXCHANGING, RESPONDING = Phase.IDLE, Phase.EXCHANGING, Phase.RESPONDING
+TUNNELLED, DRAINING, CLOSED = Phase.TUNNELLED, Phase.DRAINING, Phase.CLOSED
+
+
 class H1ServerConnection(_HeldWrites):
-    """A client's HTTP/1.x connection to the proxy."""
+    """A client's HTTP/1.x connection to the proxy.
+
+    ``phase`` is where it is in the request cycle (:class:`Phase`);
+    ``keep_alive`` turns False once no further request may start (a drain, the
+    client's EOF, a refused request), and the connection closes when the
+    exchange in flight, if any, is over; ``broken`` is the refusal to answer.
+    """
 
     def __init__(self, runtime, ctx: ConnectionContext, stats: TcpStats) -> None:
         self.rt = runtime
@@ -112,11 +135,8 @@ class H1ServerConnection(_HeldWrites):
         self.current_body: Body | None = None
         self.tunnel_buf: list[bytes] | None = None  # client bytes after an Upgrade head, held until 101
         self.broken: H1Error | None = None
-        self.tunnelled = False
-        self.closed = False
-        self.draining = False
-        self.busy = False
-        self.responding = False
+        self.phase = IDLE
+        self.keep_alive = True
         self.write_paused = False
         self._drain_waiter: asyncio.Future | None = None
         self._wakeup: asyncio.Future | None = None
@@ -151,7 +171,7 @@ class H1ServerConnection(_HeldWrites):
             self._refuse(exc)
             return
         self._on_events(events)
-        if self._head_timer is None and self.reader.head_incomplete() and not self.closed:
+        if self._head_timer is None and self.reader.head_incomplete() and self.phase is not CLOSED:
             self._head_timer = self.loop.call_later(self.rt.config.header_read_timeout, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
@@ -159,7 +179,7 @@ class H1ServerConnection(_HeldWrites):
         headersTimeout), then close.  A client sending its head a byte at a time holds a connection
         and its buffers for as long as it likes otherwise."""
         self._head_timer = None
-        if not self.closed and self.broken is None and self.reader.head_incomplete():
+        if self.phase is not CLOSED and self.broken is None and self.reader.head_incomplete():
             self._refuse(H1Error(408, "request head not received in time"))
 
     def _on_events(self, events: list) -> None:
@@ -211,23 +231,27 @@ class H1ServerConnection(_HeldWrites):
                           head.upgrade)
         if head.expect_continue:
             request.interim = self._interim
-        if (body is EMPTY and head.upgrade is None and not self.busy and not self.queue and not head.expect_continue
-                and not self.draining and self._try_fast(request, head)):
+        if (body is EMPTY and head.upgrade is None and self.phase is IDLE and not self.queue
+                and not head.expect_continue and self.keep_alive and self._try_fast(request, head)):
             return
         self.queue.append((request, head))
         if len(self.queue) > MAX_PIPELINED:
             self.transport.pause_reading()
-        if not self.busy:
+        if self.phase is IDLE:
             self._wake()
 
     def _refuse(self, exc: H1Error) -> None:
         """A request we will not forward: 400/431/501/505, then close (RFC 9112 section 9.6)."""
         self.broken = exc
+        self.keep_alive = False
         if self.current_body is not None:
             self.current_body.abort(BodyError(exc.reason))
             self.current_body = None
-        if not self.busy and not self.queue:
+        if self.phase is IDLE and not self.queue:
+            # Nothing in flight: the refusal is this connection's last word.  Otherwise the exchange in
+            # flight ends it (its response says close, or its failed body gets the refusal).
             self._write(http1.error_response(exc.status, exc.reason))
+            self.phase = DRAINING
             self._close_lingering()
         waiter = self._wakeup
         if waiter is not None and not waiter.done():
@@ -249,7 +273,7 @@ class H1ServerConnection(_HeldWrites):
         self.loop.call_later(LINGER_SECONDS, self._linger_over)
 
     def _linger_over(self) -> None:
-        if not self.closed and not self.transport.is_closing():
+        if self.phase is not CLOSED and not self.transport.is_closing():
             self.transport.close()
 
     def eof_received(self) -> bool:
@@ -261,13 +285,14 @@ class H1ServerConnection(_HeldWrites):
         if self.current_body is not None:
             self.current_body.abort(BodyError("client closed mid-body"))
         # Let the in-flight response finish (the client may have half-closed), then close.
-        self.draining = True
-        if not self.busy and not self.queue:
+        self.keep_alive = False
+        if self.phase is IDLE and not self.queue:
+            self.phase = DRAINING
             self._close()
         return True
 
     def connection_lost(self, exc) -> None:
-        self.closed = True
+        self.phase = CLOSED
         self.stats.closed += 1
         self.rt.connections.discard(self)
         if self._head_timer is not None:
@@ -298,13 +323,14 @@ class H1ServerConnection(_HeldWrites):
 
     def _interim(self, status: int, headers) -> None:
         """Relay 100 Continue (RFC 9110 section 15.2) while the final response is pending."""
-        if not self.responding and not self.closed:
+        if self.phase is EXCHANGING:
             self._write(http1.response_head(status, b"", headers))
 
     def drain(self) -> None:
         """Graceful shutdown: finish the response in flight, then close."""
-        self.draining = True
-        if not self.busy and not self.queue and self.transport is not None:
+        self.keep_alive = False
+        if self.phase is IDLE and not self.queue and self.transport is not None:
+            self.phase = DRAINING
             self._close()
 
     # -- the request loop -----------------------------------------------------------
@@ -312,24 +338,25 @@ class H1ServerConnection(_HeldWrites):
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if not self.queue or self.busy:
-                    if not self.busy and (self.broken is not None or self.draining or self.closed):
+                phase = self.phase
+                if phase is IDLE and self.queue:
+                    request, head = self.queue.pop(0)
+                    if len(self.queue) == MAX_PIPELINED:
+                        self.transport.resume_reading()
+                    self.phase = EXCHANGING
+                    if not await self._exchange(loop, request, head):
                         break
-                    self._wakeup = loop.create_future()
-                    await self._wakeup
-                    self._wakeup = None
+                    if self.phase is not CLOSED:
+                        self.phase = IDLE
                     continue
-                request, head = self.queue.pop(0)
-                if len(self.queue) == MAX_PIPELINED:
-                    self.transport.resume_reading()
-                self.busy = True
-                keep = await self._exchange(loop, request, head)
-                self.busy = False
-                if not keep:
-                    break
-            if not self.closed and not self.tunnelled:
-                if self.broken is not None and not self.responding:
-                    self._write(http1.error_response(self.broken.status, self.broken.reason))
+                if phase is not EXCHANGING and phase is not RESPONDING and (not self.keep_alive or phase is not IDLE):
+                    break  # nothing in flight and nothing more to serve
+                self._wakeup = loop.create_future()  # a request, or the fast exchange in flight, to finish
+                await self._wakeup
+                self._wakeup = None
+            # Over: the last response (or the refusal, written when it was made) is out.
+            if self.phase is not CLOSED and self.phase is not TUNNELLED and self.phase is not DRAINING:
+                self.phase = DRAINING
                 if self.broken is not None:
                     self._close_lingering()
                 else:
@@ -345,7 +372,6 @@ class H1ServerConnection(_HeldWrites):
         # Outbound series are labelled by the endpoint's hop, known once the exchange has answered.
         stats = None if path.outbound else path.counted(request.authority)
         start = loop.time()
-        self.responding = False
         exchange = Exchange(path, request, start)
         try:
             response = await exchange.run()
@@ -355,15 +381,15 @@ class H1ServerConnection(_HeldWrites):
                 if stats is None:
                     stats = path.counted(request.authority)
                 stats.response(self.broken.status, "failure", (loop.time() - start) * 1000)
+                self.phase = RESPONDING
                 self._write(http1.error_response(self.broken.status, self.broken.reason))
-                self.responding = True
                 self._watch_end(None, error=self.broken.reason, status=self.broken.status)
                 return False
             response = ProxyError(502, "request body failed").response()
         self._watched = exchange.watched
         latency_ms = (loop.time() - start) * 1000
         status = response.status
-        self.responding = True
+        self.phase = RESPONDING
         if stats is None:
             stats = path.counted(request.authority, response.endpoint)
 
@@ -388,7 +414,7 @@ class H1ServerConnection(_HeldWrites):
 
     def _framing(self, head: RequestHead, response: Response) -> tuple[bool, bool, bool]:
         """(keep-alive, no body, chunked) for this response to this client."""
-        keep = head.keep_alive and head.version == b"1.1" and not self.draining and self.broken is None
+        keep = head.keep_alive and head.version == b"1.1" and self.keep_alive
         status = response.status
         no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
         chunked = False
@@ -492,12 +518,11 @@ class H1ServerConnection(_HeldWrites):
         endpoint = path.take_shortcut(request)
         if endpoint is None:
             return False
-        self.busy = True
-        self.responding = False
+        self.phase = EXCHANGING
         loop = self.loop
         start = loop.time()
         stats = path.counted(request.authority, endpoint)
-        # One fast exchange at a time per client connection (busy): its state lives here.
+        # One fast exchange at a time per client connection (EXCHANGING): its state lives here.
         self._fast = (request, head, stats, start, endpoint)
         self._fast_retried = False
         if path.hooks.observers:
@@ -517,7 +542,7 @@ class H1ServerConnection(_HeldWrites):
         """The upstream's answer (or failure) to the fast exchange in flight."""
         request, head, stats, start, endpoint = self._fast
         latency = self.loop.time() - start
-        if self.closed:
+        if self.phase is CLOSED:
             return
         if exc is not None:
             if isinstance(exc, UpstreamClosed) and exc.before_response and not self._fast_retried:
@@ -536,13 +561,13 @@ class H1ServerConnection(_HeldWrites):
         except ProxyError as exc:
             self._fast_done(None, exc)
             return
-        if self.closed:
+        if self.phase is CLOSED:
             conn.transport.close()
             return
         conn.start_exchange(request, self._fast_done)
 
     def _fast_answer(self, request: Request, head: RequestHead, response: Response, stats, latency: float) -> None:
-        self.responding = True
+        self.phase = RESPONDING
         keep = self._respond_now(request, head, response, stats, latency * 1000)
         if keep is None:
             self.stream_task = self.loop.create_task(
@@ -558,15 +583,15 @@ class H1ServerConnection(_HeldWrites):
         self._fast_finished(self._after_response(request, keep))
 
     def _fast_finished(self, keep: bool) -> None:
-        self.busy = False
-        if self.closed:
+        if self.phase is CLOSED:
             return
-        if not keep:
+        if not keep or (not self.keep_alive and not self.queue):
+            self.phase = DRAINING
             self._close()
-        elif self.queue:
+            return
+        self.phase = IDLE
+        if self.queue:
             self._wake()
-        elif self.draining:
-            self._close()
 
     def _wake(self) -> None:
         waiter = self._wakeup
@@ -577,7 +602,7 @@ class H1ServerConnection(_HeldWrites):
         """101 Switching Protocols: from now on both connections are an opaque pipe."""
         upgraded = response.upgraded
         assert isinstance(upgraded, Upgraded)
-        self.tunnelled = True
+        self.phase = TUNNELLED
         headers = response.headers + [(b"connection", b"upgrade"), (b"upgrade", upgraded.protocol_name)]
         self._write(http1.response_head(101, response.reason, headers))
         down = PipeEnd(self.stats)
@@ -590,7 +615,7 @@ class H1ServerConnection(_HeldWrites):
         down.connection_made(self.transport)
         upgraded.transport.set_protocol(up)
         up.connection_made(upgraded.transport)
-        down.on_closed = lambda: setattr(self, "closed", True)
+        down.on_closed = lambda: setattr(self, "phase", CLOSED)
         splice(down, up, to_up=pending, to_down=upgraded.tail)
         upgraded.transport.resume_reading()
         self.transport.resume_reading()

@@ -572,7 +572,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             return
         if answered:
             stats.record(response, latency * 1000)
-            self._watch_end(st, response)
+            if st.watched is not None:
+                self._watch_end(st, response)
             del self.streams[sid]
             if self.draining:
                 self._maybe_close()
