@@ -18,6 +18,8 @@ falls on all alike), and proxy RSS idle and under load.
     python benches/bench_proxy.py --duration 3 --repeat 1 --no-h2
     python benches/bench_proxy.py --latency-only --duration 10 --repeat 3
     python benches/bench_proxy.py --metrics         # hand-written counters vs prometheus_client
+    python benches/bench_proxy.py --before /tmp/old/src   # also "meshctl x1/x2 before", run from that
+                                                          # source tree, in the same rounds (A/B)
 
 Needs wrk, h2load (nghttp2-client), haproxy and nginx (scripts/apt-packages.txt).
 Every load is bounded in time; every process started is stopped.
@@ -177,10 +179,11 @@ sys.exit(run(config.load(os.environ), **seams))
 """
 
 
-def start_proxy(procs: Procs, *, outbound: int, inbound: int, admin: int, forward: int | None = None):
+def start_proxy(procs: Procs, *, outbound: int, inbound: int, admin: int, forward: int | None = None,
+                src: Path = ROOT / "src"):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCTL_PROXY_")}
     env.update({
-        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONPATH": str(src),
         "MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{outbound}",
         "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
         "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{admin}",
@@ -309,6 +312,19 @@ def bench(args) -> None:
                       ("meshctl x2", a["outbound"], [pa, pb]), ("haproxy", hp1, [haproxy])]
         h2_targets = [("direct", up2, []), ("meshctl x1", one["outbound"], [p1]),
                       ("meshctl x2", a["outbound"], [pa, pb]), ("haproxy", hp2, [haproxy])]
+        if args.before:
+            # The same two set-ups from another source tree, measured in the same rounds (A/B).
+            src = Path(args.before)
+            one_b = dict(outbound=free_port(), inbound=free_port(), admin=free_port())
+            p1_b = start_proxy(procs, **one_b, src=src)
+            b_b = dict(outbound=free_port(), inbound=free_port(), admin=free_port())
+            pb_b = start_proxy(procs, **b_b, src=src)
+            a_b = dict(outbound=free_port(), inbound=free_port(), admin=free_port())
+            pa_b = start_proxy(procs, **a_b, forward=b_b["inbound"], src=src)
+            time.sleep(1.0)
+            for targets in (h1_targets, h2_targets):
+                targets[3:3] = [("meshctl x1 before", one_b["outbound"], [p1_b]),
+                                ("meshctl x2 before", a_b["outbound"], [pa_b, pb_b])]
         results: dict = {}
         load_rss: list[float] = []
 
@@ -359,6 +375,10 @@ def bench(args) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+NAMES = ("direct", "meshctl x1", "meshctl x2", "meshctl x1 before", "meshctl x2 before", "haproxy")
+HOPS = {"direct": 0, "meshctl x1": 1, "meshctl x2": 2, "meshctl x1 before": 1, "meshctl x2 before": 2, "haproxy": 1}
+
+
 def _fmt_runs(values, fmt="{:.0f}") -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -377,11 +397,15 @@ def report(results: dict, idle_rss: float, load_rss: list[float], args) -> None:
         print(f"## throughput ({tool})\n")
         print("| target | req/s | proxy CPU-s | req/s per proxy core | CPU us/req user + sys | errors |")
         print("| --- | --- | --- | --- | --- | --- |")
-        for name in ("direct", "meshctl x1", "meshctl x2", "haproxy"):
+        for name in NAMES:
             runs = results.get((kind, name), [])
+            if not runs:
+                continue
             proxied = name != "direct"
-            split = (f"{statistics.median([r['user_us'] for r in runs]):.1f} + "
-                     f"{statistics.median([r['sys_us'] for r in runs]):.1f}") if proxied else "-"
+            users = [r["user_us"] for r in runs if r["user_us"] is not None]
+            systems = [r["sys_us"] for r in runs if r["sys_us"] is not None]
+            split = (f"{statistics.median(users):.1f} + {statistics.median(systems):.1f}"
+                     if proxied and users and systems else "-")
             print(f"| {name} | {_fmt_runs([r['rps'] for r in runs])} | "
                   f"{_fmt_runs([r['cpu'] for r in runs], '{:.2f}') if proxied else '-'} | "
                   f"{_fmt_runs([r['per_core'] for r in runs]) if proxied else '-'} | {split} | "
@@ -396,8 +420,11 @@ def report(results: dict, idle_rss: float, load_rss: list[float], args) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     base50 = statistics.median([r["p50"] for r in results[("paced", "direct")]])
     base99 = statistics.median([r["p99"] for r in results[("paced", "direct")]])
-    for name, hops in (("direct", 0), ("meshctl x1", 1), ("meshctl x2", 2), ("haproxy", 1)):
-        runs = results[("paced", name)]
+    for name in NAMES:
+        hops = HOPS[name]
+        runs = results.get(("paced", name))
+        if not runs:
+            continue
         p50 = statistics.median([r["p50"] for r in runs])
         p99 = statistics.median([r["p99"] for r in runs])
         per_hop = f"{(p99 - base99) / hops:.3f}" if hops else "-"
@@ -452,6 +479,8 @@ def main() -> None:
     ap.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 runs")
     ap.add_argument("--latency-only", action="store_true", help="only the paced latency runs (and RSS idle)")
     ap.add_argument("--metrics", action="store_true", help="only the metrics hot-path micro-benchmark")
+    ap.add_argument("--before", metavar="SRC", help="also run meshctl x1/x2 from this source tree (the src/ of "
+                    "another checkout), in the same rounds: a before/after comparison on one loaded machine")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     if args.metrics:

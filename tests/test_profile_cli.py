@@ -124,9 +124,8 @@ BAD = {
         "$ref cycle: #/components/responses/A -> #/components/responses/B -> #/components/responses/A"),
     "dangling ref": (["--open-api", "-", "svc"], _spec(**{"/a": {"get": {"responses": {"200": {"$ref": "#/nope"}}}}}),
                      "paths./a.get.responses.200.$ref: '#/nope' does not resolve"),
-    "remote ref": (["--open-api", "-", "svc"],
-                   _spec(**{"/a": {"get": {"responses": {"200": {"$ref": "http://127.0.0.1:9/x.json"}}}}}),
-                   "points outside this file; bundle the spec into one file first"),
+    "remote path item": (["--open-api", "-", "svc", *OFFLINE], _spec(**{"/a": {"$ref": "http://127.0.0.1:9/x.json"}}),
+                         "paths./a.$ref: 'http://127.0.0.1:9/x.json' points outside this file, so the operations"),
     "bad extension": (["--open-api", "-", "svc"], _spec(**{"/a": {"get": {**OK_RESPONSES, "x-meshctl-timeout": "soon"}}}),
                       "paths./a.get.x-meshctl-timeout: expected a duration"),
     "bad retryable": (["--open-api", "-", "svc"], _spec(**{"/a": {"get": {**OK_RESPONSES, "x-linkerd-retryable": "yes"}}}),
@@ -157,6 +156,9 @@ def test_bad_input(case):
     assert r.returncode == (2 if case in USAGE else 1), (r.stdout, r.stderr)
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
+    if case == "remote path item":  # two problems: the $ref, and so no operation at all
+        assert lines[0] == "Error: <stdin>: 2 problems with the spec:" and message in lines[1], r.stderr
+        return
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("Error: ") and message in lines[0], lines[0]
 
@@ -244,3 +246,33 @@ def test_light_paths_import_no_heavy_modules(args):
     from test_cli_root import _modules_after
 
     assert _modules_after(args) == set()
+
+
+def test_ignore_spec_errors_generates_with_a_warning_per_problem():
+    spec = json.dumps({"openapi": "3.0.3", "info": {"title": "t"}, "paths": {
+        "/a": {"get": {"x-linkerd-timeout": "soon", "responses": {"200": {"description": "ok"}}}}}})
+    refused = run_cli("profile", "--open-api", "-", "svc", *OFFLINE, input=spec)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("Error: <stdin>: 2 problems with the spec:\n")
+    assert "--ignore-spec-errors generates the profile anyway" in refused.stderr
+    r = run_cli("profile", "--open-api", "-", "svc", *OFFLINE, "--ignore-spec-errors", input=spec)
+    assert r.returncode == 0, r.stderr
+    assert "name: GET /a" in r.stdout and "timeout" not in r.stdout
+    warnings = r.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("‼ <stdin>: ") for w in warnings)
+    r = run_cli("profile", "--proto", str(INPUT / "shop.proto"), "svc", *OFFLINE, "--ignore-spec-errors")
+    assert r.returncode == 2 and "--ignore-spec-errors only applies with --open-api" in r.stderr
+
+
+def test_namespace_comes_from_the_kubeconfig_context_when_n_is_absent(tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: a\ncontexts:\n"
+                          "- {name: a, context: {cluster: c, user: u, namespace: shop}}\n"
+                          "- {name: b, context: {cluster: c, user: u, namespace: other}}\n"
+                          "- {name: none, context: {cluster: c, user: u}}\n")
+    args = ["profile", "--template", "web", *OFFLINE, "--kubeconfig", str(kubeconfig)]
+    for extra, namespace in (([], "shop"), (["--context", "b"], "other"), (["--context", "none"], "default"),
+                             (["-n", "mine"], "mine")):
+        r = run_cli(*args, *extra)
+        assert r.returncode == 0, r.stderr
+        assert f"name: web.{namespace}.svc.cluster.local" in r.stdout, (extra, r.stdout[:300])

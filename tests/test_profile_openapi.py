@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import string
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -146,3 +148,50 @@ def test_vendor_extensions_meshctl_wins():
     route = openapi.from_openapi({"swagger": "2.0", "paths": {"/a": {"get": op}}},
                                  name="x.y.svc.cluster.local", namespace="y").routes[0]
     assert (route.is_retryable, route.timeout, route.timeout_seconds) == (True, "2s", 2.0)
+
+
+# --- what linkerd accepts, and every problem at once ---------------------------------------------
+
+def test_openapi_30_without_info_or_responses_is_accepted_as_linkerd_accepts_it():
+    # Linkerd reads only what routes need (its own tests' specs have neither).
+    spec = b'openapi: 3.0.0\npaths:\n  /books:\n    get: {}\n    post: {}\n'
+    doc = openapi.load_spec(spec, source="books.yaml")
+    profile = openapi.from_openapi(doc, name="x.default.svc.cluster.local", namespace="default")
+    assert [r.name for r in profile.routes] == ["GET /books", "POST /books"]
+    assert all(r.response_classes == () for r in profile.routes)
+
+
+def test_refs_to_other_files_that_routes_do_not_need_are_accepted():
+    spec = json.dumps({"swagger": "2.0", "info": {"title": "t", "version": "1"}, "paths": {"/pets": {"get": {
+        "parameters": [{"$ref": "parameters.yaml#/limit"}],
+        "responses": {"200": {"$ref": "../common/Pets.yaml"}, "default": {"$ref": "Error.yaml"}}}}}}).encode()
+    doc = openapi.load_spec(spec, source="pets.json")
+    route, = openapi.from_openapi(doc, name="x.default.svc.cluster.local", namespace="default").routes
+    assert route.name == "GET /pets" and [c.condition.status.min for c in route.response_classes] == [200]
+
+
+def test_every_problem_is_reported_at_once_or_collected():
+    spec = json.dumps({"openapi": "3.0.3", "info": {"title": "t"}, "paths": {
+        "/a": {"get": {"x-linkerd-timeout": "soon", "responses": {"200": {"$ref": "#/nope"}}}},
+        "/b": {"$ref": "other.yaml#/b"},
+        "/c": {"post": {"x-meshctl-retryable": "yes"}}}}).encode()
+    problems: list[str] = []
+    doc = openapi.load_spec(spec, source="s.json", problems=problems)
+    profile = openapi.from_openapi(doc, name="x.default.svc.cluster.local", namespace="default", source="s.json",
+                                   problems=problems)
+    assert [r.name for r in profile.routes] == ["GET /a", "POST /c"]  # /b cannot be read: left out
+    assert profile.routes[0].timeout is None and profile.routes[1].is_retryable is False
+    text = "\n".join(problems)
+    for words in ("paths./a.get.responses.200.$ref: '#/nope' does not resolve",
+                  "paths./b.$ref: 'other.yaml#/b' points outside this file",
+                  "invalid OpenAPI 3.0 spec at info: 'version' is a required property",
+                  "paths./a.get.x-linkerd-timeout: expected a duration",
+                  "paths./c.post.x-meshctl-retryable: expected true or false, got 'yes'"):
+        assert words in text, text
+    with pytest.raises(openapi.SpecError) as raised:
+        openapi.from_openapi(openapi.load_spec(spec, source="s.json", problems=[]), name="x", namespace="d",
+                             source="s.json")
+    assert len(raised.value.problems) == 2  # the extensions; load_spec's were collected above
+    with pytest.raises(openapi.SpecError) as raised:
+        openapi.load_spec(spec, source="s.json")
+    assert str(raised.value).startswith("s.json: 3 problems with the spec:\n  ")

@@ -1,12 +1,12 @@
 """Fixtures for the adversarial suite (docs/security.md): independent peers and real proxies on loopback.
 
-- ``loop_thread``, ``proxy``, ``start_proxy`` as in ``tests/proxy`` (shared from its conftest);
+- ``loop_thread``, ``proxy``, ``start_proxy``, shared from ``tests/proxy``'s
+  conftest: ``proxy`` is one ``meshctl-proxy`` process per module, listeners
+  on loopback ephemeral ports; ``start_proxy(**env)`` starts more with other
+  settings (each stopped at the end of the test);
 - ``upstream`` / ``h2_upstream``: recording HTTP/1.1 (h11) and HTTP/2 (h2)
   servers (:mod:`.peers`), cleared before each test, so assertions are on
   what the upstream really received;
-- ``proxy``: one ``meshctl-proxy`` process per module, listeners on loopback
-  ephemeral ports; ``start_proxy(**env)`` starts more with other settings
-  (each stopped at the end of the test);
 - ``mesh`` / ``meshed_proxy``: a real identity service with its CA, and a
   proxy certified by it (for what the inbound side does with mesh TLS).
 

@@ -124,3 +124,41 @@ def test_http2_connection_specific_fields_are_malformed(proxy, h2_upstream, fiel
                         (":authority", h2_upstream.authority)])
         assert c.answer(ok).status == 200  # the connection goes on
     assert [r.target for r in h2_upstream.requests] == ["/after"]
+
+
+def test_an_http10_request_without_host_to_a_redirected_address_gets_one_upstream(loop_thread, upstream, monkeypatch):
+    """HTTP/1.0 needs no Host, but it goes upstream as HTTP/1.1, which does: the proxy sets the address
+    the connection was redirected to (iptables' original destination, here stood in for in process)."""
+    import asyncio
+    import contextlib
+
+    from meshctl_proxy import config
+    from meshctl_proxy.transport import server
+
+    monkeypatch.setattr(server, "original_dst", lambda sock: ("127.0.0.1", upstream.port))
+    cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0",
+                       "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
+                       "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0",
+                       "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0"})
+
+    async def start():
+        p = server.Proxy(cfg)
+        await p.start()
+        return p
+
+    async def stop(p):
+        p.begin_shutdown()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(p.stopped.wait(), 5)
+        for task in list(p.tasks):
+            task.cancel()
+
+    p = loop_thread.run(start())
+    try:
+        for which in ("outbound", "inbound"):
+            answers, _ = http1_exchange(p.addresses[which], b"GET /old HTTP/1.0\r\nConnection: host\r\n\r\n",
+                                        until_close=True)
+            assert [a.status for a in answers] == [200], which
+    finally:
+        loop_thread.run(stop(p))
+    assert [(r.target, r.get("host")) for r in upstream.requests] == [("/old", [upstream.authority])] * 2

@@ -126,11 +126,25 @@ def test_every_asset_is_package_data_and_no_page_names_another_origin(client):
             assert url.startswith(("/", "#", "http://grafana.test:3000")), url  # only Grafana links leave
 
 
-def test_grafana_links_follow_linkerds_dashboards():
+def test_grafana_links_follow_the_shipped_dashboards():
     assert grafana_link(None, "deployment", "shop", "web") is None
     assert grafana_link("http://g:3000/", "deployment", "shop", "web") == \
-        "http://g:3000/d/linkerd-deployment/linkerd-deployment?var-namespace=shop&var-deployment=web"
-    assert grafana_link("http://g", "namespace", "shop") == "http://g/d/linkerd-namespace/linkerd-namespace?var-namespace=shop"
+        "http://g:3000/d/meshctl-deployment/meshctl-deployment?var-namespace=shop&var-deployment=web"
+    assert grafana_link("http://g", "namespace", "shop") == "http://g/d/meshctl-namespace/meshctl-namespace?var-namespace=shop"
+
+
+def test_grafana_links_name_dashboards_that_ship_with_the_variables_they_set():
+    import json
+    from pathlib import Path
+    from urllib.parse import parse_qs, urlsplit
+
+    grafana = Path(__file__).resolve().parents[2] / "manifests" / "grafana"
+    for kind, name in (("namespace", ""), ("deployment", "web"), ("pod", "web-0"), ("service", "web-svc")):
+        url = urlsplit(grafana_link("http://g", kind, "shop", name))
+        uid = url.path.split("/")[2]
+        (board,) = [json.loads(p.read_text()) for p in grafana.glob("*.json") if json.loads(p.read_text())["uid"] == uid]
+        variables = {v["name"] for v in board["templating"]["list"]}
+        assert {k.removeprefix("var-") for k in parse_qs(url.query)} <= variables, (kind, variables)
 
 
 def test_live_calls_stream_as_server_sent_events(client):

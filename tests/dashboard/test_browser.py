@@ -34,6 +34,7 @@ IMAGES = ROOT / "docs" / "images"
 SHOP = ("price-api", "product-api", "product-gateway-api")
 PRICE_FAILURE_RATE = "0.3"
 REFRESH_S = 5.0
+GRAFANA = "http://127.0.0.1:3000"
 
 
 def demo(d: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -111,7 +112,8 @@ def stop_dashboard(proc: subprocess.Popen) -> int:
 @pytest.fixture(scope="module")
 def dashboard(shop):
     d, _ = shop
-    proc, url = start_dashboard("--demo-dir", str(d))
+    # A Grafana URL only for its links (no Grafana runs here: nothing loads from it).
+    proc, url = start_dashboard("--demo-dir", str(d), "--grafana-url", GRAFANA)
     try:
         wait_for("the dashboard", lambda: httpx.get(f"{url}/ready", timeout=2).status_code == 200, 20)
         yield url
@@ -222,6 +224,9 @@ def test_the_gateways_dependency_map_has_exactly_two_outgoing_edges(watched):
     assert {edges.nth(i).get_attribute("data-peer") for i in range(2)} == {"product-api", "price-api"}
     assert page.locator("svg.depmap g.edge.outbound.secured").count() == 2  # both over mTLS
     assert page.locator('svg.depmap g.node[data-node="product-gateway-api"]').count() == 1
+    grafana = page.locator("header.crumbs a.grafana")
+    assert grafana.get_attribute("href") == (f"{GRAFANA}/d/meshctl-deployment/meshctl-deployment"
+                                             "?var-namespace=shop&var-deployment=product-gateway-api")
 
 
 def test_live_calls_show_a_request_to_the_gateway_within_two_seconds(watched, shop):

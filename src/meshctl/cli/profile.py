@@ -28,13 +28,18 @@ def register(app: typer.Typer) -> None:
         validate: bool = typer.Option(False, "--validate",
                                       help="Check ServiceProfile files (YAML/JSON, several documents each); "
                                            "report every problem."),
-        namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace of the Service (default 'default')."),
+        namespace: Optional[str] = typer.Option(None, "--namespace", "-n", metavar="NAMESPACE",
+                                                help="Namespace of the Service (default: the kubeconfig context's, "
+                                                     "else 'default')."),
         output: _common.OutputFormat = typer.Option(_common.OutputFormat.yaml, "--output", "-o", help="yaml or json."),
         ignore_cluster: bool = typer.Option(False, "--ignore-cluster",
                                             help="Do not read the installed mesh's configuration; "
                                                  "cluster domain 'cluster.local' unless --cluster-domain."),
         cluster_domain: Optional[str] = typer.Option(None, "--cluster-domain", metavar="DOMAIN",
                                                      help="Cluster domain for the profile's name (no cluster needed)."),
+        ignore_spec_errors: bool = typer.Option(False, "--ignore-spec-errors",
+                                                help="With --open-api: generate from an invalid spec anyway, "
+                                                     "with a warning per problem (what cannot be read is left out)."),
     ) -> None:
         """Output a ServiceProfile for a Service, from an OpenAPI spec, a .proto file or a template.
 
@@ -62,12 +67,20 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(_validate_files(args))
         if len(args) != 1:
             raise UsageError(f"expected one SERVICE, got {len(args)} arguments")
-        _generate(ctx, service=args[0], namespace=namespace or "default", open_api=open_api, proto=proto,
-                  output=output.value, ignore_cluster=ignore_cluster, cluster_domain=cluster_domain)
+        if namespace is None:
+            # As linkerd (and kubectl): the kubeconfig context's namespace, else "default".
+            from meshctl import k8s
+
+            namespace = k8s.kubeconfig_namespace(_common.global_options(ctx)) or "default"
+        if ignore_spec_errors and open_api is None:
+            raise UsageError("--ignore-spec-errors only applies with --open-api")
+        _generate(ctx, service=args[0], namespace=namespace, open_api=open_api, proto=proto,
+                  output=output.value, ignore_cluster=ignore_cluster, cluster_domain=cluster_domain,
+                  ignore_spec_errors=ignore_spec_errors)
 
 
 def _generate(ctx: typer.Context, *, service: str, namespace: str, open_api: str | None, proto: str | None,
-              output: str, ignore_cluster: bool, cluster_domain: str | None) -> None:
+              output: str, ignore_cluster: bool, cluster_domain: str | None, ignore_spec_errors: bool = False) -> None:
     from meshctl import profiles
     from meshctl.profiles import text
 
@@ -84,8 +97,14 @@ def _generate(ctx: typer.Context, *, service: str, namespace: str, open_api: str
         from meshctl.profiles import openapi
 
         source = _source(open_api)
-        spec = openapi.load_spec(_read(open_api), source=source)
-        made = openapi.from_openapi(spec, name="pending", namespace=namespace, source=source)
+        problems: list[str] = []  # every problem at once; fatal unless --ignore-spec-errors
+        spec = openapi.load_spec(_read(open_api), source=source, problems=problems)
+        made = openapi.from_openapi(spec, name="pending", namespace=namespace, source=source, problems=problems)
+        if problems and not ignore_spec_errors:
+            hint = " (--ignore-spec-errors generates the profile anyway)"
+            raise openapi.SpecError(source, [*problems[:-1], problems[-1] + hint])
+        for problem in problems:
+            _common.report(f"‼ {problem} (ignored: --ignore-spec-errors)")
     elif proto is not None:
         from meshctl.profiles import proto as proto_core
 

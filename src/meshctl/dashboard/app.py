@@ -69,13 +69,15 @@ def count(value: float | None) -> str:
 
 
 def grafana_link(base: str | None, kind: str, namespace: str, name: str = "") -> str | None:
-    """A Grafana dashboard of meshctl's set (manifests/grafana/, Linkerd's uids and variables)."""
+    """The Grafana dashboard of meshctl's set (manifests/grafana/: uid ``meshctl-KIND``, variables
+    ``namespace`` and the kind, as Linkerd's ``linkerd-KIND`` dashboards) for one resource."""
     if not base:
         return None
+    from urllib.parse import urlencode
+
     base = base.rstrip("/")
-    if kind == "namespace":
-        return f"{base}/d/linkerd-namespace/linkerd-namespace?var-namespace={namespace}"
-    return f"{base}/d/linkerd-{kind}/linkerd-{kind}?var-namespace={namespace}&var-{kind}={name}"
+    variables = {"var-namespace": namespace} if kind == "namespace" else {"var-namespace": namespace, f"var-{kind}": name}
+    return f"{base}/d/meshctl-{kind}/meshctl-{kind}?{urlencode(variables)}"
 
 
 def _environment():

@@ -1,11 +1,12 @@
 """Where the dashboard's figures come from: Prometheus, the mesh's inventory, the proxies' tap.
 
-:class:`LocalSource` serves a mesh without a cluster (``meshctl demo up``'s
-``mesh.json``, contract B, or only a Prometheus URL): the inventory (which
-namespaces, deployments, pods and services exist, which are meshed, their
-identities) comes from the state file, else from the proxies Prometheus
-scrapes; the golden metrics come from Prometheus with Linkerd's queries; live
-calls from the proxies' tap with the mesh's tap credentials.
+:class:`LocalSource` serves the dashboard over a Prometheus URL: the local
+mesh's (``meshctl demo up``), or the viz Prometheus for the web deployment in a
+cluster.  Every figure, and which namespaces, deployments and pods exist and are
+meshed, comes from ``meshctl.viz.queries`` (the proxies Prometheus scrapes, as
+``viz stat`` lists them); the local mesh's ``mesh.json`` (contract B), when there
+is one, adds what Prometheus does not know: the workloads' identities and
+Services, and the proxies' tap addresses and credentials for live calls.
 
 Every page is one evaluation time (``at``) for all its instant queries, so
 the numbers on a page agree with each other.
@@ -64,7 +65,7 @@ def _workload_href(namespace: str, name: str) -> str:
 
 
 class LocalSource:
-    """The dashboard's figures for a mesh without a cluster, from ``meshctl.viz.queries`` (viz stat's queries)."""
+    """The dashboard's figures over one Prometheus, from ``meshctl.viz.queries`` (viz stat's queries)."""
 
     def __init__(self, prometheus_url: str, mesh_dir: Path | None = None, *, window_s: float = WINDOW_S,
                  client=None) -> None:

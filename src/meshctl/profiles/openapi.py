@@ -2,10 +2,16 @@
 
 The rules (docs/profiles.md):
 
-- the spec is validated with openapi-spec-validator first (imported here,
-  lazily: it costs about 0.25 s), after our own checks that every ``$ref`` is
-  local, resolvable and not a cycle of references (the validator recurses
-  forever on those, and would fetch remote ones);
+- the spec is validated with openapi-spec-validator (imported here, lazily: it
+  costs about 0.25 s), after our own checks of every ``$ref`` (the validator
+  recurses forever on cycles, and would fetch remote ones).  Every problem is
+  reported at once (:class:`SpecError`); a caller that passes ``problems=[]``
+  gets them as a list and generates anyway (``meshctl profile --ignore-spec-errors``);
+- accepted as linkerd accepts them (it reads only what routes need): a spec
+  without ``info``, operations without ``responses`` (as in Linkerd's own
+  tests), and ``$ref``s to other files where route generation does not follow
+  them (schemas, responses); a path item that is an external ``$ref`` is a
+  problem, since its operations cannot be read;
 - the base path is Swagger's ``basePath``, or the path of the first entry of the
   most specific OpenAPI ``servers`` list (operation, then path item, then root),
   with server variables replaced by their defaults.  Linkerd reads only
@@ -46,19 +52,42 @@ _META = re.compile(r"([\\.+*?()|\[\]{}^$])")
 _SERVER_VAR = re.compile(r"\{([^{}]*)\}")
 
 
+class SpecError(InputError):
+    """Every problem found in a spec, one line each (the first line says how many)."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = tuple(problems)
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            super().__init__(f"{source}: {len(problems)} problems with the spec:\n  " + "\n  ".join(problems))
+
+
 # --- reading ---------------------------------------------------------------------
 
-def load_spec(data: bytes, *, source: str) -> dict[str, Any]:
-    """Parse a spec (JSON or YAML) and check it is a valid Swagger 2.0 / OpenAPI 3.x document."""
+def load_spec(data: bytes, *, source: str, problems: list[str] | None = None) -> dict[str, Any]:
+    """Parse a spec (JSON or YAML) and check it is a valid Swagger 2.0 / OpenAPI 3.x document.
+
+    Problems that do not stop route generation (an invalid schema, a dangling ``$ref``)
+    raise one :class:`SpecError` naming them all, or, when *problems* is a list, are
+    appended to it and the spec is returned.  What no route can come from (not a spec,
+    no paths) always raises.
+    """
     doc = parse_document(data, source=source)
     refs = _normalize_and_collect_refs(doc, source=source)
     if not isinstance(doc, dict):
         raise InputError(f"{source}: not an OpenAPI document (the top level is {_kind(doc)}, not an object)")
     version = _version(doc, source)
-    _check_refs(doc, refs, source)
-    _validate(doc, version, source)
     if not doc.get("paths"):
         raise InputError(f"{source}: the spec has no paths, so there are no routes to make")
+    found: list[str] = []
+    unusable = _ref_problems(doc, refs, source, found)
+    found += _validate(doc, version, source, unusable)
+    if problems is None:
+        if found:
+            raise SpecError(source, found)
+    else:
+        problems += found
     return doc
 
 
@@ -112,22 +141,43 @@ def _version(doc: dict, source: str) -> str:
     raise InputError(f"{source}: not an OpenAPI document (no 'swagger: \"2.0\"' or 'openapi: 3.x' field)")
 
 
-def _check_refs(doc: dict, refs: list[tuple[tuple, str]], source: str) -> None:
+def _ref_problems(doc: dict, refs: list[tuple[tuple, str]], source: str, found: list[str]) -> list[tuple]:
+    """Check every ``$ref``; return where the unusable ones are (the validator must not follow them).
+
+    A ``$ref`` to another file is tolerated where routes do not need it (linkerd never
+    reads it); one that makes a path item is a problem.  Dangling and cyclic local
+    references are problems wherever they are.
+    """
+    unusable = []
+    cycles: set[frozenset] = set()  # a cycle is reported once, not once per member
     for path, ref in refs:
         if not ref.startswith("#"):
-            raise InputError(f"{source}: {_where(path)}.$ref: {ref!r} points outside this file; "
-                             "bundle the spec into one file first")
+            unusable.append(path)
+            if len(path) == 2 and path[0] == "paths":
+                found.append(f"{source}: {_where(path)}.$ref: {ref!r} points outside this file, so the "
+                             "operations of this path cannot be read; bundle the spec into one file first")
+            continue
         seen = [ref]
-        target = _pointer(doc, ref, source, path)
-        while isinstance(target, dict) and isinstance(target.get("$ref"), str):
-            nxt = target["$ref"]
-            if nxt in seen:
-                chain = " -> ".join([*seen, nxt])
-                raise InputError(f"{source}: {_where(path)}.$ref: $ref cycle: {chain}")
-            seen.append(nxt)
-            if not nxt.startswith("#"):
-                break  # reported when its own entry is checked
-            target = _pointer(doc, nxt, source, path)
+        try:
+            target = _pointer(doc, ref, source, path)
+            while isinstance(target, dict) and isinstance(target.get("$ref"), str):
+                nxt = target["$ref"]
+                if nxt in seen:
+                    unusable.append(path)
+                    members = frozenset(seen[seen.index(nxt):])
+                    if members not in cycles:
+                        cycles.add(members)
+                        chain = " -> ".join([*seen, nxt])
+                        found.append(f"{source}: {_where(path)}.$ref: $ref cycle: {chain}")
+                    break
+                seen.append(nxt)
+                if not nxt.startswith("#"):
+                    break  # judged when its own entry is checked
+                target = _pointer(doc, nxt, source, path)
+        except InputError as exc:
+            unusable.append(path)
+            found.append(str(exc))
+    return unusable
 
 
 def _pointer(doc: Any, ref: str, source: str, where: tuple) -> Any:
@@ -147,36 +197,73 @@ def _pointer(doc: Any, ref: str, source: str, where: tuple) -> Any:
     return node
 
 
-def _validate(doc: dict, version: str, source: str) -> None:
+def _validate(doc: dict, version: str, source: str, unusable: list[tuple]) -> list[str]:
+    """Every problem openapi-spec-validator finds, as linkerd-compatible as the routes allow.
+
+    Validated is a copy in which what linkerd does not require is filled in (``info``, an
+    operation's ``responses``) and the unusable ``$ref``s are emptied; errors under those
+    are not reported again.
+    """
+    import copy
+
     import openapi_spec_validator as osv
 
     cls = {"2.0": osv.OpenAPIV2SpecValidator, "3.0": osv.OpenAPIV30SpecValidator,
            "3.1": osv.OpenAPIV31SpecValidator}[version]
     name = "Swagger 2.0" if version == "2.0" else f"OpenAPI {version}"
+    checked = _linkerd_lenient(copy.deepcopy(doc), unusable)
     try:
-        error = next(iter(cls(doc).iter_errors()), None)
+        errors = list(cls(checked).iter_errors())
     except RecursionError:
-        raise InputError(f"{source}: invalid {name} spec: references nest too deeply") from None
-    except Exception as exc:  # the validator's own resolver failures (PointerToNowhere, ...)
-        raise InputError(f"{source}: invalid {name} spec: {one_line(str(exc))}") from None
-    if error is None:
-        return
-    path = tuple(getattr(error, "absolute_path", ()) or ())
-    message = str(getattr(error, "message", error)).splitlines()[0]
-    detail = _schema_detail(doc, version)
-    if detail is not None:
-        path, message = detail
-    at = f" at {_where(path)}" if path else ""
-    raise InputError(f"{source}: invalid {name} spec{at}: {one_line(message)}")
+        return [f"{source}: invalid {name} spec: references nest too deeply"]
+    except Exception as exc:  # the validator's own failures (PointerToNowhere, a KeyError on a bad node, ...)
+        return [f"{source}: invalid {name} spec: the validator failed ({type(exc).__name__}: {one_line(str(exc))})"]
+    if not errors:
+        return []
+    details = _schema_details(checked, version)
+    found = details if details else [(tuple(getattr(e, "absolute_path", ()) or ()),
+                                       str(getattr(e, "message", e)).splitlines()[0]) for e in errors]
+    out = []
+    for path, message in found:
+        if any(path[:len(u)] == u for u in unusable):
+            continue
+        at = f" at {_where(path)}" if path else ""
+        line = f"{source}: invalid {name} spec{at}: {one_line(message)}"
+        if line not in out:
+            out.append(line)
+    return out
 
 
-def _schema_detail(doc: dict, version: str) -> tuple[tuple, str] | None:
-    """Where and what, from the pure-Python jsonschema backend's best match.
+def _linkerd_lenient(doc: dict, unusable: list[tuple]) -> dict:
+    """*doc* with what linkerd does not ask for filled in, and the unusable ``$ref``s emptied."""
+    doc.setdefault("info", {"title": "", "version": ""})
+    for item in (doc.get("paths") or {}).values():
+        if isinstance(item, dict):
+            for method in METHODS:
+                if isinstance(item.get(method), dict):
+                    item[method].setdefault("responses", {"default": {"description": ""}})
+    # Deepest first, and list items from the end, so that removals keep the other paths valid.
+    for path in sorted(unusable, key=lambda p: (len(p), p[-1] if isinstance(p[-1], int) else -1), reverse=True):
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        if isinstance(node, list):
+            del node[path[-1]]  # a parameter from another file: its fields are unknown, leave it out
+        elif len(path) >= 2 and path[-2] == "responses":
+            node[path[-1]] = {"description": ""}  # a Response needs one; a status code is all routes use
+        else:
+            node[path[-1]] = {}  # a schema, or anything else: the empty object
+    return doc
+
+
+def _schema_details(doc: dict, version: str) -> list[tuple[tuple, str]]:
+    """Where and what, for every schema error, from the pure-Python jsonschema backend.
 
     The fast jsonschema-rs backend (used when installed: it halves validation
     time) reports "X is not valid under any of the schemas listed in the
     'oneOf' keyword"; jsonschema's best_match finds the sub-error that says
     what is missing.  Only run on a failure, so its cost does not matter.
+    An empty list: not schema errors (an unresolved parameter, a duplicate operationId, ...).
     """
     try:
         from jsonschema.exceptions import best_match
@@ -184,14 +271,14 @@ def _schema_detail(doc: dict, version: str) -> tuple[tuple, str] | None:
         from openapi_spec_validator.schemas.backend.jsonschema import create_validator
 
         schema = {"2.0": schemas.schema_v2, "3.0": schemas.schema_v30, "3.1": schemas.schema_v31}[version]
-        best = best_match(create_validator(schema).iter_errors(doc))
-    except Exception:  # a change in the validator's internals: keep its own message
-        return None
-    if best is None:
-        return None  # not a schema error (an unresolved parameter, a duplicate operationId, ...)
-    while best.context:
-        best = best_match(best.context)
-    return tuple(best.absolute_path), best.message
+        out = []
+        for error in create_validator(schema).iter_errors(doc):
+            while error.context:
+                error = best_match(error.context)
+            out.append((tuple(error.absolute_path), error.message))
+        return out
+    except Exception:  # a change in the validator's internals: keep its own messages
+        return []
 
 
 # --- generating ------------------------------------------------------------------
@@ -207,15 +294,38 @@ def path_regex(template: str) -> str:
     return "".join(out)
 
 
-def from_openapi(doc: dict[str, Any], *, name: str, namespace: str, source: str = "spec") -> ServiceProfile:
-    """A ServiceProfile with one route per operation of a spec already checked by :func:`load_spec`."""
+def from_openapi(doc: dict[str, Any], *, name: str, namespace: str, source: str = "spec",
+                 problems: list[str] | None = None) -> ServiceProfile:
+    """A ServiceProfile with one route per operation of a spec already read by :func:`load_spec`.
+
+    A path or an extension that cannot be used raises a :class:`SpecError` naming every
+    such problem, or, when *problems* is a list, is appended to it and left out.
+    """
+    found: list[str] = []
+    profile = _routes(doc, name=name, namespace=namespace, source=source, found=found)
+    if not profile.routes:
+        # Nothing to generate, whatever the flag: say so after the problems that may be why.
+        pending = [*(problems or []), *found]
+        message = f"{source}: the spec has no operations, so there are no routes to make"
+        raise SpecError(source, [*pending, message]) if pending else InputError(message)
+    if problems is None and found:
+        raise SpecError(source, found)
+    if problems is not None:
+        problems += found
+    return profile
+
+
+def _routes(doc: dict[str, Any], *, name: str, namespace: str, source: str, found: list[str]) -> ServiceProfile:
     swagger = "swagger" in doc
     root_base = _clean_base(doc.get("basePath", "")) if swagger else _servers_base(doc.get("servers"))
     routes: list[tuple[tuple[str, str], Route]] = []
     for raw_path, raw_item in doc["paths"].items():
         if raw_path.startswith("x-"):
             continue  # a Paths Object extension, not a path
-        item = _deref(doc, raw_item, source, ("paths", raw_path))
+        try:
+            item = _deref(doc, raw_item, source, ("paths", raw_path))
+        except InputError:
+            continue  # an unusable $ref: reported by load_spec
         if not isinstance(item, dict):
             continue
         item_base = root_base if swagger or "servers" not in item else _servers_base(item["servers"])
@@ -226,32 +336,35 @@ def from_openapi(doc: dict[str, Any], *, name: str, namespace: str, source: str 
             where = ("paths", raw_path, method)
             base = item_base if swagger or "servers" not in op else _servers_base(op["servers"])
             full = _join(base, raw_path)
-            retryable, timeout = _extensions(op, source, where)
+            retryable, timeout = _extensions(op, source, where, found)
             routes.append(((full, method.upper()), Route(
                 name=f"{method.upper()} {full}",
                 condition=RequestMatch(method=method.upper(), path_regex=path_regex(full)),
-                response_classes=_response_classes(doc, op, source, where),
+                response_classes=_response_classes(op),
                 is_retryable=retryable,
                 timeout=timeout,
             )))
-    if not routes:
-        raise InputError(f"{source}: the spec has no operations, so there are no routes to make")
     routes.sort(key=lambda pair: pair[0])
     return ServiceProfile(name=name, namespace=namespace, routes=tuple(r for _, r in routes))
 
 
 def _deref(doc: dict, node: Any, source: str, where: tuple) -> Any:
-    # Cycles were rejected by _check_refs, so this chain ends.
+    seen = set()
     while isinstance(node, dict) and isinstance(node.get("$ref"), str):
-        node = _pointer(doc, node["$ref"], source, where)
+        ref = node["$ref"]
+        if ref in seen or not ref.startswith("#"):
+            raise InputError(f"{source}: {_where(where)}.$ref: {ref!r} cannot be followed")  # reported by load_spec
+        seen.add(ref)
+        node = _pointer(doc, ref, source, where)
     return node
 
 
-def _response_classes(doc: dict, op: dict, source: str, where: tuple) -> tuple[ResponseClass, ...]:
+def _response_classes(op: dict) -> tuple[ResponseClass, ...]:
+    # Only the status codes matter: what a response $ref points to is never needed.
     codes = []
-    for key, response in (op.get("responses") or {}).items():
+    responses = op.get("responses")
+    for key in (responses if isinstance(responses, dict) else {}):
         if _STATUS.fullmatch(str(key)):
-            _deref(doc, response, source, (*where, "responses", key))
             codes.append(int(key))
     return tuple(
         ResponseClass(ResponseMatch(status=StatusRange(min=code, max=code)), is_failure=code >= 500)
@@ -259,24 +372,26 @@ def _response_classes(doc: dict, op: dict, source: str, where: tuple) -> tuple[R
     )
 
 
-def _extensions(op: dict, source: str, where: tuple) -> tuple[bool, str | None]:
+def _extensions(op: dict, source: str, where: tuple, found: list[str]) -> tuple[bool, str | None]:
+    """The route's retryable flag and timeout; a bad value is a problem, and left out."""
     retryable, timeout = False, None
     # Linkerd's names first, so that meshctl's override them.
     for vendor in ("linkerd", "meshctl"):
         key = f"x-{vendor}-retryable"
         if key in op:
             if not isinstance(op[key], bool):
-                raise InputError(f"{source}: {_where((*where, key))}: expected true or false, got {op[key]!r}")
-            retryable = op[key]
+                found.append(f"{source}: {_where((*where, key))}: expected true or false, got {op[key]!r}")
+            else:
+                retryable = op[key]
         key = f"x-{vendor}-timeout"
         if key in op:
             value = op[key]
             try:
                 if not isinstance(value, str) or parse_duration(value) <= 0:
                     raise ValueError(f"expected a duration greater than 0 like 100ms or 10s, got {value!r}")
+                timeout = value
             except ValueError as exc:
-                raise InputError(f"{source}: {_where((*where, key))}: {exc}") from None
-            timeout = value
+                found.append(f"{source}: {_where((*where, key))}: {exc}")
     return retryable, timeout
 
 

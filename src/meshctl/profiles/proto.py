@@ -51,10 +51,12 @@ def from_proto(text: str, *, name: str, namespace: str, source: str = "proto") -
     rpcs = parse_rpcs(text, source=source)
     if not rpcs:
         raise InputError(f"{source}: no service with an rpc, so there are no routes to make")
+    # Named by the rpc alone, in the file's order, as linkerd's protoToServiceProfile names them:
+    # dashboards and `rt_route="GetPrice"` queries written for Linkerd keep working.
     routes = [
-        Route(name=f"POST {rpc.path}", condition=RequestMatch(method="POST", path_regex=path_regex(rpc.path)),
+        Route(name=rpc.method, condition=RequestMatch(method="POST", path_regex=path_regex(rpc.path)),
               is_retryable=rpc.idempotency_level in RETRYABLE_LEVELS)
-        for rpc in sorted(rpcs, key=lambda r: r.path)
+        for rpc in rpcs
     ]
     return ServiceProfile(name=name, namespace=namespace, routes=tuple(routes))
 
