@@ -73,23 +73,45 @@ def podman(tmp_path_factory):
     return podman
 
 
+def _remove_rootfs(rootfs: Path) -> None:
+    """Remove a debootstrap tree, unmounting first what a killed debootstrap left mounted in it.
+
+    debootstrap mounts /proc (and sometimes /sys) inside the tree while it configures packages; a run
+    killed there (a test timeout, a stopped session) leaves the mount behind, and the next rmtree then
+    fails on every /proc file and the next debootstrap with it.  This cache outlives runs, so clean up.
+    """
+    prefix = str(rootfs) + "/"
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):  # deepest first
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    shutil.rmtree(rootfs, ignore_errors=True)
+
+
 def _base_image(podman) -> None:
-    if podman("image", "exists", BASE, check=False).returncode == 0:
-        return
+    import fcntl
+
     CACHE.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE / "bookworm-minbase.tar"
-    if not tarball.exists():
-        rootfs = CACHE / "rootfs.tmp"
-        shutil.rmtree(rootfs, ignore_errors=True)
-        start = time.monotonic()
-        _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,iptables,ca-certificates",
-              "bookworm", str(rootfs), MIRROR], timeout=1800)
-        print(f"debootstrap took {time.monotonic() - start:.0f}s", file=sys.stderr)
-        partial = tarball.with_suffix(".partial")
-        _run(["tar", "-C", str(rootfs), "-cf", str(partial), "."])
-        partial.rename(tarball)
-        shutil.rmtree(rootfs, ignore_errors=True)
-    podman("import", "--change", "CMD=/bin/bash", str(tarball), BASE)
+    # Two test runs on one machine (two checkouts) must not debootstrap into the same tree at once.
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if podman("image", "exists", BASE, check=False).returncode == 0:
+            return
+        tarball = CACHE / "bookworm-minbase.tar"
+        if not tarball.exists():
+            rootfs = CACHE / "rootfs.tmp"
+            _remove_rootfs(rootfs)
+            start = time.monotonic()
+            try:
+                _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,iptables,ca-certificates",
+                      "bookworm", str(rootfs), MIRROR], timeout=1800)
+                print(f"debootstrap took {time.monotonic() - start:.0f}s", file=sys.stderr)
+                partial = tarball.with_suffix(".partial")
+                _run(["tar", "-C", str(rootfs), "-cf", str(partial), "."])
+                partial.rename(tarball)
+            finally:
+                _remove_rootfs(rootfs)
+        podman("import", "--change", "CMD=/bin/bash", str(tarball), BASE)
 
 
 def _wheelhouse(dest: Path) -> None:
