@@ -186,7 +186,9 @@ def _placeholder(param) -> str:
 def _help_name(param) -> str:
     if param.param_type_name == "argument":
         name = param.metavar or param.name.upper()
-        return name + ("..." if param.nargs != 1 and not param.metavar else "")
+        if param.nargs != 1 and not name.endswith("..."):
+            name = (f"({name})" if " | " in name else name) + "..."
+        return name
     names = ", ".join(sorted(param.opts, key=len))
     if param.is_flag:
         return names

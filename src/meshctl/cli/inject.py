@@ -214,7 +214,7 @@ def register(app: typer.Typer) -> None:
     @_with_proxy_flags
     def inject(
         ctx: typer.Context,
-        inputs: list[str] = typer.Argument(..., metavar="(- | FILE | DIR | https://URL)...",
+        inputs: list[str] = typer.Argument(..., metavar="- | FILE | DIR | https://URL",
                                            help="Manifests: '-' for stdin, files, directories (recursive), https URLs."),
         manual: bool = typer.Option(False, "--manual", help="Write the full sidecar instead of the inject annotation."),
         ignore_cluster: bool = typer.Option(False, "--ignore-cluster",
@@ -251,7 +251,7 @@ def register(app: typer.Typer) -> None:
     @app.command("uninject")
     def uninject(
         ctx: typer.Context,
-        inputs: list[str] = typer.Argument(..., metavar="(- | FILE | DIR | https://URL)...",
+        inputs: list[str] = typer.Argument(..., metavar="- | FILE | DIR | https://URL",
                                            help="Manifests: '-' for stdin, files, directories (recursive), https URLs."),
         output: Optional[_common.OutputFormat] = OutputOption,
     ) -> None:
