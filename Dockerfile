@@ -8,8 +8,22 @@
 # BASE_IMAGE must provide python3 with venv (3.11+); iptables is installed when
 # the base lacks it (that step needs the network: bases made for offline builds
 # include it, see tests/image/test_image.py).
+#
+# Target samples-shop: the walkthrough's sample shop (samples/apps/shop.py, standard
+# library only), one image for its three APIs, chosen by the first argument
+# (samples/shop/deployments.yaml runs it):
+#   podman build --target samples-shop -t ghcr.io/meshctl/samples-shop:0.1.0 .
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
+
+FROM ${BASE_IMAGE} AS samples-shop
+COPY samples/apps/shop.py /app/shop.py
+# nobody: the apps need no privilege and write nothing.
+USER 65534:65534
+ENTRYPOINT ["python3", "/app/shop.py"]
+CMD ["--help"]
+
+# The default target (the last stage): meshctl itself.
+FROM ${BASE_IMAGE} AS meshctl
 
 # iptables for the init container (`meshctl-proxy init` programs the pod's nat table).
 RUN if ! command -v iptables >/dev/null 2>&1; then \

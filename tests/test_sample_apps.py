@@ -64,3 +64,29 @@ def test_failure_rate_knob_fails_requests():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_gateway_reads_the_walkthroughs_environment():
+    # samples/shop/deployments.yaml (and the walkthrough) give the gateway its upstreams as
+    # Product_API_Host and Price_API_Host.
+    import os
+
+    procs = []
+    try:
+        product, product_port = start("product")
+        procs.append(product)
+        price, price_port = start("price")
+        procs.append(price)
+        env = {**os.environ, "Product_API_Host": f"http://127.0.0.1:{product_port}",
+               "Price_API_Host": f"http://127.0.0.1:{price_port}"}
+        gateway = subprocess.Popen([sys.executable, str(SHOP), "gateway", "--port", "0"], stderr=subprocess.PIPE,
+                                   text=True, env=env)
+        procs.append(gateway)
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", gateway.stderr.readline()).group(1))
+        body = httpx.get(f"http://127.0.0.1:{port}/api/products/3", timeout=5).json()
+        assert body == {"productId": 3, "name": "Milk jug", "description": "A 600 ml stainless steel milk frothing jug.",
+                        "price": 19.9}
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)

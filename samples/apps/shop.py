@@ -7,6 +7,9 @@
         --price-api http://price-api-svc.shop.svc.cluster.local:8080 \
         [--via 127.0.0.1:4140]
 
+The gateway's upstreams default to ``$Product_API_Host`` and ``$Price_API_Host`` (the
+walkthrough's names, set by samples/shop/deployments.yaml), else the URLs above.
+
 API (samples/swagger/ describes the same):
 
 - product: ``GET /api/products/{productId}`` -> ``{productId, name, description}``
@@ -232,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--failure-rate", type=float, default=0.0)
     p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--product-api", default="http://product-api-svc.shop.svc.cluster.local:9090")
-    p.add_argument("--price-api", default="http://price-api-svc.shop.svc.cluster.local:8080")
+    # The walkthrough's gateway reads its upstreams from Product_API_Host and Price_API_Host
+    # (samples/shop/deployments.yaml sets them, as the walkthrough's manifests do).
+    p.add_argument("--product-api", default=os.environ.get("Product_API_Host")
+                   or "http://product-api-svc.shop.svc.cluster.local:9090")
+    p.add_argument("--price-api", default=os.environ.get("Price_API_Host")
+                   or "http://price-api-svc.shop.svc.cluster.local:8080")
     p.add_argument("--via", help="send upstream calls to HOST:PORT (the meshctl-proxy outbound listener)")
     p.add_argument("--knobs", help="JSON file of failure_rate and latency_ms, re-read when it changes")
     args = p.parse_args(argv)

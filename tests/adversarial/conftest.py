@@ -8,7 +8,9 @@
   servers (:mod:`.peers`), cleared before each test, so assertions are on
   what the upstream really received;
 - ``mesh`` / ``meshed_proxy``: a real identity service with its CA, and a
-  proxy certified by it (for what the inbound side does with mesh TLS).
+  proxy certified by it (for what the inbound side does with mesh TLS);
+- ``proxy_chain(hops, **env)``: zero, one or two proxies (a mesh hop) in front
+  of an upstream named by the request's authority.
 
 One file per class of attack (``test_cNN_<class>.py``), each covering the
 case, its neighbours (other spellings, both protocols, both directions), and

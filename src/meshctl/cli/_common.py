@@ -33,6 +33,14 @@ class OutputFormat(str, enum.Enum):
     json = "json"
 
 
+class ReportFormat(str, enum.Enum):
+    """``-o`` of a command whose table has no wide form: only values that do something are listed."""
+
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
 class TableFormat(str, enum.Enum):
     table = "table"
     wide = "wide"

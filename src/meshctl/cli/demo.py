@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         rps: float = typer.Option(None, "--rps", help="At most this many requests per second, in total."),
         max_time: str = typer.Option("5m", "--max-time", help="Stop after this long whatever is left (Go duration)."),
         dir: str = DirOption,
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml (wide is table)."),
+        output: _common.ReportFormat = typer.Option(_common.ReportFormat.table, "--output", "-o", help="table, json or yaml."),
     ) -> None:
         """Send ab's load to the gateway (ab -n 1000 -c 10 http://GATEWAY/api/products/1) and print ab's summary."""
         import sys
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
                                     on_progress=progress)
         if sys.stderr.isatty():
             sys.stderr.write("\n")
-        if output in (_common.TableFormat.json, _common.TableFormat.yaml):
+        if output in (_common.ReportFormat.json, _common.ReportFormat.yaml):
             print(_common.dump(result.to_dict(), output.value), end="")
         else:
             print(result.render())
@@ -283,7 +283,7 @@ def register(app: typer.Typer) -> None:
         price_latency_ms: float = typer.Option(0.0, "--price-latency-ms", help="Extra latency of price-api."),
         address_prefix: str = typer.Option("127.0.10", "--address-prefix", help="Loopback /24 the demo's pods use."),
         workdir: str = typer.Option(None, "--dir", help="Keep certificates, registry and logs here (default: a temporary directory, removed)."),
-        output: _common.TableFormat = typer.Option(_common.TableFormat.table, "--output", "-o", help="table, json or yaml (wide is table)."),
+        output: _common.ReportFormat = typer.Option(_common.ReportFormat.table, "--output", "-o", help="table, json or yaml."),
     ) -> None:
         """One shot: mesh the three APIs, send traffic, show success rate, RPS and latency, stop everything."""
         _run_once(ctx, duration=duration, rps=rps, price_failure_rate=price_failure_rate,
@@ -357,7 +357,7 @@ def _run_once(ctx, *, duration, rps, price_failure_rate, price_latency_ms, addre
             codes = run.drive(rps=rps, seconds=seconds, on_tick=tick)
             ended = time.time()
             stats, routes, edges = _summary(run, started, ended)
-        if output in (_common.TableFormat.json, _common.TableFormat.yaml):
+        if output in (_common.ReportFormat.json, _common.ReportFormat.yaml):
             data = {"ingress": {"statusCodes": codes}, "stat": tables.stat_json(stats),
                     "routes": tables.routes_json(routes, wide=True), "edges": tables.edges_json(edges)}
             print(_common.dump(data, output.value), end="")

@@ -197,8 +197,12 @@ class LocalDemo:
     def _locked(self) -> Iterator[None]:
         import fcntl
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as f:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            f = open(self.dir / ".lock", "w")
+        except OSError as exc:
+            raise MeshctlError(f"demo: cannot use the state directory {self.dir}: {exc.strerror or exc}") from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -527,6 +531,11 @@ class LocalDemo:
             # the others' parent is init by now.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(p.pid, os.WNOHANG)
+        left = [f"{p.spec.name} (pid {p.pid})" for p in self.started if is_running(p)]
+        if left:
+            # Keep the record: a later `down` (as the right user) must still find them.
+            raise MeshctlError(f"demo: could not stop {', '.join(left)} (started by another user? "
+                               "run meshctl demo down as that user, or as root)")
         if self.plan is not None and self.plan.netns_id:
             from meshctl.demo import netns
 
@@ -542,6 +551,8 @@ class LocalDemo:
             if not self._load_record():
                 state.remove(self.dir)
                 return False
+            if self.plan is not None and self.plan.netns_id and os.geteuid() != 0:
+                raise MeshctlError("demo down: this demo runs in network namespaces (--netns); stopping it needs root")
             if not quiet:
                 self.progress(f"stopping {len(self.started)} processes")
             self._stop_all()
