@@ -35,9 +35,3 @@ class InputError(MeshctlError):
 
 class ClusterError(MeshctlError):
     """The cluster could not be reached or did not answer as expected."""
-
-
-class UsageError(MeshctlError):
-    """Bad arguments (an unknown resource type, a malformed flag value): exit 2, as click's usage errors."""
-
-    exit_code = 2
