@@ -39,24 +39,6 @@ class Shop:
         return self.run.prometheus_url
 
 
-def free_prefix() -> str:
-    """A loopback /24 nobody listens in (other runs of the demo, other test sessions), from the pid."""
-    import os
-    import socket
-
-    pid = os.getpid()
-    for i in range(50):
-        prefix = f"127.{200 + (pid + i) % 50}.{(pid // 50 + i) % 250 + 1}"
-        try:
-            for host, port in ((f"{prefix}.1", 8086), (f"{prefix}.2", 4191), (f"{prefix}.4", 8080)):
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return prefix
-    raise RuntimeError("no free loopback /24 for the shop")
-
-
 @pytest.fixture(scope="session")
 def shop(tmp_path_factory):
     """The three APIs meshed (mTLS, profiles, retries), and Debian's Prometheus scraping every proxy

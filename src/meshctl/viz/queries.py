@@ -49,8 +49,29 @@ NO_TLS_REASONS = {
 
 # --- rows ---------------------------------------------------------------------------------------
 
+class _Counted:
+    """What a row derives from its ``success_count``/``failure_count`` over ``window_s``."""
+
+    __slots__ = ()
+    success_count: float
+    failure_count: float
+    window_s: float
+
+    @property
+    def requests(self) -> float:
+        return self.success_count + self.failure_count
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.success_count / self.requests if self.requests > 0 else None
+
+    @property
+    def rps(self) -> float | None:
+        return self.requests / self.window_s if self.requests > 0 else None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
-class StatRow:
+class StatRow(_Counted):
     """One resource's golden metrics over ``window_s`` seconds (``viz stat``).
 
     Counts are Prometheus' ``increase`` (extrapolated to the window, so not always
@@ -74,24 +95,12 @@ class StatRow:
     tcp_write_bytes_rate: float | None = None
 
     @property
-    def requests(self) -> float:
-        return self.success_count + self.failure_count
-
-    @property
     def has_traffic(self) -> bool:
         return self.requests > 0
 
-    @property
-    def success_rate(self) -> float | None:
-        return self.success_count / self.requests if self.requests > 0 else None
-
-    @property
-    def rps(self) -> float | None:
-        return self.requests / self.window_s if self.requests > 0 else None
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class RouteRow:
+class RouteRow(_Counted):
     """One route of one resource (``viz routes``): what callers saw (effective) and, for
     outbound queries (``--to``), every attempt on the wire (actual, retries included)."""
 
@@ -107,18 +116,6 @@ class RouteRow:
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
     latency_ms_p99: float | None = None
-
-    @property
-    def requests(self) -> float:
-        return self.success_count + self.failure_count
-
-    @property
-    def success_rate(self) -> float | None:
-        return self.success_count / self.requests if self.requests > 0 else None
-
-    @property
-    def rps(self) -> float | None:
-        return self.requests / self.window_s if self.requests > 0 else None
 
     @property
     def actual_requests(self) -> float | None:
