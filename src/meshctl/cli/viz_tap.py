@@ -20,6 +20,17 @@ from meshctl.cli import _common
 DEMO_DIR_HELP = "State directory of the local mesh (meshctl demo up --dir); default $MESHCTL_DEMO_DIR, else ~/.local/state/meshctl/demo."
 
 
+# The filters `viz tap` and `viz top` share (linkerd's flags), declared once.
+ResourceArg = typer.Argument(..., metavar="RESOURCE", help="deploy/NAME, pod/NAME, ns/NAME or a type (deploy).")
+NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Namespace of RESOURCE (default: the local mesh's).")
+ToOpt = typer.Option(None, "--to", metavar="RESOURCE", help="Only requests to this resource.")
+ToNamespaceOpt = typer.Option(None, "--to-namespace", help="Namespace of --to (default: --namespace).")
+MethodOpt = typer.Option(None, "--method", help="Only requests with this HTTP method.")
+AuthorityOpt = typer.Option(None, "--authority", help="Only requests with this :authority.")
+PathOpt = typer.Option(None, "--path", help="Only requests whose path starts with this prefix.")
+MaxRpsOpt = typer.Option(100.0, "--max-rps", help="Requests tapped per second per proxy, at most.")
+
+
 class TapOutput(str, enum.Enum):
     line = "line"
     wide = "wide"
@@ -94,14 +105,14 @@ def register_viz(viz: typer.Typer) -> None:
     @viz.command("tap")
     def tap_command(
         ctx: typer.Context,
-        resource: str = typer.Argument(..., metavar="RESOURCE", help="deploy/NAME, pod/NAME, ns/NAME or a type (deploy)."),
-        namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace of RESOURCE (default: the local mesh's)."),
-        to: Optional[str] = typer.Option(None, "--to", metavar="RESOURCE", help="Only requests to this resource."),
-        to_namespace: Optional[str] = typer.Option(None, "--to-namespace", help="Namespace of --to (default: --namespace)."),
-        method: Optional[str] = typer.Option(None, "--method", help="Only requests with this HTTP method."),
-        authority: Optional[str] = typer.Option(None, "--authority", help="Only requests with this :authority."),
-        path: Optional[str] = typer.Option(None, "--path", help="Only requests whose path starts with this prefix."),
-        max_rps: float = typer.Option(100.0, "--max-rps", help="Requests tapped per second per proxy, at most."),
+        resource: str = ResourceArg,
+        namespace: Optional[str] = NamespaceOpt,
+        to: Optional[str] = ToOpt,
+        to_namespace: Optional[str] = ToNamespaceOpt,
+        method: Optional[str] = MethodOpt,
+        authority: Optional[str] = AuthorityOpt,
+        path: Optional[str] = PathOpt,
+        max_rps: float = MaxRpsOpt,
         output: TapOutput = typer.Option(TapOutput.line, "--output", "-o", help="line (default), wide or json."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (e.g. 30s); default: until Ctrl-C."),
         demo_dir: Optional[str] = typer.Option(None, "--demo-dir", help=DEMO_DIR_HELP),
@@ -155,14 +166,14 @@ def register_viz(viz: typer.Typer) -> None:
     @viz.command("top")
     def top_command(
         ctx: typer.Context,
-        resource: str = typer.Argument(..., metavar="RESOURCE", help="deploy/NAME, pod/NAME, ns/NAME or a type (deploy)."),
-        namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace of RESOURCE (default: the local mesh's)."),
-        to: Optional[str] = typer.Option(None, "--to", metavar="RESOURCE", help="Only requests to this resource."),
-        to_namespace: Optional[str] = typer.Option(None, "--to-namespace", help="Namespace of --to (default: --namespace)."),
-        method: Optional[str] = typer.Option(None, "--method", help="Only requests with this HTTP method."),
-        authority: Optional[str] = typer.Option(None, "--authority", help="Only requests with this :authority."),
-        path: Optional[str] = typer.Option(None, "--path", help="Only requests whose path starts with this prefix."),
-        max_rps: float = typer.Option(100.0, "--max-rps", help="Requests tapped per second per proxy, at most."),
+        resource: str = ResourceArg,
+        namespace: Optional[str] = NamespaceOpt,
+        to: Optional[str] = ToOpt,
+        to_namespace: Optional[str] = ToNamespaceOpt,
+        method: Optional[str] = MethodOpt,
+        authority: Optional[str] = AuthorityOpt,
+        path: Optional[str] = PathOpt,
+        max_rps: float = MaxRpsOpt,
         refresh: str = typer.Option("1s", "--refresh", help="How often the table is redrawn (printed, when piped)."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long; default: until q or Ctrl-C."),
         demo_dir: Optional[str] = typer.Option(None, "--demo-dir", help=DEMO_DIR_HELP),
