@@ -541,7 +541,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                 st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint))
             return
         if self.path.observes:
-            self.path.observe(endpoint, response, exc, latency)
+            self.path.observe(st.request, endpoint, response, exc, latency)
         self._direct_answer(st, stats, response, exc, latency, start)
 
     def _direct_answer(self, st: _ServerStream, stats, response: Response | None, exc: Exception | None,
