@@ -1,7 +1,8 @@
 """The layer that owns sockets: listeners, connections, pools, the request exchange.
 
 ``server`` accepts and detects, ``http1_proxy`` / ``http2_proxy`` relay
-HTTP/1.1 and HTTP/2 (server connection and pooled upstream client), ``tcp``
-splices opaque TCP, ``outbox`` batches writes, ``original_dst`` reads
+HTTP/1.1 and HTTP/2 (server connection and pooled upstream client;
+``h2_connection`` is what both HTTP/2 ends share: flow control and writes),
+``tcp`` splices opaque TCP, ``outbox`` batches writes, ``original_dst`` reads
 SO_ORIGINAL_DST.
 """
