@@ -16,7 +16,7 @@ the proxy never reads ahead of the slower side.
 Resets travel both ways with their error code (a client's RST_STREAM cancels
 the upstream stream; an upstream reset resets the client's stream).  A GOAWAY
 from upstream refuses the streams it did not process (libnghttp2 closes them
-with REFUSED_STREAM, which the pool retries once); a graceful drain sends
+with REFUSED_STREAM, which the exchange sends again once, exchange.replayable); a graceful drain sends
 GOAWAY with the last stream id and serves the streams already open.
 
 Abuse is answered with GOAWAY(ENHANCE_YOUR_CALM) and a close
@@ -45,8 +45,9 @@ from meshctl_proxy.wire.h2limits import MAX_RESETS_PER_SECOND, FloodGuard
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.policy.router import EndpointPool
+from meshctl_proxy.transport.connection import FlowControl
 from meshctl_proxy.hooks import Watched
-from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -87,11 +88,15 @@ class StreamReset(BodyError):
 
 
 class UpstreamReset(ProxyError):
-    """The upstream reset the stream before responding: HTTP/2 clients see the reset itself."""
+    """The upstream reset the stream before responding: HTTP/2 clients see the reset itself.
+
+    REFUSED_STREAM means the server did no work on it (RFC 9113 section 8.7):
+    it may be sent again (exchange.replayable)."""
 
     def __init__(self, code: int) -> None:
         super().__init__(502, f"upstream reset the stream (error code {code})")
         self.code = code
+        self.unprocessed = code == REFUSED_STREAM
 
 
 def goaway_frame(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
@@ -111,18 +116,14 @@ def without_goaway(data: bytes) -> bytes:
     return b"".join(out)
 
 
-class _Sender:
+class _Sender(FlowControl):
     """Hands DATA to libnghttp2 within the peer's flow-control windows and writes its output; both ends."""
 
     def __init__(self) -> None:
+        FlowControl.__init__(self)  # every stream waiting for the socket to drain (transport.connection)
         self.conn: ngh2.Connection = None
         self.transport: asyncio.Transport | None = None  # set by connection_made
         self.window_waiters: dict[int, asyncio.Future] = {}
-        self.write_paused = False
-        # Every stream whose sender waits for the socket to drain has its own future here, and
-        # resume_writing() wakes them all: one slot, as before, kept only the last waiter and the
-        # others stopped mid-body for good (issue 13, class 11).
-        self.drain_waiters: list[asyncio.Future] = []
         self.stats: TcpStats | None = None
         self.closed = False
         self.flush_scheduled = False
@@ -183,10 +184,7 @@ class _Sender:
         for fut in waiters.values():
             if not fut.done():
                 fut.set_exception(exc)
-        drains, self.drain_waiters = self.drain_waiters, []
-        for fut in drains:
-            if not fut.done():
-                fut.set_exception(exc)
+        self.fail_drain_waiters(exc)
 
     async def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         """Send *data* within the peer's windows; END_STREAM goes on its last frame.
@@ -211,7 +209,7 @@ class _Sender:
             view = view[n:]
             self.flush_soon()
             if self.write_paused:
-                await self._drained()
+                await self.drained()
 
     async def send_body(self, stream_id: int, body: Body) -> None:
         """Relay *body* and end the stream: END_STREAM rides on the last DATA frame when no
@@ -242,26 +240,6 @@ class _Sender:
         if not self.flush_scheduled:
             self.flush_soon()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        drains, self.drain_waiters = self.drain_waiters, []
-        for fut in drains:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _drained(self) -> None:
-        """Wait until the transport takes writes again (resume_writing), alongside any other stream."""
-        fut = self.loop.create_future()
-        self.drain_waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut in self.drain_waiters:  # this stream is gone: its slot must not outlive it
-                self.drain_waiters.remove(fut)
-            raise
 
 
 class _ServerStream:
@@ -535,10 +513,11 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                      exc: Exception | None) -> None:
         st.upstream = None
         latency = self.loop.time() - start
-        if isinstance(exc, UpstreamReset) and exc.code == REFUSED_STREAM:
-            # Nothing was processed (RFC 9113 section 8.7): the general path sends it again, once.
+        if exc is not None and replayable(st.request, exc):
+            # Nothing was processed: the general path sends it again, once (the exchange's retry).
             if not self.closed and st.id in self.streams:
-                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint))
+                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint,
+                                                                   resend=True))
             return
         if self.path.observes:
             self.path.observe(endpoint, response, exc, latency)
@@ -723,12 +702,12 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         return True
 
     async def _serve_stream(self, st: _ServerStream, *, stats=None, start: float = 0.0, endpoint: Endpoint | None = None,
-                            response: Response | None = None, latency_ms: float = 0.0) -> None:
+                            response: Response | None = None, latency_ms: float = 0.0, resend: bool = False) -> None:
         """The general path: the exchange (meshctl_proxy.transport.exchange), then relay the response.
 
         The direct path hands over here with *stats* already counted and the *endpoint* its shortcut
-        chose (no stream room, or a refused stream to send again), or with the *response* whose body
-        is still to be relayed.
+        chose (no stream room, or with *resend* a refused stream to send again), or with the *response*
+        whose body is still to be relayed.
         """
         request = st.request
         path = self.path
@@ -746,7 +725,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if response is None:
                 exchange = Exchange(path, request, start, watched=st.watched, announced=endpoint is not None)
                 try:
-                    response = await exchange.run(endpoint)
+                    response = await exchange.run(endpoint, resend=resend)
                 except UpstreamReset as exc:
                     st.watched = exchange.watched
                     error = exc.reason
@@ -953,7 +932,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 self.wake_windows(0)
             elif t is GoAwayReceived:
                 # libnghttp2 closes the streams the server will not process (above last_stream_id)
-                # with REFUSED_STREAM: the pool sends those again on a new connection.
+                # with REFUSED_STREAM: the exchange sends those again (once) on another connection.
                 self.goaway = True
                 self.pool.forget(self)
         if self.answered:
@@ -1171,16 +1150,11 @@ class H2Pool(EndpointPool):
         fut.exception()  # retrieved: waiters re-raise it themselves
         raise exc
 
-    async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        for attempt in range(2):
-            conn = self.usable(endpoint)
-            if conn is None:
-                conn = await self._connect(endpoint, request.authority)
-            try:
-                return await conn.send(request)
-            except UpstreamReset as exc:
-                # REFUSED_STREAM means the server did no work (RFC 9113 section 8.7): safe to retry
-                # once when the body can be sent again.
-                if exc.code != REFUSED_STREAM or request.body is not EMPTY or attempt:
-                    raise
-        raise AssertionError("unreachable")
+    async def send(self, request: Request, endpoint: Endpoint, *, fresh: bool = False) -> Response:
+        """One attempt, on a connection with stream room (a new one when none has).  *fresh* (the retry after
+        REFUSED_STREAM) picks the same way: the refusal came from a live connection, at its stream limit or
+        shedding load, whose room is known again."""
+        conn = self.usable(endpoint)
+        if conn is None:
+            conn = await self._connect(endpoint, request.authority)
+        return await conn.send(request)
