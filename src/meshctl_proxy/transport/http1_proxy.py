@@ -24,15 +24,13 @@ from meshctl_proxy.transport.connection import FlowControl
 from meshctl_proxy.transport.outbox import Outbox, outbox
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
-from meshctl_proxy.transport.tcp import PipeEnd, splice
+from meshctl_proxy.transport.h1_response import close_lingering, stream_response, whole_response
+from meshctl_proxy.transport.h1_tunnel import Upgraded, start_tunnel
 
 log = logging.getLogger("meshctl_proxy.wire.http1")
 
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
-# After refusing a request whose client may still be sending: how long to keep reading (and dropping)
-# before the close, so the refusal is not destroyed by a reset (RFC 9112 section 9.6; nginx's lingering_close).
-LINGER_SECONDS = 2.0
 
 
 class UpstreamClosed(ProxyError):
@@ -42,18 +40,6 @@ class UpstreamClosed(ProxyError):
     def __init__(self, reason: str, *, unprocessed: bool) -> None:
         super().__init__(502, reason)
         self.unprocessed = unprocessed
-
-
-class Upgraded:
-    """An upstream connection that switched protocols (101): the tunnel's far end."""
-
-    __slots__ = ("transport", "tail", "protocol_name", "stats")
-
-    def __init__(self, transport, tail: bytes, protocol_name: bytes, stats: TcpStats) -> None:
-        self.stats = stats
-        self.transport = transport
-        self.tail = tail
-        self.protocol_name = protocol_name
 
 
 class _HeldWrites(FlowControl, asyncio.Protocol):
@@ -258,23 +244,9 @@ class H1ServerConnection(_HeldWrites):
             waiter.set_result(None)
 
     def _close_lingering(self) -> None:
-        """Close after a refusal: half-close now, read and drop what still comes, close at EOF or
-        after LINGER_SECONDS.  Closed at once, a socket with unread input answers with a reset that
-        can destroy the refusal before the client reads it (RFC 9112 section 9.6)."""
+        """Close after a refusal, lingering (h1_response.close_lingering): what still comes is dropped."""
         self._outbox.flush()
-        transport = self.transport
-        if transport.is_closing():
-            return
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        transport.write_eof()
-        transport.resume_reading()
-        self.loop.call_later(LINGER_SECONDS, self._linger_over)
-
-    def _linger_over(self) -> None:
-        if self.phase is not CLOSED and not self.transport.is_closing():
-            self.transport.close()
+        close_lingering(self.transport, self.loop)
 
     def eof_received(self) -> bool:
         if self.tunnel_buf is not None:
@@ -385,9 +357,9 @@ class H1ServerConnection(_HeldWrites):
             self._start_tunnel(response)
             return False
 
-        keep = self._respond_now(request, head, response, stats, latency_ms)
+        keep = self._respond_now(head, response, stats, latency_ms)
         if keep is None:
-            keep = await self._respond_streaming(request, head, response, stats, latency_ms)
+            keep = await self._respond_streaming(head, response, stats, latency_ms)
         return self._after_response(request, keep)
 
     def _watch_end(self, response: Response | None, *, error: str | None = None, status: int | None = None) -> None:
@@ -398,74 +370,24 @@ class H1ServerConnection(_HeldWrites):
         self._watched = None
         end_watch(watched, self.loop.time(), response, error, status)
 
-    def _framing(self, head: RequestHead, response: Response) -> tuple[bool, bool, bool]:
-        """(keep-alive, no body, chunked) for this response to this client."""
-        keep = head.keep_alive and head.version == b"1.1" and self.keep_alive
-        status = response.status
-        no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
-        chunked = False
-        if not no_body and response.body.length is None:
-            if head.version == b"1.1":
-                chunked = True
-            else:
-                keep = False  # HTTP/1.0 client: the body ends when we close
-        return keep, no_body, chunked
-
-    def _respond_now(self, request: Request, head: RequestHead, response: Response, stats,
-                     latency_ms: float) -> bool | None:
-        """Write the whole response in one write when its body is already here; None when it must stream.
-
-        One write per response matters: each write is a syscall, the largest single
-        cost per request on loopback.
-        """
-        keep, no_body, chunked = self._framing(head, response)
-        body = response.body
-        out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
-                                  close=not keep)
-        if not no_body:
-            if not body.complete:
-                return None
-            data = body.read_nowait()
-            if data:
-                out += http1.chunk(data) if chunked else data
-            if chunked:
-                out += http1.last_chunk(body.trailers)
+    def _respond_now(self, head: RequestHead, response: Response, stats, latency_ms: float) -> bool | None:
+        """Write the whole response in one write when its body is already here (keep-alive); None when it
+        must stream."""
+        whole = whole_response(head, response, self.keep_alive)
+        if whole is None:
+            return None
+        out, keep = whole
         self._write(out)
         stats.record(response, latency_ms)
         if self._watched is not None:
             self._watch_end(response)
         return keep
 
-    async def _respond_streaming(self, request: Request, head: RequestHead, response: Response, stats,
-                                 latency_ms: float) -> bool:
-        keep, no_body, chunked = self._framing(head, response)
-        body = response.body
+    async def _respond_streaming(self, head: RequestHead, response: Response, stats, latency_ms: float) -> bool:
         if self._watched is not None:
             self._watched.response(response.status, self.loop.time())
         try:
-            out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
-                                      close=not keep)
-            while True:
-                data = body.read_nowait()
-                if data is None:
-                    if out:
-                        self._write(out)
-                        out = b""
-                    if self.write_paused:
-                        await self.drained()
-                    data = await body.read()
-                if not data:
-                    break
-                out += http1.chunk(data) if chunked else data
-                if len(out) >= 65536:
-                    self._write(out)
-                    out = b""
-                    if self.write_paused:
-                        await self.drained()
-            if chunked:
-                out += http1.last_chunk(body.trailers)
-            if out:
-                self._write(out)
+            keep = await stream_response(self, head, response, self.keep_alive)
         except BodyError:
             # The upstream failed mid-body: HTTP/1 can only say so by cutting the connection.
             stats.response(response.status, "failure", latency_ms)
@@ -560,7 +482,7 @@ class H1ServerConnection(_HeldWrites):
 
     def _fast_answer(self, request: Request, head: RequestHead, response: Response, stats, latency: float) -> None:
         self.phase = RESPONDING
-        keep = self._respond_now(request, head, response, stats, latency * 1000)
+        keep = self._respond_now(head, response, stats, latency * 1000)
         if keep is None:
             self.stream_task = self.loop.create_task(
                 self._finish_streaming(request, head, response, stats, latency * 1000))
@@ -569,7 +491,7 @@ class H1ServerConnection(_HeldWrites):
 
     async def _finish_streaming(self, request, head, response, stats, latency_ms) -> None:
         try:
-            keep = await self._respond_streaming(request, head, response, stats, latency_ms)
+            keep = await self._respond_streaming(head, response, stats, latency_ms)
         except ConnectionError:
             keep = False
         self._fast_finished(self._after_response(request, keep))
@@ -591,26 +513,20 @@ class H1ServerConnection(_HeldWrites):
             waiter.set_result(None)
 
     def _start_tunnel(self, response: Response) -> None:
-        """101 Switching Protocols: from now on both connections are an opaque pipe."""
+        """101 Switching Protocols: from now on both connections are an opaque pipe (h1_tunnel)."""
         upgraded = response.upgraded
         assert isinstance(upgraded, Upgraded)
         self.phase = TUNNELLED
         headers = response.headers + [(b"connection", b"upgrade"), (b"upgrade", upgraded.protocol_name)]
         self._write(http1.response_head(101, response.reason, headers))
-        down = PipeEnd(self.stats)
-        up = PipeEnd(upgraded.stats)
         self.rt.connections.discard(self)
         pending = b"".join(self.tunnel_buf or [])
         self.tunnel_buf = None
         self._outbox.flush()  # the 101 goes before anything the tunnel writes
-        self.transport.set_protocol(down)
-        down.connection_made(self.transport)
-        upgraded.transport.set_protocol(up)
-        up.connection_made(upgraded.transport)
-        down.on_closed = lambda: setattr(self, "phase", CLOSED)
-        splice(down, up, to_up=pending, to_down=upgraded.tail)
-        upgraded.transport.resume_reading()
-        self.transport.resume_reading()
+        start_tunnel(self.transport, self.stats, upgraded, pending, on_closed=self._tunnel_closed)
+
+    def _tunnel_closed(self) -> None:
+        self.phase = CLOSED
 
 
 class H1ClientConnection(_HeldWrites):
