@@ -24,6 +24,7 @@ from meshctl_proxy.transport.connection import FlowControl
 from meshctl_proxy.transport.outbox import Outbox, outbox
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
+from meshctl_proxy.transport.h1_request import RequestMaker
 from meshctl_proxy.transport.h1_response import close_lingering, stream_response, whole_response
 from meshctl_proxy.transport.h1_tunnel import Upgraded, start_tunnel
 
@@ -67,17 +68,6 @@ class _HeldWrites(FlowControl, asyncio.Protocol):
         self.transport.abort()
 
 
-def _absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
-    """RFC 9112 section 3.2.2: ``http://host/path`` -> (authority, path); the target wins over Host."""
-    low = target[:8].lower()
-    for prefix in (b"http://", b"https://"):
-        if low.startswith(prefix):
-            rest = target[len(prefix):]
-            slash = rest.find(b"/")
-            return (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-    return None
-
-
 class Phase(enum.Enum):
     """Where a client connection is in its request cycle (h11 keeps the same in its connection states)."""
 
@@ -100,7 +90,7 @@ class H1ServerConnection(_HeldWrites):
     ``phase`` is where it is in the request cycle (:class:`Phase`);
     ``keep_alive`` turns False once no further request may start (a drain, the
     client's EOF, a refused request), and the connection closes when the
-    exchange in flight, if any, is over; ``broken`` is the refusal to answer.
+    exchange in flight, if any, is over; ``refusal`` is the error a refused request is answered with.
     """
 
     def __init__(self, runtime, ctx: ConnectionContext, stats: TcpStats) -> None:
@@ -110,18 +100,16 @@ class H1ServerConnection(_HeldWrites):
         self.path = path = RequestPath(runtime, ctx)
         self._watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
-        self._host_bytes: bytes | None = None  # the last request's Host, and as str
-        self._host = ""
         self.upstream = path.upstream
         marker = runtime.loop_markers[ctx.direction]
         self.reader = http1.RequestReader((marker,))
-        self._via = (b"via", marker.entry("http/1"))  # added to every request forwarded (wire.loop_marker)
+        self.requests = RequestMaker(ctx, (b"via", marker.entry("http/1")))  # the requests as forwarded
         self._head_timer: asyncio.TimerHandle | None = None  # runs while a request head is incomplete
         self.transport = None
         self.queue: list[tuple[Request, RequestHead]] = []
         self.current_body: Body | None = None
         self.tunnel_buf: list[bytes] | None = None  # client bytes after an Upgrade head, held until 101
-        self.broken: H1Error | None = None
+        self.refusal: H1Error | None = None
         self.phase = IDLE
         self.keep_alive = True
         FlowControl.__init__(self)
@@ -149,7 +137,7 @@ class H1ServerConnection(_HeldWrites):
         if self.tunnel_buf is not None:
             self.tunnel_buf.append(data)
             return
-        if self.broken is not None:
+        if self.refusal is not None:
             return
         try:
             events = self.reader.feed(data)
@@ -165,7 +153,7 @@ class H1ServerConnection(_HeldWrites):
         headersTimeout), then close.  A client sending its head a byte at a time holds a connection
         and its buffers for as long as it likes otherwise."""
         self._head_timer = None
-        if self.phase is not CLOSED and self.broken is None and self.reader.head_incomplete():
+        if self.phase is not CLOSED and self.refusal is None and self.reader.head_incomplete():
             self._refuse(H1Error(408, "request head not received in time"))
 
     def _on_events(self, events: list) -> None:
@@ -187,12 +175,6 @@ class H1ServerConnection(_HeldWrites):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        target = head.target
-        authority = head.host
-        # Origin form ("/path") is the common case; only otherwise look for absolute form.
-        absolute = None if target[:1] == b"/" else _absolute_form(target)
-        if absolute is not None:
-            authority, target = absolute
         if head.chunked or head.content_length:
             t = self.transport
             body = Body(head.content_length, pause=t.pause_reading, resume=t.resume_reading)
@@ -200,21 +182,7 @@ class H1ServerConnection(_HeldWrites):
         else:
             body = EMPTY
             self.current_body = None
-        headers = head.headers
-        if absolute is not None:
-            headers = [(k, authority if k.lower() == b"host" else v) for k, v in headers]
-            if head.host is None:
-                headers.append((b"host", authority))
-        elif head.host is None and self.ctx.orig_dst is not None:
-            # An HTTP/1.0 request without Host goes upstream as HTTP/1.1, which must carry one
-            # (RFC 9112 section 3.2): the address it was sent to, as hyper takes it from the URI.
-            headers.append((b"host", self.ctx.target_addr.encode()))
-        headers.append(self._via)
-        if authority != self._host_bytes:  # the same Host as the last request: reuse its str
-            self._host_bytes = authority
-            self._host = (authority or b"").decode("latin-1")
-        request = Request(head.method, target, self._host, headers, body, b"http", "http/1", self.ctx, None,
-                          head.upgrade)
+        request = self.requests.request(head, body)
         if head.expect_continue:
             request.interim = self._interim
         if (body is EMPTY and head.upgrade is None and self.phase is IDLE and not self.queue
@@ -228,7 +196,7 @@ class H1ServerConnection(_HeldWrites):
 
     def _refuse(self, exc: H1Error) -> None:
         """A request we will not forward: 400/431/501/505, then close (RFC 9112 section 9.6)."""
-        self.broken = exc
+        self.refusal = exc
         self.keep_alive = False
         if self.current_body is not None:
             self.current_body.abort(BodyError(exc.reason))
@@ -251,7 +219,7 @@ class H1ServerConnection(_HeldWrites):
     def eof_received(self) -> bool:
         if self.tunnel_buf is not None:
             return True
-        if self.broken is not None:  # lingering after a refusal: the client is done too
+        if self.refusal is not None:  # lingering after a refusal: the client is done too
             self.transport.close()
             return True
         if self.current_body is not None:
@@ -315,7 +283,7 @@ class H1ServerConnection(_HeldWrites):
             # Over: the last response (or the refusal, written when it was made) is out.
             if self.phase is not CLOSED and self.phase is not TUNNELLED and self.phase is not DRAINING:
                 self.phase = DRAINING
-                if self.broken is not None:
+                if self.refusal is not None:
                     self._close_lingering()
                 else:
                     self._close()
@@ -335,13 +303,13 @@ class H1ServerConnection(_HeldWrites):
             response = await exchange.run()
         except BodyError:
             self._watched = exchange.watched
-            if self.broken is not None:
+            if self.refusal is not None:
                 if stats is None:
                     stats = path.counted(request.authority)
-                stats.response(self.broken.status, "failure", (loop.time() - start) * 1000)
+                stats.response(self.refusal.status, "failure", (loop.time() - start) * 1000)
                 self.phase = RESPONDING
-                self._write(http1.error_response(self.broken.status, self.broken.reason))
-                self._watch_end(None, error=self.broken.reason, status=self.broken.status)
+                self._write(http1.error_response(self.refusal.status, self.refusal.reason))
+                self._watch_end(None, error=self.refusal.reason, status=self.refusal.status)
                 return False
             response = ProxyError(502, "request body failed").response()
         self._watched = exchange.watched
