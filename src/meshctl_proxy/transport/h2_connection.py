@@ -5,11 +5,15 @@ DATA from one side is acknowledged only when the other side has taken it
 (``Body(on_consumed=...)``), and we hand libnghttp2 only what fits the peer's
 windows, waiting for its WINDOW_UPDATE otherwise (RFC 9113 section 5.2), so
 the proxy never reads ahead of the slower side.
+
+A connection's state is its ``Phase``, kept in one place (``_enter``); the
+streams' own states (RFC 9113 section 5.1) are libnghttp2's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 
 import ngh2
 from ngh2 import NGH2Error
@@ -73,6 +77,29 @@ def without_goaway(data: bytes) -> bytes:
     return b"".join(out)
 
 
+class Phase(enum.IntEnum):
+    """Where an HTTP/2 connection is in its life, for both ends (h11 keeps its state the same way)::
+
+        OPEN --GOAWAY sent or received--> DRAINING --its last stream ends--> CLOSED
+          |                                  |                                 ^
+          +--connection error (server)--> LINGERING --1 s, or the peer closes--+
+        any phase --transport lost-------------------------------------------> CLOSED
+
+    OPEN: streams come and go.  DRAINING (RFC 9113 section 6.8): a GOAWAY went one way or the
+    other, so no new stream starts on this connection (the server refuses them, the pool hands the
+    connection out no more); those already open finish, then the connection closes.  LINGERING
+    (server only, RFC 9113 section 5.4.1): a connection error, our GOAWAY naming it is written and
+    the write side half-closed; nothing more is read, and the close waits a moment, because closing
+    with unread input sends a TCP RST that can destroy the GOAWAY before the client reads it (the
+    "lingering close" of RFC 9112 section 9.6).  CLOSED: nothing more is read or written.
+    """
+
+    OPEN = 0
+    DRAINING = 1
+    LINGERING = 2
+    CLOSED = 3
+
+
 class _Sender(FlowControl):
     """Hands DATA to libnghttp2 within the peer's flow-control windows and writes its output; both ends."""
 
@@ -80,12 +107,71 @@ class _Sender(FlowControl):
         FlowControl.__init__(self)  # every stream waiting for the socket to drain (transport.connection)
         self.conn: ngh2.Connection = None
         self.transport: asyncio.Transport | None = None  # set by connection_made
+        self.streams: dict = {}  # the open streams, by id; each end keeps its own kind
+        self.phase = Phase.OPEN
         self.window_waiters: dict[int, asyncio.Future] = {}
         self.stats: TcpStats | None = None
+        # phase >= LINGERING, kept as a plain attribute: the hot paths test it on every event
         self.closed = False
         self.flush_scheduled = False
         self.pending = 0  # DATA bytes handed to libnghttp2 since the last flush (not yet off its windows)
         self.loop = asyncio.get_running_loop()
+
+    def _enter(self, phase: Phase) -> None:
+        """The connection's phase changes here, and only here."""
+        self.phase = phase
+        self.closed = phase >= Phase.LINGERING
+
+    def data_received(self, data: bytes) -> None:
+        """One read, the same at both ends: libnghttp2 takes the bytes, the end handles the events they
+        made, its answers go out, then come the events libnghttp2 made while writing them."""
+        self.stats.read_bytes += len(data)
+        if self.closed:
+            return
+        conn = self.conn
+        try:
+            conn.receive_data(data)
+        except NGH2Error as exc:
+            self._receive_failed(exc)
+            return
+        events = conn.events()
+        self._on_events(events)
+        if self.closed:
+            return
+        self.flush()
+        if self.closed:
+            return
+        # Streams libnghttp2 closed while writing (a reset it sent for a malformed frame) report here.
+        late = conn.events()
+        if late:
+            self._on_events(late)
+            if self.closed:
+                return
+            self.flush()
+        self._read_done(bool(events or late))
+
+    def _receive_failed(self, exc: NGH2Error) -> None:
+        """libnghttp2 refused what the peer sent: the connection cannot go on."""
+        raise NotImplementedError
+
+    def _on_events(self, events: list) -> None:
+        """Handle the events of one read (each end its own)."""
+        raise NotImplementedError
+
+    def _read_done(self, heard: bool) -> None:
+        """After a read (*heard*: it made events): a draining connection may be done."""
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        """DRAINING ends with its last stream (RFC 9113 section 6.8): what is queued goes out, then close."""
+        if self.phase is Phase.DRAINING and not self.streams:
+            self.flush()
+            if not self.closed:
+                self._enter(Phase.CLOSED)
+                self.transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the peer's FIN ends the connection (HTTP/2 has no half-closed connections)
 
     def flush(self) -> None:
         conn = self.conn

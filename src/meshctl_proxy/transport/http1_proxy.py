@@ -261,7 +261,7 @@ class H1ServerConnection(_HeldWrites):
 
     # -- the request loop -----------------------------------------------------------
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
+        """The general path, a task for the connection's life: the queued requests, one at a time."""
         try:
             while True:
                 phase = self.phase
@@ -270,30 +270,43 @@ class H1ServerConnection(_HeldWrites):
                     if len(self.queue) == MAX_PIPELINED:
                         self.transport.resume_reading()
                     self.phase = EXCHANGING
-                    if not await self._exchange(loop, request, head):
-                        break
-                    if self.phase is not CLOSED:
-                        self.phase = IDLE
-                    continue
-                if phase is not EXCHANGING and phase is not RESPONDING and (not self.keep_alive or phase is not IDLE):
-                    break  # nothing in flight and nothing more to serve
-                self._wakeup = loop.create_future()  # a request, or the fast exchange in flight, to finish
-                await self._wakeup
-                self._wakeup = None
-            # Over: the last response (or the refusal, written when it was made) is out.
-            if self.phase is not CLOSED and self.phase is not TUNNELLED and self.phase is not DRAINING:
-                self.phase = DRAINING
-                if self.refusal is not None:
-                    self._close_lingering()
+                    if not self._exchange_over(await self._exchange(request, head)):
+                        return
+                elif phase is EXCHANGING or phase is RESPONDING or (phase is IDLE and self.keep_alive):
+                    self._wakeup = self.loop.create_future()  # a request, or the fast exchange in flight, to finish
+                    await self._wakeup
+                    self._wakeup = None
                 else:
-                    self._close()
+                    return  # closing, closed or tunnelled: nothing more to serve here
         except asyncio.CancelledError:
             pass
         except ConnectionError:
             if self.transport is not None:
                 self._abort()
 
-    async def _exchange(self, loop, request: Request, head: RequestHead) -> bool:
+    def _exchange_over(self, keep: bool) -> bool:
+        """The exchange in flight is over, its response written: IDLE again (True), else close (False).
+
+        Both paths end here.  *keep*: the response allows another request; a
+        drain, the client's EOF or a refusal meanwhile (``keep_alive``) leaves
+        only the requests already queued.  After a refusal the close lingers.
+        """
+        phase = self.phase
+        if phase is CLOSED or phase is TUNNELLED or phase is DRAINING:
+            return False
+        if keep and (self.keep_alive or self.queue):
+            self.phase = IDLE
+            return True
+        self.phase = DRAINING
+        if self.refusal is not None:
+            self._close_lingering()
+        else:
+            self._close()
+        return False
+
+    async def _exchange(self, request: Request, head: RequestHead) -> bool:
+        """One request on the general path (meshctl_proxy.transport.exchange), answered; keep-alive."""
+        loop = self.loop
         path = self.path
         # Outbound series are labelled by the endpoint's hop, known once the exchange has answered.
         stats = None if path.outbound else path.counted(request.authority)
@@ -465,14 +478,7 @@ class H1ServerConnection(_HeldWrites):
         self._fast_finished(self._after_response(request, keep))
 
     def _fast_finished(self, keep: bool) -> None:
-        if self.phase is CLOSED:
-            return
-        if not keep or (not self.keep_alive and not self.queue):
-            self.phase = DRAINING
-            self._close()
-            return
-        self.phase = IDLE
-        if self.queue:
+        if self._exchange_over(keep) and self.queue:
             self._wake()
 
     def _wake(self) -> None:

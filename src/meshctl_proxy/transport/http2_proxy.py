@@ -46,8 +46,8 @@ from meshctl_proxy.hooks import Watched
 from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
 from meshctl_proxy.transport.h2_connection import (CANCEL, CONNECTION_WINDOW, ENHANCE_YOUR_CALM, INTERNAL_ERROR,
                                                    MAX_HEADER_LIST_SIZE, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM,
-                                                   STREAM_WINDOW, StreamReset, UpstreamReset, _Sender, goaway_frame,
-                                                   without_goaway)
+                                                   STREAM_WINDOW, Phase, StreamReset, UpstreamReset, _Sender,
+                                                   goaway_frame, without_goaway)
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -104,8 +104,6 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.conn = ngh2.Connection(Role.SERVER, _SERVER_CONFIG)
         self.streams: dict[int, _ServerStream] = {}
         self.guard = FloodGuard()
-        self.draining = False
-        self.goaway_sent = False
         self.last_sid = 0  # the highest stream id the client opened (GOAWAY's last_stream_id)
         self.bodiless: list[_ServerStream] = []  # requests of this read, started once its events are in
         self._authority = (b"", "")  # the last :authority and its str: clients repeat it on every stream
@@ -133,23 +131,15 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self.stats.read_bytes -= len(data)
             self.data_received(data)
 
-    def data_received(self, data: bytes) -> None:
-        self.stats.read_bytes += len(data)
-        if self.closed:
-            return
-        conn = self.conn
-        try:
-            conn.receive_data(data)
-        except ngh2.DenialOfServiceError as exc:
+    def _receive_failed(self, exc: NGH2Error) -> None:
+        if isinstance(exc, ngh2.DenialOfServiceError):
             self.calm(str(exc))
-            return
-        except NGH2Error as exc:
+        else:
             self._protocol_error(exc)
-            return
+
+    def _on_events(self, events: list) -> None:
         on_event = self._on_event
-        heard = False
-        for ev in conn.events():
-            heard = True
+        for ev in events:
             t = type(ev)
             if t is RequestReceived:
                 self._on_request(ev)
@@ -159,16 +149,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                     return
         if self.bodiless:
             self._start_bodiless()
-        self.flush()
-        if self.closed:
-            return
-        # Streams libnghttp2 closed while writing (a reset it sent for a malformed DATA frame) report here.
-        for ev in conn.events():
-            heard = True
-            if type(ev) is not StreamClosed or ev.error_code:
-                on_event(ev)
-                if self.closed:
-                    return
+
+    def _read_done(self, heard: bool) -> None:
         # Bytes that made no event are a frame (a header block above all) still arriving: the
         # header-read timeout runs until one completes (class 5; HTTP/1's is in http1_proxy).
         if heard:
@@ -192,11 +174,12 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self._close_with(ENHANCE_YOUR_CALM, "more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS",
                              data=data)
             return
-        self.closed = True
+        failed = closed is not None and closed.error_code
+        self._enter(Phase.LINGERING if failed else Phase.CLOSED)
         if data:
             self._write(data)
         self._abort_streams()
-        if closed is not None and closed.error_code:
+        if failed:
             log.info("h2 client %s: connection error %d: %s", self.ctx.client_addr, closed.error_code,
                      closed.debug_data.decode("latin-1"))
             self._linger()
@@ -205,9 +188,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
 
     def _on_event(self, ev) -> None:
         t = type(ev)
-        if t is RequestReceived:
-            self._on_request(ev)
-        elif t is StreamClosed:
+        if t is StreamClosed:
             if ev.error_code:  # closed by libnghttp2 (a malformed frame) or after a reset: stop serving it
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
@@ -250,14 +231,14 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if reason:
                 self.calm(reason)
         elif t is GoAwayReceived:
-            self.draining = True  # the client said goodbye: finish what is open, then close
+            self._enter(Phase.DRAINING)  # the client said goodbye: finish what is open, then close
             self._maybe_close()
 
     def _on_request(self, ev) -> None:
         sid = ev.stream_id
         if sid > self.last_sid:
             self.last_sid = sid
-        if self.draining:
+        if self.phase is not Phase.OPEN:  # draining: RFC 9113 section 6.8 (processed: none of it)
             self.conn.reset_stream(sid, REFUSED_STREAM)
             return
         try:
@@ -378,7 +359,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if st.watched is not None:
                 self._watch_end(st, response)
             del self.streams[sid]
-            if self.draining:
+            if self.phase is Phase.DRAINING:
                 self._maybe_close()
         else:  # a body still to come, or beyond the peer's window: relay it in a task
             st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, response=response,
@@ -440,13 +421,12 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         # end the connection already) gives way to the one naming our reason.
         out = without_goaway(data) + goaway_frame(self.last_sid, code, reason.encode()[:200])
         self._write(out)
-        self.closed = True  # read nothing more from this client
+        self._enter(Phase.LINGERING)  # read nothing more from this client
         self._abort_streams()
         self._linger()
 
     def _linger(self) -> None:
-        # Half-close and linger briefly: closing with unread input would send a TCP RST,
-        # which can destroy the GOAWAY before the client reads it.
+        # Half-close and linger briefly (Phase.LINGERING).
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()
@@ -462,7 +442,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.bodiless.clear()
 
     def connection_lost(self, exc) -> None:
-        self.closed = True
+        self._enter(Phase.CLOSED)
         self.stats.closed += 1
         self.proxy.connections.discard(self)
         if self._head_timer is not None:
@@ -470,27 +450,15 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.fail_waiters(ConnectionResetError("client connection lost"))
         self._abort_streams()
 
-    def eof_received(self) -> bool:
-        return False
-
     def drain(self) -> None:
-        """Graceful shutdown: GOAWAY naming the last stream we accept, serve those, then close."""
-        if self.closed:
+        """Graceful shutdown (RFC 9113 section 6.8): GOAWAY naming the last stream we accept, serve those,
+        then close.  A connection already draining (the client's GOAWAY) just finishes."""
+        if self.phase is not Phase.OPEN:
             return
-        self.draining = True
-        if not self.goaway_sent:
-            self.goaway_sent = True
-            self.conn.send_goaway(NO_ERROR, last_stream_id=self.last_sid)
-            self.flush()
+        self._enter(Phase.DRAINING)
+        self.conn.send_goaway(NO_ERROR, last_stream_id=self.last_sid)
+        self.flush()
         self._maybe_close()
-
-    def _maybe_close(self) -> None:
-        if self.draining and not self.streams and not self.closed:
-            self.flush()
-            if not self.closed:
-                self.closed = True
-                self.transport.close()
-
 
     # -- one stream -------------------------------------------------------------------------
     def _respond_now(self, st: _ServerStream, response: Response) -> bool:
@@ -666,7 +634,6 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         self.stats = stats
         self.conn = ngh2.Connection(Role.CLIENT, _CLIENT_CONFIG)
         self.streams: dict[int, _ClientStream] = {}
-        self.goaway = False
         self.max_streams = 100  # the server's SETTINGS_MAX_CONCURRENT_STREAMS, as libnghttp2 assumes until it comes
         self.last_used = 0.0  # loop time the pool last handed it out (its idle timeout counts from there)
         self.answered: list[_ClientStream] = []
@@ -687,32 +654,14 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         conn.set_local_window_size(CONNECTION_WINDOW)
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
-        self.stats.read_bytes += len(data)
-        if self.closed:
-            return
-        conn = self.conn
-        try:
-            conn.receive_data(data)
-        except NGH2Error as exc:
-            log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
-            self.closed = self.goaway = True  # libnghttp2 will not be asked anything more
-            self.pool.forget(self)
-            self._lost(UpstreamReset(PROTOCOL_ERROR))
-            self.transport.abort()
-            return
-        self._dispatch(conn.events())
-        self.flush()
-        # Streams libnghttp2 reset while writing (a malformed response: it sends the RST_STREAM) report here.
-        events = conn.events()
-        if events and not self.closed:
-            self._dispatch(events)
-            self.flush()
-        if self.goaway and not self.streams and not self.closed:
-            self.closed = True
-            self.transport.close()
+    def _receive_failed(self, exc: NGH2Error) -> None:
+        log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
+        self._enter(Phase.CLOSED)  # libnghttp2 will not be asked anything more
+        self.pool.forget(self)
+        self._lost(UpstreamReset(PROTOCOL_ERROR))
+        self.transport.abort()
 
-    def _dispatch(self, events) -> None:
+    def _on_events(self, events: list) -> None:
         streams = self.streams
         for ev in events:
             t = type(ev)
@@ -757,7 +706,7 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
             elif t is GoAwayReceived:
                 # libnghttp2 closes the streams the server will not process (above last_stream_id)
                 # with REFUSED_STREAM: the exchange sends those again (once) on another connection.
-                self.goaway = True
+                self._enter(Phase.DRAINING)
                 self.pool.forget(self)
         if self.answered:
             answered, self.answered = self.answered, []
@@ -767,12 +716,11 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
     def _ended(self, data: bytes) -> None:
         if data:
             self._write(data)
-        if not self.goaway:
+        if self.phase is Phase.OPEN:
             # libnghttp2 ended the connection (a protocol error by the server): nothing more comes.
-            self.goaway = True
+            self._enter(Phase.CLOSED)
             self.pool.forget(self)
             self._lost(UpstreamReset(PROTOCOL_ERROR))
-            self.closed = True
             self.transport.close()
 
     def _on_closed(self, st: _ClientStream, ev) -> None:
@@ -829,14 +777,11 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 st.body_task.cancel()
 
     def connection_lost(self, exc) -> None:
-        self.closed = True
+        self._enter(Phase.CLOSED)
         self.stats.closed += 1
         self.pool.forget(self)
         self.fail_waiters(ConnectionResetError("upstream connection lost"))
         self._lost(ProxyError(502, "upstream connection lost"))
-
-    def eof_received(self) -> bool:
-        return False
 
     @staticmethod
     def _head(request: Request) -> list[tuple[bytes, bytes]]:
@@ -924,7 +869,7 @@ class H2Pool(EndpointPool):
     def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
         """A connection to *endpoint* with room for one more stream, if one is open."""
         for conn in self.conns.get(endpoint, ()):
-            if not conn.closed and not conn.goaway and len(conn.streams) < conn.max_streams:
+            if conn.phase is Phase.OPEN and len(conn.streams) < conn.max_streams:
                 conn.last_used = conn.loop.time()
                 return conn
         return None
