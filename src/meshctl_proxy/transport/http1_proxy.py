@@ -20,41 +20,30 @@ from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, Respons
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.hooks import Watched
+from meshctl_proxy.transport.connection import FlowControl
 from meshctl_proxy.transport.outbox import Outbox, outbox
 from meshctl_proxy.policy.router import EndpointPool
-from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
-from meshctl_proxy.transport.tcp import PipeEnd, splice
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
+from meshctl_proxy.transport.h1_request import RequestMaker
+from meshctl_proxy.transport.h1_response import close_lingering, stream_response, whole_response
+from meshctl_proxy.transport.h1_tunnel import Upgraded, start_tunnel
 
 log = logging.getLogger("meshctl_proxy.wire.http1")
 
 # Pipelined requests waiting behind the one in flight before we stop reading.
 MAX_PIPELINED = 16
-# After refusing a request whose client may still be sending: how long to keep reading (and dropping)
-# before the close, so the refusal is not destroyed by a reset (RFC 9112 section 9.6; nginx's lingering_close).
-LINGER_SECONDS = 2.0
 
 
 class UpstreamClosed(ProxyError):
-    """The upstream closed before answering; safe to retry on a fresh connection when the body is replayable."""
+    """The upstream closed before answering.  On a reused connection it had not begun with the request (a
+    keep-alive connection the server closed as it was reused), so it may be sent again (exchange.replayable)."""
 
-    def __init__(self, reason: str, *, before_response: bool) -> None:
+    def __init__(self, reason: str, *, unprocessed: bool) -> None:
         super().__init__(502, reason)
-        self.before_response = before_response
+        self.unprocessed = unprocessed
 
 
-class Upgraded:
-    """An upstream connection that switched protocols (101): the tunnel's far end."""
-
-    __slots__ = ("transport", "tail", "protocol_name", "stats")
-
-    def __init__(self, transport, tail: bytes, protocol_name: bytes, stats: TcpStats) -> None:
-        self.stats = stats
-        self.transport = transport
-        self.tail = tail
-        self.protocol_name = protocol_name
-
-
-class _HeldWrites(asyncio.Protocol):
+class _HeldWrites(FlowControl, asyncio.Protocol):
     """Both ends write through the loop's outbox (meshctl_proxy.transport.outbox): a pass's first write
     goes at once, the rest at the end of the pass.
 
@@ -79,17 +68,6 @@ class _HeldWrites(asyncio.Protocol):
         self.transport.abort()
 
 
-def _absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
-    """RFC 9112 section 3.2.2: ``http://host/path`` -> (authority, path); the target wins over Host."""
-    low = target[:8].lower()
-    for prefix in (b"http://", b"https://"):
-        if low.startswith(prefix):
-            rest = target[len(prefix):]
-            slash = rest.find(b"/")
-            return (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-    return None
-
-
 class Phase(enum.Enum):
     """Where a client connection is in its request cycle (h11 keeps the same in its connection states)."""
 
@@ -112,7 +90,7 @@ class H1ServerConnection(_HeldWrites):
     ``phase`` is where it is in the request cycle (:class:`Phase`);
     ``keep_alive`` turns False once no further request may start (a drain, the
     client's EOF, a refused request), and the connection closes when the
-    exchange in flight, if any, is over; ``broken`` is the refusal to answer.
+    exchange in flight, if any, is over; ``refusal`` is the error a refused request is answered with.
     """
 
     def __init__(self, runtime, ctx: ConnectionContext, stats: TcpStats) -> None:
@@ -122,23 +100,19 @@ class H1ServerConnection(_HeldWrites):
         self.path = path = RequestPath(runtime, ctx)
         self._watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
-        self._fast_retried = False
-        self._host_bytes: bytes | None = None  # the last request's Host, and as str
-        self._host = ""
         self.upstream = path.upstream
         marker = runtime.loop_markers[ctx.direction]
         self.reader = http1.RequestReader((marker,))
-        self._via = (b"via", marker.entry("http/1"))  # added to every request forwarded (wire.loop_marker)
+        self.requests = RequestMaker(ctx, (b"via", marker.entry("http/1")))  # the requests as forwarded
         self._head_timer: asyncio.TimerHandle | None = None  # runs while a request head is incomplete
         self.transport = None
         self.queue: list[tuple[Request, RequestHead]] = []
         self.current_body: Body | None = None
         self.tunnel_buf: list[bytes] | None = None  # client bytes after an Upgrade head, held until 101
-        self.broken: H1Error | None = None
+        self.refusal: H1Error | None = None
         self.phase = IDLE
         self.keep_alive = True
-        self.write_paused = False
-        self._drain_waiter: asyncio.Future | None = None
+        FlowControl.__init__(self)
         self._wakeup: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
         self.stream_task: asyncio.Task | None = None
@@ -163,7 +137,7 @@ class H1ServerConnection(_HeldWrites):
         if self.tunnel_buf is not None:
             self.tunnel_buf.append(data)
             return
-        if self.broken is not None:
+        if self.refusal is not None:
             return
         try:
             events = self.reader.feed(data)
@@ -179,7 +153,7 @@ class H1ServerConnection(_HeldWrites):
         headersTimeout), then close.  A client sending its head a byte at a time holds a connection
         and its buffers for as long as it likes otherwise."""
         self._head_timer = None
-        if self.phase is not CLOSED and self.broken is None and self.reader.head_incomplete():
+        if self.phase is not CLOSED and self.refusal is None and self.reader.head_incomplete():
             self._refuse(H1Error(408, "request head not received in time"))
 
     def _on_events(self, events: list) -> None:
@@ -201,12 +175,6 @@ class H1ServerConnection(_HeldWrites):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        target = head.target
-        authority = head.host
-        # Origin form ("/path") is the common case; only otherwise look for absolute form.
-        absolute = None if target[:1] == b"/" else _absolute_form(target)
-        if absolute is not None:
-            authority, target = absolute
         if head.chunked or head.content_length:
             t = self.transport
             body = Body(head.content_length, pause=t.pause_reading, resume=t.resume_reading)
@@ -214,21 +182,7 @@ class H1ServerConnection(_HeldWrites):
         else:
             body = EMPTY
             self.current_body = None
-        headers = head.headers
-        if absolute is not None:
-            headers = [(k, authority if k.lower() == b"host" else v) for k, v in headers]
-            if head.host is None:
-                headers.append((b"host", authority))
-        elif head.host is None and self.ctx.orig_dst is not None:
-            # An HTTP/1.0 request without Host goes upstream as HTTP/1.1, which must carry one
-            # (RFC 9112 section 3.2): the address it was sent to, as hyper takes it from the URI.
-            headers.append((b"host", self.ctx.target_addr.encode()))
-        headers.append(self._via)
-        if authority != self._host_bytes:  # the same Host as the last request: reuse its str
-            self._host_bytes = authority
-            self._host = (authority or b"").decode("latin-1")
-        request = Request(head.method, target, self._host, headers, body, b"http", "http/1", self.ctx, None,
-                          head.upgrade)
+        request = self.requests.request(head, body)
         if head.expect_continue:
             request.interim = self._interim
         if (body is EMPTY and head.upgrade is None and self.phase is IDLE and not self.queue
@@ -242,7 +196,7 @@ class H1ServerConnection(_HeldWrites):
 
     def _refuse(self, exc: H1Error) -> None:
         """A request we will not forward: 400/431/501/505, then close (RFC 9112 section 9.6)."""
-        self.broken = exc
+        self.refusal = exc
         self.keep_alive = False
         if self.current_body is not None:
             self.current_body.abort(BodyError(exc.reason))
@@ -258,28 +212,14 @@ class H1ServerConnection(_HeldWrites):
             waiter.set_result(None)
 
     def _close_lingering(self) -> None:
-        """Close after a refusal: half-close now, read and drop what still comes, close at EOF or
-        after LINGER_SECONDS.  Closed at once, a socket with unread input answers with a reset that
-        can destroy the refusal before the client reads it (RFC 9112 section 9.6)."""
+        """Close after a refusal, lingering (h1_response.close_lingering): what still comes is dropped."""
         self._outbox.flush()
-        transport = self.transport
-        if transport.is_closing():
-            return
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        transport.write_eof()
-        transport.resume_reading()
-        self.loop.call_later(LINGER_SECONDS, self._linger_over)
-
-    def _linger_over(self) -> None:
-        if self.phase is not CLOSED and not self.transport.is_closing():
-            self.transport.close()
+        close_lingering(self.transport, self.loop)
 
     def eof_received(self) -> bool:
         if self.tunnel_buf is not None:
             return True
-        if self.broken is not None:  # lingering after a refusal: the client is done too
+        if self.refusal is not None:  # lingering after a refusal: the client is done too
             self.transport.close()
             return True
         if self.current_body is not None:
@@ -304,22 +244,8 @@ class H1ServerConnection(_HeldWrites):
         for task in (self.task, self.stream_task):
             if task is not None and not task.done():
                 task.cancel()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ConnectionResetError("client disconnected"))
+        self.fail_drain_waiters(ConnectionResetError("client disconnected"))
         self._watch_end(None, error="client disconnected")
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-
-    async def _drain(self) -> None:
-        if self.write_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
 
     def _interim(self, status: int, headers) -> None:
         """Relay 100 Continue (RFC 9110 section 15.2) while the final response is pending."""
@@ -335,7 +261,7 @@ class H1ServerConnection(_HeldWrites):
 
     # -- the request loop -----------------------------------------------------------
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
+        """The general path, a task for the connection's life: the queued requests, one at a time."""
         try:
             while True:
                 phase = self.phase
@@ -344,30 +270,43 @@ class H1ServerConnection(_HeldWrites):
                     if len(self.queue) == MAX_PIPELINED:
                         self.transport.resume_reading()
                     self.phase = EXCHANGING
-                    if not await self._exchange(loop, request, head):
-                        break
-                    if self.phase is not CLOSED:
-                        self.phase = IDLE
-                    continue
-                if phase is not EXCHANGING and phase is not RESPONDING and (not self.keep_alive or phase is not IDLE):
-                    break  # nothing in flight and nothing more to serve
-                self._wakeup = loop.create_future()  # a request, or the fast exchange in flight, to finish
-                await self._wakeup
-                self._wakeup = None
-            # Over: the last response (or the refusal, written when it was made) is out.
-            if self.phase is not CLOSED and self.phase is not TUNNELLED and self.phase is not DRAINING:
-                self.phase = DRAINING
-                if self.broken is not None:
-                    self._close_lingering()
+                    if not self._exchange_over(await self._exchange(request, head)):
+                        return
+                elif phase is EXCHANGING or phase is RESPONDING or (phase is IDLE and self.keep_alive):
+                    self._wakeup = self.loop.create_future()  # a request, or the fast exchange in flight, to finish
+                    await self._wakeup
+                    self._wakeup = None
                 else:
-                    self._close()
+                    return  # closing, closed or tunnelled: nothing more to serve here
         except asyncio.CancelledError:
             pass
         except ConnectionError:
             if self.transport is not None:
                 self._abort()
 
-    async def _exchange(self, loop, request: Request, head: RequestHead) -> bool:
+    def _exchange_over(self, keep: bool) -> bool:
+        """The exchange in flight is over, its response written: IDLE again (True), else close (False).
+
+        Both paths end here.  *keep*: the response allows another request; a
+        drain, the client's EOF or a refusal meanwhile (``keep_alive``) leaves
+        only the requests already queued.  After a refusal the close lingers.
+        """
+        phase = self.phase
+        if phase is CLOSED or phase is TUNNELLED or phase is DRAINING:
+            return False
+        if keep and (self.keep_alive or self.queue):
+            self.phase = IDLE
+            return True
+        self.phase = DRAINING
+        if self.refusal is not None:
+            self._close_lingering()
+        else:
+            self._close()
+        return False
+
+    async def _exchange(self, request: Request, head: RequestHead) -> bool:
+        """One request on the general path (meshctl_proxy.transport.exchange), answered; keep-alive."""
+        loop = self.loop
         path = self.path
         # Outbound series are labelled by the endpoint's hop, known once the exchange has answered.
         stats = None if path.outbound else path.counted(request.authority)
@@ -377,13 +316,13 @@ class H1ServerConnection(_HeldWrites):
             response = await exchange.run()
         except BodyError:
             self._watched = exchange.watched
-            if self.broken is not None:
+            if self.refusal is not None:
                 if stats is None:
                     stats = path.counted(request.authority)
-                stats.response(self.broken.status, "failure", (loop.time() - start) * 1000)
+                stats.response(self.refusal.status, "failure", (loop.time() - start) * 1000)
                 self.phase = RESPONDING
-                self._write(http1.error_response(self.broken.status, self.broken.reason))
-                self._watch_end(None, error=self.broken.reason, status=self.broken.status)
+                self._write(http1.error_response(self.refusal.status, self.refusal.reason))
+                self._watch_end(None, error=self.refusal.reason, status=self.refusal.status)
                 return False
             response = ProxyError(502, "request body failed").response()
         self._watched = exchange.watched
@@ -399,9 +338,9 @@ class H1ServerConnection(_HeldWrites):
             self._start_tunnel(response)
             return False
 
-        keep = self._respond_now(request, head, response, stats, latency_ms)
+        keep = self._respond_now(head, response, stats, latency_ms)
         if keep is None:
-            keep = await self._respond_streaming(request, head, response, stats, latency_ms)
+            keep = await self._respond_streaming(head, response, stats, latency_ms)
         return self._after_response(request, keep)
 
     def _watch_end(self, response: Response | None, *, error: str | None = None, status: int | None = None) -> None:
@@ -412,74 +351,24 @@ class H1ServerConnection(_HeldWrites):
         self._watched = None
         end_watch(watched, self.loop.time(), response, error, status)
 
-    def _framing(self, head: RequestHead, response: Response) -> tuple[bool, bool, bool]:
-        """(keep-alive, no body, chunked) for this response to this client."""
-        keep = head.keep_alive and head.version == b"1.1" and self.keep_alive
-        status = response.status
-        no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
-        chunked = False
-        if not no_body and response.body.length is None:
-            if head.version == b"1.1":
-                chunked = True
-            else:
-                keep = False  # HTTP/1.0 client: the body ends when we close
-        return keep, no_body, chunked
-
-    def _respond_now(self, request: Request, head: RequestHead, response: Response, stats,
-                     latency_ms: float) -> bool | None:
-        """Write the whole response in one write when its body is already here; None when it must stream.
-
-        One write per response matters: each write is a syscall, the largest single
-        cost per request on loopback.
-        """
-        keep, no_body, chunked = self._framing(head, response)
-        body = response.body
-        out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
-                                  close=not keep)
-        if not no_body:
-            if not body.complete:
-                return None
-            data = body.read_nowait()
-            if data:
-                out += http1.chunk(data) if chunked else data
-            if chunked:
-                out += http1.last_chunk(body.trailers)
+    def _respond_now(self, head: RequestHead, response: Response, stats, latency_ms: float) -> bool | None:
+        """Write the whole response in one write when its body is already here (keep-alive); None when it
+        must stream."""
+        whole = whole_response(head, response, self.keep_alive)
+        if whole is None:
+            return None
+        out, keep = whole
         self._write(out)
         stats.record(response, latency_ms)
         if self._watched is not None:
             self._watch_end(response)
         return keep
 
-    async def _respond_streaming(self, request: Request, head: RequestHead, response: Response, stats,
-                                 latency_ms: float) -> bool:
-        keep, no_body, chunked = self._framing(head, response)
-        body = response.body
+    async def _respond_streaming(self, head: RequestHead, response: Response, stats, latency_ms: float) -> bool:
         if self._watched is not None:
             self._watched.response(response.status, self.loop.time())
         try:
-            out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
-                                      close=not keep)
-            while True:
-                data = body.read_nowait()
-                if data is None:
-                    if out:
-                        self._write(out)
-                        out = b""
-                    if self.write_paused:
-                        await self._drain()
-                    data = await body.read()
-                if not data:
-                    break
-                out += http1.chunk(data) if chunked else data
-                if len(out) >= 65536:
-                    self._write(out)
-                    out = b""
-                    if self.write_paused:
-                        await self._drain()
-            if chunked:
-                out += http1.last_chunk(body.trailers)
-            if out:
-                self._write(out)
+            keep = await stream_response(self, head, response, self.keep_alive)
         except BodyError:
             # The upstream failed mid-body: HTTP/1 can only say so by cutting the connection.
             stats.response(response.status, "failure", latency_ms)
@@ -510,9 +399,8 @@ class H1ServerConnection(_HeldWrites):
         shortcut, meshctl_proxy.transport.exchange) and the request has no
         body.  It saves two event-loop passes and a coroutine per request
         (docs/performance.md).  Once the shortcut is taken, the exchange stays
-        here: a stale pooled connection is retried once on a fresh one (a
-        bodiless request may be, RFC 9112 section 9.3.1), a connect failure is
-        answered with its 502/504.
+        here, answering a connect failure with its 502/504; a stale pooled
+        connection (exchange.replayable) goes to the exchange's one retry.
         """
         path = self.path
         endpoint = path.take_shortcut(request)
@@ -524,7 +412,6 @@ class H1ServerConnection(_HeldWrites):
         stats = path.counted(request.authority, endpoint)
         # One fast exchange at a time per client connection (EXCHANGING): its state lives here.
         self._fast = (request, head, stats, start, endpoint)
-        self._fast_retried = False
         if path.hooks.observers:
             try:
                 self._watched = path.announce(request, endpoint, start)
@@ -545,9 +432,8 @@ class H1ServerConnection(_HeldWrites):
         if self.phase is CLOSED:
             return
         if exc is not None:
-            if isinstance(exc, UpstreamClosed) and exc.before_response and not self._fast_retried:
-                self._fast_retried = True  # the pooled connection had been closed by the server
-                self.stream_task = self.loop.create_task(self._fast_connect())
+            if replayable(request, exc):  # the pooled connection had been closed by the server
+                self.stream_task = self.loop.create_task(self._fast_resend())
                 return
             response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
         if self.path.observes:
@@ -566,9 +452,18 @@ class H1ServerConnection(_HeldWrites):
             return
         conn.start_exchange(request, self._fast_done)
 
+    async def _fast_resend(self) -> None:
+        request, head, stats, start, endpoint = self._fast
+        exchange = Exchange(self.path, request, start, watched=self._watched, announced=True)
+        response = await exchange.run(endpoint, resend=True)
+        if self.phase is CLOSED:
+            response.body.discard()
+            return
+        self._fast_answer(request, head, response, stats, self.loop.time() - start)
+
     def _fast_answer(self, request: Request, head: RequestHead, response: Response, stats, latency: float) -> None:
         self.phase = RESPONDING
-        keep = self._respond_now(request, head, response, stats, latency * 1000)
+        keep = self._respond_now(head, response, stats, latency * 1000)
         if keep is None:
             self.stream_task = self.loop.create_task(
                 self._finish_streaming(request, head, response, stats, latency * 1000))
@@ -577,20 +472,13 @@ class H1ServerConnection(_HeldWrites):
 
     async def _finish_streaming(self, request, head, response, stats, latency_ms) -> None:
         try:
-            keep = await self._respond_streaming(request, head, response, stats, latency_ms)
+            keep = await self._respond_streaming(head, response, stats, latency_ms)
         except ConnectionError:
             keep = False
         self._fast_finished(self._after_response(request, keep))
 
     def _fast_finished(self, keep: bool) -> None:
-        if self.phase is CLOSED:
-            return
-        if not keep or (not self.keep_alive and not self.queue):
-            self.phase = DRAINING
-            self._close()
-            return
-        self.phase = IDLE
-        if self.queue:
+        if self._exchange_over(keep) and self.queue:
             self._wake()
 
     def _wake(self) -> None:
@@ -599,26 +487,20 @@ class H1ServerConnection(_HeldWrites):
             waiter.set_result(None)
 
     def _start_tunnel(self, response: Response) -> None:
-        """101 Switching Protocols: from now on both connections are an opaque pipe."""
+        """101 Switching Protocols: from now on both connections are an opaque pipe (h1_tunnel)."""
         upgraded = response.upgraded
         assert isinstance(upgraded, Upgraded)
         self.phase = TUNNELLED
         headers = response.headers + [(b"connection", b"upgrade"), (b"upgrade", upgraded.protocol_name)]
         self._write(http1.response_head(101, response.reason, headers))
-        down = PipeEnd(self.stats)
-        up = PipeEnd(upgraded.stats)
         self.rt.connections.discard(self)
         pending = b"".join(self.tunnel_buf or [])
         self.tunnel_buf = None
         self._outbox.flush()  # the 101 goes before anything the tunnel writes
-        self.transport.set_protocol(down)
-        down.connection_made(self.transport)
-        upgraded.transport.set_protocol(up)
-        up.connection_made(upgraded.transport)
-        down.on_closed = lambda: setattr(self, "phase", CLOSED)
-        splice(down, up, to_up=pending, to_down=upgraded.tail)
-        upgraded.transport.resume_reading()
-        self.transport.resume_reading()
+        start_tunnel(self.transport, self.stats, upgraded, pending, on_closed=self._tunnel_closed)
+
+    def _tunnel_closed(self) -> None:
+        self.phase = CLOSED
 
 
 class H1ClientConnection(_HeldWrites):
@@ -639,9 +521,8 @@ class H1ClientConnection(_HeldWrites):
         self.close_delimited = False
         self.request_done = True
         self.response_done = True
-        self.write_paused = False
+        FlowControl.__init__(self)
         self._waiter: asyncio.Future | None = None
-        self._drain_waiter: asyncio.Future | None = None
         self.body_task: asyncio.Task | None = None
         self._callback = None  # fast path: called with the response instead of resolving a future
         self.reused = False
@@ -753,29 +634,21 @@ class H1ClientConnection(_HeldWrites):
         self.stats.closed += 1
         self.pool.forget(self)
         if self._callback is not None and self.response is None:
-            self._fire(None, UpstreamClosed("upstream closed the connection before responding", before_response=True))
+            self._fire(None, UpstreamClosed("upstream closed the connection before responding",
+                                            unprocessed=self.reused))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamClosed("upstream closed the connection before responding",
-                                                before_response=True))
+                                                unprocessed=self.reused))
         if self.body is not None and not self.response_done:
             if self.close_delimited and exc is None:
                 self.body.finish()  # RFC 9112 section 6.3: the body ends when the server closes
             else:
                 self.body.abort(BodyError("upstream closed mid-body"))
             self.response_done = True
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ConnectionResetError("upstream closed"))
+        self.fail_drain_waiters(ConnectionResetError("upstream closed"))
         if self.body_task is not None and not self.body_task.done():
             self.body_task.cancel()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
 
     def start_exchange(self, request: Request, callback) -> None:
         """Send *request*; ``callback(response, None)`` once its head (and any body already read) is in,
@@ -849,8 +722,7 @@ class H1ClientConnection(_HeldWrites):
                     break
                 self._write(http1.chunk(data) if chunked else data)
                 if self.write_paused:
-                    self._drain_waiter = asyncio.get_running_loop().create_future()
-                    await self._drain_waiter
+                    await self.drained()
             if chunked:
                 self._write(http1.last_chunk(body.trailers))
             self.request_done = True
@@ -897,15 +769,9 @@ class H1Pool(EndpointPool):
     async def connect(self, endpoint: Endpoint, authority: str | None) -> H1ClientConnection:
         return await self.dial(endpoint, authority, H1ClientConnection, alpn=["http/1.1"])
 
-    async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        while (conn := self.take_idle(endpoint)) is not None:
-            try:
-                return await conn.exchange(request)
-            except UpstreamClosed as exc:
-                # A kept-alive connection the server closed as we reused it (RFC 9112
-                # section 9.3.1 allows retrying when nothing was sent back and the request
-                # can be replayed).
-                if not (exc.before_response and request.body is EMPTY):
-                    raise
-        conn = await self.connect(endpoint, request.authority)
+    async def send(self, request: Request, endpoint: Endpoint, *, fresh: bool = False) -> Response:
+        """One attempt: on an idle connection, else (or when *fresh*: the retry after a stale one) a new one."""
+        conn = None if fresh else self.take_idle(endpoint)
+        if conn is None:
+            conn = await self.connect(endpoint, request.authority)
         return await conn.exchange(request)

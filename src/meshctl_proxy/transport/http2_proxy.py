@@ -7,16 +7,13 @@ trailers end to end), multiplexed over one connection per endpoint.  It
 replaced the pure-Python h2 + hpack + hyperframe stack, which cost ~115 us of
 CPU per proxied request by itself against ~5 us here (docs/performance.md).
 
-Flow control holds end to end: libnghttp2's automatic WINDOW_UPDATEs are off,
-DATA from one side is acknowledged only when the other side has taken it
-(``Body(on_consumed=...)``), and we hand libnghttp2 only what fits the peer's
-windows, waiting for its WINDOW_UPDATE otherwise (RFC 9113 section 5.2), so
-the proxy never reads ahead of the slower side.
+Flow control and writes, shared by both ends, are in
+meshctl_proxy.transport.h2_connection.
 
 Resets travel both ways with their error code (a client's RST_STREAM cancels
 the upstream stream; an upstream reset resets the client's stream).  A GOAWAY
 from upstream refuses the streams it did not process (libnghttp2 closes them
-with REFUSED_STREAM, which the pool retries once); a graceful drain sends
+with REFUSED_STREAM, which the exchange sends again once, exchange.replayable); a graceful drain sends
 GOAWAY with the last stream id and serves the streams already open.
 
 Abuse is answered with GOAWAY(ENHANCE_YOUR_CALM) and a close
@@ -46,23 +43,14 @@ from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.hooks import Watched
-from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
+from meshctl_proxy.transport.h2_connection import (CANCEL, CONNECTION_WINDOW, ENHANCE_YOUR_CALM, INTERNAL_ERROR,
+                                                   MAX_HEADER_LIST_SIZE, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM,
+                                                   STREAM_WINDOW, Phase, StreamReset, UpstreamReset, _Sender,
+                                                   goaway_frame, without_goaway)
 
 log = logging.getLogger("meshctl_proxy.http2")
 
-MAX_HEADER_LIST_SIZE = 64 * 1024  # as the HTTP/1 head limit
-# Receive windows: what one stream, and the whole connection, may have in flight
-# towards us (the RFC's 64 KiB default caps a stream at 64 KiB per round trip).
-STREAM_WINDOW = 256 * 1024
-CONNECTION_WINDOW = 1 << 20
-
-# RFC 9113 section 7 error codes, as plain ints (the hot paths compare them).
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-ENHANCE_YOUR_CALM = 0xB
 _MAX_CONCURRENT_STREAMS = int(ngh2.Setting.MAX_CONCURRENT_STREAMS)
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
 SMALL_BODY = 16 * 1024  # see H2ServerConnection._respond_now
@@ -76,192 +64,6 @@ _SERVER_CONFIG = ngh2.Configuration(
     stream_reset_rate_limit=(10 * MAX_RESETS_PER_SECOND, 2 * MAX_RESETS_PER_SECOND),
 )
 _CLIENT_CONFIG = ngh2.Configuration(auto_window_update=False, max_inbound_header_list_size=MAX_HEADER_LIST_SIZE)
-
-
-class StreamReset(BodyError):
-    """A stream was reset by one side; ``code`` is carried to the other side."""
-
-    def __init__(self, code: int, reason: str = "stream reset") -> None:
-        super().__init__(f"{reason} (error code {int(code)})")
-        self.code = code
-
-
-class UpstreamReset(ProxyError):
-    """The upstream reset the stream before responding: HTTP/2 clients see the reset itself."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(502, f"upstream reset the stream (error code {code})")
-        self.code = code
-
-
-def goaway_frame(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
-    """A GOAWAY frame (RFC 9113 section 6.8), for the closes the proxy writes itself."""
-    payload = (last_stream_id & 0x7FFFFFFF).to_bytes(4, "big") + int(code).to_bytes(4, "big") + debug
-    return len(payload).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00" + payload
-
-
-def without_goaway(data: bytes) -> bytes:
-    """*data* (whole frames from libnghttp2) less its GOAWAY frames: the proxy sends its own in their place."""
-    out, pos, n = [], 0, len(data)
-    while pos + 9 <= n:
-        end = pos + 9 + int.from_bytes(data[pos:pos + 3], "big")
-        if data[pos + 3] != 0x07:
-            out.append(data[pos:end])
-        pos = end
-    return b"".join(out)
-
-
-class _Sender:
-    """Hands DATA to libnghttp2 within the peer's flow-control windows and writes its output; both ends."""
-
-    def __init__(self) -> None:
-        self.conn: ngh2.Connection = None
-        self.transport: asyncio.Transport | None = None  # set by connection_made
-        self.window_waiters: dict[int, asyncio.Future] = {}
-        self.write_paused = False
-        # Every stream whose sender waits for the socket to drain has its own future here, and
-        # resume_writing() wakes them all: one slot, as before, kept only the last waiter and the
-        # others stopped mid-body for good (issue 13, class 11).
-        self.drain_waiters: list[asyncio.Future] = []
-        self.stats: TcpStats | None = None
-        self.closed = False
-        self.flush_scheduled = False
-        self.pending = 0  # DATA bytes handed to libnghttp2 since the last flush (not yet off its windows)
-        self.loop = asyncio.get_running_loop()
-
-    def flush(self) -> None:
-        conn = self.conn
-        data = conn.data_to_send()
-        self.pending = 0
-        if self.closed:
-            return
-        if not conn.want_read:
-            self._ended(data)
-        elif data:
-            self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        self.stats.write_bytes += len(data)
-        self.transport.write(data)
-
-    def _ended(self, data: bytes) -> None:
-        """libnghttp2 wants nothing more from the peer: a drain completed or it ended the connection.
-        *data* is its last output; each end says what follows."""
-        raise NotImplementedError
-
-    def flush_soon(self) -> None:
-        """Write what libnghttp2 has queued at the end of this loop pass: streams answered together
-        share one write (a syscall per frame was the largest cost per request)."""
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self._scheduled_flush)
-
-    def _scheduled_flush(self) -> None:
-        self.flush_scheduled = False
-        if not self.closed:
-            self.flush()
-
-    def window(self, stream_id: int) -> int:
-        """How many more DATA bytes the peer's windows take on *stream_id* now."""
-        conn = self.conn
-        return min(conn.stream_remote_window_size(stream_id) - conn.queued_body_size(stream_id),
-                   conn.remote_window_size - self.pending)
-
-    def wake_windows(self, stream_id: int) -> None:
-        if stream_id == 0:
-            waiters, self.window_waiters = self.window_waiters, {}
-            for fut in waiters.values():
-                if not fut.done():
-                    fut.set_result(None)
-        else:
-            fut = self.window_waiters.pop(stream_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-
-    def fail_waiters(self, exc: BaseException) -> None:
-        waiters, self.window_waiters = self.window_waiters, {}
-        for fut in waiters.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        drains, self.drain_waiters = self.drain_waiters, []
-        for fut in drains:
-            if not fut.done():
-                fut.set_exception(exc)
-
-    async def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
-        """Send *data* within the peer's windows; END_STREAM goes on its last frame.
-
-        libnghttp2 would queue past the windows by itself; holding the rest here
-        instead is what keeps the proxy from reading the other side ahead of this peer.
-        """
-        conn = self.conn
-        view = memoryview(data)
-        while view:
-            if self.closed:
-                raise ConnectionResetError("connection closed")
-            window = self.window(stream_id)
-            if window <= 0:
-                fut = self.window_waiters[stream_id] = self.loop.create_future()
-                await fut
-                continue
-            n = min(window, len(view))
-            conn.send_data(stream_id, data if n == len(data) else bytes(view[:n]),
-                           end_stream=end_stream and n == len(view))
-            self.pending += n
-            view = view[n:]
-            self.flush_soon()
-            if self.write_paused:
-                await self._drained()
-
-    async def send_body(self, stream_id: int, body: Body) -> None:
-        """Relay *body* and end the stream: END_STREAM rides on the last DATA frame when no
-        trailers follow (one frame fewer than an empty DATA frame after it)."""
-        while data := await body.read():
-            last = body.done and body.complete and not body.trailers
-            await self.send_data(stream_id, data, end_stream=last)
-            if last:
-                return
-        self.end_body(stream_id, body)
-
-    def end_body(self, stream_id: int, body: Body) -> None:
-        """End a stream whose body has been sent: with its trailers, or an empty END_STREAM."""
-        if body.trailers:
-            self.conn.send_trailers(stream_id, h2_fields(body.trailers))
-        else:
-            self.conn.end_stream(stream_id)
-        self.flush_soon()
-
-    def ack(self, stream_id: int, n: int) -> None:
-        """Return flow-control credit for *n* bytes the other side has taken."""
-        if self.closed or not n:
-            return
-        try:
-            self.conn.acknowledge_received_data(n, stream_id)
-        except (NGH2Error, ValueError):  # ValueError: more than libnghttp2 holds unacknowledged
-            return
-        if not self.flush_scheduled:
-            self.flush_soon()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        drains, self.drain_waiters = self.drain_waiters, []
-        for fut in drains:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _drained(self) -> None:
-        """Wait until the transport takes writes again (resume_writing), alongside any other stream."""
-        fut = self.loop.create_future()
-        self.drain_waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut in self.drain_waiters:  # this stream is gone: its slot must not outlive it
-                self.drain_waiters.remove(fut)
-            raise
 
 
 class _ServerStream:
@@ -302,8 +104,6 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.conn = ngh2.Connection(Role.SERVER, _SERVER_CONFIG)
         self.streams: dict[int, _ServerStream] = {}
         self.guard = FloodGuard()
-        self.draining = False
-        self.goaway_sent = False
         self.last_sid = 0  # the highest stream id the client opened (GOAWAY's last_stream_id)
         self.bodiless: list[_ServerStream] = []  # requests of this read, started once its events are in
         self._authority = (b"", "")  # the last :authority and its str: clients repeat it on every stream
@@ -331,23 +131,15 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self.stats.read_bytes -= len(data)
             self.data_received(data)
 
-    def data_received(self, data: bytes) -> None:
-        self.stats.read_bytes += len(data)
-        if self.closed:
-            return
-        conn = self.conn
-        try:
-            conn.receive_data(data)
-        except ngh2.DenialOfServiceError as exc:
+    def _receive_failed(self, exc: NGH2Error) -> None:
+        if isinstance(exc, ngh2.DenialOfServiceError):
             self.calm(str(exc))
-            return
-        except NGH2Error as exc:
+        else:
             self._protocol_error(exc)
-            return
+
+    def _on_events(self, events: list) -> None:
         on_event = self._on_event
-        heard = False
-        for ev in conn.events():
-            heard = True
+        for ev in events:
             t = type(ev)
             if t is RequestReceived:
                 self._on_request(ev)
@@ -357,16 +149,8 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                     return
         if self.bodiless:
             self._start_bodiless()
-        self.flush()
-        if self.closed:
-            return
-        # Streams libnghttp2 closed while writing (a reset it sent for a malformed DATA frame) report here.
-        for ev in conn.events():
-            heard = True
-            if type(ev) is not StreamClosed or ev.error_code:
-                on_event(ev)
-                if self.closed:
-                    return
+
+    def _read_done(self, heard: bool) -> None:
         # Bytes that made no event are a frame (a header block above all) still arriving: the
         # header-read timeout runs until one completes (class 5; HTTP/1's is in http1_proxy).
         if heard:
@@ -390,11 +174,12 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             self._close_with(ENHANCE_YOUR_CALM, "more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS",
                              data=data)
             return
-        self.closed = True
+        failed = closed is not None and closed.error_code
+        self._enter(Phase.LINGERING if failed else Phase.CLOSED)
         if data:
             self._write(data)
         self._abort_streams()
-        if closed is not None and closed.error_code:
+        if failed:
             log.info("h2 client %s: connection error %d: %s", self.ctx.client_addr, closed.error_code,
                      closed.debug_data.decode("latin-1"))
             self._linger()
@@ -403,9 +188,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
 
     def _on_event(self, ev) -> None:
         t = type(ev)
-        if t is RequestReceived:
-            self._on_request(ev)
-        elif t is StreamClosed:
+        if t is StreamClosed:
             if ev.error_code:  # closed by libnghttp2 (a malformed frame) or after a reset: stop serving it
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
@@ -448,14 +231,14 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if reason:
                 self.calm(reason)
         elif t is GoAwayReceived:
-            self.draining = True  # the client said goodbye: finish what is open, then close
+            self._enter(Phase.DRAINING)  # the client said goodbye: finish what is open, then close
             self._maybe_close()
 
     def _on_request(self, ev) -> None:
         sid = ev.stream_id
         if sid > self.last_sid:
             self.last_sid = sid
-        if self.draining:
+        if self.phase is not Phase.OPEN:  # draining: RFC 9113 section 6.8 (processed: none of it)
             self.conn.reset_stream(sid, REFUSED_STREAM)
             return
         try:
@@ -535,10 +318,11 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
                      exc: Exception | None) -> None:
         st.upstream = None
         latency = self.loop.time() - start
-        if isinstance(exc, UpstreamReset) and exc.code == REFUSED_STREAM:
-            # Nothing was processed (RFC 9113 section 8.7): the general path sends it again, once.
+        if exc is not None and replayable(st.request, exc):
+            # Nothing was processed: the general path sends it again, once (the exchange's retry).
             if not self.closed and st.id in self.streams:
-                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint))
+                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint,
+                                                                   resend=True))
             return
         if self.path.observes:
             self.path.observe(endpoint, response, exc, latency)
@@ -575,7 +359,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if st.watched is not None:
                 self._watch_end(st, response)
             del self.streams[sid]
-            if self.draining:
+            if self.phase is Phase.DRAINING:
                 self._maybe_close()
         else:  # a body still to come, or beyond the peer's window: relay it in a task
             st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, response=response,
@@ -637,13 +421,12 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         # end the connection already) gives way to the one naming our reason.
         out = without_goaway(data) + goaway_frame(self.last_sid, code, reason.encode()[:200])
         self._write(out)
-        self.closed = True  # read nothing more from this client
+        self._enter(Phase.LINGERING)  # read nothing more from this client
         self._abort_streams()
         self._linger()
 
     def _linger(self) -> None:
-        # Half-close and linger briefly: closing with unread input would send a TCP RST,
-        # which can destroy the GOAWAY before the client reads it.
+        # Half-close and linger briefly (Phase.LINGERING).
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()
@@ -659,7 +442,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.bodiless.clear()
 
     def connection_lost(self, exc) -> None:
-        self.closed = True
+        self._enter(Phase.CLOSED)
         self.stats.closed += 1
         self.proxy.connections.discard(self)
         if self._head_timer is not None:
@@ -667,27 +450,15 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         self.fail_waiters(ConnectionResetError("client connection lost"))
         self._abort_streams()
 
-    def eof_received(self) -> bool:
-        return False
-
     def drain(self) -> None:
-        """Graceful shutdown: GOAWAY naming the last stream we accept, serve those, then close."""
-        if self.closed:
+        """Graceful shutdown (RFC 9113 section 6.8): GOAWAY naming the last stream we accept, serve those,
+        then close.  A connection already draining (the client's GOAWAY) just finishes."""
+        if self.phase is not Phase.OPEN:
             return
-        self.draining = True
-        if not self.goaway_sent:
-            self.goaway_sent = True
-            self.conn.send_goaway(NO_ERROR, last_stream_id=self.last_sid)
-            self.flush()
+        self._enter(Phase.DRAINING)
+        self.conn.send_goaway(NO_ERROR, last_stream_id=self.last_sid)
+        self.flush()
         self._maybe_close()
-
-    def _maybe_close(self) -> None:
-        if self.draining and not self.streams and not self.closed:
-            self.flush()
-            if not self.closed:
-                self.closed = True
-                self.transport.close()
-
 
     # -- one stream -------------------------------------------------------------------------
     def _respond_now(self, st: _ServerStream, response: Response) -> bool:
@@ -723,12 +494,12 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
         return True
 
     async def _serve_stream(self, st: _ServerStream, *, stats=None, start: float = 0.0, endpoint: Endpoint | None = None,
-                            response: Response | None = None, latency_ms: float = 0.0) -> None:
+                            response: Response | None = None, latency_ms: float = 0.0, resend: bool = False) -> None:
         """The general path: the exchange (meshctl_proxy.transport.exchange), then relay the response.
 
         The direct path hands over here with *stats* already counted and the *endpoint* its shortcut
-        chose (no stream room, or a refused stream to send again), or with the *response* whose body
-        is still to be relayed.
+        chose (no stream room, or with *resend* a refused stream to send again), or with the *response*
+        whose body is still to be relayed.
         """
         request = st.request
         path = self.path
@@ -746,7 +517,7 @@ class H2ServerConnection(_Sender, asyncio.Protocol):
             if response is None:
                 exchange = Exchange(path, request, start, watched=st.watched, announced=endpoint is not None)
                 try:
-                    response = await exchange.run(endpoint)
+                    response = await exchange.run(endpoint, resend=resend)
                 except UpstreamReset as exc:
                     st.watched = exchange.watched
                     error = exc.reason
@@ -863,7 +634,6 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         self.stats = stats
         self.conn = ngh2.Connection(Role.CLIENT, _CLIENT_CONFIG)
         self.streams: dict[int, _ClientStream] = {}
-        self.goaway = False
         self.max_streams = 100  # the server's SETTINGS_MAX_CONCURRENT_STREAMS, as libnghttp2 assumes until it comes
         self.last_used = 0.0  # loop time the pool last handed it out (its idle timeout counts from there)
         self.answered: list[_ClientStream] = []
@@ -884,32 +654,14 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
         conn.set_local_window_size(CONNECTION_WINDOW)
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
-        self.stats.read_bytes += len(data)
-        if self.closed:
-            return
-        conn = self.conn
-        try:
-            conn.receive_data(data)
-        except NGH2Error as exc:
-            log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
-            self.closed = self.goaway = True  # libnghttp2 will not be asked anything more
-            self.pool.forget(self)
-            self._lost(UpstreamReset(PROTOCOL_ERROR))
-            self.transport.abort()
-            return
-        self._dispatch(conn.events())
-        self.flush()
-        # Streams libnghttp2 reset while writing (a malformed response: it sends the RST_STREAM) report here.
-        events = conn.events()
-        if events and not self.closed:
-            self._dispatch(events)
-            self.flush()
-        if self.goaway and not self.streams and not self.closed:
-            self.closed = True
-            self.transport.close()
+    def _receive_failed(self, exc: NGH2Error) -> None:
+        log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
+        self._enter(Phase.CLOSED)  # libnghttp2 will not be asked anything more
+        self.pool.forget(self)
+        self._lost(UpstreamReset(PROTOCOL_ERROR))
+        self.transport.abort()
 
-    def _dispatch(self, events) -> None:
+    def _on_events(self, events: list) -> None:
         streams = self.streams
         for ev in events:
             t = type(ev)
@@ -953,8 +705,8 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 self.wake_windows(0)
             elif t is GoAwayReceived:
                 # libnghttp2 closes the streams the server will not process (above last_stream_id)
-                # with REFUSED_STREAM: the pool sends those again on a new connection.
-                self.goaway = True
+                # with REFUSED_STREAM: the exchange sends those again (once) on another connection.
+                self._enter(Phase.DRAINING)
                 self.pool.forget(self)
         if self.answered:
             answered, self.answered = self.answered, []
@@ -964,12 +716,11 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
     def _ended(self, data: bytes) -> None:
         if data:
             self._write(data)
-        if not self.goaway:
+        if self.phase is Phase.OPEN:
             # libnghttp2 ended the connection (a protocol error by the server): nothing more comes.
-            self.goaway = True
+            self._enter(Phase.CLOSED)
             self.pool.forget(self)
             self._lost(UpstreamReset(PROTOCOL_ERROR))
-            self.closed = True
             self.transport.close()
 
     def _on_closed(self, st: _ClientStream, ev) -> None:
@@ -1026,14 +777,11 @@ class H2ClientConnection(_Sender, asyncio.Protocol):
                 st.body_task.cancel()
 
     def connection_lost(self, exc) -> None:
-        self.closed = True
+        self._enter(Phase.CLOSED)
         self.stats.closed += 1
         self.pool.forget(self)
         self.fail_waiters(ConnectionResetError("upstream connection lost"))
         self._lost(ProxyError(502, "upstream connection lost"))
-
-    def eof_received(self) -> bool:
-        return False
 
     @staticmethod
     def _head(request: Request) -> list[tuple[bytes, bytes]]:
@@ -1121,7 +869,7 @@ class H2Pool(EndpointPool):
     def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
         """A connection to *endpoint* with room for one more stream, if one is open."""
         for conn in self.conns.get(endpoint, ()):
-            if not conn.closed and not conn.goaway and len(conn.streams) < conn.max_streams:
+            if conn.phase is Phase.OPEN and len(conn.streams) < conn.max_streams:
                 conn.last_used = conn.loop.time()
                 return conn
         return None
@@ -1171,16 +919,11 @@ class H2Pool(EndpointPool):
         fut.exception()  # retrieved: waiters re-raise it themselves
         raise exc
 
-    async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        for attempt in range(2):
-            conn = self.usable(endpoint)
-            if conn is None:
-                conn = await self._connect(endpoint, request.authority)
-            try:
-                return await conn.send(request)
-            except UpstreamReset as exc:
-                # REFUSED_STREAM means the server did no work (RFC 9113 section 8.7): safe to retry
-                # once when the body can be sent again.
-                if exc.code != REFUSED_STREAM or request.body is not EMPTY or attempt:
-                    raise
-        raise AssertionError("unreachable")
+    async def send(self, request: Request, endpoint: Endpoint, *, fresh: bool = False) -> Response:
+        """One attempt, on a connection with stream room (a new one when none has).  *fresh* (the retry after
+        REFUSED_STREAM) picks the same way: the refusal came from a live connection, at its stream limit or
+        shedding load, whose room is known again."""
+        conn = self.usable(endpoint)
+        if conn is None:
+            conn = await self._connect(endpoint, request.authority)
+        return await conn.send(request)
