@@ -135,15 +135,18 @@ def test_routes_without_to_show_the_routes_a_workload_served(busy_shop):
     assert served["latency_ms_p50"] <= served["latency_ms_p95"] <= served["latency_ms_p99"]
     assert rows["[DEFAULT]"]["rps"] > 0 and rows["[DEFAULT]"]["success"] == 1.0  # 404: a success (Linkerd)
 
-    # price-api served every attempt the gateway made, retries included: its route's RPS is the gateway's
-    # actual RPS to it, and its success the failure rate it was given, not the effective 100%.
+    # price-api served every attempt the gateway made, retries included: its route's RPS and success are
+    # the gateway's *actual* ones (not the effective ones its retries improved).  (0.5 rps and 10 points
+    # absolute: on a loaded machine the app may time out and the gateway set it aside for a while, and a
+    # few attempts then give a large ratio.)
     served = viz(shop, "routes", "deploy/price-api", "-n", "shop", "-t", f"{WINDOW_S}s", "-o", "json")
     sent = viz(shop, "routes", "deploy/product-gateway-api", "--to", "svc/price-api-svc", "-n", "shop",
                "-t", f"{WINDOW_S}s", "-o", "json")
     (prices,) = [row for row in json.loads(served.stdout)["deploy/price-api"] if row["route"] == "GET /api/prices"]
     (calls,) = [row for row in json.loads(sent.stdout)["deploy/product-gateway-api"] if row["route"] == "GET /api/prices"]
-    assert prices["rps"] == pytest.approx(calls["actual_rps"], rel=0.10), (prices, calls)
-    assert 0.55 < prices["success"] < 0.85 and calls["effective_success"] > 0.95
+    assert abs(prices["rps"] - calls["actual_rps"]) <= max(0.5, 0.1 * calls["actual_rps"]), (prices, calls)
+    assert abs(prices["success"] - calls["actual_success"]) <= 0.1, (prices, calls)
+    assert prices["success"] < calls["effective_success"], (prices, calls)
 
     # The table: linkerd's columns, the served route first, [DEFAULT] last.
     r = viz(shop, "routes", "deploy/product-api", "-n", "shop", "-t", f"{WINDOW_S}s")
