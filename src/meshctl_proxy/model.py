@@ -148,7 +148,13 @@ class ProxyError(Exception):
 
     502 the upstream failed (refused, reset, malformed), 503 nothing to send to
     (no endpoint, shutting down), 504 it took too long (connect or response timeout).
+
+    ``unprocessed``: the upstream did none of the request (a reused HTTP/1
+    connection closed before any response byte, an HTTP/2 REFUSED_STREAM),
+    so it may be sent again (:func:`meshctl_proxy.transport.exchange.replayable`).
     """
+
+    unprocessed = False
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}")

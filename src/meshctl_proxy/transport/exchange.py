@@ -24,6 +24,11 @@ steps, kept by one :class:`RequestPath` per accepted connection::
 - **Errors**: :meth:`Exchange.run` turns ``ProxyError`` and unexpected
   failures into the responses clients see; a failed request body and the
   protocol's own errors (``raw_errors``) go back to the protocol.
+- **The stale-connection retry**: :func:`replayable` says whether a failed
+  attempt may be sent again (the upstream processed none of it and the request
+  has no body); ``HttpUpstream.send`` then sends it once more on a fresh
+  connection (``resend``), and a fast path that meets such a failure hands the
+  request here with ``run(endpoint, resend=True)``.  Once, wherever it happens.
 - **Series**: :meth:`RequestPath.series` is the ``request_total`` /
   ``response_total`` series a request counts in, remembered while it repeats.
 """
@@ -34,7 +39,7 @@ import asyncio
 import logging
 from typing import Any
 
-from meshctl_proxy.body import BodyError
+from meshctl_proxy.body import EMPTY, BodyError
 from meshctl_proxy.hooks import Watched
 from meshctl_proxy.model import OUTBOUND, Endpoint, Outcome, ProxyError, Request, Response
 from meshctl_proxy.policy.router import mesh_identity
@@ -60,6 +65,17 @@ def http_series(metrics, ctx, authority: str, connector, endpoint: Endpoint | No
         return metrics.http(OUTBOUND, authority, target, "true" if server_id else "no_identity", server_id,
                             endpoint.labels if endpoint is not None else ())
     return metrics.http(ctx.direction, authority, target, ctx.tls, ctx.peer_identity)
+
+
+def replayable(request: Request, exc: BaseException) -> bool:
+    """May *request*, whose attempt failed with *exc*, be sent again on a fresh connection?
+
+    Only when the upstream processed none of it (``ProxyError.unprocessed``: a
+    reused HTTP/1 connection the server had closed before any response byte,
+    RFC 9112 section 9.3.1, as hyper retries only on reused connections; an
+    HTTP/2 REFUSED_STREAM, RFC 9113 section 8.7) and it has no body to replay.
+    """
+    return request.body is EMPTY and getattr(exc, "unprocessed", False)
 
 
 def grpc_status_of(response: Response) -> int | None:
@@ -194,8 +210,9 @@ class Exchange:
         self._announce(request, endpoint)
         return await self.path.upstream.send(request, endpoint)
 
-    async def run(self, endpoint: Endpoint | None = None) -> Response:
-        """The response for the client.  *endpoint*: the shortcut was already taken (by a fast path).
+    async def run(self, endpoint: Endpoint | None = None, *, resend: bool = False) -> Response:
+        """The response for the client.  *endpoint*: the shortcut was already taken (by a fast path);
+        *resend*: and its attempt failed :func:`replayable`, so this is the one retry, on a fresh connection.
 
         Raises BodyError (the client's request body failed), the path's
         ``raw_errors`` and CancelledError; the hook has run by then all the same.
@@ -206,7 +223,7 @@ class Exchange:
             if endpoint is None:
                 endpoint = path.take_shortcut(request)
             if endpoint is not None:
-                response = await self._send_to(endpoint)
+                response = await self._send_to(endpoint, resend)
             else:
                 watching = bool(path.hooks.observers)
                 response = await path.router.dispatch(request, self if watching else path.upstream)
@@ -238,16 +255,17 @@ class Exchange:
             return exc
         return None
 
-    async def _send_to(self, endpoint: Endpoint) -> Response:
+    async def _send_to(self, endpoint: Endpoint, resend: bool) -> Response:
         path = self.path
         if path.hooks.observers:
             self._announce(self.request, endpoint)
+        send = path.upstream.resend if resend else path.upstream.send
         if not path.observes:
-            return await path.upstream.send(self.request, endpoint)
+            return await send(self.request, endpoint)
         loop = asyncio.get_running_loop()
         sent = loop.time()
         try:
-            response = await path.upstream.send(self.request, endpoint)
+            response = await send(self.request, endpoint)
         except ProxyError as exc:
             path.observe(endpoint, None, exc, loop.time() - sent)
             raise

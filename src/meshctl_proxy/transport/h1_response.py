@@ -34,7 +34,7 @@ class ResponseSink(Protocol):
 
     def _write(self, data: bytes) -> None: ...
 
-    async def _drain(self) -> None: ...
+    async def drained(self) -> None: ...
 
 
 def framing(head: RequestHead, response: Response, keep_alive: bool) -> tuple[bool, bool, bool]:
@@ -81,7 +81,7 @@ async def stream_response(conn: ResponseSink, head: RequestHead, response: Respo
                 conn._write(out)
                 out = b""
             if conn.write_paused:
-                await conn._drain()
+                await conn.drained()
             data = await body.read()
         if not data:
             break
@@ -90,7 +90,7 @@ async def stream_response(conn: ResponseSink, head: RequestHead, response: Respo
             conn._write(out)
             out = b""
             if conn.write_paused:
-                await conn._drain()
+                await conn.drained()
     if chunked:
         out += http1.last_chunk(body.trailers)
     if out:

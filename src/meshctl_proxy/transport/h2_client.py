@@ -4,8 +4,8 @@ An HTTP/2 request goes upstream as HTTP/2 (gRPC needs trailers end to end).  A
 reset travels back with its error code (``UpstreamReset`` before the response,
 ``StreamReset`` in its body); a client's reset cancels the upstream stream
 (``cancel``, RFC 9113 section 8.7).  A GOAWAY from upstream refuses the streams
-it did not process (libnghttp2 closes them with REFUSED_STREAM, which
-``exchange.replayable`` lets be sent again) and puts the connection in
+it did not process (libnghttp2 closes them with REFUSED_STREAM, which the
+exchange sends again once, ``exchange.replayable``) and puts the connection in
 ``Phase.DRAINING``: the pool hands it out no more.
 """
 
@@ -146,7 +146,7 @@ class H2ClientConnection(H2Connection):
                 self.wake_windows(0)
             elif t is GoAwayReceived:
                 # libnghttp2 closes the streams the server will not process (above last_stream_id)
-                # with REFUSED_STREAM: the pool sends those again on a new connection.
+                # with REFUSED_STREAM: the exchange sends those again (once) on another connection.
                 self._enter(Phase.DRAINING)
                 self.pool.forget(self)
         if self.answered:

@@ -21,6 +21,7 @@ from ngh2 import NGH2Error
 from meshctl_proxy.body import Body, BodyError
 from meshctl_proxy.model import ProxyError
 from meshctl_proxy.telemetry.metrics import TcpStats
+from meshctl_proxy.transport.connection import FlowControl
 from meshctl_proxy.wire.h2headers import h2_fields
 
 
@@ -48,11 +49,15 @@ class StreamReset(BodyError):
 
 
 class UpstreamReset(ProxyError):
-    """The upstream reset the stream before responding: HTTP/2 clients see the reset itself."""
+    """The upstream reset the stream before responding: HTTP/2 clients see the reset itself.
+
+    REFUSED_STREAM means the server did no work on it (RFC 9113 section 8.7):
+    it may be sent again (exchange.replayable)."""
 
     def __init__(self, code: int) -> None:
         super().__init__(502, f"upstream reset the stream (error code {code})")
         self.code = code
+        self.unprocessed = code == REFUSED_STREAM
 
 
 def goaway_frame(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
@@ -95,21 +100,17 @@ class Phase(enum.IntEnum):
     CLOSED = 3
 
 
-class H2Connection(asyncio.Protocol):
+class H2Connection(FlowControl, asyncio.Protocol):
     """One end of an HTTP/2 connection (the base of both): its phase, the shape of a read, DATA handed to
     libnghttp2 within the peer's flow-control windows, and libnghttp2's output written."""
 
     def __init__(self) -> None:
+        FlowControl.__init__(self)  # every stream waiting for the socket to drain (transport.connection)
         self.conn: ngh2.Connection = None
         self.transport: asyncio.Transport | None = None  # set by connection_made
         self.streams: dict = {}  # the open streams, by id; each end keeps its own kind
         self.phase = Phase.OPEN
         self.window_waiters: dict[int, asyncio.Future] = {}
-        self.write_paused = False
-        # Every stream whose sender waits for the socket to drain has its own future here, and
-        # resume_writing() wakes them all: one slot, as before, kept only the last waiter and the
-        # others stopped mid-body for good (issue 13, class 11).
-        self.drain_waiters: list[asyncio.Future] = []
         self.stats: TcpStats | None = None
         # phase >= LINGERING, kept as a plain attribute: the hot paths test it on every event
         self.closed = False
@@ -227,10 +228,7 @@ class H2Connection(asyncio.Protocol):
         for fut in waiters.values():
             if not fut.done():
                 fut.set_exception(exc)
-        drains, self.drain_waiters = self.drain_waiters, []
-        for fut in drains:
-            if not fut.done():
-                fut.set_exception(exc)
+        self.fail_drain_waiters(exc)
 
     async def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         """Send *data* within the peer's windows; END_STREAM goes on its last frame.
@@ -255,7 +253,7 @@ class H2Connection(asyncio.Protocol):
             view = view[n:]
             self.flush_soon()
             if self.write_paused:
-                await self._drained()
+                await self.drained()
 
     async def send_body(self, stream_id: int, body: Body) -> None:
         """Relay *body* and end the stream: END_STREAM rides on the last DATA frame when no
@@ -285,24 +283,3 @@ class H2Connection(asyncio.Protocol):
             return
         if not self.flush_scheduled:
             self.flush_soon()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        drains, self.drain_waiters = self.drain_waiters, []
-        for fut in drains:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _drained(self) -> None:
-        """Wait until the transport takes writes again (resume_writing), alongside any other stream."""
-        fut = self.loop.create_future()
-        self.drain_waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut in self.drain_waiters:  # this stream is gone: its slot must not outlive it
-                self.drain_waiters.remove(fut)
-            raise

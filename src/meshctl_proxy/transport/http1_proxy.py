@@ -20,9 +20,10 @@ from meshctl_proxy.wire.http1 import End, H1Error, Interim, RequestHead, Respons
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.hooks import Watched
+from meshctl_proxy.transport.connection import FlowControl
 from meshctl_proxy.transport.outbox import Outbox, outbox
 from meshctl_proxy.policy.router import EndpointPool
-from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
 from meshctl_proxy.transport.h1_request import RequestMaker
 from meshctl_proxy.transport.h1_response import close_lingering, stream_response, whole_response
 from meshctl_proxy.transport.h1_tunnel import Upgraded, start_tunnel
@@ -34,14 +35,15 @@ MAX_PIPELINED = 16
 
 
 class UpstreamClosed(ProxyError):
-    """The upstream closed before answering; safe to retry on a fresh connection when the body is replayable."""
+    """The upstream closed before answering.  On a reused connection it had not begun with the request (a
+    keep-alive connection the server closed as it was reused), so it may be sent again (exchange.replayable)."""
 
-    def __init__(self, reason: str, *, before_response: bool) -> None:
+    def __init__(self, reason: str, *, unprocessed: bool) -> None:
         super().__init__(502, reason)
-        self.before_response = before_response
+        self.unprocessed = unprocessed
 
 
-class _HeldWrites(asyncio.Protocol):
+class _HeldWrites(FlowControl, asyncio.Protocol):
     """Both ends write through the loop's outbox (meshctl_proxy.transport.outbox): a pass's first write
     goes at once, the rest at the end of the pass.
 
@@ -98,7 +100,6 @@ class H1ServerConnection(_HeldWrites):
         self.path = path = RequestPath(runtime, ctx)
         self._watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
-        self._fast_retried = False
         self.upstream = path.upstream
         marker = runtime.loop_markers[ctx.direction]
         self.reader = http1.RequestReader((marker,))
@@ -111,8 +112,7 @@ class H1ServerConnection(_HeldWrites):
         self.refusal: H1Error | None = None
         self.phase = IDLE
         self.keep_alive = True
-        self.write_paused = False
-        self._drain_waiter: asyncio.Future | None = None
+        FlowControl.__init__(self)
         self._wakeup: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
         self.stream_task: asyncio.Task | None = None
@@ -244,22 +244,8 @@ class H1ServerConnection(_HeldWrites):
         for task in (self.task, self.stream_task):
             if task is not None and not task.done():
                 task.cancel()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ConnectionResetError("client disconnected"))
+        self.fail_drain_waiters(ConnectionResetError("client disconnected"))
         self._watch_end(None, error="client disconnected")
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-
-    async def _drain(self) -> None:
-        if self.write_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
 
     def _interim(self, status: int, headers) -> None:
         """Relay 100 Continue (RFC 9110 section 15.2) while the final response is pending."""
@@ -413,9 +399,8 @@ class H1ServerConnection(_HeldWrites):
         shortcut, meshctl_proxy.transport.exchange) and the request has no
         body.  It saves two event-loop passes and a coroutine per request
         (docs/performance.md).  Once the shortcut is taken, the exchange stays
-        here: a stale pooled connection is retried once on a fresh one (a
-        bodiless request may be, RFC 9112 section 9.3.1), a connect failure is
-        answered with its 502/504.
+        here, answering a connect failure with its 502/504; a stale pooled
+        connection (exchange.replayable) goes to the exchange's one retry.
         """
         path = self.path
         endpoint = path.take_shortcut(request)
@@ -427,7 +412,6 @@ class H1ServerConnection(_HeldWrites):
         stats = path.counted(request.authority, endpoint)
         # One fast exchange at a time per client connection (EXCHANGING): its state lives here.
         self._fast = (request, head, stats, start, endpoint)
-        self._fast_retried = False
         if path.hooks.observers:
             try:
                 self._watched = path.announce(request, endpoint, start)
@@ -448,9 +432,8 @@ class H1ServerConnection(_HeldWrites):
         if self.phase is CLOSED:
             return
         if exc is not None:
-            if isinstance(exc, UpstreamClosed) and exc.before_response and not self._fast_retried:
-                self._fast_retried = True  # the pooled connection had been closed by the server
-                self.stream_task = self.loop.create_task(self._fast_connect())
+            if replayable(request, exc):  # the pooled connection had been closed by the server
+                self.stream_task = self.loop.create_task(self._fast_resend())
                 return
             response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
         if self.path.observes:
@@ -468,6 +451,15 @@ class H1ServerConnection(_HeldWrites):
             conn.transport.close()
             return
         conn.start_exchange(request, self._fast_done)
+
+    async def _fast_resend(self) -> None:
+        request, head, stats, start, endpoint = self._fast
+        exchange = Exchange(self.path, request, start, watched=self._watched, announced=True)
+        response = await exchange.run(endpoint, resend=True)
+        if self.phase is CLOSED:
+            response.body.discard()
+            return
+        self._fast_answer(request, head, response, stats, self.loop.time() - start)
 
     def _fast_answer(self, request: Request, head: RequestHead, response: Response, stats, latency: float) -> None:
         self.phase = RESPONDING
@@ -529,9 +521,8 @@ class H1ClientConnection(_HeldWrites):
         self.close_delimited = False
         self.request_done = True
         self.response_done = True
-        self.write_paused = False
+        FlowControl.__init__(self)
         self._waiter: asyncio.Future | None = None
-        self._drain_waiter: asyncio.Future | None = None
         self.body_task: asyncio.Task | None = None
         self._callback = None  # fast path: called with the response instead of resolving a future
         self.reused = False
@@ -643,29 +634,21 @@ class H1ClientConnection(_HeldWrites):
         self.stats.closed += 1
         self.pool.forget(self)
         if self._callback is not None and self.response is None:
-            self._fire(None, UpstreamClosed("upstream closed the connection before responding", before_response=True))
+            self._fire(None, UpstreamClosed("upstream closed the connection before responding",
+                                            unprocessed=self.reused))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamClosed("upstream closed the connection before responding",
-                                                before_response=True))
+                                                unprocessed=self.reused))
         if self.body is not None and not self.response_done:
             if self.close_delimited and exc is None:
                 self.body.finish()  # RFC 9112 section 6.3: the body ends when the server closes
             else:
                 self.body.abort(BodyError("upstream closed mid-body"))
             self.response_done = True
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ConnectionResetError("upstream closed"))
+        self.fail_drain_waiters(ConnectionResetError("upstream closed"))
         if self.body_task is not None and not self.body_task.done():
             self.body_task.cancel()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
 
     def start_exchange(self, request: Request, callback) -> None:
         """Send *request*; ``callback(response, None)`` once its head (and any body already read) is in,
@@ -739,8 +722,7 @@ class H1ClientConnection(_HeldWrites):
                     break
                 self._write(http1.chunk(data) if chunked else data)
                 if self.write_paused:
-                    self._drain_waiter = asyncio.get_running_loop().create_future()
-                    await self._drain_waiter
+                    await self.drained()
             if chunked:
                 self._write(http1.last_chunk(body.trailers))
             self.request_done = True
@@ -787,15 +769,9 @@ class H1Pool(EndpointPool):
     async def connect(self, endpoint: Endpoint, authority: str | None) -> H1ClientConnection:
         return await self.dial(endpoint, authority, H1ClientConnection, alpn=["http/1.1"])
 
-    async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        while (conn := self.take_idle(endpoint)) is not None:
-            try:
-                return await conn.exchange(request)
-            except UpstreamClosed as exc:
-                # A kept-alive connection the server closed as we reused it (RFC 9112
-                # section 9.3.1 allows retrying when nothing was sent back and the request
-                # can be replayed).
-                if not (exc.before_response and request.body is EMPTY):
-                    raise
-        conn = await self.connect(endpoint, request.authority)
+    async def send(self, request: Request, endpoint: Endpoint, *, fresh: bool = False) -> Response:
+        """One attempt: on an idle connection, else (or when *fresh*: the retry after a stale one) a new one."""
+        conn = None if fresh else self.take_idle(endpoint)
+        if conn is None:
+            conn = await self.connect(endpoint, request.authority)
         return await conn.exchange(request)

@@ -42,7 +42,7 @@ from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.hooks import Watched
-from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
 from meshctl_proxy.transport.h2_client import H2ClientConnection
 from meshctl_proxy.transport.h2_connection import (CANCEL, CONNECTION_WINDOW, ENHANCE_YOUR_CALM, INTERNAL_ERROR,
                                                    MAX_HEADER_LIST_SIZE, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM,
@@ -316,10 +316,11 @@ class H2ServerConnection(H2Connection):
                      exc: Exception | None) -> None:
         st.upstream = None
         latency = self.loop.time() - start
-        if isinstance(exc, UpstreamReset) and exc.code == REFUSED_STREAM:
-            # Nothing was processed (RFC 9113 section 8.7): the general path sends it again, once.
+        if exc is not None and replayable(st.request, exc):
+            # Nothing was processed: the general path sends it again, once (the exchange's retry).
             if not self.closed and st.id in self.streams:
-                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint))
+                st.task = self.loop.create_task(self._serve_stream(st, stats=stats, start=start, endpoint=endpoint,
+                                                                   resend=True))
             return
         if self.path.observes:
             self.path.observe(endpoint, response, exc, latency)
@@ -491,12 +492,12 @@ class H2ServerConnection(H2Connection):
         return True
 
     async def _serve_stream(self, st: _ServerStream, *, stats=None, start: float = 0.0, endpoint: Endpoint | None = None,
-                            response: Response | None = None, latency_ms: float = 0.0) -> None:
+                            response: Response | None = None, latency_ms: float = 0.0, resend: bool = False) -> None:
         """The general path: the exchange (meshctl_proxy.transport.exchange), then relay the response.
 
         The direct path hands over here with *stats* already counted and the *endpoint* its shortcut
-        chose (no stream room, or a refused stream to send again), or with the *response* whose body
-        is still to be relayed.
+        chose (no stream room, or with *resend* a refused stream to send again), or with the *response*
+        whose body is still to be relayed.
         """
         request = st.request
         path = self.path
@@ -514,7 +515,7 @@ class H2ServerConnection(H2Connection):
             if response is None:
                 exchange = Exchange(path, request, start, watched=st.watched, announced=endpoint is not None)
                 try:
-                    response = await exchange.run(endpoint)
+                    response = await exchange.run(endpoint, resend=resend)
                 except UpstreamReset as exc:
                     st.watched = exchange.watched
                     error = exc.reason
@@ -653,16 +654,11 @@ class H2Pool(EndpointPool):
         fut.exception()  # retrieved: waiters re-raise it themselves
         raise exc
 
-    async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        for attempt in range(2):
-            conn = self.usable(endpoint)
-            if conn is None:
-                conn = await self._connect(endpoint, request.authority)
-            try:
-                return await conn.send(request)
-            except UpstreamReset as exc:
-                # REFUSED_STREAM means the server did no work (RFC 9113 section 8.7): safe to retry
-                # once when the body can be sent again.
-                if exc.code != REFUSED_STREAM or request.body is not EMPTY or attempt:
-                    raise
-        raise AssertionError("unreachable")
+    async def send(self, request: Request, endpoint: Endpoint, *, fresh: bool = False) -> Response:
+        """One attempt, on a connection with stream room (a new one when none has).  *fresh* (the retry after
+        REFUSED_STREAM) picks the same way: the refusal came from a live connection, at its stream limit or
+        shedding load, whose room is known again."""
+        conn = self.usable(endpoint)
+        if conn is None:
+            conn = await self._connect(endpoint, request.authority)
+        return await conn.send(request)

@@ -25,6 +25,7 @@ from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
 from meshctl_proxy.wire.loop_marker import LoopMarker
 from meshctl_proxy.policy.router import IDLE_TIMEOUT, MAX_IDLE, TcpConnector, default_router, mesh_identity, open_connection
+from meshctl_proxy.transport.exchange import replayable
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 from meshctl_proxy.transport.original_dst import original_dst
 
@@ -55,15 +56,29 @@ class HttpUpstream:
         self.h2: H2Pool | None = None  # made when a request first speaks HTTP/2
         self.h2_settings = h2_settings or {}
 
-    async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        if request.protocol == "h2":
-            if self.h2 is None:
-                from meshctl_proxy.transport.http2_proxy import H2Pool
+    def pool(self, request: Request):
+        if request.protocol != "h2":
+            return self.h1
+        if self.h2 is None:
+            from meshctl_proxy.transport.http2_proxy import H2Pool
 
-                self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout,
-                                 **self.idle)
-            return await self.h2.send(request, endpoint)
-        return await self.h1.send(request, endpoint)
+            self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout,
+                             **self.idle)
+        return self.h2
+
+    async def send(self, request: Request, endpoint: Endpoint) -> Response:
+        """One attempt on a pooled connection, and the stale-connection retry (exchange.replayable) once."""
+        pool = self.pool(request)
+        try:
+            return await pool.send(request, endpoint)
+        except ProxyError as exc:
+            if not replayable(request, exc):
+                raise
+        return await pool.send(request, endpoint, fresh=True)
+
+    async def resend(self, request: Request, endpoint: Endpoint) -> Response:
+        """The retry of an attempt that failed replayable (made by a fast path): a fresh connection, once."""
+        return await self.pool(request).send(request, endpoint, fresh=True)
 
     def close(self) -> None:
         self.h1.close()
