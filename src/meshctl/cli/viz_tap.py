@@ -163,6 +163,58 @@ def register_viz(viz: typer.Typer) -> None:
 
         _run(stream)
 
+    @viz.command("tap-server", hidden=True)
+    def tap_server_command(
+        ctx: typer.Context,
+        tls_cert_file: str = typer.Option(..., "--tls-cert-file", help="PEM serving certificate (the APIService's caBundle vouches for it)."),
+        tls_key_file: str = typer.Option(..., "--tls-key-file", help="PEM key of the serving certificate."),
+        listen: str = typer.Option(f"0.0.0.0:8089", "--listen", help="HOST:PORT to serve on."),
+        namespace: str = typer.Option("meshctl-viz", "--namespace", "-n", help="The viz namespace (the tap ServiceAccount's)."),
+        service_account: str = typer.Option("tap", "--service-account", help="The ServiceAccount whose identity taps."),
+        identity_addr: Optional[str] = typer.Option(None, "--identity-addr", help="The identity service (default: the mesh's Service)."),
+        identity_name: Optional[str] = typer.Option(None, "--identity-name", help="The identity service's own identity."),
+        identity_token_file: Optional[str] = typer.Option(None, "--identity-token-file", help="ServiceAccount token projected for identity.meshctl.io."),
+        identity_dir: str = typer.Option("/var/run/meshctl/identity/end-entity", "--identity-dir", help="Writable in-memory directory for the key."),
+        cluster_domain: str = typer.Option("cluster.local", "--cluster-domain", help="The cluster's DNS domain."),
+    ) -> None:
+        """Run the tap server (Linkerd's tap APIService): relayed by the API server, it subscribes to the
+        proxies' tap as the tap identity and streams their events back (docs/viz.md)."""
+        import asyncio
+        import logging
+        import signal
+
+        from meshctl import k8s
+        from meshctl.errors import UsageError
+        from meshctl.viz import tapserver
+        from meshctl_proxy.config import IDENTITY_TOKEN_FILE, parse_addr
+
+        def addr(raw, flag):
+            try:
+                return parse_addr(raw)
+            except ValueError as exc:
+                raise UsageError(f"{flag}: {exc}") from None
+
+        serve_opts = tapserver.ServeOptions(
+            listen=addr(listen, "--listen"), cert_file=tls_cert_file, key_file=tls_key_file, namespace=namespace,
+            service_account=service_account, identity_addr=addr(identity_addr, "--identity-addr") if identity_addr else None,
+            identity_name=identity_name, token_file=identity_token_file or IDENTITY_TOKEN_FILE,
+            identity_dir=identity_dir, cluster_domain=cluster_domain)
+        opts = _common.global_options(ctx)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cluster = k8s.Cluster.from_options(opts)
+
+        async def main():
+            task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, task.cancel)
+            try:
+                await tapserver.serve(cluster, opts.mesh_namespace, serve_opts, announce=_common.report)
+            except asyncio.CancelledError:
+                pass
+
+        asyncio.run(main())
+
     @viz.command("top")
     def top_command(
         ctx: typer.Context,

@@ -217,9 +217,7 @@ async def subscribe(target: TapTarget, query: TapQuery, creds: TapCredentials | 
                     context: ssl.SSLContext | None = None, connect_timeout: float = CONNECT_TIMEOUT):
     """Yield the events (dicts) of one subscription; raises TapError (refused) or StreamEnded."""
     host, port = target.control
-    ssl_ctx = None
-    if creds is not None:
-        ssl_ctx = context or creds.context()
+    ssl_ctx = context if context is not None else (creds.context() if creds is not None else None)
     try:
         async with asyncio.timeout(connect_timeout):
             reader, writer = await asyncio.open_connection(
@@ -304,14 +302,15 @@ async def _chunked_lines(reader: asyncio.StreamReader):
 
 async def tap_all(targets: list[TapTarget], query: TapQuery, creds: TapCredentials | None, *,
                   on_event: Callable[[TapTarget, dict], None], notice: Callable[[str], None],
-                  stop: asyncio.Event, reconnect: bool = True) -> None:
+                  stop: asyncio.Event, reconnect: bool = True, context: ssl.SSLContext | None = None) -> None:
     """Subscribe to every target until *stop*; says (via *notice*) when a stream ends, and reconnects.
 
     Final, raised as TapError once every stream has stopped, because retrying
     cannot change them: every proxy refusing (403, 400, TLS), or none of them
     reachable at the first attempt (a wrong address, nothing running).
     """
-    context = creds.context() if creds is not None else None
+    if context is None and creds is not None:
+        context = creds.context()  # the tap server passes the context of its own, renewed, certificate
     refused: list[TapError] = []
     unreachable: list[str] = []
     connected: set[TapTarget] = set()

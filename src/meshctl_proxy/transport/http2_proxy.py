@@ -323,7 +323,7 @@ class H2ServerConnection(H2Connection):
                                                                    resend=True))
             return
         if self.path.observes:
-            self.path.observe(endpoint, response, exc, latency)
+            self.path.observe(st.request, endpoint, response, exc, latency)
         self._direct_answer(st, stats, response, exc, latency, start)
 
     def _direct_answer(self, st: _ServerStream, stats, response: Response | None, exc: Exception | None,
