@@ -437,7 +437,7 @@ class H1ServerConnection(_HeldWrites):
                 return
             response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
         if self.path.observes:
-            self.path.observe(endpoint, response, None, latency)
+            self.path.observe(request, endpoint, response, None, latency)
         self._fast_answer(request, head, response, stats, latency)
 
     async def _fast_connect(self) -> None:
