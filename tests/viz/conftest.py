@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import httpx
@@ -154,3 +155,34 @@ def tap_subscribers(mesh: Mesh, name: str) -> float:
     return metric_sum(parse_metrics(httpx.get(f"http://{admin}/metrics", timeout=5).text), "tap_subscribers")
 
 
+
+
+class Cli:
+    """``python -m meshctl ARGS`` running in the background, its output collected; against the local
+    mesh (``$MESHCTL_DEMO_DIR``) unless *demo* is False (a cluster: ``--kubeconfig`` among *args*)."""
+
+    def __init__(self, mesh: Mesh, *args: str, demo: bool = True) -> None:
+        import subprocess
+        import sys
+
+        from conftest import ROOT, SRC
+
+        env = {**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1", "COLUMNS": "250"}
+        env.pop("MESHCTL_DEMO_DIR", None)
+        if demo:
+            env["MESHCTL_DEMO_DIR"] = str(mesh.state_dir)
+        self.proc = subprocess.Popen([sys.executable, "-m", "meshctl", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
+
+    def stop(self, sig: signal.Signals | None = signal.SIGINT, timeout: float = 30) -> tuple[int, str, str]:
+        """Send *sig* (None: let it end by itself, --duration) and collect the exit code and output."""
+        import subprocess
+
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out, err

@@ -28,7 +28,7 @@ import pytest
 from conftest import ROOT, SRC
 from fakekube.server import FakeKube
 from proxy.conftest import wait_for
-from viz.conftest import send, tap_subscribers
+from viz.conftest import Cli, send, tap_subscribers
 
 MESH_NS = "meshctl"
 VIZ_NS = "meshctl-viz"
@@ -215,3 +215,95 @@ def test_only_the_api_server_may_call_the_tap_server(cluster):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, context=ctx, timeout=5)
     assert info.value.code == 401 and b"front-proxy client certificate" in info.value.read()
+
+
+# --- the CLI, as a user runs it against the cluster ------------------------------------------------
+
+def cli(cluster, *args: str):
+    kube, _, tmp = cluster
+    return ["--kubeconfig", str(kube.kubeconfig(tmp / "user.kubeconfig")), *args]
+
+
+def test_viz_tap_prints_each_request_of_a_20_request_burst(mesh, cluster):
+    run = Cli(mesh, *cli(cluster, "viz", "tap", "deploy/product-gateway-api", "-n", "shop"), demo=False)
+    try:
+        assert wait_for(lambda: tap_subscribers(mesh, "product-gateway-api") == 1, timeout=20), run.stop()
+        assert send(mesh, 20) == [200] * 20
+        assert wait_for(lambda: tap_subscribers(mesh, "product-gateway-api") == 1, timeout=1)
+        time.sleep(1.0)  # the last events cross the tap server and the API server
+    finally:
+        code, out, err = run.stop()
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    inbound = [ln for ln in lines if ln.startswith("req ") and " proxy=in " in ln]
+    assert sorted(ln.split(":path=")[1] for ln in inbound) == sorted(f"/api/products/{1 + i % 5}" for i in range(20))
+    assert len({ln.split()[1] for ln in inbound}) == 20
+    for req in inbound:
+        rid = req.split()[1]
+        assert [ln for ln in lines if ln.startswith(f"rsp {rid} ") and " :status=200 latency=" in ln], req
+        assert [ln for ln in lines if ln.startswith(f"end {rid} ") and " duration=" in ln], req
+    outbound = [ln for ln in lines if ln.startswith("req ") and " proxy=out " in ln]
+    assert len(outbound) == 40 and all(" tls=true " in ln for ln in outbound)
+    assert wait_for(lambda: tap_subscribers(mesh, "product-gateway-api") == 0, timeout=15)
+
+
+def test_viz_tap_to_wide_names_pods_and_identities(mesh, cluster):
+    run = Cli(mesh, *cli(cluster, "viz", "tap", "deploy/product-gateway-api", "-n", "shop", "--to",
+                         "deploy/product-api", "-o", "wide"), demo=False)
+    try:
+        assert wait_for(lambda: tap_subscribers(mesh, "product-gateway-api") == 1, timeout=20), run.stop()
+        send(mesh, 3)
+        time.sleep(1.0)
+    finally:
+        code, out, err = run.stop()
+    assert code == 0, err
+    reqs = [ln for ln in out.splitlines() if ln.startswith("req ")]
+    assert len(reqs) == 3
+    for ln in reqs:
+        assert f"src_deploy=product-gateway-api src_pod=product-gateway-api-{HASH}-x7k2p src_ns=shop" in ln
+        assert f"dst_deploy=product-api dst_pod=product-api-{HASH}-x7k2p dst_ns=shop" in ln
+        assert "server_id=product-api.shop.serviceaccount.identity.meshctl.cluster.local" in ln
+
+
+def test_viz_top_and_profile_in_the_cluster(mesh, cluster):
+    import yaml
+
+    top = Cli(mesh, *cli(cluster, "viz", "top", "deploy/product-api", "-n", "shop", "--refresh", "500ms",
+                         "--duration", "5s"), demo=False)
+    profile = Cli(mesh, *cli(cluster, "viz", "profile", "--tap", "deploy/product-api", "--tap-duration", "5s",
+                             "product-api-svc", "-n", "shop"), demo=False)
+    assert wait_for(lambda: tap_subscribers(mesh, "product-api") == 2, timeout=20), (top.stop(), profile.stop())
+    send(mesh, 6)
+    code, out, err = top.stop(None)
+    assert code == 0 and "Traceback" not in err, err
+    rows = [ln.split() for ln in out.strip().split("\n\n")[-1].splitlines()[2:]]
+    by_path = {r[3]: r for r in rows}
+    assert by_path["/api/products/1"][:5] == [f"product-gateway-api-{HASH}-x7k2p", f"product-api-{HASH}-x7k2p",
+                                              "GET", "/api/products/1", "2"]
+    code, out, err = profile.stop(None)
+    assert code == 0, err
+    assert yaml.safe_load(out)["spec"]["routes"] == [
+        {"name": "GET /api/products/{id}", "condition": {"method": "GET", "pathRegex": "/api/products/[^/]*"}}]
+
+
+def test_viz_tap_without_the_tap_server_says_how_to_install_it(mesh, tmp_path):
+    with FakeKube() as bare:
+        run = Cli(mesh, "--kubeconfig", str(bare.kubeconfig(tmp_path / "kc")), "viz", "tap", "deploy/web", "-n",
+                  "shop", demo=False)
+        code, out, err = run.stop(None)
+    assert (code, out) == (1, "")
+    assert err == "Error: tap server not installed: run meshctl viz install | kubectl apply -f -\n"
+
+
+def test_viz_tap_says_so_when_the_tap_server_goes_away(mesh, cluster):
+    _, server, _ = cluster
+    run = Cli(mesh, *cli(cluster, "viz", "tap", "deploy/price-api", "-n", "shop"), demo=False)
+    try:
+        assert wait_for(lambda: tap_subscribers(mesh, "price-api") == 1, timeout=20), run.stop()
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        code, out, err = run.stop(None, timeout=20)
+    finally:
+        server.start()
+    assert code == 1 and "Traceback" not in err, err
+    assert err.startswith("Error: lost the tap server: ") and err.count("\n") == 1, err
