@@ -21,8 +21,9 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.hooks import Watched
 from meshctl_proxy.model import ConnectionContext, ProxyError, Request, Response
 from meshctl_proxy.telemetry.metrics import TcpStats
-from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch, replayable
+from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
 from meshctl_proxy.transport.h1_connection import HeldWrites
+from meshctl_proxy.transport.h1_fast import FastPath
 from meshctl_proxy.transport.connection import FlowControl
 from meshctl_proxy.transport.h1_request import RequestMaker
 from meshctl_proxy.transport.h1_response import close_lingering, stream_response, whole_response
@@ -65,9 +66,8 @@ class H1ServerConnection(HeldWrites):
         self.ctx = ctx
         self.stats = stats
         self.path = path = RequestPath(runtime, ctx)
-        self._watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
-        self._fast: tuple | None = None  # the fast exchange in flight (see _try_fast)
-        self.upstream = path.upstream
+        self.watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
+        self.fast = FastPath(self)  # the fast path's exchange in flight (h1_fast)
         marker = runtime.loop_markers[ctx.direction]
         self.reader = http1.RequestReader((marker,))
         self.requests = RequestMaker(ctx, (b"via", marker.entry("http/1")))  # the requests as forwarded
@@ -83,6 +83,10 @@ class H1ServerConnection(HeldWrites):
         self._wakeup: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
         self.stream_task: asyncio.Task | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is CLOSED
 
     # -- transport callbacks ---------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -153,8 +157,13 @@ class H1ServerConnection(HeldWrites):
         if head.expect_continue:
             request.interim = self._interim
         if (body is EMPTY and head.upgrade is None and self.phase is IDLE and not self.queue
-                and not head.expect_continue and self.keep_alive and self._try_fast(request, head)):
-            return
+                and not head.expect_continue and self.keep_alive):
+            # The fast path (h1_fast) when the router's shortcut names the endpoint: sent from here.
+            endpoint = self.path.take_shortcut(request)
+            if endpoint is not None:
+                self.phase = EXCHANGING
+                self.fast.send(request, head, endpoint)
+                return
         self.queue.append((request, head))
         if len(self.queue) > MAX_PIPELINED:
             self.transport.pause_reading()
@@ -282,7 +291,7 @@ class H1ServerConnection(HeldWrites):
         try:
             response = await exchange.run()
         except BodyError:
-            self._watched = exchange.watched
+            self.watched = exchange.watched
             if self.refusal is not None:
                 if stats is None:
                     stats = path.counted(request.authority)
@@ -292,7 +301,7 @@ class H1ServerConnection(HeldWrites):
                 self._watch_end(None, error=self.refusal.reason, status=self.refusal.status)
                 return False
             response = ProxyError(502, "request body failed").response()
-        self._watched = exchange.watched
+        self.watched = exchange.watched
         latency_ms = (loop.time() - start) * 1000
         status = response.status
         self.phase = RESPONDING
@@ -312,10 +321,10 @@ class H1ServerConnection(HeldWrites):
 
     def _watch_end(self, response: Response | None, *, error: str | None = None, status: int | None = None) -> None:
         """The request in flight is over (answered, failed or abandoned): its watches end, once."""
-        watched = self._watched
+        watched = self.watched
         if watched is None:
             return
-        self._watched = None
+        self.watched = None
         end_watch(watched, self.loop.time(), response, error, status)
 
     def _respond_now(self, head: RequestHead, response: Response, stats, latency_ms: float) -> bool | None:
@@ -327,13 +336,13 @@ class H1ServerConnection(HeldWrites):
         out, keep = whole
         self._write(out)
         stats.record(response, latency_ms)
-        if self._watched is not None:
+        if self.watched is not None:
             self._watch_end(response)
         return keep
 
     async def _respond_streaming(self, head: RequestHead, response: Response, stats, latency_ms: float) -> bool:
-        if self._watched is not None:
-            self._watched.response(response.status, self.loop.time())
+        if self.watched is not None:
+            self.watched.response(response.status, self.loop.time())
         try:
             keep = await stream_response(self, head, response, self.keep_alive)
         except BodyError:
@@ -358,94 +367,23 @@ class H1ServerConnection(HeldWrites):
                 return False
         return keep
 
-    # -- the fast path: no task switch for a bodiless request on a pooled connection --------------
-    def _try_fast(self, request: Request, head: RequestHead) -> bool:
-        """Send *request* from inside data_received and answer from the upstream's data_received.
-
-        Taken when the router's shortcut names the endpoint (the exchange's
-        shortcut, meshctl_proxy.transport.exchange) and the request has no
-        body.  It saves two event-loop passes and a coroutine per request
-        (docs/performance.md).  Once the shortcut is taken, the exchange stays
-        here, answering a connect failure with its 502/504; a stale pooled
-        connection (exchange.replayable) goes to the exchange's one retry.
-        """
-        path = self.path
-        endpoint = path.take_shortcut(request)
-        if endpoint is None:
-            return False
-        self.phase = EXCHANGING
-        loop = self.loop
-        start = loop.time()
-        stats = path.counted(request.authority, endpoint)
-        # One fast exchange at a time per client connection (EXCHANGING): its state lives here.
-        self._fast = (request, head, stats, start, endpoint)
-        if path.hooks.observers:
-            try:
-                self._watched = path.announce(request, endpoint, start)
-            except ProxyError as exc:
-                self._fast_answer(request, head, exc.response(), stats, 0.0)
-                return True
-        conn = self.upstream.h1.take_idle(endpoint)
-        if conn is None:
-            self.stream_task = loop.create_task(self._fast_connect())
-        else:
-            conn.start_exchange(request, self._fast_done)
-        return True
-
-    def _fast_done(self, response: Response | None, exc: BaseException | None) -> None:
-        """The upstream's answer (or failure) to the fast exchange in flight."""
-        request, head, stats, start, endpoint = self._fast
-        latency = self.loop.time() - start
-        if self.phase is CLOSED:
-            return
-        if exc is not None:
-            if replayable(request, exc):  # the pooled connection had been closed by the server
-                self.stream_task = self.loop.create_task(self._fast_resend())
-                return
-            response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
-        if self.path.observes:
-            self.path.observe(endpoint, response, None, latency)
-        self._fast_answer(request, head, response, stats, latency)
-
-    async def _fast_connect(self) -> None:
-        request, _head, _stats, _start, endpoint = self._fast
-        try:
-            conn = await self.upstream.h1.connect(endpoint, request.authority)
-        except ProxyError as exc:
-            self._fast_done(None, exc)
-            return
-        if self.phase is CLOSED:
-            conn.transport.close()
-            return
-        conn.start_exchange(request, self._fast_done)
-
-    async def _fast_resend(self) -> None:
-        request, head, stats, start, endpoint = self._fast
-        exchange = Exchange(self.path, request, start, watched=self._watched, announced=True)
-        response = await exchange.run(endpoint, resend=True)
-        if self.phase is CLOSED:
-            response.body.discard()
-            return
-        self._fast_answer(request, head, response, stats, self.loop.time() - start)
-
-    def _fast_answer(self, request: Request, head: RequestHead, response: Response, stats, latency: float) -> None:
+    def respond_fast(self, request: Request, head: RequestHead, response: Response, stats,
+                     latency_ms: float) -> None:
+        """The fast path's answer (h1_fast): written now when it is whole, else by a task; then it is over."""
         self.phase = RESPONDING
-        keep = self._respond_now(head, response, stats, latency * 1000)
+        keep = self._respond_now(head, response, stats, latency_ms)
         if keep is None:
-            self.stream_task = self.loop.create_task(
-                self._finish_streaming(request, head, response, stats, latency * 1000))
-            return
-        self._fast_finished(self._after_response(request, keep))
+            self.stream_task = self.loop.create_task(self._respond_fast_streaming(request, head, response, stats,
+                                                                                latency_ms))
+        elif self._exchange_over(self._after_response(request, keep)) and self.queue:
+            self._wake()
 
-    async def _finish_streaming(self, request, head, response, stats, latency_ms) -> None:
+    async def _respond_fast_streaming(self, request, head, response, stats, latency_ms) -> None:
         try:
             keep = await self._respond_streaming(head, response, stats, latency_ms)
         except ConnectionError:
             keep = False
-        self._fast_finished(self._after_response(request, keep))
-
-    def _fast_finished(self, keep: bool) -> None:
-        if self._exchange_over(keep) and self.queue:
+        if self._exchange_over(self._after_response(request, keep)) and self.queue:
             self._wake()
 
     def _wake(self) -> None:
