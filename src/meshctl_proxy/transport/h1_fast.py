@@ -47,7 +47,7 @@ class FastPath:
         self.endpoint: Endpoint | None = None
 
     def send(self, request: Request, head: RequestHead, endpoint: Endpoint) -> None:
-        """Send *request* (the shortcut named *endpoint*); the answer comes to the connection's ``respond_fast``."""
+        """Send *request* (the shortcut named *endpoint*); the answer comes to the connection's ``respond``."""
         conn = self.conn
         path = self.path
         self.request = request
@@ -59,7 +59,7 @@ class FastPath:
             try:
                 conn.watched = path.announce(request, endpoint, start)
             except ProxyError as exc:
-                conn.respond_fast(request, head, exc.response(), self.stats, 0.0)
+                conn.respond(request, head, exc.response(), self.stats, 0.0)
                 return
         upstream = self.pool.take_idle(endpoint)
         if upstream is None:
@@ -81,7 +81,7 @@ class FastPath:
             response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
         if self.path.observes:
             self.path.observe(self.endpoint, response, None, latency)
-        conn.respond_fast(request, self.head, response, self.stats, latency * 1000)
+        conn.respond(request, self.head, response, self.stats, latency * 1000)
 
     async def _connect(self) -> None:
         """No idle pooled connection: a new one to the same endpoint."""
@@ -104,4 +104,4 @@ class FastPath:
         if conn.closed:
             response.body.discard()
             return
-        conn.respond_fast(request, self.head, response, self.stats, (conn.loop.time() - start) * 1000)
+        conn.respond(request, self.head, response, self.stats, (conn.loop.time() - start) * 1000)

@@ -1,15 +1,16 @@
-"""HTTP/1.x from clients: the accepted connection, its phase, and the general path.
+"""HTTP/1.x from clients: the accepted connection and its phase, the one place its state changes.
 
 :class:`H1ServerConnection` parses what the client sends (the framing rules
-live in :mod:`meshctl_proxy.wire.http1`, sans-IO), keeps the connection's
-state in one :class:`Phase`, and runs each request through the exchange
-(:mod:`meshctl_proxy.transport.exchange`).  What it delegates, each in its
-own module: the request as forwarded (``h1_request``), writing the response
-(``h1_response``), the fast path (``h1_fast``), the 101 tunnel
-(``h1_tunnel``); the upstream side is ``h1_client``.  asyncio Protocols
-rather than streams: the per-request path is a parser callback, a dict lookup
-and a write, with one coroutine per connection (profiling showed
-StreamReader/StreamWriter costing about a third of the request time).
+live in :mod:`meshctl_proxy.wire.http1`, sans-IO) and moves through its
+:class:`Phase`; every change of phase is a method here.  The jobs around it,
+each in its own module: the request as forwarded (``h1_request``), the fast
+path (``h1_fast``: sent from the parser callback) and the general path
+(``h1_general``: a task, through the exchange), writing and counting the
+response (``h1_response``), the 101 tunnel (``h1_tunnel``); the upstream
+side is ``h1_client``.  asyncio Protocols rather than streams: the
+per-request path is a parser callback, a dict lookup and a write, with one
+coroutine per connection (profiling showed StreamReader/StreamWriter costing
+about a third of the request time).
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import enum
 
 from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.hooks import Watched
-from meshctl_proxy.model import ConnectionContext, ProxyError, Request, Response
+from meshctl_proxy.model import ConnectionContext, Request, Response
 from meshctl_proxy.telemetry.metrics import TcpStats
-from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
+from meshctl_proxy.transport.connection import FlowControl
+from meshctl_proxy.transport.exchange import RequestPath, end_watch
 from meshctl_proxy.transport.h1_connection import HeldWrites
 from meshctl_proxy.transport.h1_fast import FastPath
-from meshctl_proxy.transport.connection import FlowControl
+from meshctl_proxy.transport.h1_general import GeneralPath
 from meshctl_proxy.transport.h1_request import RequestMaker
-from meshctl_proxy.transport.h1_response import close_lingering, stream_response, whole_response
-from meshctl_proxy.transport.h1_tunnel import Upgraded, start_tunnel
+from meshctl_proxy.transport.h1_response import close_lingering, write_response
+from meshctl_proxy.transport.h1_tunnel import start_tunnel
 from meshctl_proxy.transport.outbox import outbox
 from meshctl_proxy.wire import http1
 from meshctl_proxy.wire.http1 import End, H1Error, RequestHead, Upgrade
@@ -37,7 +39,21 @@ MAX_PIPELINED = 16
 
 
 class Phase(enum.Enum):
-    """Where a client connection is in its request cycle (h11 keeps the same in its connection states)."""
+    """Where a client connection is in its request cycle (h11 keeps the same in its connection states).
+
+    ::
+
+        IDLE --request taken (fast path: from data_received; general path: off the queue)--> EXCHANGING
+        EXCHANGING --the answer is written--> RESPONDING --written, keep-alive--> IDLE
+                                                          --written, closing--> DRAINING
+        EXCHANGING --the upstream switched protocols (101)--> TUNNELLED
+        IDLE --drain, the client's EOF, a refusal, with nothing queued--> DRAINING
+        any --the transport is gone--> CLOSED
+
+    ``keep_alive`` False (a drain, the client's EOF, a refusal) means no request
+    starts after those already queued: the exchange in flight, if any, ends in
+    DRAINING.
+    """
 
     IDLE = "idle"              # between exchanges: the next request may start
     EXCHANGING = "exchanging"  # a request is with the router and the upstream; nothing written back yet
@@ -56,33 +72,34 @@ class H1ServerConnection(HeldWrites):
     """A client's HTTP/1.x connection to the proxy.
 
     ``phase`` is where it is in the request cycle (:class:`Phase`);
-    ``keep_alive`` turns False once no further request may start (a drain, the
-    client's EOF, a refused request), and the connection closes when the
-    exchange in flight, if any, is over; ``refusal`` is the error a refused request is answered with.
+    ``keep_alive`` turns False once no further request may start;
+    ``refusal`` is the error a refused request is answered with (then the
+    close lingers, RFC 9112 section 9.6); ``queue`` the requests waiting for
+    the general path; ``tunnel_buf`` what the client sent after an Upgrade
+    request, held until the upstream answers it.
     """
 
     def __init__(self, runtime, ctx: ConnectionContext, stats: TcpStats) -> None:
+        FlowControl.__init__(self)
         self.rt = runtime
         self.ctx = ctx
         self.stats = stats
-        self.path = path = RequestPath(runtime, ctx)
-        self.watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
-        self.fast = FastPath(self)  # the fast path's exchange in flight (h1_fast)
+        self.path = RequestPath(runtime, ctx)
         marker = runtime.loop_markers[ctx.direction]
         self.reader = http1.RequestReader((marker,))
         self.requests = RequestMaker(ctx, (b"via", marker.entry("http/1")))  # the requests as forwarded
-        self._head_timer: asyncio.TimerHandle | None = None  # runs while a request head is incomplete
+        self.fast = FastPath(self)
+        self.general = GeneralPath(self)
         self.transport = None
-        self.queue: list[tuple[Request, RequestHead]] = []
-        self.current_body: Body | None = None
-        self.tunnel_buf: list[bytes] | None = None  # client bytes after an Upgrade head, held until 101
-        self.refusal: H1Error | None = None
         self.phase = IDLE
         self.keep_alive = True
-        FlowControl.__init__(self)
-        self._wakeup: asyncio.Future | None = None
-        self.task: asyncio.Task | None = None
-        self.stream_task: asyncio.Task | None = None
+        self.refusal: H1Error | None = None
+        self.queue: list[tuple[Request, RequestHead]] = []
+        self.current_body: Body | None = None  # the request body being received
+        self.tunnel_buf: list[bytes] | None = None
+        self.watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
+        self._head_timer: asyncio.TimerHandle | None = None  # runs while a request head is incomplete
+        self.stream_task: asyncio.Task | None = None  # a fast exchange's connect, retry or streamed answer
 
     @property
     def closed(self) -> bool:
@@ -95,7 +112,7 @@ class H1ServerConnection(HeldWrites):
         # One lookup per connection: on Python 3.11 get_running_loop() is a getpid() syscall.
         self.loop = loop = asyncio.get_running_loop()
         self._outbox = outbox(loop)
-        self.task = loop.create_task(self._serve())
+        self.general.start(loop)
 
     def feed_initial(self, data: bytes) -> None:
         """The bytes protocol detection read (and counted) before handing over."""
@@ -168,29 +185,7 @@ class H1ServerConnection(HeldWrites):
         if len(self.queue) > MAX_PIPELINED:
             self.transport.pause_reading()
         if self.phase is IDLE:
-            self._wake()
-
-    def _refuse(self, exc: H1Error) -> None:
-        """A request we will not forward: 400/431/501/505, then close (RFC 9112 section 9.6)."""
-        self.refusal = exc
-        self.keep_alive = False
-        if self.current_body is not None:
-            self.current_body.abort(BodyError(exc.reason))
-            self.current_body = None
-        if self.phase is IDLE and not self.queue:
-            # Nothing in flight: the refusal is this connection's last word.  Otherwise the exchange in
-            # flight ends it (its response says close, or its failed body gets the refusal).
-            self._write(http1.error_response(exc.status, exc.reason))
-            self.phase = DRAINING
-            self._close_lingering()
-        waiter = self._wakeup
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _close_lingering(self) -> None:
-        """Close after a refusal, lingering (h1_response.close_lingering): what still comes is dropped."""
-        self._outbox.flush()
-        close_lingering(self.transport, self.loop)
+            self.general.wake()
 
     def eof_received(self) -> bool:
         if self.tunnel_buf is not None:
@@ -200,11 +195,7 @@ class H1ServerConnection(HeldWrites):
             return True
         if self.current_body is not None:
             self.current_body.abort(BodyError("client closed mid-body"))
-        # Let the in-flight response finish (the client may have half-closed), then close.
-        self.keep_alive = False
-        if self.phase is IDLE and not self.queue:
-            self.phase = DRAINING
-            self._close()
+        self._no_more_requests()  # the client may have half-closed: the response in flight still goes
         return True
 
     def connection_lost(self, exc) -> None:
@@ -217,145 +208,84 @@ class H1ServerConnection(HeldWrites):
             self.current_body.abort(BodyError("client disconnected"))
         for request, _head in self.queue:
             request.body.abort(BodyError("client disconnected"))
-        for task in (self.task, self.stream_task):
+        for task in (self.general.task, self.stream_task):
             if task is not None and not task.done():
                 task.cancel()
         self.fail_drain_waiters(ConnectionResetError("client disconnected"))
-        self._watch_end(None, error="client disconnected")
+        self.watch_end(None, error="client disconnected")
 
     def _interim(self, status: int, headers) -> None:
         """Relay 100 Continue (RFC 9110 section 15.2) while the final response is pending."""
         if self.phase is EXCHANGING:
             self._write(http1.response_head(status, b"", headers))
 
+    # -- no more requests: a drain, the client's EOF, a refusal ---------------------------
     def drain(self) -> None:
         """Graceful shutdown: finish the response in flight, then close."""
+        if self.transport is not None:
+            self._no_more_requests()
+
+    def _refuse(self, exc: H1Error) -> None:
+        """A request we will not forward: 400/408/431/501/505, then close (RFC 9112 section 9.6)."""
+        self.refusal = exc
+        if self.current_body is not None:
+            self.current_body.abort(BodyError(exc.reason))
+            self.current_body = None
+        # With nothing in flight the refusal is this connection's last word; otherwise the exchange in
+        # flight ends it (its response says close, or its failed body gets the refusal).
+        self._no_more_requests()
+
+    def _no_more_requests(self) -> None:
         self.keep_alive = False
-        if self.phase is IDLE and not self.queue and self.transport is not None:
-            self.phase = DRAINING
-            self._close()
+        if self.phase is IDLE and not self.queue:
+            if self.refusal is not None:
+                self._write(http1.error_response(self.refusal.status, self.refusal.reason))
+            self._end()
+        self.general.wake()
 
-    # -- the request loop -----------------------------------------------------------
-    async def _serve(self) -> None:
-        """The general path, a task for the connection's life: the queued requests, one at a time."""
-        try:
-            while True:
-                phase = self.phase
-                if phase is IDLE and self.queue:
-                    request, head = self.queue.pop(0)
-                    if len(self.queue) == MAX_PIPELINED:
-                        self.transport.resume_reading()
-                    self.phase = EXCHANGING
-                    if not self._exchange_over(await self._exchange(request, head)):
-                        return
-                elif phase is EXCHANGING or phase is RESPONDING or (phase is IDLE and self.keep_alive):
-                    self._wakeup = self.loop.create_future()  # a request, or the fast exchange in flight, to finish
-                    await self._wakeup
-                    self._wakeup = None
-                else:
-                    return  # closing, closed or tunnelled: nothing more to serve here
-        except asyncio.CancelledError:
-            pass
-        except ConnectionError:
-            if self.transport is not None:
-                self._abort()
-
-    def _exchange_over(self, keep: bool) -> bool:
-        """The exchange in flight is over, its response written: IDLE again (True), else close (False).
-
-        Both paths end here.  *keep*: the response allows another request; a
-        drain, the client's EOF or a refusal meanwhile (``keep_alive``) leaves
-        only the requests already queued.  After a refusal the close lingers.
-        """
-        phase = self.phase
-        if phase is CLOSED or phase is TUNNELLED or phase is DRAINING:
-            return False
-        if keep and (self.keep_alive or self.queue):
-            self.phase = IDLE
-            return True
+    def _end(self) -> None:
+        """DRAINING: close, lingering after a refusal so that a reset does not destroy it (h1_response)."""
         self.phase = DRAINING
         if self.refusal is not None:
-            self._close_lingering()
+            self._outbox.flush()
+            close_lingering(self.transport, self.loop)
         else:
             self._close()
-        return False
 
-    async def _exchange(self, request: Request, head: RequestHead) -> bool:
-        """One request on the general path (meshctl_proxy.transport.exchange), answered; keep-alive."""
-        loop = self.loop
-        path = self.path
-        # Outbound series are labelled by the endpoint's hop, known once the exchange has answered.
-        stats = None if path.outbound else path.counted(request.authority)
-        start = loop.time()
-        exchange = Exchange(path, request, start)
-        try:
-            response = await exchange.run()
-        except BodyError:
-            self.watched = exchange.watched
-            if self.refusal is not None:
-                if stats is None:
-                    stats = path.counted(request.authority)
-                stats.response(self.refusal.status, "failure", (loop.time() - start) * 1000)
-                self.phase = RESPONDING
-                self._write(http1.error_response(self.refusal.status, self.refusal.reason))
-                self._watch_end(None, error=self.refusal.reason, status=self.refusal.status)
-                return False
-            response = ProxyError(502, "request body failed").response()
-        self.watched = exchange.watched
-        latency_ms = (loop.time() - start) * 1000
-        status = response.status
-        self.phase = RESPONDING
-        if stats is None:
-            stats = path.counted(request.authority, response.endpoint)
-
-        if status == 101 and response.upgraded is not None:
-            stats.response(101, "success", latency_ms)
-            self._watch_end(response)
-            self._start_tunnel(response)
-            return False
-
-        keep = self._respond_now(head, response, stats, latency_ms)
-        if keep is None:
-            keep = await self._respond_streaming(head, response, stats, latency_ms)
-        return self._after_response(request, keep)
-
-    def _watch_end(self, response: Response | None, *, error: str | None = None, status: int | None = None) -> None:
-        """The request in flight is over (answered, failed or abandoned): its watches end, once."""
-        watched = self.watched
-        if watched is None:
-            return
-        self.watched = None
-        end_watch(watched, self.loop.time(), response, error, status)
-
-    def _respond_now(self, head: RequestHead, response: Response, stats, latency_ms: float) -> bool | None:
-        """Write the whole response in one write when its body is already here (keep-alive); None when it
-        must stream."""
-        whole = whole_response(head, response, self.keep_alive)
-        if whole is None:
+    # -- the request cycle (the paths call these) -------------------------------------------
+    def next_request(self) -> tuple[Request, RequestHead] | None:
+        """The general path takes the next queued request (EXCHANGING), if the connection is IDLE."""
+        if self.phase is not IDLE or not self.queue:
             return None
-        out, keep = whole
-        self._write(out)
-        stats.record(response, latency_ms)
-        if self.watched is not None:
-            self._watch_end(response)
-        return keep
+        queued = self.queue.pop(0)
+        if len(self.queue) == MAX_PIPELINED:
+            self.transport.resume_reading()
+        self.phase = EXCHANGING
+        return queued
 
-    async def _respond_streaming(self, head: RequestHead, response: Response, stats, latency_ms: float) -> bool:
-        if self.watched is not None:
-            self.watched.response(response.status, self.loop.time())
-        try:
-            keep = await stream_response(self, head, response, self.keep_alive)
-        except BodyError:
-            # The upstream failed mid-body: HTTP/1 can only say so by cutting the connection.
-            stats.response(response.status, "failure", latency_ms)
-            self._watch_end(response, error="upstream failed mid-body")
-            self._abort()
-            return False
-        stats.record(response, latency_ms)
-        self._watch_end(response)
-        return keep
+    def expects_more(self) -> bool:
+        """Something is in flight, or another request may come."""
+        phase = self.phase
+        return phase is EXCHANGING or phase is RESPONDING or (phase is IDLE and self.keep_alive)
 
-    def _after_response(self, request: Request, keep: bool) -> bool:
+    def respond(self, request: Request, head: RequestHead, response: Response, stats, latency_ms: float) -> None:
+        """Write the answer to the request in flight (RESPONDING): h1_response calls response_written after."""
+        self.phase = RESPONDING
+        write_response(self, request, head, response, stats, latency_ms)
+
+    def respond_refusal(self) -> None:
+        """The request in flight failed because the client's stream was refused: the refusal answers it."""
+        self.phase = RESPONDING
+        self._write(http1.error_response(self.refusal.status, self.refusal.reason))
+        self.watch_end(None, error=self.refusal.reason, status=self.refusal.status)
+        self._end()
+
+    def response_written(self, request: Request, keep: bool) -> None:
+        """The exchange in flight is over: IDLE again, else DRAINING.
+
+        *keep*: the response allows another request; after a drain, the
+        client's EOF or a refusal only the requests already queued are served.
+        """
         if not request.body.complete:
             keep = False  # the next request's start is unknown until this body ends
         if self.tunnel_buf is not None:  # the upgrade was refused: the tail is ordinary HTTP
@@ -364,45 +294,32 @@ class H1ServerConnection(HeldWrites):
                 self._on_events(self.reader.after_upgrade_refused(tail))
             except H1Error as exc:
                 self._refuse(exc)
-                return False
-        return keep
+                keep = False
+        if self.phase is not RESPONDING:  # closed meanwhile
+            return
+        if keep and (self.keep_alive or self.queue):
+            self.phase = IDLE
+            if self.queue:
+                self.general.wake()
+        else:
+            self._end()
 
-    def respond_fast(self, request: Request, head: RequestHead, response: Response, stats,
-                     latency_ms: float) -> None:
-        """The fast path's answer (h1_fast): written now when it is whole, else by a task; then it is over."""
-        self.phase = RESPONDING
-        keep = self._respond_now(head, response, stats, latency_ms)
-        if keep is None:
-            self.stream_task = self.loop.create_task(self._respond_fast_streaming(request, head, response, stats,
-                                                                                latency_ms))
-        elif self._exchange_over(self._after_response(request, keep)) and self.queue:
-            self._wake()
+    def watch_end(self, response: Response | None, *, error: str | None = None, status: int | None = None) -> None:
+        """The request in flight is over (answered, failed or abandoned): its watches end, once."""
+        watched = self.watched
+        if watched is None:
+            return
+        self.watched = None
+        end_watch(watched, self.loop.time(), response, error, status)
 
-    async def _respond_fast_streaming(self, request, head, response, stats, latency_ms) -> None:
-        try:
-            keep = await self._respond_streaming(head, response, stats, latency_ms)
-        except ConnectionError:
-            keep = False
-        if self._exchange_over(self._after_response(request, keep)) and self.queue:
-            self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._wakeup
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _start_tunnel(self, response: Response) -> None:
-        """101 Switching Protocols: from now on both connections are an opaque pipe (h1_tunnel)."""
-        upgraded = response.upgraded
-        assert isinstance(upgraded, Upgraded)
+    def start_tunnel(self, response: Response) -> None:
+        """101 Switching Protocols (TUNNELLED): from now on both connections are an opaque pipe (h1_tunnel)."""
+        self.watch_end(response)
         self.phase = TUNNELLED
-        headers = response.headers + [(b"connection", b"upgrade"), (b"upgrade", upgraded.protocol_name)]
-        self._write(http1.response_head(101, response.reason, headers))
         self.rt.connections.discard(self)
         pending = b"".join(self.tunnel_buf or [])
         self.tunnel_buf = None
-        self._outbox.flush()  # the 101 goes before anything the tunnel writes
-        start_tunnel(self.transport, self.stats, upgraded, pending, on_closed=self._tunnel_closed)
+        start_tunnel(self, response, pending, on_closed=self._tunnel_closed)
 
     def _tunnel_closed(self) -> None:
         self.phase = CLOSED
