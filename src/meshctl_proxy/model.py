@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from meshctl_proxy.body import EMPTY, Body
 from meshctl_proxy.wire.fields import Headers, find_header
@@ -107,6 +108,9 @@ class Request:
     interim: Callable[[int, Headers], None] | None = None
     upgrade: bytes | None = None  # HTTP/1 Upgrade header when the client asked to switch protocols
     route: str | None = None  # the ServiceProfile route it matched (set by the traffic router), for the hook
+    # Inbound: where its response is counted in the route_* metrics (policy.inbound_routes.RouteTally,
+    # set by the router's commit() or dispatch(); the exchange records a shortcut's response there).
+    route_stats: Any = None
 
     def header(self, name: bytes) -> bytes | None:
         return find_header(self.headers, name)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -96,3 +98,91 @@ def drive(shop: Shop, load: Load, *, rps: float, seconds: float) -> None:
             except httpx.HTTPError:
                 status = 0
             load.results.append((time.time(), status))
+
+
+# --- the local mesh of `meshctl demo up`, whose real proxies tap tests subscribe to -------------
+
+# Loopback /24s a module may use, tried in turn: another run of the suite (another checkout)
+# may hold one; `demo up` refuses an address in use at once.
+PREFIXES = ("127.0.23", "127.0.25", "127.0.26", "127.0.27")
+
+
+class Mesh:
+    """A ``meshctl demo up`` local mesh: its state directory, state file and plan."""
+
+    def __init__(self, d: Path, prefix: str) -> None:
+        from meshctl import demo
+        from meshctl.demo import state
+
+        self.state_dir = d
+        self.state = state.load(d)
+        self.plan = demo.Plan(prefix=prefix)
+
+    def workload(self, name: str):
+        return self.state.workload(name)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    """A ``meshctl demo up`` local mesh on a free loopback /24, for this module (mTLS, identity on)."""
+    from conftest import run_cli
+
+    d = tmp_path_factory.mktemp("tapmesh") / "demo"
+    for prefix in PREFIXES:
+        r = run_cli("demo", "up", "--dir", str(d), "--address-prefix", prefix, timeout=180)
+        if r.returncode == 0 or "already in use" not in r.stderr:
+            break
+    try:
+        assert r.returncode == 0, r.stderr
+        yield Mesh(d, prefix)
+    finally:
+        down = run_cli("demo", "down", "--dir", str(d), timeout=60)
+        assert down.returncode == 0, down.stderr
+
+
+def send(mesh: Mesh, n: int, *, start: int = 1) -> list[int]:
+    """Requests to the gateway as the demo's ingress sends them: to the pod, with the Service's authority."""
+    gateway = mesh.plan.workload("product-gateway-api")
+    with httpx.Client(base_url=mesh.state.gateway_url, headers={"Host": gateway.authority}, timeout=10) as c:
+        # The shop sells five products: ids cycle through 1..5.
+        return [c.get(f"/api/products/{1 + (start - 1 + i) % 5}").status_code for i in range(n)]
+
+
+def tap_subscribers(mesh: Mesh, name: str) -> float:
+    from proxy.conftest import metric_sum, parse_metrics
+
+    admin = mesh.workload(name).proxy.admin
+    return metric_sum(parse_metrics(httpx.get(f"http://{admin}/metrics", timeout=5).text), "tap_subscribers")
+
+
+
+
+class Cli:
+    """``python -m meshctl ARGS`` running in the background, its output collected; against the local
+    mesh (``$MESHCTL_DEMO_DIR``) unless *demo* is False (a cluster: ``--kubeconfig`` among *args*)."""
+
+    def __init__(self, mesh: Mesh, *args: str, demo: bool = True) -> None:
+        import subprocess
+        import sys
+
+        from conftest import ROOT, SRC
+
+        env = {**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1", "COLUMNS": "250"}
+        env.pop("MESHCTL_DEMO_DIR", None)
+        if demo:
+            env["MESHCTL_DEMO_DIR"] = str(mesh.state_dir)
+        self.proc = subprocess.Popen([sys.executable, "-m", "meshctl", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
+
+    def stop(self, sig: signal.Signals | None = signal.SIGINT, timeout: float = 30) -> tuple[int, str, str]:
+        """Send *sig* (None: let it end by itself, --duration) and collect the exit code and output."""
+        import subprocess
+
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out, err

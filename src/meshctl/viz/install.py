@@ -137,6 +137,21 @@ def render(values: dict, *, namespace: str, mesh_namespace: str) -> list[dict]:
     return copy.deepcopy(objs)
 
 
+def tap_serving_certificate(namespace: str, *, lifetime_days: int = 365) -> tuple[str, str, str]:
+    """(CA, certificate, key) PEM for the tap server's HTTPS: the API server checks the certificate
+    against the APIService's ``caBundle`` for the name ``tap.NAMESPACE.svc``.  Made at each render, as
+    Linkerd's chart makes its tap certificate (one year)."""
+    import datetime as dt
+
+    from meshctl.identity import certs
+
+    name = f"tap.{namespace}.svc"
+    ca = certs.generate_trust_anchor(common_name=f"{name} CA", lifetime=dt.timedelta(days=lifetime_days))
+    key = certs.new_private_key()
+    leaf = certs.issue_leaf(ca, public_key=key.public_key(), dns_name=name, lifetime=dt.timedelta(days=lifetime_days))
+    return ca.cert_pem, certs.cert_to_pem(leaf), certs.key_to_pem(key)
+
+
 # What `viz uninstall` looks for, by the extension label: cluster-scoped kinds and the namespace
 # (deleting the namespace deletes what is in it).
 UNINSTALL_KINDS = (

@@ -32,6 +32,9 @@ class AuthorizingRouter:
         self.target = inner.target
         self.observe = inner.observe
         self.observes = getattr(inner, "observes", True)
+        # The inner router's inbound route metrics (policy.inbound_routes): the exchange must hear about them.
+        self.counts_routes = getattr(inner, "counts_routes", False)
+        self.shortcut_waits_for_lookup = getattr(inner, "shortcut_waits_for_lookup", False)
         # The policy's answer depends on the connection alone (port, peer identity, address).
         self.remembers_endpoints = getattr(inner, "remembers_endpoints", False)
 

@@ -100,7 +100,7 @@ class RequestPath:
     """What the requests of one accepted connection go through: router, upstream, hook, series."""
 
     __slots__ = ("ctx", "router", "upstream", "hooks", "metrics", "observes", "outbound", "raw_errors",
-                 "_shortcut", "_series", "_remembers", "_shortcuts")
+                 "_router_observes", "_shortcut", "_series", "_remembers", "_remembers_none", "_shortcuts")
 
     def __init__(self, proxy, ctx, *, raw_errors: tuple[type[BaseException], ...] = ()) -> None:
         self.ctx = ctx
@@ -109,11 +109,17 @@ class RequestPath:
         self.hooks = proxy.hooks
         self.metrics = proxy.metrics
         # A router that declares nothing is assumed to want its outcomes and to have no shortcut.
-        self.observes: bool = getattr(router, "observes", True)
+        self._router_observes: bool = getattr(router, "observes", True)
+        # observe() runs after each shortcut exchange when the router wants the outcome, or counts the
+        # request's route (counts_routes: the inbound route metrics, Request.route_stats).
+        self.observes: bool = self._router_observes or getattr(router, "counts_routes", False)
         self._shortcut = getattr(router, "shortcut", None)
         # A router whose shortcut answers depend on the authority and the connection alone says so
-        # (remembers_endpoints): its answers are then remembered here, per authority.
+        # (remembers_endpoints): its answers are then remembered here, per authority.  One whose None
+        # only means "not before a lookup is done" (shortcut_waits_for_lookup) has its endpoints
+        # remembered, not its Nones.
         self._remembers: bool = getattr(router, "remembers_endpoints", False)
+        self._remembers_none = not getattr(router, "shortcut_waits_for_lookup", False)
         self._shortcuts: dict[str, Endpoint | None] = {}
         self.outbound = ctx.direction == OUTBOUND
         self.raw_errors = raw_errors  # ProxyErrors the protocol answers itself (HTTP/2: a reset to pass on)
@@ -152,7 +158,7 @@ class RequestPath:
             endpoint = known.get(request.authority, _NO_ENDPOINT)
             if endpoint is _NO_ENDPOINT:
                 endpoint = shortcut(request)
-                if len(known) < MAX_REMEMBERED_AUTHORITIES:
+                if len(known) < MAX_REMEMBERED_AUTHORITIES and (endpoint is not None or self._remembers_none):
                     known[request.authority] = endpoint
         else:
             endpoint = shortcut(request)
@@ -165,9 +171,20 @@ class RequestPath:
         server_id = mesh_identity(self.upstream.connector, endpoint) if self.outbound and endpoint else None
         return self.hooks.announce(self.ctx, request, endpoint, server_id, start)
 
-    def observe(self, endpoint: Endpoint, response: Response | None, exc: BaseException | None,
+    def observe(self, request: Request, endpoint: Endpoint, response: Response | None, exc: BaseException | None,
                 latency: float) -> None:
-        """Tell a router that ``observes`` how a shortcut exchange went."""
+        """How a shortcut exchange went (its response head, or the failure), for whoever declared interest.
+
+        The route the router's commit() counted the request in (``request.route_stats``) counts
+        the response; a router that ``observes`` hears the outcome.  Called once per shortcut
+        request, when ``observes`` (dispatch() sees its own responses).
+        """
+        tally = request.route_stats
+        if tally is not None:
+            status = response.status if exc is None and response is not None else getattr(exc, "status", 502)
+            tally.record(status, latency * 1000)
+        if not self._router_observes:
+            return
         if exc is not None:
             self.router.observe(endpoint, Outcome(None, latency, getattr(exc, "reason", str(exc))))
         elif response is not None:
@@ -267,7 +284,7 @@ class Exchange:
         try:
             response = await send(self.request, endpoint)
         except ProxyError as exc:
-            path.observe(endpoint, None, exc, loop.time() - sent)
+            path.observe(self.request, endpoint, None, exc, loop.time() - sent)
             raise
-        path.observe(endpoint, response, None, loop.time() - sent)
+        path.observe(self.request, endpoint, response, None, loop.time() - sent)
         return response

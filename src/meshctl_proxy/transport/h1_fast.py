@@ -80,7 +80,7 @@ class FastPath:
                 return
             response = exc.response() if isinstance(exc, ProxyError) else ProxyError(502, str(exc)).response()
         if self.path.observes:
-            self.path.observe(self.endpoint, response, None, latency)
+            self.path.observe(request, self.endpoint, response, None, latency)
         conn.respond(request, self.head, response, self.stats, latency * 1000)
 
     async def _connect(self) -> None:

@@ -100,8 +100,9 @@ class Phase(enum.IntEnum):
     CLOSED = 3
 
 
-class _Sender(FlowControl):
-    """Hands DATA to libnghttp2 within the peer's flow-control windows and writes its output; both ends."""
+class H2Connection(FlowControl, asyncio.Protocol):
+    """One end of an HTTP/2 connection (the base of both): its phase, the shape of a read, DATA handed to
+    libnghttp2 within the peer's flow-control windows, and libnghttp2's output written."""
 
     def __init__(self) -> None:
         FlowControl.__init__(self)  # every stream waiting for the socket to drain (transport.connection)

@@ -175,12 +175,25 @@ class Proxy:
         for direction in (OUTBOUND, INBOUND):
             self.routers[direction] = self._routers[direction] or default_router(direction, cfg.inbound_forward_host,
                                                                                  own)
+        if self._routers[OUTBOUND] is None or self._routers[INBOUND] is None:
+            # One destination client (its watches) for both sides, as Linkerd's control-plane client.
+            from meshctl_proxy.discovery.client import DestinationClient
+
+            client = DestinationClient.from_config(cfg)
         if self._routers[OUTBOUND] is None:
             # Outbound traffic goes through discovery, balancing and route policy
             # (meshctl_proxy.policy.traffic_router); names the mesh does not know go direct.
             from meshctl_proxy.policy.traffic_router import TrafficRouter
 
-            self.routers[OUTBOUND] = TrafficRouter.from_config(cfg, metrics=self.route_metrics, own_addrs=own)
+            self.routers[OUTBOUND] = TrafficRouter.from_config(cfg, metrics=self.route_metrics, own_addrs=own,
+                                                               client=client)
+        if self._routers[INBOUND] is None:
+            # Inbound requests are counted by the route of their authority's ServiceProfile, as Linkerd's
+            # inbound proxy counts them (meshctl_proxy.policy.inbound_routes).
+            from meshctl_proxy.policy.inbound_routes import ProfiledInboundRouter
+
+            self.routers[INBOUND] = ProfiledInboundRouter(cfg.inbound_forward_host, client, self.route_metrics,
+                                                          own_addrs=own)
         self.ready = True
 
     def is_ready(self) -> bool:
