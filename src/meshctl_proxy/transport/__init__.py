@@ -10,9 +10,9 @@
   counting the response), ``h1_tunnel`` (after a 101); ``h1_client`` is the
   pooled upstream connection and ``H1Pool``; ``h1_connection`` what both ends
   share (held writes).
-- HTTP/2: ``http2_proxy`` (server connection and pool), ``h2_client`` (the
-  upstream connection), ``h2_connection`` (what both ends share: phase, flow
-  control, writes).
+- HTTP/2: ``h2_server`` (server connection), ``h2_client`` (the upstream
+  connection and its pool), ``h2_connection`` (what both ends share: phase,
+  flow control, writes).
 - ``tcp`` splices opaque TCP, ``outbox`` batches writes, ``original_dst``
   reads SO_ORIGINAL_DST.
 """
