@@ -1,6 +1,6 @@
 """The request exchange, written once for HTTP/1.1 and HTTP/2.
 
-Both server connections (:mod:`~meshctl_proxy.transport.http1_proxy`,
+Both server connections (:mod:`~meshctl_proxy.transport.h1_server`,
 :mod:`~meshctl_proxy.transport.h2_server`) hand every request to the same
 steps, kept by one :class:`RequestPath` per accepted connection::
 

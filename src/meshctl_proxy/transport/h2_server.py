@@ -112,7 +112,7 @@ class H2ServerConnection(H2Connection):
 
     def _read_done(self, heard: bool) -> None:
         # Bytes that made no event are a frame (a header block above all) still arriving: the
-        # header-read timeout runs until one completes (class 5; HTTP/1's is in http1_proxy).
+        # header-read timeout runs until one completes (class 5; HTTP/1's is in h1_server).
         if heard:
             if self._head_timer is not None:
                 self._head_timer.cancel()

@@ -19,7 +19,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from meshctl_proxy.wire import detect as detection
-from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
+from meshctl_proxy.transport.h1_client import H1Pool
+from meshctl_proxy.transport.h1_server import H1ServerConnection
 from meshctl_proxy.hooks import RequestHooks
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
