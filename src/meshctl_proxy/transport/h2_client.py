@@ -1,4 +1,4 @@
-"""The proxy's upstream HTTP/2 connection: one per endpoint, every request to it multiplexed.
+"""The proxy's upstream HTTP/2 connections and their pool: one per endpoint, every request to it multiplexed.
 
 An HTTP/2 request goes upstream as HTTP/2 (gRPC needs trailers end to end).  A
 reset travels back with its error code (``UpstreamReset`` before the response,
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
-from typing import TYPE_CHECKING
 
 import ngh2
 from ngh2 import (DataReceived, GoAwayReceived, NGH2Error, ResponseReceived, Role, SettingsReceived, StreamClosed,
@@ -22,13 +21,11 @@ from ngh2 import (DataReceived, GoAwayReceived, NGH2Error, ResponseReceived, Rol
 
 from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.model import Endpoint, ProxyError, Request, Response
+from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.transport.h2_connection import (CANCEL, CONNECTION_WINDOW, MAX_HEADER_LIST_SIZE, PROTOCOL_ERROR,
                                                    STREAM_WINDOW, H2Connection, Phase, StreamReset, UpstreamReset)
 from meshctl_proxy.wire.h2headers import h2_fields
-
-if TYPE_CHECKING:
-    from meshctl_proxy.transport.http2_proxy import H2Pool
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -298,3 +295,73 @@ class H2ClientConnection(H2Connection):
                 self.flush()
             except NGH2Error:
                 pass
+
+
+class H2Pool(EndpointPool):
+    """One multiplexed upstream connection per endpoint (more when one is full or going away)."""
+
+    def __init__(self, connector, metrics, direction: str, *, connect_timeout: float, **idle) -> None:
+        super().__init__(connector, metrics, direction, connect_timeout=connect_timeout, **idle)
+        self._connecting: dict[Endpoint, asyncio.Future] = {}
+
+    def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
+        """A connection to *endpoint* with room for one more stream, if one is open."""
+        for conn in self.conns.get(endpoint, ()):
+            if conn.phase is Phase.OPEN and len(conn.streams) < conn.max_streams:
+                conn.last_used = conn.loop.time()
+                return conn
+        return None
+
+    def _sweep_soon(self, delay: float) -> None:
+        if self._expiry is not None:
+            if delay:
+                return
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """Close connections without a stream for idle_timeout, and the longest idle past max_idle
+        (EndpointPool's bounds; an HTTP/2 connection is idle while no stream is open on it)."""
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        idle = sorted((conn for conns in self.conns.values() for conn in conns
+                       if not conn.streams and not conn.body_tasks), key=lambda conn: conn.last_used)
+        excess = len(idle) - self.max_idle
+        for i, conn in enumerate(idle):
+            if i < excess or now - conn.last_used >= self.idle_timeout:
+                self.evict(conn)
+        if self.conns:
+            self._sweep_soon(self.idle_timeout / 2)
+
+    async def _connect(self, endpoint: Endpoint, authority: str) -> H2ClientConnection:
+        pending = self._connecting.get(endpoint)
+        if pending is not None:  # share one handshake among requests that arrive together
+            return await asyncio.shield(pending)
+        fut = self._connecting[endpoint] = asyncio.get_running_loop().create_future()
+        try:
+            conn = await self.dial(endpoint, authority, H2ClientConnection, alpn=["h2"])
+        except ProxyError as err:
+            exc = err
+        else:
+            self.conns.setdefault(endpoint, []).append(conn)
+            conn.last_used = conn.loop.time()
+            if len(self.conns) > self.max_idle:  # respelt or many endpoints: enforce the cap now
+                self._sweep_soon(0)
+            else:
+                self._sweep_soon(self.idle_timeout / 2)
+            fut.set_result(conn)
+            del self._connecting[endpoint]
+            return conn
+        del self._connecting[endpoint]
+        fut.set_exception(exc)
+        fut.exception()  # retrieved: waiters re-raise it themselves
+        raise exc
+
+    async def send(self, request: Request, endpoint: Endpoint, *, fresh: bool = False) -> Response:
+        """One attempt, on a connection with stream room (a new one when none has).  *fresh* (the retry after
+        REFUSED_STREAM) picks the same way: the refusal came from a live connection, at its stream limit or
+        shedding load, whose room is known again."""
+        conn = self.usable(endpoint)
+        if conn is None:
+            conn = await self._connect(endpoint, request.authority)
+        return await conn.send(request)
