@@ -14,7 +14,7 @@ import asyncio
 from meshctl_proxy import config
 from meshctl_proxy.model import OUTBOUND, ConnectionContext
 from meshctl_proxy.policy.router import DirectRouter
-from meshctl_proxy.transport.http1_proxy import H1ServerConnection, Phase
+from meshctl_proxy.transport.h1_server import H1ServerConnection, Phase
 from meshctl_proxy.transport.server import Proxy
 
 from .memory import MemoryConnector, MemoryTransport

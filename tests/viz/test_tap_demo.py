@@ -21,32 +21,9 @@ import httpx
 import pytest
 import yaml
 
-from pathlib import Path
-
 from conftest import ROOT, SRC, run_cli
 from proxy.conftest import wait_for
-from viz.conftest import Mesh, send, tap_subscribers  # noqa: F401 (the `mesh` fixture is there too)
-
-class Cli:
-    """``python -m meshctl ARGS`` running in the background, its output collected."""
-
-    def __init__(self, mesh: Mesh, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1", "COLUMNS": "250",
-               "MESHCTL_DEMO_DIR": str(mesh.state_dir)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "meshctl", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
-
-    def stop(self, sig: signal.Signals | None = signal.SIGINT, timeout: float = 30) -> tuple[int, str, str]:
-        """Send *sig* (None: let it end by itself, --duration) and collect the exit code and output."""
-        if sig is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out, err
-
+from viz.conftest import Cli, send, tap_subscribers  # the `mesh` fixture is there too
 
 def test_tap_prints_each_request_of_a_20_request_burst(mesh):
     cli = Cli(mesh, "viz", "tap", "deploy/product-gateway-api")

@@ -45,12 +45,10 @@ from collections.abc import Callable
 from meshctl.errors import MeshctlError
 from meshctl.viz import resources, tap
 from meshctl.viz.resources import SHORT
+from meshctl.viz.tap import API_GROUP, API_PREFIX, API_VERSION, PLURALS
 
 log = logging.getLogger("meshctl.viz.tapserver")
 
-API_GROUP = "tap.meshctl.io"
-API_VERSION = "v1alpha1"
-API_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"
 PORT = 8089
 AUTH_CONFIG_MAP = ("kube-system", "extension-apiserver-authentication")
 MAX_REQUEST = 64 * 1024
@@ -59,8 +57,6 @@ PROXY_CONTAINER = "meshctl-proxy"
 CONTROL_PLANE_LABEL = "meshctl.io/control-plane-ns"  # meshed pods carry it (the injector sets it)
 DEFAULT_CONTROL_PORT = 4190
 
-PLURALS = {"deployments": "deployment", "pods": "pod", "statefulsets": "statefulset", "daemonsets": "daemonset",
-           "services": "service"}
 FILTER_FIELDS = ("direction", "method", "authority", "path", "dst", "max_rps", "header_names")
 
 
@@ -145,16 +141,6 @@ class TapRequest:
         if self.name:
             attrs["name"] = self.name
         return attrs
-
-
-def api_path(resource: resources.Resource, namespace: str) -> str:
-    """The path the CLI posts to for *resource* (``deploy/web`` in *namespace*)."""
-    if resource.kind == "namespace":
-        return f"{API_PREFIX}/watch/namespaces/{resource.name}/tap"
-    plural = next(p for p, k in PLURALS.items() if k == resource.kind)
-    if resource.name:
-        return f"{API_PREFIX}/watch/namespaces/{namespace}/{plural}/{resource.name}/tap"
-    return f"{API_PREFIX}/watch/namespaces/{namespace}/{plural}/tap"
 
 
 def parse_request(path: str, body: bytes) -> TapRequest:
@@ -263,10 +249,12 @@ class PodIndex:
         self.mesh_namespace = mesh_namespace
         self.trust_domain = trust_domain
         self.by_ip: dict[str, tap.Peer] = {}
+        self.by_identity: dict[str, list[tap.Peer]] = {}
         for pod in pods:
             ip = (pod.get("status") or {}).get("podIP")
             if ip:
                 self.by_ip[ip] = self.peer(pod)
+                self.by_identity.setdefault(self.identity(pod), []).append(self.peer(pod))
 
     @staticmethod
     def peer(pod: dict) -> tap.Peer:
@@ -290,11 +278,12 @@ class PodIndex:
                                      (pod["status"]["podIP"], control_port(pod)), self.identity(pod)))
         return out
 
-    def resource_of(self, addr: str | None) -> dict | None:
-        """``{"namespace", "pod", KIND: NAME}`` of the pod at *addr*, as ``viz tap -o json`` prints resources."""
-        if not addr:
-            return None
-        peer = self.by_ip.get(tap.split_addr(addr)[0])
+    def resource_of(self, addr: str | None, identity: str | None = None) -> dict | None:
+        """``{"namespace", "pod", KIND: NAME}`` of the pod at *addr*, as ``viz tap -o json`` prints resources;
+        else of the one pod holding the *identity* mTLS proved (a peer whose address is not its pod's)."""
+        peer = self.by_ip.get(tap.split_addr(addr)[0]) if addr else None
+        if peer is None and identity and len(self.by_identity.get(identity, ())) == 1:
+            peer = self.by_identity[identity][0]
         if peer is None:
             return None
         return {"namespace": peer.namespace, "pod": peer.pod, SHORT.get(peer.kind, peer.kind): peer.workload}
@@ -306,7 +295,8 @@ def annotate(target: tap.TapTarget, event: dict, index: PodIndex) -> dict:
     if event.get("event") == "req":
         me = {"namespace": target.namespace, "pod": target.pod, SHORT.get(target.kind, target.kind): target.workload}
         inbound = event.get("direction") == "inbound"
-        other = index.resource_of(event.get("src") if inbound else event.get("dst"))
+        other = (index.resource_of(event.get("src"), event.get("client_id")) if inbound else
+                 index.resource_of(event.get("dst"), event.get("server_id")))
         src, dst = (other, me) if inbound else (me, other)
         if src is not None:
             doc["src_resource"] = src

@@ -1,7 +1,7 @@
 """The request exchange, written once for HTTP/1.1 and HTTP/2.
 
-Both server connections (:mod:`~meshctl_proxy.transport.http1_proxy`,
-:mod:`~meshctl_proxy.transport.http2_proxy`) hand every request to the same
+Both server connections (:mod:`~meshctl_proxy.transport.h1_server`,
+:mod:`~meshctl_proxy.transport.h2_server`) hand every request to the same
 steps, kept by one :class:`RequestPath` per accepted connection::
 
     request -> router.shortcut(request) --endpoint--> router.commit -> hook -> upstream.send --+

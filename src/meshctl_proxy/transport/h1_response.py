@@ -1,14 +1,17 @@
-"""Writing a response to an HTTP/1.x client: framed as the client's request allows, in one write if it can.
+"""Writing a response to an HTTP/1.x client, framed as its request allows, and recording it.
 
+:func:`write_response` writes a response whose body has already arrived in
+one write (each write is a syscall, the largest single cost per request on
+loopback), else the head and then the body as it comes, pausing while the
+client's socket is full (a task); either way it counts the response in its
+series, ends the hook's watches of the request and tells the connection.  Below them,
 :func:`framing` decides keep-alive, body or none, and chunking from the
-request head and the response (RFC 9112 sections 6 and 9.3);
-:func:`whole_response` gives the bytes of a response whose body has already
-arrived, so that it goes out in one write (each write is a syscall, the
-largest single cost per request on loopback); :func:`stream_response` writes
-the head and then the body as it comes, pausing while the client's socket is
-full; :func:`close_lingering` ends a connection after a refusal without
-letting a reset destroy it.  The connection (:class:`~meshctl_proxy.transport.h1_server.H1ServerConnection`)
-counts and reports the response; this module only frames and writes it.
+request head and the response (RFC 9112 sections 6 and 9.3), and
+:func:`whole_response` / :func:`stream_response` make and write the bytes.
+:func:`close_lingering` ends a connection after a refusal without letting a
+reset destroy it.  The connection
+(:class:`~meshctl_proxy.transport.h1_server.H1ServerConnection`, a
+:class:`ResponseSink`) decides when a response is written and what its phase is.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from meshctl_proxy.model import Response
+from meshctl_proxy.body import BodyError
+from meshctl_proxy.hooks import Watched
+from meshctl_proxy.model import Request, Response
 from meshctl_proxy.wire import http1
 from meshctl_proxy.wire.http1 import RequestHead
 
@@ -28,13 +33,71 @@ LINGER_SECONDS = 2.0
 
 
 class ResponseSink(Protocol):
-    """What :func:`stream_response` writes through: the connection's held writes and its flow control."""
+    """The connection a response is written to: its held writes, flow control and the request's watches."""
 
     write_paused: bool
+    keep_alive: bool  # False once no further request may start: the response says close
+    watched: Watched | None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
+    loop: asyncio.AbstractEventLoop
+    stream_task: asyncio.Task | None  # the task writing a streamed response
 
     def _write(self, data: bytes) -> None: ...
 
+    def _abort(self) -> None: ...
+
     async def drained(self) -> None: ...
+
+    def watch_end(self, response: Response | None, *, error: str | None = None, status: int | None = None) -> None: ...
+
+    def response_written(self, request: Request, keep: bool) -> None: ...
+
+
+def write_response(conn: ResponseSink, request: Request, head: RequestHead, response: Response, stats,
+                   latency_ms: float) -> None:
+    """Write *response* to *request*, count it, then tell the connection (``response_written``).
+
+    A body already here goes out with the head in one write, from this call;
+    otherwise a task (``conn.stream_task``) writes the body as it arrives.
+    """
+    keep = respond_now(conn, head, response, stats, latency_ms)
+    if keep is None:
+        conn.stream_task = conn.loop.create_task(_respond_streaming(conn, request, head, response, stats, latency_ms))
+    else:
+        conn.response_written(request, keep)
+
+
+def respond_now(conn: ResponseSink, head: RequestHead, response: Response, stats, latency_ms: float) -> bool | None:
+    """Write the whole response in one write when its body is already here, and count it: keep-alive.
+    None when it must stream."""
+    whole = whole_response(head, response, conn.keep_alive)
+    if whole is None:
+        return None
+    out, keep = whole
+    conn._write(out)
+    stats.record(response, latency_ms)
+    if conn.watched is not None:
+        conn.watch_end(response)
+    return keep
+
+
+async def _respond_streaming(conn: ResponseSink, request: Request, head: RequestHead, response: Response, stats,
+                             latency_ms: float) -> None:
+    if conn.watched is not None:
+        conn.watched.response(response.status, conn.loop.time())
+    try:
+        keep = await stream_response(conn, head, response, conn.keep_alive)
+    except BodyError:
+        # The upstream failed mid-body: HTTP/1 can only say so by cutting the connection.
+        stats.response(response.status, "failure", latency_ms)
+        conn.watch_end(response, error="upstream failed mid-body")
+        conn._abort()
+        keep = False
+    except ConnectionError:  # the client is gone
+        keep = False
+    else:
+        stats.record(response, latency_ms)
+        conn.watch_end(response)
+    conn.response_written(request, keep)
 
 
 def framing(head: RequestHead, response: Response, keep_alive: bool) -> tuple[bool, bool, bool]:

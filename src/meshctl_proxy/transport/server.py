@@ -19,7 +19,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from meshctl_proxy.wire import detect as detection
-from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
+from meshctl_proxy.transport.h1_client import H1Pool
+from meshctl_proxy.transport.h1_server import H1ServerConnection
 from meshctl_proxy.hooks import RequestHooks
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
@@ -30,7 +31,8 @@ from meshctl_proxy.transport.tcp import PipeEnd, splice
 from meshctl_proxy.transport.original_dst import original_dst
 
 if TYPE_CHECKING:  # HTTP/2 is imported when a connection first speaks it (start-up time, idle memory)
-    from meshctl_proxy.transport.http2_proxy import H2Pool, H2ServerConnection
+    from meshctl_proxy.transport.h2_client import H2Pool
+    from meshctl_proxy.transport.h2_server import H2ServerConnection
 
 log = logging.getLogger("meshctl_proxy")
 
@@ -60,7 +62,7 @@ class HttpUpstream:
         if request.protocol != "h2":
             return self.h1
         if self.h2 is None:
-            from meshctl_proxy.transport.http2_proxy import H2Pool
+            from meshctl_proxy.transport.h2_client import H2Pool
 
             self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout,
                              **self.idle)
@@ -387,7 +389,7 @@ class DetectProtocol(asyncio.Protocol):
             if kind == detection.H1:
                 handler = H1ServerConnection(proxy, ctx, self.stats)
             else:  # h2 is imported only when a connection speaks it (start-up, idle memory)
-                from meshctl_proxy.transport.http2_proxy import H2ServerConnection
+                from meshctl_proxy.transport.h2_server import H2ServerConnection
 
                 handler = H2ServerConnection(proxy, ctx, self.stats)
             ctx.protocol = kind
