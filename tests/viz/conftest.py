@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sys
 from pathlib import Path
 
 import httpx
@@ -186,3 +187,78 @@ class Cli:
             self.proc.kill()
             out, err = self.proc.communicate()
         return self.proc.returncode, out, err
+
+
+# --- the tap server of `viz install`, as its Deployment runs it, on loopback ---------------------------
+
+class TapServerProcess:
+    """``meshctl viz tap-server`` with the arguments and certificate ``viz install`` rendered, served
+    to the fake API server: the tap Service's port 443 is this process's loopback port."""
+
+    def __init__(self, kube, objs: list[dict], tmp: Path, *, identity_addr: str, token: str) -> None:
+        import base64
+        import socket
+
+        ns = next(o for o in objs if o["kind"] == "Namespace")["metadata"]["name"]
+        secret = next(o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "tap-k8s-tls")
+        for key in ("tls.crt", "tls.key"):
+            (tmp / f"tap-{key}").write_bytes(base64.b64decode(secret["data"][key]))
+        (tmp / "tap-token").write_text(token)
+        deploy = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "tap")
+        command = deploy["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[0] == "meshctl" and command[2:4] == ["viz", "tap-server"], command
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        # The rendered command, with what a pod's volumes and network provide made local.
+        args = [a for a in command[1:] if not a.startswith(("--tls-cert-file=", "--tls-key-file="))]
+        self.args = [sys.executable, "-m", "meshctl", "--kubeconfig", str(kube.kubeconfig(tmp / "tap-server.kubeconfig")),
+                     *args, "--listen", f"127.0.0.1:{self.port}", "--tls-cert-file", str(tmp / "tap-tls.crt"),
+                     "--tls-key-file", str(tmp / "tap-tls.key"), "--identity-addr", identity_addr,
+                     "--identity-token-file", str(tmp / "tap-token"), "--identity-dir", str(tmp / "tap-identity")]
+        self.log = tmp / "tap-server.log"
+        self.proc = None
+        kube.service_endpoints[(ns, "tap", 443)] = ("127.0.0.1", self.port)
+
+    def start(self, *, ready: bool = True) -> None:
+        """Start; wait until it answers (and, with *ready*, holds its tap certificate)."""
+        import subprocess
+
+        from conftest import ROOT, SRC
+        from proxy.conftest import wait_for
+
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                         cwd=ROOT, start_new_session=True)
+        ok = wait_for(lambda: self.ready() in ((200,) if ready else (200, 503)), timeout=30, interval=0.2)
+        assert ok, self.log.read_text()
+
+    def ready(self) -> int | None:
+        """The status of GET /ready (no client certificate: the kubelet's probe), None when not listening."""
+        import ssl
+        import urllib.error
+        import urllib.request
+
+        assert self.proc.poll() is None, self.log.read_text()
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/ready", context=ctx, timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()

@@ -12,23 +12,18 @@ the pods are objects put into it whose ``podIP`` is the demo's pod address.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
-import socket
 import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import ROOT, SRC
 from fakekube.server import FakeKube
 from proxy.conftest import wait_for
-from viz.conftest import Cli, send, tap_subscribers
+from viz.conftest import Cli, TapServerProcess, send, tap_subscribers
 
 MESH_NS = "meshctl"
 VIZ_NS = "meshctl-viz"
@@ -52,87 +47,28 @@ def pod(w, namespace: str = "shop") -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class TapServer:
-    """``meshctl viz tap-server`` as the tap Deployment runs it, on loopback."""
-
-    def __init__(self, kube: FakeKube, mesh, tmp, token: str) -> None:
-        from meshctl.viz.install import tap_serving_certificate
-
-        ca, cert, key = tap_serving_certificate(VIZ_NS)
-        (tmp / "tap-tls.crt").write_text(cert)
-        (tmp / "tap-tls.key").write_text(key)
-        (tmp / "token").write_text(token)
-        self.kubeconfig = kube.kubeconfig(tmp / "tap-server.kubeconfig")
-        self.port = free_port()
-        self.args = [sys.executable, "-m", "meshctl", "--kubeconfig", str(self.kubeconfig), "viz", "tap-server",
-                     "--listen", f"127.0.0.1:{self.port}", "--tls-cert-file", str(tmp / "tap-tls.crt"),
-                     "--tls-key-file", str(tmp / "tap-tls.key"), "--identity-addr", mesh.plan.identity_addr,
-                     "--identity-token-file", str(tmp / "token"), "--identity-dir", str(tmp / "tap-identity")]
-        self.log = tmp / "tap-server.log"
-        self.proc: subprocess.Popen | None = None
-        kube.put({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-                  "metadata": {"name": "v1alpha1.tap.meshctl.io"},
-                  "spec": {"group": "tap.meshctl.io", "version": "v1alpha1", "groupPriorityMinimum": 1000,
-                           "versionPriority": 100, "caBundle": base64.b64encode(ca.encode()).decode(),
-                           "service": {"name": "tap", "namespace": VIZ_NS, "port": 443}}})
-        kube.put({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "tap", "namespace": VIZ_NS},
-                  "spec": {"ports": [{"name": "apiserver", "port": 443, "targetPort": 8089}],
-                           "selector": {"meshctl.io/viz-component": "tap"}}})
-        kube.service_endpoints[(VIZ_NS, "tap", 443)] = ("127.0.0.1", self.port)
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
-                                         cwd=ROOT, start_new_session=True)
-        ok = wait_for(self.ready, timeout=30, interval=0.2)
-        assert ok, self.log.read_text()
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/ready", context=ctx, timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def cluster(mesh, tmp_path_factory):
-    """The fake API server holding the mesh's configuration and the demo's pods, with the tap APIService
-    served by a running tap server whose identity the demo's identity service issued."""
+    """The fake API server holding the mesh's configuration, the demo's pods and what ``viz install``
+    renders, with the tap server running as its Deployment would (its certificate for the tap
+    identity issued by the demo's identity service, from a ServiceAccount token)."""
     from meshctl.identity.tokens import add_token
+    from meshctl.viz import install
 
     tmp = tmp_path_factory.mktemp("tapcluster")
     with FakeKube() as kube:
-        for ns in ("shop", MESH_NS, VIZ_NS):
+        for ns in ("shop", MESH_NS):
             kube.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         kube.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "meshctl-config", "namespace": MESH_NS},
                   "data": {"identityTrustAnchorsPEM": (mesh.state_dir / "ca.crt").read_text(),
                            "identityTrustDomain": "cluster.local", "clusterDomain": "cluster.local"}})
         for w in mesh.plan.workloads:
             kube.put(pod(w))
+        objs = install.render(install.build_values(), namespace=VIZ_NS, mesh_namespace=MESH_NS)
+        kube.put_all(objs)
         # The tap ServiceAccount's projected token, as the demo's identity service reviews tokens.
         token = add_token(str(mesh.state_dir / "tokens.json"), namespace=VIZ_NS, service_account="tap")
-        server = TapServer(kube, mesh, tmp, token)
+        server = TapServerProcess(kube, objs, tmp, identity_addr=mesh.plan.identity_addr, token=token)
         server.start()
         try:
             yield kube, server, tmp

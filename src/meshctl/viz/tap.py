@@ -290,15 +290,22 @@ class ClusterSource:
         lines: asyncio.Queue = asyncio.Queue()
         stream = await asyncio.to_thread(self._open, query)
 
+        def put(item) -> bool:
+            try:
+                loop.call_soon_threadsafe(lines.put_nowait, item)
+                return True
+            except RuntimeError:
+                return False  # the loop is closed: the command is over
+
         def pump() -> None:
             try:
                 for line in stream:
-                    loop.call_soon_threadsafe(lines.put_nowait, line)
-                loop.call_soon_threadsafe(lines.put_nowait, None)
+                    if not put(line):
+                        return
+                end = None
             except MeshctlError as exc:
-                loop.call_soon_threadsafe(lines.put_nowait, exc)
-            except RuntimeError:
-                pass  # the loop is closed: the command is over
+                end = exc
+            put(end)
 
         threading.Thread(target=pump, name="tap-stream", daemon=True).start()
         stopped = asyncio.create_task(stop.wait())
