@@ -10,9 +10,11 @@
   counting the response), ``h1_tunnel`` (after a 101); ``h1_client`` is the
   pooled upstream connection and ``H1Pool``; ``h1_connection`` what both ends
   share (held writes).
-- HTTP/2: ``h2_server`` (server connection), ``h2_client`` (the upstream
-  connection and its pool), ``h2_connection`` (what both ends share: phase,
-  flow control, writes).
+- HTTP/2: ``h2_server`` (the accepted connection), around it ``h2_stream``
+  (one stream: the request as forwarded, the general path, the response
+  relayed) and ``h2_direct`` (the direct path, from callbacks); ``h2_client``
+  (the upstream connection and its pool); ``h2_connection`` (what both ends
+  share: the Phase, the one place their state changes, flow control, writes).
 - ``tcp`` splices opaque TCP, ``outbox`` batches writes, ``original_dst``
   reads SO_ORIGINAL_DST.
 """

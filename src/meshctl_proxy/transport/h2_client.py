@@ -23,7 +23,7 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.model import Endpoint, ProxyError, Request, Response
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.telemetry.metrics import TcpStats
-from meshctl_proxy.transport.h2_connection import (CANCEL, CONNECTION_WINDOW, MAX_HEADER_LIST_SIZE, PROTOCOL_ERROR,
+from meshctl_proxy.transport.h2_connection import (CANCEL, MAX_HEADER_LIST_SIZE, PROTOCOL_ERROR,
                                                    STREAM_WINDOW, H2Connection, Phase, StreamReset, UpstreamReset)
 from meshctl_proxy.wire.h2headers import h2_fields
 
@@ -80,17 +80,13 @@ class H2ClientConnection(H2Connection):
         self.body_tasks: dict[int, asyncio.Task] = {}
 
     def connection_made(self, transport) -> None:
-        self.transport = transport
         self.stats.opened += 1
         log.debug("h2 upstream %s: connected", self.endpoint.addr)
-        conn = self.conn
-        conn.initiate_connection({
+        self._open(transport, {
             ngh2.Setting.ENABLE_PUSH: 0,
             ngh2.Setting.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             ngh2.Setting.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
         })
-        conn.set_local_window_size(CONNECTION_WINDOW)
-        self.flush()
 
     def _receive_failed(self, exc: NGH2Error) -> None:
         log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
@@ -214,11 +210,8 @@ class H2ClientConnection(H2Connection):
             if st.body_task is not None and not st.body_task.done():
                 st.body_task.cancel()
 
-    def connection_lost(self, exc) -> None:
-        self._enter(Phase.CLOSED)
-        self.stats.closed += 1
+    def _gone(self) -> None:
         self.pool.forget(self)
-        self.fail_waiters(ConnectionResetError("upstream connection lost"))
         self._lost(ProxyError(502, "upstream connection lost"))
 
     @staticmethod
@@ -262,13 +255,7 @@ class H2ClientConnection(H2Connection):
                 st.body_task.cancel()
             if st.body is not None:
                 st.body.discard()
-        if self.closed:
-            return
-        try:
-            self.conn.reset_stream(sid, CANCEL)
-            self.flush()
-        except NGH2Error:
-            pass
+        self.reset(sid, CANCEL)
 
     async def _send_body(self, st: _ClientStream, body: Body) -> None:
         sid = st.id
@@ -289,12 +276,7 @@ class H2ClientConnection(H2Connection):
             st.settle(None, BodyError("request body failed"))
             if st.body is not None:
                 st.body.discard()
-        if not self.closed:
-            try:
-                self.conn.reset_stream(sid, code)
-                self.flush()
-            except NGH2Error:
-                pass
+        self.reset(sid, code)
 
 
 class H2Pool(EndpointPool):

@@ -110,6 +110,7 @@ class H2Connection(FlowControl, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None  # set by connection_made
         self.streams: dict = {}  # the open streams, by id; each end keeps its own kind
         self.phase = Phase.OPEN
+        self.last_sid = 0  # the highest stream id the peer opened (GOAWAY's last_stream_id)
         self.window_waiters: dict[int, asyncio.Future] = {}
         self.stats: TcpStats | None = None
         # phase >= LINGERING, kept as a plain attribute: the hot paths test it on every event
@@ -122,6 +123,24 @@ class H2Connection(FlowControl, asyncio.Protocol):
         """The connection's phase changes here, and only here."""
         self.phase = phase
         self.closed = phase >= Phase.LINGERING
+
+    def _open(self, transport: asyncio.Transport, settings: dict) -> None:
+        """Our SETTINGS (the preface, RFC 9113 section 3.4) and the connection's receive window."""
+        self.transport = transport
+        conn = self.conn
+        conn.initiate_connection(settings)
+        conn.set_local_window_size(CONNECTION_WINDOW)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._enter(Phase.CLOSED)
+        self.stats.closed += 1
+        self.fail_waiters(ConnectionResetError("connection lost"))
+        self._gone()
+
+    def _gone(self) -> None:
+        """The transport is gone: each end lets go of its streams and of whoever holds the connection."""
+        raise NotImplementedError
 
     def data_received(self, data: bytes) -> None:
         """One read, the same at both ends: libnghttp2 takes the bytes, the end handles the events they
@@ -173,6 +192,47 @@ class H2Connection(FlowControl, asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False  # the peer's FIN ends the connection (HTTP/2 has no half-closed connections)
+
+    def _close_with(self, code: int, reason: str, *, data: bytes | None = None) -> None:
+        """A connection error (RFC 9113 section 5.4.1): GOAWAY naming *reason*, written by hand whatever
+        libnghttp2's state, and LINGERING.  *data*: libnghttp2's last output, when it was taken already."""
+        if self.closed:
+            return
+        if data is None:
+            try:
+                data = self.conn.data_to_send()
+            except NGH2Error:  # libnghttp2 gave up on the session (a flood it caught): nothing of its own to send
+                data = b""
+        # What libnghttp2 queued (PING ACKs, resets) goes first; a GOAWAY of its own (it may have decided to
+        # end the connection already) gives way to the one naming our reason.
+        out = without_goaway(data) + goaway_frame(self.last_sid, code, reason.encode()[:200])
+        self._write(out)
+        self._enter(Phase.LINGERING)  # read nothing more from this client
+        self._abort_streams()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close and close a moment later (Phase.LINGERING says why)."""
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(1.0, transport.close)
+        else:
+            transport.close()
+
+    def _abort_streams(self) -> None:
+        """The connection ends with streams open: each fails (the server's; the client's fail in _gone)."""
+        raise NotImplementedError
+
+    def reset(self, stream_id: int, code: int) -> None:
+        """RST_STREAM now, with *code* (RFC 9113 section 6.4); nothing when libnghttp2 closed the stream already."""
+        if self.closed:
+            return
+        try:
+            self.conn.reset_stream(stream_id, code)
+            self.flush()
+        except NGH2Error:
+            pass
 
     def flush(self) -> None:
         conn = self.conn
