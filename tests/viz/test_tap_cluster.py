@@ -136,6 +136,13 @@ def test_a_user_without_watch_tap_is_refused(mesh, cluster):
     with pytest.raises(ApiStatusError, match='403 Forbidden: .*User "alice" cannot watch resource "deployments/tap" '
                                              'in API group "tap.meshctl.io" in the namespace "shop"'):
         stream_post(kube, tmp, path, {}, token=alice)
+    # The CLI says so in one line.
+    code, out, err = Cli(mesh, "--kubeconfig", str(kube.kubeconfig(tmp / "alice.kubeconfig", token=alice)), "viz",
+                         "tap", "deploy/product-api", "-n", "shop", demo=False).stop(None)
+    assert (code, out) == (1, "")
+    assert err == ('Error: tap deploy/product-api in namespace shop: 403 Forbidden: deployments.tap.meshctl.io '
+                   '"product-api" is forbidden: User "alice" cannot watch resource "deployments/tap" in API group '
+                   '"tap.meshctl.io" in the namespace "shop"\n')
     assert tap_subscribers(mesh, "product-api") == 0
 
 
@@ -242,4 +249,17 @@ def test_viz_tap_says_so_when_the_tap_server_goes_away(mesh, cluster):
     finally:
         server.start()
     assert code == 1 and "Traceback" not in err, err
-    assert err.startswith("Error: lost the tap server: ") and err.count("\n") == 1, err
+    assert err.startswith("Error: the tap server went away mid-stream (") and err.count("\n") == 1, err
+
+
+def test_viz_tap_says_so_when_the_tap_server_shuts_down(mesh, cluster):
+    _, server, _ = cluster
+    run = Cli(mesh, *cli(cluster, "viz", "tap", "deploy/price-api", "-n", "shop"), demo=False)
+    try:
+        assert wait_for(lambda: tap_subscribers(mesh, "price-api") == 1, timeout=20), run.stop()
+        server.stop()  # SIGTERM, as a rollout stops a pod
+        code, out, err = run.stop(None, timeout=20)
+    finally:
+        server.start()
+    assert (code, out, err) == (1, "", "Error: the tap server is shutting down; run the command again\n")
+    assert "Traceback" not in server.log.read_text()

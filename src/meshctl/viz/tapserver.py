@@ -363,8 +363,9 @@ class TapServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._handle(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.LimitOverrunError, ValueError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.LimitOverrunError, ValueError,
+                asyncio.CancelledError):
+            pass  # a caller gone, a malformed request, or the server shutting down: nothing more to say
         finally:
             writer.close()
 
@@ -446,6 +447,9 @@ class TapServer:
                               notice=lambda message: send({"event": "notice", "message": message}))
         except tap.TapError as exc:
             send({"event": "error", "message": str(exc)})
+        except asyncio.CancelledError:
+            # Shutting down (SIGTERM: a rollout, a drained node): the caller is told why its stream ends.
+            send({"event": "error", "message": "the tap server is shutting down; run the command again"})
         finally:
             watcher.cancel()
             self.streams -= 1
