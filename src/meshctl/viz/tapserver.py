@@ -414,13 +414,14 @@ class TapServer:
                      b"cache-control: no-store\r\nconnection: close\r\n\r\n")
         stop = asyncio.Event()
         self.streams += 1
+        dropped = [0]
 
         def send(doc: dict) -> None:
             if writer.is_closing():
                 stop.set()
                 return
             if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
-                self.dropped += 1  # the caller reads slower than events come: never hold up the proxies
+                dropped[0] += 1  # the caller reads slower than events come: never hold up the proxies
                 return
             data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
             writer.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -453,6 +454,9 @@ class TapServer:
         finally:
             watcher.cancel()
             self.streams -= 1
+            self.dropped += dropped[0]
+            log.info("tap: stream of %s in %s ended%s", req.resource, req.namespace,
+                     f"; {dropped[0]} events dropped (the caller read too slowly)" if dropped[0] else "")
         if not writer.is_closing():
             writer.write(b"0\r\n\r\n")
             try:
