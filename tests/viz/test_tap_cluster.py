@@ -263,3 +263,32 @@ def test_viz_tap_says_so_when_the_tap_server_shuts_down(mesh, cluster):
         server.start()
     assert (code, out, err) == (1, "", "Error: the tap server is shutting down; run the command again\n")
     assert "Traceback" not in server.log.read_text()
+
+
+def test_the_dashboards_live_calls_come_through_the_tap_server(mesh, cluster):
+    """In the web pod there is no local mesh: live calls come from the tap server, as ``viz tap``'s do."""
+    import asyncio
+    import threading
+
+    from meshctl import k8s
+    from meshctl.dashboard import live
+
+    kube, _, tmp = cluster
+    api = k8s.Cluster(kubeconfig=str(kube.kubeconfig(tmp / "web.kubeconfig")))
+    calls = []
+
+    async def collect():
+        async for call in live.cluster_calls(api, "shop", "product-api"):
+            calls.append(call)
+            if len(calls) == 3:
+                return
+
+    sender = threading.Thread(target=lambda: wait_for(lambda: tap_subscribers(mesh, "product-api") == 1,
+                                                      timeout=20) and send(mesh, 3), daemon=True)
+    sender.start()
+    asyncio.run(asyncio.wait_for(collect(), 30))
+    sender.join(10)
+    assert sorted(c.path for c in calls) == ["/api/products/1", "/api/products/2", "/api/products/3"]
+    for c in calls:
+        assert (c.direction, c.destination, c.status, c.tls) == ("inbound", f"product-api-{HASH}-x7k2p", 200, True)
+        assert c.source == f"product-gateway-api-{HASH}-x7k2p"  # named by the identity mTLS proved

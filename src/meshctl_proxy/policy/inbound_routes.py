@@ -68,6 +68,18 @@ class RouteTally:
         rs.observe(latency_ms)
 
 
+def count_route_response(request: Request, status: int, latency_ms: float) -> None:
+    """Count the answer to *request* in the route its router counted it in, if any, once.
+
+    The first place that knows the answer counts it (the router's dispatch(), the exchange after a
+    shortcut, the hook's refusal) and clears ``request.route_stats``, so no path counts it twice.
+    """
+    tally = request.route_stats
+    if tally is not None:
+        request.route_stats = None
+        tally.record(status, latency_ms)
+
+
 class ServedAuthority:
     """One authority this proxy serves: its watch, the compiled profile and the tallies of its routes."""
 
@@ -140,9 +152,9 @@ class ProfiledInboundRouter(InboundRouter):
         try:
             response = await super().dispatch(request, upstream)
         except ProxyError as exc:
-            tally.record(exc.status, (time.monotonic() - start) * 1000)
+            count_route_response(request, exc.status, (time.monotonic() - start) * 1000)
             raise
-        tally.record(response.status, (time.monotonic() - start) * 1000)
+        count_route_response(request, response.status, (time.monotonic() - start) * 1000)
         return response
 
     def _count(self, request: Request, served: ServedAuthority) -> RouteTally | None:
