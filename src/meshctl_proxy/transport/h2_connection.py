@@ -1,4 +1,4 @@
-"""What both ends of an HTTP/2 connection share: flow control, writes, stream errors.
+"""What both ends of an HTTP/2 connection share: the phase, the shape of a read, flow control, writes.
 
 Flow control holds end to end: libnghttp2's automatic WINDOW_UPDATEs are off,
 DATA from one side is acknowledged only when the other side has taken it
