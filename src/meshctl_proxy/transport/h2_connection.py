@@ -227,7 +227,7 @@ class H2Connection(FlowControl, asyncio.Protocol):
             transport.close()
 
     def _abort_streams(self) -> None:
-        """The connection ends with streams open: each fails (the server's; the client's fail in _gone)."""
+        """A connection error with streams open (_close_with): each ends (the server's; a client fails its own, _fail)."""
         raise NotImplementedError
 
     def reset(self, stream_id: int, code: int) -> None:
