@@ -47,6 +47,7 @@ from meshctl_proxy.model import ConnectionContext, Endpoint, ProxyError, Request
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.hooks import Watched
 from meshctl_proxy.transport.exchange import Exchange, RequestPath, end_watch
+from meshctl_proxy.transport.outbox import outbox
 
 log = logging.getLogger("meshctl_proxy.http2")
 
@@ -128,17 +129,20 @@ class _Sender:
         self.flush_scheduled = False
         self.pending = 0  # DATA bytes handed to libnghttp2 since the last flush (not yet off its windows)
         self.loop = asyncio.get_running_loop()
+        self.outbox = outbox(self.loop)
+        self._flusher = self._scheduled_flush  # one bound method, handed to the outbox per pass
 
     def flush(self) -> None:
         conn = self.conn
         data = conn.data_to_send()
         self.pending = 0
-        if self.closed:
-            return
-        if not conn.want_read:
-            self._ended(data)
-        elif data:
-            self._write(data)
+        if not self.closed:
+            if not conn.want_read:
+                self._ended(data)
+            elif data:
+                self._write(data)
+        # Each end's data_received ends with a flush: the end of the callback (meshctl_proxy.transport.outbox).
+        self.outbox.callback_done()
 
     def _write(self, data: bytes) -> None:
         self.stats.write_bytes += len(data)
@@ -150,11 +154,12 @@ class _Sender:
         raise NotImplementedError
 
     def flush_soon(self) -> None:
-        """Write what libnghttp2 has queued at the end of this loop pass: streams answered together
-        share one write (a syscall per frame was the largest cost per request)."""
+        """Write what libnghttp2 has queued when the loop's outbox sends this pass's output
+        (meshctl_proxy.transport.outbox): streams answered together share one write (a syscall
+        per frame was the largest cost per request)."""
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.loop.call_soon(self._scheduled_flush)
+            self.outbox.flush_later(self._flusher)
 
     def _scheduled_flush(self) -> None:
         self.flush_scheduled = False
