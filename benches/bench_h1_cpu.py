@@ -66,7 +66,11 @@ def _child(requests: int, runs: int, source: bool) -> None:
 
     if layered:
         from meshctl_proxy.policy.traffic_router import TrafficRouter
-        from meshctl_proxy.transport.http1_proxy import H1ClientConnection, H1ServerConnection
+        if (Path(meshctl_proxy.__file__).parent / "transport" / "h1_server.py").exists():
+            from meshctl_proxy.transport.h1_client import H1ClientConnection
+            from meshctl_proxy.transport.h1_server import H1ServerConnection
+        else:  # a tree from before the HTTP/1 connection split (issue 12)
+            from meshctl_proxy.transport.http1_proxy import H1ClientConnection, H1ServerConnection
         from meshctl_proxy.transport.server import Proxy
         from meshctl_proxy.wire import http1
     else:

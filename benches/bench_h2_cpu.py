@@ -212,9 +212,12 @@ class Bench:
 
 async def one_run(requests: int, connections: int, streams: int, profile: cProfile.Profile | None) -> dict:
     try:
-        from meshctl_proxy.transport.http2_proxy import H2ServerConnection
+        from meshctl_proxy.transport.h2_server import H2ServerConnection
     except ImportError:  # an older tree (--against)
-        from meshctl_proxy.http2_proxy import H2ServerConnection
+        try:
+            from meshctl_proxy.transport.http2_proxy import H2ServerConnection
+        except ImportError:
+            from meshctl_proxy.http2_proxy import H2ServerConnection
 
     loop = asyncio.get_running_loop()
     cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from meshctl_proxy.body import EMPTY, Body
 from meshctl_proxy.wire.fields import Headers, find_header
@@ -107,6 +108,9 @@ class Request:
     interim: Callable[[int, Headers], None] | None = None
     upgrade: bytes | None = None  # HTTP/1 Upgrade header when the client asked to switch protocols
     route: str | None = None  # the ServiceProfile route it matched (set by the traffic router), for the hook
+    # Inbound: where its response is counted in the route_* metrics (policy.inbound_routes.RouteTally,
+    # set by the router's commit() or dispatch(); the exchange records a shortcut's response there).
+    route_stats: Any = None
 
     def header(self, name: bytes) -> bytes | None:
         return find_header(self.headers, name)
@@ -148,7 +152,13 @@ class ProxyError(Exception):
 
     502 the upstream failed (refused, reset, malformed), 503 nothing to send to
     (no endpoint, shutting down), 504 it took too long (connect or response timeout).
+
+    ``unprocessed``: the upstream did none of the request (a reused HTTP/1
+    connection closed before any response byte, an HTTP/2 REFUSED_STREAM),
+    so it may be sent again (:func:`meshctl_proxy.transport.exchange.replayable`).
     """
+
+    unprocessed = False
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}")

@@ -83,6 +83,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _t("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, short_names=("pdb",),
        status_subresource=True),
     _t("coordination.k8s.io", "v1", "leases", "Lease", True),
+    _t("apiregistration.k8s.io", "v1", "apiservices", "APIService", False, status_subresource=True),
     _t("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, verbs=CREATE_ONLY),
     _t("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False, verbs=CREATE_ONLY),
     _t("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", False, verbs=CREATE_ONLY),

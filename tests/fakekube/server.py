@@ -46,13 +46,11 @@ import ssl
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
-from fakekube import admission, patches, selectors
+from fakekube import admission, aggregation, patches, selectors
 from fakekube.resources import BUILTIN_TYPES, ResourceType, crd_types
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -137,6 +135,7 @@ class FakeKube:
         self._thread: threading.Thread | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="fakekube-")
         self.ca_pem = b""
+        self.front_proxy: aggregation.FrontProxy | None = None  # what the aggregator presents to APIServices
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
@@ -148,6 +147,8 @@ class FakeKube:
         if self.tls:
             ctx = self._tls_context()
             self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            self.front_proxy = aggregation.make_front_proxy(self._tmp.name)
+            self.put(aggregation.authentication_config_map(self.front_proxy, self.ca_pem.decode()))
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fakekube", daemon=True)
         self._thread.start()
@@ -611,7 +612,10 @@ class FakeKube:
         who = user
         if rt.kind == "SubjectAccessReview":
             who = User(spec.get("user", ""))
-        allowed = self.allowed(who, attrs.get("verb", ""), attrs.get("group", ""), attrs.get("resource", ""),
+        resource = attrs.get("resource", "")
+        if attrs.get("subresource"):
+            resource += "/" + attrs["subresource"]
+        allowed = self.allowed(who, attrs.get("verb", ""), attrs.get("group", ""), resource,
                                attrs.get("namespace", ""))
         out = {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": {"creationTimestamp": None}, "spec": spec,
                "status": {"allowed": allowed}}
@@ -709,6 +713,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             proxied = _SERVICE_PROXY.match(url.path)
             if proxied:
                 return self._service_proxy(method, proxied, url.query, user)
+            api_service = self._api_service(url.path)
+            if api_service is not None:
+                return self._aggregated(method, api_service, url, user)
             self._route(method, url.path, query, user)
         except ApiError as exc:
             self._send(exc.code, exc.body)
@@ -724,8 +731,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         ns, ref, rest = m.group("ns"), urllib.parse.unquote(m.group("ref")), m.group("rest") or "/"
         parts = ref.split(":")
         name, port = (parts[1], parts[2]) if len(parts) == 3 else (parts[0], parts[1] if len(parts) > 1 else "")
-        if not self.kube.allowed(user, "get", "", "services/proxy", ns):
-            raise ApiError(403, "Forbidden", f'services "{name}" is forbidden: User "{user.username}" cannot get '
+        # The verb of a proxy subresource is the method's (GET: get, POST: create), as RequestInfoFactory says.
+        verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        if not self.kube.allowed(user, verb, "", "services/proxy", ns):
+            raise ApiError(403, "Forbidden", f'services "{name}" is forbidden: User "{user.username}" cannot {verb} '
                                              f'resource "services/proxy" in API group "" in the namespace "{ns}"')
         svc = self.kube.get("v1", "Service", name, ns)
         if svc is None:
@@ -736,19 +745,43 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if backend is None:
             raise ApiError(503, "ServiceUnavailable", f'no endpoints available for service "{name}"')
 
-        target = f"http://{backend[0]}:{backend[1]}{rest}" + (f"?{query}" if query else "")
         try:
-            with urllib.request.urlopen(urllib.request.Request(target, method=method), timeout=10) as resp:
-                code, body, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
-        except urllib.error.HTTPError as exc:
-            code, body, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+            aggregation.relay(self, method, backend, rest + (f"?{query}" if query else ""))
         except OSError as exc:
             raise ApiError(503, "ServiceUnavailable", f"error trying to reach service: {exc}") from None
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+
+    def _api_service(self, path: str) -> dict | None:
+        """The APIService serving *path* (``/apis/GROUP/VERSION/...``) from a Service, if any."""
+        parts = path.strip("/").split("/")
+        if len(parts) < 3 or parts[0] != "apis":
+            return None
+        svc = self.kube.get("apiregistration.k8s.io/v1", "APIService", f"{parts[2]}.{parts[1]}")
+        return svc if svc is not None and (svc.get("spec") or {}).get("service") else None
+
+    def _aggregated(self, method: str, api_service: dict, url, user) -> None:
+        """kube-aggregator: authorise as for any request, then relay to the APIService's Service over TLS,
+        naming the caller in X-Remote-User/X-Remote-Group and presenting the front-proxy certificate."""
+        spec = api_service["spec"]
+        parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
+        verb, ns, resource, name, sub = aggregation.request_info(method, parts[3:])
+        res = f"{resource}/{sub}" if sub else resource
+        if resource and not self.kube.allowed(user, verb, spec["group"], res, ns):
+            where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+            raise ApiError(403, "Forbidden", f'{resource}.{spec["group"]} "{name}" is forbidden: User '
+                                             f'"{user.username}" cannot {verb} resource "{res}" in API group '
+                                             f'"{spec["group"]}"{where}')
+        svc = spec["service"]
+        port = int(svc.get("port") or 443)
+        backend = self.kube.service_endpoints.get((svc["namespace"], svc["name"], port))
+        if backend is None or self.kube.get("v1", "Service", svc["name"], svc["namespace"]) is None:
+            raise ApiError(503, "ServiceUnavailable", f'service "{svc["namespace"]}/{svc["name"]}" is not available')
+        context = aggregation.backend_context(self.kube.front_proxy, api_service)
+        try:
+            aggregation.relay(self, method, backend, url.path + (f"?{url.query}" if url.query else ""),
+                              context=context, server_name=f'{svc["name"]}.{svc["namespace"]}.svc',
+                              extra_headers={aggregation.USER_HEADER: user.username}, groups=user.groups)
+        except (OSError, ssl.SSLError) as exc:
+            raise ApiError(503, "ServiceUnavailable", f"error trying to reach service: {exc}") from None
 
     def _route(self, method, path, query, user) -> None:
         kube = self.kube

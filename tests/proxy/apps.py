@@ -170,7 +170,8 @@ class H2App(asyncio.Protocol):
     Paths: ``/echo`` (body back, request headers as x-req-* , trailers when the
     request has ``want-trailers: 1``), ``/big?size=N`` (flow-controlled body),
     ``/slow?s=F``, ``/reset?code=N`` (RST_STREAM before answering),
-    ``/stream?n=N&gap=F`` (DATA frames spaced in time), ``/malformed?what=W``
+    ``/stream?n=N&gap=F`` (DATA frames spaced in time), ``/refuse-once?key=K``
+    (REFUSED_STREAM the first time K is asked for, answered as ``/echo`` after), ``/malformed?what=W``
     (a response RFC 9113 calls malformed: ``upper`` a field name in upper
     case, ``status`` a non-numeric :status, ``trailers`` a pseudo-header in
     the trailers), ``/goaway?delay=F`` (then GOAWAY naming this stream as the
@@ -262,6 +263,9 @@ class H2App(asyncio.Protocol):
                 await self.send_all(sid, b"bye", True)
             elif url.path == "/reset":
                 conn.reset_stream(sid, int(q.get("code", "2")))
+            elif url.path == "/refuse-once" and q.get("key") not in self.owner.refused:
+                self.owner.refused.add(q.get("key"))  # REFUSED_STREAM the first time a key is asked for
+                conn.reset_stream(sid, 7)
             elif url.path == "/slow":
                 await asyncio.sleep(float(q.get("s", "0.5")))
                 conn.send_headers(sid, [(b":status", b"200")])
@@ -293,6 +297,7 @@ class H2Server:
         self.connections = 0
         self.requests: list[dict] = []
         self.resets: list[tuple[int, int]] = []
+        self.refused: set = set()  # /refuse-once keys already refused
         self.port = 0
 
     async def start(self) -> "H2Server":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .apps import Http1App, LoopThread
+from .apps import H2Server, Http1App, LoopThread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,6 +106,16 @@ def app(loop_thread):
     a = loop_thread.run(Http1App().start())
     yield a
     loop_thread.run(a.stop())
+
+
+@pytest.fixture(scope="module")
+def apps(loop_thread):
+    """An HTTP/1.1 and an HTTP/2 upstream app, by the protocol name httpx reports."""
+    h1 = loop_thread.run(Http1App().start())
+    h2 = loop_thread.run(H2Server().start())
+    yield {"HTTP/1.1": h1, "HTTP/2": h2}
+    loop_thread.run(h1.stop())
+    loop_thread.run(h2.stop())
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import asyncio
 from meshctl_proxy import config
 from meshctl_proxy.model import OUTBOUND, ConnectionContext
 from meshctl_proxy.policy.router import DirectRouter
-from meshctl_proxy.transport.http1_proxy import H1ServerConnection, Phase
+from meshctl_proxy.transport.h1_server import H1ServerConnection, Phase
 from meshctl_proxy.transport.server import Proxy
 
 from .memory import MemoryConnector, MemoryTransport
@@ -210,3 +210,21 @@ def test_an_accepted_upgrade_turns_the_connection_into_a_tunnel():
         assert pb.to_upstream() == b"ping"
 
     run(play())
+
+
+def test_a_request_refused_while_another_is_in_flight_closes_lingering_on_either_path():
+    """The response in flight says close, then the connection half-closes and lingers (RFC 9112 section
+    9.6) whether that response came by the fast path or the general one (the fast path closed at once)."""
+    async def play(first: bytes):
+        pb = Playbook()
+        await pb.from_client(first)
+        await pb.from_client(b"GET / HTTP/1.1\r\nHost: app:80\r\nContent-Length: x\r\n\r\n")
+        assert pb.server.refusal is not None and not pb.client.eof
+        await pb.from_upstream(OK)
+        out = pb.to_client()
+        assert out.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close" in out.lower()
+        assert pb.client.eof and not pb.client.closed
+        assert pb.server.phase is Phase.DRAINING
+
+    run(play(b"GET /fast HTTP/1.1\r\nHost: app:80\r\n\r\n"))
+    run(play(b"POST /general HTTP/1.1\r\nHost: app:80\r\nContent-Length: 1\r\n\r\nx"))

@@ -24,8 +24,9 @@ from .h2wire import GoawayFilter
 from .memory import MemoryTransport
 
 from meshctl_proxy.wire.h2headers import h2_fields
-from meshctl_proxy.transport.http2_proxy import (STREAM_WINDOW, H2ClientConnection, H2Pool, H2ServerConnection, StreamReset,
-                                       UpstreamReset)
+from meshctl_proxy.transport.h2_client import H2ClientConnection, H2Pool
+from meshctl_proxy.transport.h2_connection import STREAM_WINDOW, StreamReset, UpstreamReset
+from meshctl_proxy.transport.h2_server import H2ServerConnection
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.transport.server import Proxy

@@ -23,7 +23,6 @@ from meshctl_proxy.model import ProxyError
 from meshctl_proxy.policy.router import DirectRouter
 from meshctl_proxy.transport.server import Proxy
 
-from .apps import H2Server, Http1App
 from .conftest import metric_sum, wait_for
 
 
@@ -88,15 +87,6 @@ async def _stop(proxy: Proxy) -> None:
         await asyncio.wait_for(proxy.stopped.wait(), 5)
     for task in list(proxy.tasks):
         task.cancel()
-
-
-@pytest.fixture(scope="module")
-def apps(loop_thread):
-    h1 = loop_thread.run(Http1App().start())
-    h2 = loop_thread.run(H2Server().start())
-    yield {"HTTP/1.1": h1, "HTTP/2": h2}
-    loop_thread.run(h1.stop())
-    loop_thread.run(h2.stop())
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The routers' shortcut (policy.router.DirectRouter.shortcut): side-effect free, remembered only when declared."""
 
 from meshctl_proxy import config
-from meshctl_proxy.identity.mesh import AuthorizingRouter
+from meshctl_proxy.policy.authorizing_router import AuthorizingRouter
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, Request
 from meshctl_proxy.policy.authorization import AuthzStats, InboundPolicy
 from meshctl_proxy.policy.router import DirectRouter, InboundRouter

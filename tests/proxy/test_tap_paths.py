@@ -14,7 +14,7 @@ import pytest
 from meshctl.viz import tap as client
 
 from .conftest import wait_for
-from .test_request_hook import ROUTERS, _client, _start, _stop, apps  # noqa: F401 (fixture)
+from .test_request_hook import ROUTERS, _client, _start, _stop
 from .test_tap import Subscription
 
 

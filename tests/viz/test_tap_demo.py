@@ -21,81 +21,9 @@ import httpx
 import pytest
 import yaml
 
-from pathlib import Path
-
 from conftest import ROOT, SRC, run_cli
 from proxy.conftest import wait_for
-
-# Loopback /24s this module may use, tried in turn: another run of the suite (another checkout)
-# may hold one; `demo up` refuses an address in use at once.
-PREFIXES = ("127.0.23", "127.0.25", "127.0.26", "127.0.27")
-
-
-class Mesh:
-    """A ``meshctl demo up`` local mesh: its state directory, state file and plan."""
-
-    def __init__(self, d: Path, prefix: str) -> None:
-        from meshctl import demo
-        from meshctl.demo import state
-
-        self.state_dir = d
-        self.state = state.load(d)
-        self.plan = demo.Plan(prefix=prefix)
-
-    def workload(self, name: str):
-        return self.state.workload(name)
-
-
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tapmesh") / "demo"
-    for prefix in PREFIXES:
-        r = run_cli("demo", "up", "--dir", str(d), "--address-prefix", prefix, timeout=180)
-        if r.returncode == 0 or "already in use" not in r.stderr:
-            break
-    try:
-        assert r.returncode == 0, r.stderr
-        yield Mesh(d, prefix)
-    finally:
-        down = run_cli("demo", "down", "--dir", str(d), timeout=60)
-        assert down.returncode == 0, down.stderr
-
-
-def send(mesh: Mesh, n: int, *, start: int = 1) -> list[int]:
-    """Requests to the gateway as the demo's ingress sends them: to the pod, with the Service's authority."""
-    gateway = mesh.plan.workload("product-gateway-api")
-    with httpx.Client(base_url=mesh.state.gateway_url, headers={"Host": gateway.authority}, timeout=10) as c:
-        # The shop sells five products: ids cycle through 1..5.
-        return [c.get(f"/api/products/{1 + (start - 1 + i) % 5}").status_code for i in range(n)]
-
-
-def tap_subscribers(mesh: Mesh, name: str) -> float:
-    from proxy.conftest import metric_sum, parse_metrics
-
-    admin = mesh.workload(name).proxy.admin
-    return metric_sum(parse_metrics(httpx.get(f"http://{admin}/metrics", timeout=5).text), "tap_subscribers")
-
-
-class Cli:
-    """``python -m meshctl ARGS`` running in the background, its output collected."""
-
-    def __init__(self, mesh: Mesh, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1", "COLUMNS": "250",
-               "MESHCTL_DEMO_DIR": str(mesh.state_dir)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "meshctl", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
-
-    def stop(self, sig: signal.Signals | None = signal.SIGINT, timeout: float = 30) -> tuple[int, str, str]:
-        """Send *sig* (None: let it end by itself, --duration) and collect the exit code and output."""
-        if sig is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out, err
-
+from viz.conftest import Cli, send, tap_subscribers  # the `mesh` fixture is there too
 
 def test_tap_prints_each_request_of_a_20_request_burst(mesh):
     cli = Cli(mesh, "viz", "tap", "deploy/product-gateway-api")

@@ -11,6 +11,7 @@ import yaml
 from conftest import run_cli
 from controlplane.conftest import cluster, kube, kubeconfig, kubectl_apply, kubectl_delete  # noqa: F401
 from fakekube.controllers import run_deployments
+from viz.conftest import TapServerProcess
 
 from meshctl import install as mesh_install
 from meshctl.viz import install as core
@@ -33,7 +34,7 @@ def by_kind(objs, kind, name):
 def test_every_object_validates_against_kubernetes_1_31_strict(rendered):
     import kubernetes_validate
 
-    assert len(rendered) == 15
+    assert len(rendered) == 22
     for obj in rendered:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         assert obj["metadata"]["labels"]["meshctl.io/extension"] == "viz", obj["metadata"]["name"]
@@ -99,6 +100,46 @@ def test_tap_identity_web_and_least_privilege(rendered):
     assert ns["metadata"]["annotations"]["meshctl.io/inject"] == "enabled"
 
 
+def test_tap_server_apiservice_certificate_and_rbac(rendered):
+    """The APIService's caBundle vouches for the tap Secret's certificate under the name the API
+    server checks (tap.NS.svc); the Deployment runs `meshctl viz tap-server` with that certificate
+    and the tap ServiceAccount; callers need `watch` in tap.meshctl.io, which `admin` aggregates."""
+    import base64
+    import datetime as dt
+
+    from meshctl.identity import certs
+
+    api = by_kind(rendered, "APIService", "v1alpha1.tap.meshctl.io")["spec"]
+    assert api["service"] == {"name": "tap", "namespace": NS, "port": 443}
+    assert (api["group"], api["version"]) == ("tap.meshctl.io", "v1alpha1")
+    secret = by_kind(rendered, "Secret", "tap-k8s-tls")
+    ca = certs.load_certificates(base64.b64decode(api["caBundle"]), source="caBundle")
+    leaf = certs.load_certificates(base64.b64decode(secret["data"]["tls.crt"]), source="tls.crt")
+    certs.verify_chain(leaf, ca, source="tap-k8s-tls")
+    assert certs.describe(leaf[0]).dns_names == (f"tap.{NS}.svc",)
+    assert leaf[0].not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=364)
+    pod = by_kind(rendered, "Deployment", "tap")["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {"meshctl.io/inject": "disabled"}
+    assert pod["spec"]["serviceAccountName"] == "tap"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["meshctl", "--mesh-namespace=meshctl", "viz", "tap-server",
+                                    "--tls-cert-file=/var/run/meshctl/tls/tls.crt",
+                                    "--tls-key-file=/var/run/meshctl/tls/tls.key", f"--namespace={NS}",
+                                    "--cluster-domain=cluster.local"]
+    token = next(v for v in pod["spec"]["volumes"] if v["name"] == "identity-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == proxy_config.IDENTITY_AUDIENCE
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {
+        "/var/run/meshctl/tls", proxy_config.IDENTITY_DIR, proxy_config.IDENTITY_TOKEN_FILE.rsplit("/", 1)[0]}
+    admin = by_kind(rendered, "ClusterRole", f"meshctl-{NS}-tap-admin")
+    assert admin["rules"] == [{"apiGroups": ["tap.meshctl.io"], "resources": ["*"], "verbs": ["watch"]}]
+    assert admin["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    delegator = by_kind(rendered, "ClusterRoleBinding", f"meshctl-{NS}-tap-auth-delegator")
+    assert delegator["roleRef"]["name"] == "system:auth-delegator"
+    reader = by_kind(rendered, "RoleBinding", f"meshctl-{NS}-tap-auth-reader")
+    assert (reader["metadata"]["namespace"], reader["roleRef"]["name"]) == (
+        "kube-system", "extension-apiserver-authentication-reader")
+
+
 def test_bad_values_are_one_line_errors():
     r = run_cli("viz", "install", "--ignore-cluster", "--set", "grafana=x")
     assert r.returncode == 1 and r.stdout == ""
@@ -106,9 +147,11 @@ def test_bad_values_are_one_line_errors():
 
 
 def _mesh_config(kube) -> None:
+    from meshctl.identity import certs
     from meshctl.meshconfig import CONFIG_MAP_NAME, MeshConfig
 
-    data = MeshConfig(mesh_namespace="meshctl").to_data()
+    anchors = certs.generate_trust_anchor().cert_pem
+    data = MeshConfig(mesh_namespace="meshctl", trust_anchors_pem=anchors).to_data()
     kube.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "meshctl"}})
     kube.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG_MAP_NAME, "namespace": "meshctl"},
               "data": data})
@@ -118,7 +161,7 @@ def _cli(kubeconfig, *args):
     return run_cli("--kubeconfig", kubeconfig, *args, timeout=90)
 
 
-def test_install_check_query_uninstall(kube, cluster, kubeconfig, shop):  # noqa: F811
+def test_install_check_query_uninstall(kube, cluster, kubeconfig, shop, tmp_path):  # noqa: F811
     r = _cli(kubeconfig, "viz", "install")
     assert r.returncode == 1 and "is meshctl installed?" in r.stderr and "--ignore-cluster" in r.stderr
     _mesh_config(kube)
@@ -137,7 +180,20 @@ def test_install_check_query_uninstall(kube, cluster, kubeconfig, shop):  # noqa
     run_deployments(kube, namespace=NS)
     host, port = shop.prometheus_url.removeprefix("http://").split(":")
     kube.service_endpoints[(NS, "prometheus", 9090)] = (host, int(port))
-    r = _cli(kubeconfig, "viz", "check", "--wait", "20s", "-o", "json")
+    # Nothing behind the tap Service: the tap API check says what the API server said.
+    r = _cli(kubeconfig, "viz", "check", "--wait", "1s", "-o", "json")
+    results = {c["description"]: c for cat in json.loads(r.stdout)["categories"] for c in cat["checks"]}
+    assert r.returncode == 1 and results["tap API service is running"]["result"] == "error"
+    assert results["tap API service is running"]["error"] == (
+        f'/apis/tap.meshctl.io/v1alpha1: HTTP 503: service "{NS}/tap" is not available')
+    # The tap server as its Deployment runs it (no identity service here: it answers discovery, the
+    # API server's question, but cannot tap: its readiness says so).
+    tap_server = TapServerProcess(kube, objs, tmp_path, identity_addr="127.0.0.1:9", token="t")
+    tap_server.start(ready=False)
+    try:
+        r = _cli(kubeconfig, "viz", "check", "--wait", "20s", "-o", "json")
+    finally:
+        tap_server.stop()
     doc = json.loads(r.stdout)
     failing = [c for cat in doc["categories"] for c in cat["checks"] if c["result"] != "success"]
     assert r.returncode == 0 and failing == [], failing
@@ -159,7 +215,9 @@ def test_install_check_query_uninstall(kube, cluster, kubeconfig, shop):  # noqa
     r = _cli(kubeconfig, "viz", "uninstall")
     assert r.returncode == 0, r.stderr
     gone = [d for d in yaml.safe_load_all(r.stdout) if d]
-    assert sorted(o["kind"] for o in gone) == ["ClusterRole"] * 3 + ["ClusterRoleBinding"] * 3 + ["Namespace"]
+    assert [o["kind"] for o in gone][:2] == ["APIService", "RoleBinding"]  # the API server stops relaying first
+    assert sorted(o["kind"] for o in gone) == (["APIService"] + ["ClusterRole"] * 4 + ["ClusterRoleBinding"] * 4
+                                               + ["Namespace", "RoleBinding"])
     assert kubectl_delete(kube, cluster, gone) == []
     r = _cli(kubeconfig, "viz", "check", "--wait", "1s")
     assert r.returncode == 1 and f"× {NS} Namespace exists" in r.stdout
@@ -167,7 +225,8 @@ def test_install_check_query_uninstall(kube, cluster, kubeconfig, shop):  # noqa
     assert r.returncode == 1 and "not installed" in r.stderr
 
 
-def test_meshctl_check_runs_the_viz_checks_when_viz_is_installed(kube, cluster, kubeconfig, shop):  # noqa: F811
+def test_meshctl_check_runs_the_viz_checks_when_viz_is_installed(kube, cluster, kubeconfig, shop,  # noqa: F811
+                                                                  tmp_path):
     kube.put_all(mesh_install.render_crds())
     values = mesh_install.install_values(ha=False, files=[], sets=[])
     kube.put_all(mesh_install.render_control_plane(values, namespace="meshctl",
@@ -176,11 +235,17 @@ def test_meshctl_check_runs_the_viz_checks_when_viz_is_installed(kube, cluster, 
     run_deployments(kube, namespace="meshctl")
     r = _cli(kubeconfig, "check", "-o", "json", "--wait", "5s")
     assert "meshctl-viz" not in [cat["categoryName"] for cat in json.loads(r.stdout)["categories"]]
-    kube.put_all(core.render(core.build_values(), namespace=NS, mesh_namespace="meshctl"))
+    objs = core.render(core.build_values(), namespace=NS, mesh_namespace="meshctl")
+    kube.put_all(objs)
     run_deployments(kube, namespace=NS)
     host, port = shop.prometheus_url.removeprefix("http://").split(":")
     kube.service_endpoints[(NS, "prometheus", 9090)] = (host, int(port))
-    r = _cli(kubeconfig, "check", "-o", "json", "--wait", "20s")
+    tap_server = TapServerProcess(kube, objs, tmp_path, identity_addr="127.0.0.1:9", token="t")
+    tap_server.start(ready=False)
+    try:
+        r = _cli(kubeconfig, "check", "-o", "json", "--wait", "20s")
+    finally:
+        tap_server.stop()
     doc = json.loads(r.stdout)
     assert [cat["categoryName"] for cat in doc["categories"]][-1] == "meshctl-viz"
     viz = doc["categories"][-1]["checks"]

@@ -65,9 +65,9 @@ def _keys(on_key):
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-async def run(tap, resolver, targets, query, *, stop: asyncio.Event, every: float, seconds: float | None,
+async def run(tap, source, query, *, stop: asyncio.Event, every: float, seconds: float | None,
               title: str) -> None:
-    table = tap.TopTable(resolver)
+    table = tap.TopTable(source.resolver)
     changed = [False]
     notices: list[str] = []
     terminal = sys.stdout.isatty()
@@ -88,8 +88,7 @@ async def run(tap, resolver, targets, query, *, stop: asyncio.Event, every: floa
 
     if seconds:
         asyncio.get_running_loop().call_later(seconds, stop.set)
-    streaming = asyncio.create_task(tap.tap_all(targets, query, resolver.credentials(), on_event=on_event,
-                                                notice=notice, stop=stop))
+    streaming = asyncio.create_task(source.run(query, on_event=on_event, notice=notice, stop=stop))
     try:
         if terminal:
             from rich.console import Console

@@ -22,7 +22,7 @@ DEMO_DIR_HELP = "State directory of the local mesh (meshctl demo up --dir); defa
 
 # The filters `viz tap` and `viz top` share (linkerd's flags), declared once.
 ResourceArg = typer.Argument(..., metavar="RESOURCE", help="deploy/NAME, pod/NAME, ns/NAME or a type (deploy).")
-NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Namespace of RESOURCE (default: the local mesh's).")
+NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Namespace of RESOURCE (default: the kubeconfig's, or the local mesh's).")
 ToOpt = typer.Option(None, "--to", metavar="RESOURCE", help="Only requests to this resource.")
 ToNamespaceOpt = typer.Option(None, "--to-namespace", help="Namespace of --to (default: --namespace).")
 MethodOpt = typer.Option(None, "--method", help="Only requests with this HTTP method.")
@@ -61,25 +61,32 @@ def _max_rps(value: float) -> float:
     return value
 
 
-def _setup(resource: str, namespace: Optional[str], demo_dir: Optional[str], *, to: Optional[str] = None,
-           to_namespace: Optional[str] = None):
-    """Resolve RESOURCE (and --to) against the local mesh; usage errors first, then the state file."""
+def _setup(ctx: typer.Context, resource: str, namespace: Optional[str], demo_dir: Optional[str], *,
+           to: Optional[str] = None, to_namespace: Optional[str] = None):
+    """Usage errors first; then where the proxies are: in a cluster (a kubeconfig, and no --demo-dir:
+    the rule of viz stat), through the tap server; else the local mesh, subscribed to directly."""
     from meshctl.viz import tap
 
     res = tap.parse_resource(resource)
     to_res = tap.parse_resource(to, flag="--to") if to else None
+    from meshctl.cli.viz import _kubeconfig_present
+
+    opts = _common.global_options(ctx)
+    if _kubeconfig_present(opts) and not demo_dir:
+        from meshctl import k8s
+
+        cluster = k8s.Cluster.from_options(opts)
+        ns = namespace or k8s.kubeconfig_namespace(opts) or "default"
+        return tap, tap.ClusterSource(cluster, res, ns, to=to_res, to_namespace=to_namespace)
     from meshctl.errors import MeshctlError
 
     try:
         resolver = tap.LocalResolver.load(demo_dir)
     except MeshctlError as exc:
-        # In a cluster Linkerd reaches the proxies through the tap APIService; meshctl has no
-        # tap service yet, so tap works against the local mesh only (docs/viz.md).
-        raise MeshctlError(f"{exc}; tap in a cluster needs the viz tap service, which meshctl does not "
-                           "have yet (docs/viz.md)") from None
+        raise MeshctlError(f"{exc}; to tap a cluster give a kubeconfig (--kubeconfig, ~/.kube/config)") from None
     targets = resolver.targets(res, namespace)
     dst = tuple(resolver.destination_addrs(to_res, to_namespace or namespace)) if to_res else ()
-    return tap, resolver, targets, dst
+    return tap, tap.LocalSource(resolver, targets, dst)
 
 
 def _run(coro_factory) -> None:
@@ -134,10 +141,10 @@ def register_viz(viz: typer.Typer) -> None:
 
             raise UsageError(f"--path: a path prefix starts with '/', got {path!r}")
         seconds = _duration(duration, "--duration")
-        tap, resolver, targets, dst = _setup(resource, namespace, demo_dir, to=to, to_namespace=to_namespace)
-        query = tap.TapQuery(method=method.upper() if method else None, authority=authority, path=path, dst=dst,
+        tap, source = _setup(ctx, resource, namespace, demo_dir, to=to, to_namespace=to_namespace)
+        query = tap.TapQuery(method=method.upper() if method else None, authority=authority, path=path,
                              max_rps=_max_rps(max_rps), header_names=output is TapOutput.json)
-        formatter = tap.EventFormatter(resolver=resolver, wide=output is TapOutput.wide)
+        formatter = tap.EventFormatter(resolver=source.resolver, wide=output is TapOutput.wide)
         out = sys.stdout
 
         async def stream(stop):
@@ -158,10 +165,61 @@ def register_viz(viz: typer.Typer) -> None:
 
             if seconds:
                 asyncio.get_running_loop().call_later(seconds, stop.set)
-            await tap.tap_all(targets, query, resolver.credentials(), on_event=on_event, notice=_common.report,
-                              stop=stop)
+            await source.run(query, on_event=on_event, notice=_common.report, stop=stop)
 
         _run(stream)
+
+    @viz.command("tap-server", hidden=True)
+    def tap_server_command(
+        ctx: typer.Context,
+        tls_cert_file: str = typer.Option(..., "--tls-cert-file", help="PEM serving certificate (the APIService's caBundle vouches for it)."),
+        tls_key_file: str = typer.Option(..., "--tls-key-file", help="PEM key of the serving certificate."),
+        listen: str = typer.Option(f"0.0.0.0:8089", "--listen", help="HOST:PORT to serve on."),
+        namespace: str = typer.Option("meshctl-viz", "--namespace", "-n", help="The viz namespace (the tap ServiceAccount's)."),
+        service_account: str = typer.Option("tap", "--service-account", help="The ServiceAccount whose identity taps."),
+        identity_addr: Optional[str] = typer.Option(None, "--identity-addr", help="The identity service (default: the mesh's Service)."),
+        identity_name: Optional[str] = typer.Option(None, "--identity-name", help="The identity service's own identity."),
+        identity_token_file: Optional[str] = typer.Option(None, "--identity-token-file", help="ServiceAccount token projected for identity.meshctl.io."),
+        identity_dir: str = typer.Option("/var/run/meshctl/identity/end-entity", "--identity-dir", help="Writable in-memory directory for the key."),
+        cluster_domain: str = typer.Option("cluster.local", "--cluster-domain", help="The cluster's DNS domain."),
+    ) -> None:
+        """Run the tap server (Linkerd's tap APIService): relayed by the API server, it subscribes to the
+        proxies' tap as the tap identity and streams their events back (docs/viz.md)."""
+        import asyncio
+        import logging
+        import signal
+
+        from meshctl import k8s
+        from meshctl.errors import UsageError
+        from meshctl.viz import tapserver
+        from meshctl_proxy.config import IDENTITY_TOKEN_FILE, parse_addr
+
+        def addr(raw, flag):
+            try:
+                return parse_addr(raw)
+            except ValueError as exc:
+                raise UsageError(f"{flag}: {exc}") from None
+
+        serve_opts = tapserver.ServeOptions(
+            listen=addr(listen, "--listen"), cert_file=tls_cert_file, key_file=tls_key_file, namespace=namespace,
+            service_account=service_account, identity_addr=addr(identity_addr, "--identity-addr") if identity_addr else None,
+            identity_name=identity_name, token_file=identity_token_file or IDENTITY_TOKEN_FILE,
+            identity_dir=identity_dir, cluster_domain=cluster_domain)
+        opts = _common.global_options(ctx)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cluster = k8s.Cluster.from_options(opts)
+
+        async def main():
+            task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, task.cancel)
+            try:
+                await tapserver.serve(cluster, opts.mesh_namespace, serve_opts, announce=_common.report)
+            except asyncio.CancelledError:
+                pass
+
+        asyncio.run(main())
 
     @viz.command("top")
     def top_command(
@@ -189,12 +247,12 @@ def register_viz(viz: typer.Typer) -> None:
 
             raise UsageError("--refresh: must be more than 0s")
         seconds = _duration(duration, "--duration")
-        tap, resolver, targets, dst = _setup(resource, namespace, demo_dir, to=to, to_namespace=to_namespace)
-        query = tap.TapQuery(method=method.upper() if method else None, authority=authority, path=path, dst=dst,
+        tap, source = _setup(ctx, resource, namespace, demo_dir, to=to, to_namespace=to_namespace)
+        query = tap.TapQuery(method=method.upper() if method else None, authority=authority, path=path,
                              max_rps=_max_rps(max_rps))
         from meshctl.cli import _viz_top
 
-        _run(lambda stop: _viz_top.run(tap, resolver, targets, query, stop=stop, every=every, seconds=seconds,
+        _run(lambda stop: _viz_top.run(tap, source, query, stop=stop, every=every, seconds=seconds,
                                        title=f"meshctl viz top {resource}"))
 
     @viz.command("profile")
@@ -232,8 +290,8 @@ def register_viz(viz: typer.Typer) -> None:
         if not seconds:
             raise UsageError("--tap-duration: must be more than 0s")
         profiles.check_service(service)
-        tap, resolver, targets, _ = _setup(tap_resource, namespace, demo_dir)
-        ns = namespace or resolver.namespace
+        tap, source = _setup(ctx, tap_resource, namespace, demo_dir)
+        ns = namespace or source.namespace
         name = profiles.profile_name(service, ns, "cluster.local")
         seen: list[tuple[str, str]] = []
 
@@ -245,8 +303,8 @@ def register_viz(viz: typer.Typer) -> None:
                     seen.append((event.get("method") or "GET", event.get("path") or "/"))
 
             asyncio.get_running_loop().call_later(seconds, stop.set)
-            await tap.tap_all(targets, tap.TapQuery(direction="inbound", max_rps=1000.0), resolver.credentials(),
-                              on_event=on_event, notice=_common.report, stop=stop)
+            await source.run(tap.TapQuery(direction="inbound", max_rps=1000.0), on_event=on_event,
+                             notice=_common.report, stop=stop)
 
         _run(collect)
         if not seen:

@@ -265,24 +265,18 @@ class Cluster:
                  "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": "true" if bookmarks else None}
         resp = self._request("GET", resource_path(api_version, plural, namespace=namespace), query=query,
                              timeout=(self.timeout, timeout_seconds + 30), stream=True)
-        buffer = b""
         try:
-            for chunk in resp.response.stream(amt=None, decode_content=False):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
+            for line in LineStream(resp, what=f"watch {plural}"):
+                try:
                     event = json.loads(line)
-                    if event.get("type") == "ERROR":
-                        obj = event.get("object") or {}
-                        cls = WatchExpired if obj.get("code") in (410,) else ApiStatusError
-                        raise cls(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
-                    yield event["type"], event["object"]
-        except ClusterError:
-            raise
-        except Exception as exc:  # a connection cut mid-stream: the caller re-watches
-            raise ClusterError(f"watch {plural} interrupted: {_short(exc)}") from None
+                    kind, obj = event["type"], event["object"]
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ClusterError(f"watch {plural} interrupted: not an event ({_short(exc)})") from None
+                if kind == "ERROR":
+                    obj = obj or {}
+                    cls = WatchExpired if obj.get("code") in (410,) else ApiStatusError
+                    raise cls(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
+                yield kind, obj
         finally:
             resp.response.release_conn()
 
@@ -303,6 +297,51 @@ class Cluster:
                 "spec": {"resourceAttributes": attrs}}
         return bool((self.create("authorization.k8s.io/v1", "selfsubjectaccessreviews", body).get("status") or {})
                     .get("allowed"))
+
+
+    def subject_access_review(self, user: str, groups: tuple[str, ...] | list[str], attrs: dict) -> bool:
+        """SubjectAccessReview: may *user* (in *groups*) do what *attrs* (resourceAttributes) say?
+        What an aggregated API server asks about the callers the API server relays (``system:auth-delegator``)."""
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": user, "groups": list(groups), "resourceAttributes": dict(attrs)}}
+        return bool((self.create("authorization.k8s.io/v1", "subjectaccessreviews", body).get("status") or {})
+                    .get("allowed"))
+
+    def stream_lines(self, method: str, path: str, body: Any, *, connect_timeout: float | None = None) -> "LineStream":
+        """Send *body* (JSON) and return the response's lines as they arrive (an aggregated API's
+        stream: tap).  An error status raises :class:`ApiStatusError` with the server's message."""
+        resp = self._request(method, path, body=body, stream=True,
+                             timeout=(connect_timeout or self.timeout, None))
+        return LineStream(resp, what=path.rsplit("/", 1)[-1])
+
+
+class LineStream:
+    """The non-empty lines of a streamed response body (a watch, tap); a connection cut mid-stream
+    raises ClusterError ("WHAT interrupted: ..."); :meth:`close` from another thread ends the iteration."""
+
+    def __init__(self, resp, *, what: str = "stream") -> None:
+        self._resp = resp.response  # urllib3's, under the client's RESTResponse
+        self.what = what
+
+    def __iter__(self) -> Iterator[bytes]:
+        buffer = b""
+        try:
+            for chunk in self._resp.stream(amt=None, decode_content=False):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield line
+        except Exception as exc:  # the connection broke mid-stream (urllib3's ProtocolError, ...)
+            raise ClusterError(f"{self.what} interrupted: {_short(exc)}") from None
+        if buffer.strip():
+            yield buffer
+
+    def close(self) -> None:
+        try:
+            self._resp.shutdown() if hasattr(self._resp, "shutdown") else self._resp.close()
+        except Exception:
+            pass
 
 
 def pod_port_forward(opts, namespace: str, pod: str, port: int):

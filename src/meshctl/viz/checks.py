@@ -45,9 +45,15 @@ def pods_running(viz_pods: list) -> None:
                     for c in (pod.get("status") or {}).get("conditions") or [])
         if phase == "Running" and ready:
             running[component] = pod["metadata"]["name"]
-    missing = [c for c in ("prometheus", "web") if c not in running]
+    missing = [c for c in COMPONENTS if c not in running]
     if missing:
         raise Failed(f"no running and ready pod for: {', '.join(missing)}")
+
+
+def tap_api_answers(tap_api: object) -> None:
+    """The API server relays to the tap server and it answers (Linkerd's "tap API service is running")."""
+    if isinstance(tap_api, str):
+        raise Failed(tap_api)
 
 
 def prometheus_answers(prometheus_up: object) -> None:
@@ -82,6 +88,9 @@ VIZ = Category("meshctl-viz", (
     _c("meshctl-viz.pods-running", "viz extension pods are running",
        f"look at `kubectl -n {VIZ_NAMESPACE} get pods` and the pods' events", pods_running, "viz_pods",
        fatal=True, retry=True),
+    _c("meshctl-viz.tap-api", "tap API service is running",
+       f"look at the tap pod's logs: `kubectl -n {VIZ_NAMESPACE} logs deploy/tap`", tap_api_answers, "tap_api",
+       retry=True),
     _c("meshctl-viz.prometheus", "prometheus is answering queries",
        f"look at the prometheus pod's logs in {VIZ_NAMESPACE}; the API server must reach it (services/proxy)",
        prometheus_answers, "prometheus_up", retry=True),
@@ -110,6 +119,28 @@ class VizFacts(ClusterFacts):
 
     def _fetch_viz_pods(self) -> list:
         return self.cluster.list("v1", "pods", namespace=VIZ_NAMESPACE, label_selector=SELECTOR)["items"]
+
+    def _fetch_tap_api(self) -> object:
+        """The tap APIService's discovery document, through the API server (which relays it to the tap
+        server over TLS with its front-proxy certificate), or why not (a string)."""
+        import json
+
+        from meshctl.errors import MeshctlError
+        from meshctl.viz.tap import API_GROUP, API_PREFIX
+
+        try:
+            status, body, _ = self.cluster.raw_get(API_PREFIX)
+        except MeshctlError as exc:
+            return str(exc)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = {}
+        if status != 200:
+            return f"{API_PREFIX}: HTTP {status}: {doc.get('message') or body[:200].decode(errors='replace')}"
+        if doc.get("groupVersion") != f"{API_GROUP}/v1alpha1" or not doc.get("resources"):
+            return f"{API_PREFIX}: not the tap server's answer"
+        return doc
 
     def _fetch_prometheus_up(self) -> object:
         """``up`` from the viz Prometheus through the API server's service proxy, or why not (a string)."""

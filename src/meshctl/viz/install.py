@@ -8,7 +8,9 @@ as the control plane's are (:mod:`meshctl.install.template`).  What runs:
   relabelled to Linkerd's labels: ``namespace``, ``pod``, the owner (``deployment``,
   ``statefulset``, ``daemonset``, ``k8s_job``...) and the pod's own labels, so the
   queries of :mod:`meshctl.viz.queries` and the Grafana dashboards apply;
-- the tap ServiceAccount, whose identity the proxies' control listeners admit;
+- the tap server (``meshctl viz tap-server``, :mod:`meshctl.viz.tapserver`) behind the APIService
+  ``v1alpha1.tap.meshctl.io``, running as the tap ServiceAccount, whose identity the proxies'
+  control listeners admit, and the ``tap-admin`` ClusterRole saying who may tap;
 - ``web``, the dashboard (``meshctl dashboard``) over that Prometheus, linking to an
   external Grafana when ``grafanaUrl`` is set;
 - least-privilege RBAC for each.
@@ -34,6 +36,8 @@ COMPONENT_LABEL = "meshctl.io/viz-component"
 COMPONENTS = ("prometheus", "tap", "web")
 WEB_PORT = 8084
 PROMETHEUS_PORT = 9090
+TAP_PORT = 8089
+TAP_TLS_DIR = "/var/run/meshctl/tls"  # where the tap Deployment mounts its serving certificate (tap-k8s-tls)
 PROXY_CONTAINER = "meshctl-proxy"  # meshctl.inject's names for the proxy container and its admin port
 PROXY_ADMIN_PORT_NAME = "meshctl-admin"
 
@@ -112,12 +116,22 @@ def _context(values: dict, *, namespace: str, mesh_namespace: str) -> dict:
     if values["grafanaUrl"]:
         web.append(f"--grafana-url={values['grafanaUrl']}")
     selectors = {c: {EXTENSION_LABEL: EXTENSION, COMPONENT_LABEL: c} for c in COMPONENTS}
+    tap_ca, tap_crt, tap_key = tap_serving_certificate(namespace)
+    tap = {
+        "b64Ca": _b64(tap_ca), "b64Crt": _b64(tap_crt), "b64Key": _b64(tap_key),
+        "command": ["meshctl", f"--mesh-namespace={mesh_namespace}", "viz", "tap-server",
+                    f"--tls-cert-file={TAP_TLS_DIR}/tls.crt", f"--tls-key-file={TAP_TLS_DIR}/tls.key",
+                    f"--namespace={namespace}", f"--cluster-domain={domain}"],
+    }
     return {
         "namespace": namespace,
         "image": values["image"],
         "prometheus": values["prometheus"],
         "dashboard": values["dashboard"],
-        "labels": {"namespace": _labels(namespace, None), **{c: _labels(namespace, c) for c in COMPONENTS}},
+        "labels": {"namespace": _labels(namespace, None), **{c: _labels(namespace, c) for c in COMPONENTS},
+                   # Kubernetes' `admin` role takes in the tap-admin rules (aggregation): namespace admins may tap.
+                   "tapAdmin": {**_labels(namespace, "tap"), "rbac.authorization.k8s.io/aggregate-to-admin": "true"}},
+        "tap": tap,
         "selectors": selectors,
         "podLabels": {c: {**_labels(namespace, c), **selectors[c]} for c in COMPONENTS},
         "prometheusConfig": yaml.safe_dump(prometheus_config(values, mesh_namespace=mesh_namespace), sort_keys=False),
@@ -137,9 +151,33 @@ def render(values: dict, *, namespace: str, mesh_namespace: str) -> list[dict]:
     return copy.deepcopy(objs)
 
 
-# What `viz uninstall` looks for, by the extension label: cluster-scoped kinds and the namespace
-# (deleting the namespace deletes what is in it).
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def tap_serving_certificate(namespace: str, *, lifetime_days: int = 365) -> tuple[str, str, str]:
+    """(CA, certificate, key) PEM for the tap server's HTTPS: the API server checks the certificate
+    against the APIService's ``caBundle`` for the name ``tap.NAMESPACE.svc``.  Made at each render, as
+    Linkerd's chart makes its tap certificate (one year)."""
+    import datetime as dt
+
+    from meshctl.identity import certs
+
+    name = f"tap.{namespace}.svc"
+    ca = certs.generate_trust_anchor(common_name=f"{name} CA", lifetime=dt.timedelta(days=lifetime_days))
+    key = certs.new_private_key()
+    leaf = certs.issue_leaf(ca, public_key=key.public_key(), dns_name=name, lifetime=dt.timedelta(days=lifetime_days))
+    return ca.cert_pem, certs.cert_to_pem(leaf), certs.key_to_pem(key)
+
+
+# What `viz uninstall` looks for, by the extension label: cluster-scoped kinds (the APIService first:
+# the API server stops relaying to a server about to go), the tap server's RoleBinding in kube-system,
+# and the namespace (deleting the namespace deletes what is in it).
 UNINSTALL_KINDS = (
+    ("apiregistration.k8s.io/v1", "apiservices", "APIService"),
+    ("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),  # the tap server's, in kube-system
     ("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding"),
     ("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole"),
     ("v1", "namespaces", "Namespace"),

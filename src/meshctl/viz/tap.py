@@ -39,6 +39,15 @@ MAX_LINE = 1 << 20  # one event line; the proxy's are a few hundred bytes
 TAP_KINDS = ("deployment", "pod", "namespace", "statefulset", "daemonset", "service")
 
 
+# The tap APIService (meshctl.viz.tapserver serves it; Linkerd's is tap.linkerd.io/v1alpha1).
+API_GROUP = "tap.meshctl.io"
+API_VERSION = "v1alpha1"
+API_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"
+PLURALS = {"deployments": "deployment", "pods": "pod", "statefulsets": "statefulset", "daemonsets": "daemonset",
+           "services": "service"}
+API_NOT_FOUND = "the server could not find the requested resource"  # the API server's 404 for an unserved path
+
+
 class TapError(MeshctlError):
     """A proxy refused or broke a subscription; the message names the proxy."""
 
@@ -189,6 +198,159 @@ class LocalResolver:
         return me, self.by_identity.get(req.get("server_id") or "") or self.peer(req.get("dst"))
 
 
+def api_path(resource: Resource, namespace: str) -> str:
+    """The tap APIService path for *resource* (``deploy/web`` in *namespace*), as Linkerd's tap paths."""
+    if resource.kind == "namespace":
+        return f"{API_PREFIX}/watch/namespaces/{resource.name}/tap"
+    plural = next(p for p, k in PLURALS.items() if k == resource.kind)
+    if resource.name:
+        return f"{API_PREFIX}/watch/namespaces/{namespace}/{plural}/{resource.name}/tap"
+    return f"{API_PREFIX}/watch/namespaces/{namespace}/{plural}/tap"
+
+
+class LocalSource:
+    """Tap the local mesh: one subscription per proxy, from this process."""
+
+    def __init__(self, resolver: LocalResolver, targets: list[TapTarget], dst: tuple[str, ...] = ()) -> None:
+        self.resolver = resolver
+        self.targets = targets
+        self.dst = dst
+
+    @property
+    def namespace(self) -> str:
+        return self.resolver.namespace
+
+    async def run(self, query: "TapQuery", *, on_event: Callable[[TapTarget, dict], None],
+                  notice: Callable[[str], None], stop: asyncio.Event) -> None:
+        if self.dst:
+            query = dataclasses.replace(query, dst=self.dst)
+        await tap_all(self.targets, query, self.resolver.credentials(), on_event=on_event, notice=notice, stop=stop)
+
+
+def _peer(doc: dict | None) -> Peer | None:
+    """A resource as the tap server names it (``{"namespace", "pod", "deploy": NAME}``)."""
+    if not isinstance(doc, dict):
+        return None
+    kind = next((k for k in doc if k not in ("namespace", "pod")), None)
+    if kind is None:
+        return None
+    try:
+        kind = resources.kind_of(kind)
+    except UsageError:
+        pass
+    return Peer(doc.get("namespace", ""), kind, doc.get(SHORT.get(kind, kind)) or doc.get(kind, ""), doc.get("pod", ""))
+
+
+class ClusterPeers:
+    """The ends of a request as the tap server resolved them (its pods, by IP), for ``-o wide`` and ``top``."""
+
+    def ends(self, target: TapTarget, req: dict) -> tuple[Peer | None, Peer | None]:
+        return _peer(req.get("src_resource")), _peer(req.get("dst_resource"))
+
+
+class ClusterSource:
+    """Tap in a cluster: one request to the API server, relayed to the tap server (the tap APIService),
+    which subscribes to the pods' proxies and streams their events back."""
+
+    def __init__(self, cluster, resource: Resource, namespace: str, *, to: Resource | None = None,
+                 to_namespace: str | None = None) -> None:
+        self.cluster = cluster
+        self.resource = resource
+        self.namespace = namespace
+        self.to = to
+        self.to_namespace = to_namespace
+        self.resolver = ClusterPeers()
+
+    def body(self, query: "TapQuery") -> dict:
+        doc = json.loads(query.to_json())
+        if self.to is not None:
+            doc["to"] = str(self.to)
+            if self.to_namespace:
+                doc["to_namespace"] = self.to_namespace
+        return doc
+
+    def _open(self, query: "TapQuery"):
+        from meshctl import k8s
+
+        try:
+            return self.cluster.stream_lines("POST", api_path(self.resource, self.namespace), self.body(query))
+        except k8s.ApiStatusError as exc:
+            if exc.code == 404 and exc.status_message == API_NOT_FOUND:
+                raise TapError("tap server not installed: run meshctl viz install | kubectl apply -f -") from None
+            if exc.code == 503:
+                raise TapError(f"tap server not available: {exc.status_message} (see meshctl viz check)") from None
+            raise TapError(f"tap {self.resource} in namespace {self.namespace}: {exc}") from None
+
+    async def run(self, query: "TapQuery", *, on_event: Callable[[TapTarget, dict], None],
+                  notice: Callable[[str], None], stop: asyncio.Event) -> None:
+        """Stream until *stop*; TapError when the tap server refuses, or its stream ends or breaks."""
+        import threading
+
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue = asyncio.Queue()
+        stream = await asyncio.to_thread(self._open, query)
+
+        def put(item) -> bool:
+            try:
+                loop.call_soon_threadsafe(lines.put_nowait, item)
+                return True
+            except RuntimeError:
+                return False  # the loop is closed: the command is over
+
+        def pump() -> None:
+            try:
+                for line in stream:
+                    if not put(line):
+                        return
+                end = None
+            except MeshctlError as exc:
+                end = exc
+            put(end)
+
+        threading.Thread(target=pump, name="tap-stream", daemon=True).start()
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                getting = asyncio.create_task(lines.get())
+                await asyncio.wait([getting, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not getting.done():
+                    getting.cancel()
+                    return
+                item = getting.result()
+                if item is None:
+                    if stop.is_set():
+                        return
+                    raise TapError("the tap server ended the stream (restarted or shut down); run the command again")
+                if isinstance(item, MeshctlError):
+                    if stop.is_set():
+                        return
+                    raise TapError(f"lost the tap server: {item}") from None
+                self._deliver(item, on_event, notice)
+        finally:
+            stopped.cancel()
+            stream.close()
+
+    def _deliver(self, line: bytes, on_event, notice) -> None:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            raise TapError(f"the tap server sent a line that is not JSON: {line[:80]!r}") from None
+        kind = doc.get("event")
+        if kind == "notice":
+            notice(str(doc.get("message")))
+            return
+        if kind == "error":
+            raise TapError(str(doc.get("message")))
+        proxy = doc.pop("proxy", None) or {}
+        short, _, workload = str(proxy.get("workload", "")).partition("/")
+        try:
+            owner = resources.kind_of(short)
+        except UsageError:
+            owner = short
+        target = TapTarget(proxy.get("namespace", ""), owner, workload, proxy.get("pod", ""), ("", 0), None)
+        on_event(target, doc)
+
+
 # --- the subscription ------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -217,9 +379,7 @@ async def subscribe(target: TapTarget, query: TapQuery, creds: TapCredentials | 
                     context: ssl.SSLContext | None = None, connect_timeout: float = CONNECT_TIMEOUT):
     """Yield the events (dicts) of one subscription; raises TapError (refused) or StreamEnded."""
     host, port = target.control
-    ssl_ctx = None
-    if creds is not None:
-        ssl_ctx = context or creds.context()
+    ssl_ctx = context if context is not None else (creds.context() if creds is not None else None)
     try:
         async with asyncio.timeout(connect_timeout):
             reader, writer = await asyncio.open_connection(
@@ -304,14 +464,15 @@ async def _chunked_lines(reader: asyncio.StreamReader):
 
 async def tap_all(targets: list[TapTarget], query: TapQuery, creds: TapCredentials | None, *,
                   on_event: Callable[[TapTarget, dict], None], notice: Callable[[str], None],
-                  stop: asyncio.Event, reconnect: bool = True) -> None:
+                  stop: asyncio.Event, reconnect: bool = True, context: ssl.SSLContext | None = None) -> None:
     """Subscribe to every target until *stop*; says (via *notice*) when a stream ends, and reconnects.
 
     Final, raised as TapError once every stream has stopped, because retrying
     cannot change them: every proxy refusing (403, 400, TLS), or none of them
     reachable at the first attempt (a wrong address, nothing running).
     """
-    context = creds.context() if creds is not None else None
+    if context is None and creds is not None:
+        context = creds.context()  # the tap server passes the context of its own, renewed, certificate
     refused: list[TapError] = []
     unreachable: list[str] = []
     connected: set[TapTarget] = set()

@@ -17,6 +17,7 @@ ServiceProfile model.  Profile routes without a ``timeout`` get Linkerd's
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 from meshctl_proxy.policy import service_profile as model
 from meshctl_proxy.policy.retry_budget import (DEFAULT_MIN_RETRIES_PER_SECOND, DEFAULT_RETRY_RATIO, DEFAULT_TTL,
                                  RetryBudget)
+
+log = logging.getLogger("meshctl_proxy.policy.route_policy")
 
 DEFAULT_ROUTE_NAME = "[DEFAULT]"
 # A request that matches no route: counted as "[DEFAULT]", default classifier,
@@ -110,3 +113,32 @@ def policy_from_profile(profile: model.ServiceProfile) -> RoutePolicy:
     budget = BudgetSpec(rb.retry_ratio, rb.min_retries_per_second, rb.ttl_seconds) if rb else BudgetSpec()
     overrides = tuple(WeightedAuthority(o.authority, o.weight_milli / 1000) for o in profile.dst_overrides)
     return RoutePolicy(profile.routes, budget, overrides)
+
+
+class CompiledProfile:
+    """The policy of the profile the destination service last sent for one authority (both sides' routers).
+
+    Compiled once per profile version; a profile the model refuses keeps the
+    last good policy (the destination service validated it: this is defence)
+    and is logged once, not per request.
+    """
+
+    __slots__ = ("authority", "doc", "policy")
+
+    def __init__(self, authority: str) -> None:
+        self.authority = authority
+        self.doc: Mapping[str, Any] | None = None
+        self.policy: RoutePolicy = EMPTY_POLICY
+
+    def update(self, doc: Mapping[str, Any] | None) -> bool:
+        """Take the profile *doc* (None: no profile); True when the policy changed."""
+        if doc == self.doc:
+            return False
+        self.doc = doc
+        try:
+            policy = compile_profile(doc)
+        except model.ProfileError as exc:
+            log.warning("profile for %s refused: %s", self.authority, exc)
+            return False
+        self.policy = policy
+        return True

@@ -30,7 +30,6 @@ resolution, so a changed endpoint set or profile applies to the next request.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -40,12 +39,9 @@ from meshctl_proxy.body import Body
 from meshctl_proxy.discovery.client import DestinationClient, Watch
 from meshctl_proxy.discovery.resolution import normalize_authority
 from meshctl_proxy.model import OUTBOUND, Endpoint as ProxyEndpoint, ProxyError, Request, RequestRefused, Response
-from meshctl_proxy.policy.service_profile import ProfileError
 from meshctl_proxy.telemetry.route_metrics import RouteMetrics
-from meshctl_proxy.policy.route_policy import DEFAULT_ROUTE, EMPTY_POLICY, RoutePolicy, compile_profile, route_timeout
+from meshctl_proxy.policy.route_policy import DEFAULT_ROUTE, EMPTY_POLICY, CompiledProfile, RoutePolicy, route_timeout
 from meshctl_proxy.policy.router import DirectRouter
-
-log = logging.getLogger("meshctl_proxy.policy.traffic_router")
 
 # Linkerd buffers at most 64 KiB of a request body for replay; a larger (or
 # unknown-length, streamed) body is sent once, without retries.
@@ -58,7 +54,7 @@ class Destination:
     """One authority: its resolution, balancer, route policy and retry budget."""
 
     __slots__ = ("authority", "watch", "balancer", "generation", "policy", "budget", "endpoints", "waiting",
-                 "known", "released", "unavailable_since", "_profile_doc")
+                 "known", "released", "unavailable_since", "profile")
 
     def __init__(self, authority: str, watch: Watch, balancer: Balancer) -> None:
         self.authority = authority
@@ -78,7 +74,7 @@ class Destination:
         # answered 503 at once, not after waiting the timeout each (Linkerd's failfast state).
         # It ends when an endpoint answers well or the endpoint set brings endpoints.
         self.unavailable_since: float | None = None
-        self._profile_doc: object = None
+        self.profile = CompiledProfile(authority)
 
     def refresh(self) -> None:
         """Apply the watch's latest resolution, if it changed since the last request."""
@@ -97,14 +93,8 @@ class Destination:
         self.endpoints = {e.address: ProxyEndpoint(e.host, e.port, e.identity if e.meshed and e.identity else None,
                                                      e.labels)
                           for e in eps}
-        doc = res.profile if res is not None else None
-        if doc != self._profile_doc:
-            self._profile_doc = doc
-            try:
-                policy = compile_profile(doc)
-            except ProfileError as exc:  # keep the last good policy: the server validated, this is defence
-                log.warning("profile for %s refused: %s", self.authority, exc)
-                return
+        if self.profile.update(res.profile if res is not None else None):
+            policy = self.profile.policy
             if policy.budget != self.policy.budget:
                 self.budget = policy.budget.make()
             self.policy = policy
@@ -134,9 +124,9 @@ class TrafficRouter(DirectRouter):
         self._raw: dict[str, str | None] = {}  # raw Host / address -> normalized authority, or None: not ours
 
     @classmethod
-    def from_config(cls, cfg, *, metrics: RouteMetrics, own_addrs: frozenset[tuple[str, int]] = frozenset()
-                    ) -> "TrafficRouter":
-        return cls(DestinationClient.from_config(cfg), balancer=cfg.balancer,
+    def from_config(cls, cfg, *, metrics: RouteMetrics, own_addrs: frozenset[tuple[str, int]] = frozenset(),
+                    client: DestinationClient | None = None) -> "TrafficRouter":
+        return cls(client or DestinationClient.from_config(cfg), balancer=cfg.balancer,
                    failfast_timeout=cfg.outbound_failfast_timeout, buffer_capacity=cfg.outbound_buffer_capacity,
                    metrics=metrics, own_addrs=own_addrs)
 

@@ -1,7 +1,7 @@
 """The request exchange, written once for HTTP/1.1 and HTTP/2.
 
-Both server connections (:mod:`~meshctl_proxy.transport.http1_proxy`,
-:mod:`~meshctl_proxy.transport.http2_proxy`) hand every request to the same
+Both server connections (:mod:`~meshctl_proxy.transport.h1_server`,
+:mod:`~meshctl_proxy.transport.h2_server`) hand every request to the same
 steps, kept by one :class:`RequestPath` per accepted connection::
 
     request -> router.shortcut(request) --endpoint--> router.commit -> hook -> upstream.send --+
@@ -24,6 +24,11 @@ steps, kept by one :class:`RequestPath` per accepted connection::
 - **Errors**: :meth:`Exchange.run` turns ``ProxyError`` and unexpected
   failures into the responses clients see; a failed request body and the
   protocol's own errors (``raw_errors``) go back to the protocol.
+- **The stale-connection retry**: :func:`replayable` says whether a failed
+  attempt may be sent again (the upstream processed none of it and the request
+  has no body); ``HttpUpstream.send`` then sends it once more on a fresh
+  connection (``resend``), and a fast path that meets such a failure hands the
+  request here with ``run(endpoint, resend=True)``.  Once, wherever it happens.
 - **Series**: :meth:`RequestPath.series` is the ``request_total`` /
   ``response_total`` series a request counts in, remembered while it repeats.
 """
@@ -34,7 +39,7 @@ import asyncio
 import logging
 from typing import Any
 
-from meshctl_proxy.body import BodyError
+from meshctl_proxy.body import EMPTY, BodyError
 from meshctl_proxy.hooks import Watched
 from meshctl_proxy.model import OUTBOUND, Endpoint, Outcome, ProxyError, Request, Response
 from meshctl_proxy.policy.router import mesh_identity
@@ -62,6 +67,17 @@ def http_series(metrics, ctx, authority: str, connector, endpoint: Endpoint | No
     return metrics.http(ctx.direction, authority, target, ctx.tls, ctx.peer_identity)
 
 
+def replayable(request: Request, exc: BaseException) -> bool:
+    """May *request*, whose attempt failed with *exc*, be sent again on a fresh connection?
+
+    Only when the upstream processed none of it (``ProxyError.unprocessed``: a
+    reused HTTP/1 connection the server had closed before any response byte,
+    RFC 9112 section 9.3.1, as hyper retries only on reused connections; an
+    HTTP/2 REFUSED_STREAM, RFC 9113 section 8.7) and it has no body to replay.
+    """
+    return request.body is EMPTY and getattr(exc, "unprocessed", False)
+
+
 def grpc_status_of(response: Response) -> int | None:
     raw = response.grpc_status()
     return int(raw) if raw is not None and raw.isdigit() else None
@@ -84,7 +100,7 @@ class RequestPath:
     """What the requests of one accepted connection go through: router, upstream, hook, series."""
 
     __slots__ = ("ctx", "router", "upstream", "hooks", "metrics", "observes", "outbound", "raw_errors",
-                 "_shortcut", "_series", "_remembers", "_shortcuts")
+                 "_router_observes", "_shortcut", "_series", "_remembers", "_remembers_none", "_shortcuts")
 
     def __init__(self, proxy, ctx, *, raw_errors: tuple[type[BaseException], ...] = ()) -> None:
         self.ctx = ctx
@@ -93,11 +109,17 @@ class RequestPath:
         self.hooks = proxy.hooks
         self.metrics = proxy.metrics
         # A router that declares nothing is assumed to want its outcomes and to have no shortcut.
-        self.observes: bool = getattr(router, "observes", True)
+        self._router_observes: bool = getattr(router, "observes", True)
+        # observe() runs after each shortcut exchange when the router wants the outcome, or counts the
+        # request's route (counts_routes: the inbound route metrics, Request.route_stats).
+        self.observes: bool = self._router_observes or getattr(router, "counts_routes", False)
         self._shortcut = getattr(router, "shortcut", None)
         # A router whose shortcut answers depend on the authority and the connection alone says so
-        # (remembers_endpoints): its answers are then remembered here, per authority.
+        # (remembers_endpoints): its answers are then remembered here, per authority.  One whose None
+        # only means "not before a lookup is done" (shortcut_waits_for_lookup) has its endpoints
+        # remembered, not its Nones.
         self._remembers: bool = getattr(router, "remembers_endpoints", False)
+        self._remembers_none = not getattr(router, "shortcut_waits_for_lookup", False)
         self._shortcuts: dict[str, Endpoint | None] = {}
         self.outbound = ctx.direction == OUTBOUND
         self.raw_errors = raw_errors  # ProxyErrors the protocol answers itself (HTTP/2: a reset to pass on)
@@ -136,7 +158,7 @@ class RequestPath:
             endpoint = known.get(request.authority, _NO_ENDPOINT)
             if endpoint is _NO_ENDPOINT:
                 endpoint = shortcut(request)
-                if len(known) < MAX_REMEMBERED_AUTHORITIES:
+                if len(known) < MAX_REMEMBERED_AUTHORITIES and (endpoint is not None or self._remembers_none):
                     known[request.authority] = endpoint
         else:
             endpoint = shortcut(request)
@@ -149,9 +171,20 @@ class RequestPath:
         server_id = mesh_identity(self.upstream.connector, endpoint) if self.outbound and endpoint else None
         return self.hooks.announce(self.ctx, request, endpoint, server_id, start)
 
-    def observe(self, endpoint: Endpoint, response: Response | None, exc: BaseException | None,
+    def observe(self, request: Request, endpoint: Endpoint, response: Response | None, exc: BaseException | None,
                 latency: float) -> None:
-        """Tell a router that ``observes`` how a shortcut exchange went."""
+        """How a shortcut exchange went (its response head, or the failure), for whoever declared interest.
+
+        The route the router's commit() counted the request in (``request.route_stats``) counts
+        the response; a router that ``observes`` hears the outcome.  Called once per shortcut
+        request, when ``observes`` (dispatch() sees its own responses).
+        """
+        tally = request.route_stats
+        if tally is not None:
+            status = response.status if exc is None and response is not None else getattr(exc, "status", 502)
+            tally.record(status, latency * 1000)
+        if not self._router_observes:
+            return
         if exc is not None:
             self.router.observe(endpoint, Outcome(None, latency, getattr(exc, "reason", str(exc))))
         elif response is not None:
@@ -194,8 +227,9 @@ class Exchange:
         self._announce(request, endpoint)
         return await self.path.upstream.send(request, endpoint)
 
-    async def run(self, endpoint: Endpoint | None = None) -> Response:
-        """The response for the client.  *endpoint*: the shortcut was already taken (by a fast path).
+    async def run(self, endpoint: Endpoint | None = None, *, resend: bool = False) -> Response:
+        """The response for the client.  *endpoint*: the shortcut was already taken (by a fast path);
+        *resend*: and its attempt failed :func:`replayable`, so this is the one retry, on a fresh connection.
 
         Raises BodyError (the client's request body failed), the path's
         ``raw_errors`` and CancelledError; the hook has run by then all the same.
@@ -206,7 +240,7 @@ class Exchange:
             if endpoint is None:
                 endpoint = path.take_shortcut(request)
             if endpoint is not None:
-                response = await self._send_to(endpoint)
+                response = await self._send_to(endpoint, resend)
             else:
                 watching = bool(path.hooks.observers)
                 response = await path.router.dispatch(request, self if watching else path.upstream)
@@ -238,18 +272,19 @@ class Exchange:
             return exc
         return None
 
-    async def _send_to(self, endpoint: Endpoint) -> Response:
+    async def _send_to(self, endpoint: Endpoint, resend: bool) -> Response:
         path = self.path
         if path.hooks.observers:
             self._announce(self.request, endpoint)
+        send = path.upstream.resend if resend else path.upstream.send
         if not path.observes:
-            return await path.upstream.send(self.request, endpoint)
+            return await send(self.request, endpoint)
         loop = asyncio.get_running_loop()
         sent = loop.time()
         try:
-            response = await path.upstream.send(self.request, endpoint)
+            response = await send(self.request, endpoint)
         except ProxyError as exc:
-            path.observe(endpoint, None, exc, loop.time() - sent)
+            path.observe(self.request, endpoint, None, exc, loop.time() - sent)
             raise
-        path.observe(endpoint, response, None, loop.time() - sent)
+        path.observe(self.request, endpoint, response, None, loop.time() - sent)
         return response

@@ -19,17 +19,20 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from meshctl_proxy.wire import detect as detection
-from meshctl_proxy.transport.http1_proxy import H1Pool, H1ServerConnection
+from meshctl_proxy.transport.h1_client import H1Pool
+from meshctl_proxy.transport.h1_server import H1ServerConnection
 from meshctl_proxy.hooks import RequestHooks
 from meshctl_proxy.telemetry.metrics import Metrics
 from meshctl_proxy.model import INBOUND, OUTBOUND, ConnectionContext, Endpoint, ProxyError, Request, Response, Target
 from meshctl_proxy.wire.loop_marker import LoopMarker
 from meshctl_proxy.policy.router import IDLE_TIMEOUT, MAX_IDLE, TcpConnector, default_router, mesh_identity, open_connection
+from meshctl_proxy.transport.exchange import replayable
 from meshctl_proxy.transport.tcp import PipeEnd, splice
 from meshctl_proxy.transport.original_dst import original_dst
 
 if TYPE_CHECKING:  # HTTP/2 is imported when a connection first speaks it (start-up time, idle memory)
-    from meshctl_proxy.transport.http2_proxy import H2Pool, H2ServerConnection
+    from meshctl_proxy.transport.h2_client import H2Pool
+    from meshctl_proxy.transport.h2_server import H2ServerConnection
 
 log = logging.getLogger("meshctl_proxy")
 
@@ -55,15 +58,29 @@ class HttpUpstream:
         self.h2: H2Pool | None = None  # made when a request first speaks HTTP/2
         self.h2_settings = h2_settings or {}
 
-    async def send(self, request: Request, endpoint: Endpoint) -> Response:
-        if request.protocol == "h2":
-            if self.h2 is None:
-                from meshctl_proxy.transport.http2_proxy import H2Pool
+    def pool(self, request: Request):
+        if request.protocol != "h2":
+            return self.h1
+        if self.h2 is None:
+            from meshctl_proxy.transport.h2_client import H2Pool
 
-                self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout,
-                                 **self.idle)
-            return await self.h2.send(request, endpoint)
-        return await self.h1.send(request, endpoint)
+            self.h2 = H2Pool(self.connector, self.metrics, self.direction, connect_timeout=self.connect_timeout,
+                             **self.idle)
+        return self.h2
+
+    async def send(self, request: Request, endpoint: Endpoint) -> Response:
+        """One attempt on a pooled connection, and the stale-connection retry (exchange.replayable) once."""
+        pool = self.pool(request)
+        try:
+            return await pool.send(request, endpoint)
+        except ProxyError as exc:
+            if not replayable(request, exc):
+                raise
+        return await pool.send(request, endpoint, fresh=True)
+
+    async def resend(self, request: Request, endpoint: Endpoint) -> Response:
+        """The retry of an attempt that failed replayable (made by a fast path): a fresh connection, once."""
+        return await self.pool(request).send(request, endpoint, fresh=True)
 
     def close(self) -> None:
         self.h1.close()
@@ -159,12 +176,25 @@ class Proxy:
         for direction in (OUTBOUND, INBOUND):
             self.routers[direction] = self._routers[direction] or default_router(direction, cfg.inbound_forward_host,
                                                                                  own)
+        if self._routers[OUTBOUND] is None or self._routers[INBOUND] is None:
+            # One destination client (its watches) for both sides, as Linkerd's control-plane client.
+            from meshctl_proxy.discovery.client import DestinationClient
+
+            client = DestinationClient.from_config(cfg)
         if self._routers[OUTBOUND] is None:
             # Outbound traffic goes through discovery, balancing and route policy
             # (meshctl_proxy.policy.traffic_router); names the mesh does not know go direct.
             from meshctl_proxy.policy.traffic_router import TrafficRouter
 
-            self.routers[OUTBOUND] = TrafficRouter.from_config(cfg, metrics=self.route_metrics, own_addrs=own)
+            self.routers[OUTBOUND] = TrafficRouter.from_config(cfg, metrics=self.route_metrics, own_addrs=own,
+                                                               client=client)
+        if self._routers[INBOUND] is None:
+            # Inbound requests are counted by the route of their authority's ServiceProfile, as Linkerd's
+            # inbound proxy counts them (meshctl_proxy.policy.inbound_routes).
+            from meshctl_proxy.policy.inbound_routes import ProfiledInboundRouter
+
+            self.routers[INBOUND] = ProfiledInboundRouter(cfg.inbound_forward_host, client, self.route_metrics,
+                                                          own_addrs=own)
         self.ready = True
 
     def is_ready(self) -> bool:
@@ -359,7 +389,7 @@ class DetectProtocol(asyncio.Protocol):
             if kind == detection.H1:
                 handler = H1ServerConnection(proxy, ctx, self.stats)
             else:  # h2 is imported only when a connection speaks it (start-up, idle memory)
-                from meshctl_proxy.transport.http2_proxy import H2ServerConnection
+                from meshctl_proxy.transport.h2_server import H2ServerConnection
 
                 handler = H2ServerConnection(proxy, ctx, self.stats)
             ctx.protocol = kind

@@ -17,7 +17,7 @@
   never reads); a client that reads and floods costs us CPU all the same.
 - Streams beyond our advertised SETTINGS_MAX_CONCURRENT_STREAMS
   (CVE-2019-9518-like abuse): libnghttp2 detects it and ends the connection;
-  http2_proxy sends ENHANCE_YOUR_CALM in place of its PROTOCOL_ERROR.
+  h2_server sends ENHANCE_YOUR_CALM in place of its PROTOCOL_ERROR.
 
 Every breach is answered with GOAWAY(ENHANCE_YOUR_CALM), as Go's and
 Envoy's servers do, and the connection is closed.
