@@ -9,10 +9,15 @@ Targets, each fronting the same nginx (one worker, a 12-byte response):
 
 Measured per target: closed-loop throughput with wrk (HTTP/1.1) and h2load
 (HTTP/2, prior knowledge), requests per second per proxy core (requests /
-proxy CPU seconds, from /proc), latency at a fixed 1,000 req/s (a paced
-open-loop client: wrk2 is not in Debian, h2load --rps prints no
-percentiles; the targets take turns in 1 s slices so machine noise
-falls on all alike), and proxy RSS idle and under load.
+proxy CPU seconds, from /proc), latency at a fixed 1,000 req/s over HTTP/1.1
+and over HTTP/2 (a paced open-loop client of our own, httptools or libnghttp2
+through ngh2: wrk2 is not in Debian, h2load --rps prints no percentiles; the
+targets take turns in 1 s slices so machine noise falls on all alike), and
+proxy RSS idle and under load.  On a machine others are loading, run the
+latency alone under SCHED_FIFO (``chrt -f 10 python benches/bench_proxy.py
+--latency-only``: every process it starts inherits the policy; the paced
+load sleeps between requests, so nothing else starves), or the direct
+path's own p99 is tens of milliseconds of other people's work.
 
     python benches/bench_proxy.py                   # defaults: 5 s per run, 3 repeats
     python benches/bench_proxy.py --duration 3 --repeat 1 --no-h2

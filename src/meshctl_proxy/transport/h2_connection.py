@@ -241,13 +241,12 @@ class H2Connection(FlowControl, asyncio.Protocol):
         conn = self.conn
         data = conn.data_to_send()
         self.pending = 0
-        if not self.closed:
-            if not conn.want_read:
-                self._ended(data)
-            elif data:
-                self._write(data)
-        # A read ends with a flush (data_received): the end of the callback (meshctl_proxy.transport.outbox).
-        self.outbox.callback_done()
+        if self.closed:
+            return
+        if not conn.want_read:
+            self._ended(data)
+        elif data:
+            self._write(data)
 
     def _write(self, data: bytes) -> None:
         self.stats.write_bytes += len(data)

@@ -1,4 +1,4 @@
-"""Writes held to the end of an event loop's pass and sent together, for HTTP/1 and HTTP/2 alike.
+"""Every write of an event loop's pass held to the end of the pass and sent together, for HTTP/1 and HTTP/2.
 
 On loopback a write is the dearest thing a proxy does per request: the
 kernel runs the receiving side of TCP in the writer's context and wakes the
@@ -11,10 +11,14 @@ nginx, nginx answers and sleeps again, and the next write wakes it again;
 written together at the end of the pass, one wake-up finds every request of
 the pass waiting (docs/performance.md, "HTTP/1.1, second pass").
 
-HTTP/1 hands the outbox bytes for a transport (``write``); HTTP/2 hands it a
-flusher (``flush_later``), which asks libnghttp2 for everything it queued on
-its connection when it runs, so the frames of every stream of the pass share
-one write.
+One policy for both protocols (issue 12): HTTP/1 hands the outbox bytes for
+a transport (``write``); HTTP/2 hands it a flusher (``flush_later``) that
+asks libnghttp2 for everything queued on its connection when it runs, so the
+frames of every stream answered in the pass share one write.  Nothing goes
+out before the pass ends, not even its first write: sending that one at once
+(HTTP/1's earlier rule) measured no better at 1,000 req/s, for either
+protocol, and no better in throughput (docs/performance.md, "Issue 12: one
+write-batching policy"), so the simpler rule stayed.
 
 The order of the bytes on each transport is kept (one list, in order), and
 whoever closes, aborts or hands over a transport flushes first (``flush()``),
@@ -32,73 +36,42 @@ log = logging.getLogger("meshctl_proxy.transport.outbox")
 
 _BY_LOOP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-# MEASUREMENT ONLY (issue 12): True holds a pass's first output too; False sends it at once
-# (HTTP/1: the write itself; HTTP/2: at the end of the callback that made it, ``callback_done``).
-HOLD_FIRST = False
-
-_IDLE, _FIRST, _HOLDING = 0, 1, 2
-
 
 class Outbox:
     """One event loop's held writes; :func:`outbox` gives the running loop's."""
 
-    __slots__ = ("_loop", "_held", "_first", "_state")
+    __slots__ = ("_loop", "_held", "_pass_open")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._held: list = []  # (transport, bytes) from HTTP/1, (flusher, None) from HTTP/2, in order
-        self._first: list = []
-        self._state = _IDLE
+        # In order: (transport, bytes) from HTTP/1, (flusher, None) from HTTP/2.
+        self._held: list[tuple] = []
+        self._pass_open = False
 
-    def _begin(self, state: int) -> None:
-        self._state = state
+    def write(self, transport: asyncio.WriteTransport, data: bytes) -> None:
+        """HTTP/1: *data* for *transport*, at the end of the pass."""
+        if not self._pass_open:
+            self._open_pass()
+        self._held.append((transport, data))
+
+    def flush_later(self, flusher: Callable[[], None]) -> None:
+        """HTTP/2: call *flusher* at the end of the pass (a connection hands it over once per pass)."""
+        if not self._pass_open:
+            self._open_pass()
+        self._held.append((flusher, None))
+
+    def _open_pass(self) -> None:
+        self._pass_open = True
         # call_soon from an I/O callback runs after every other callback of this
         # poll, before the loop polls again: the end of the pass.
         self._loop.call_soon(self._end_pass)
 
-    def write(self, transport, data: bytes) -> None:
-        """HTTP/1: *data* for *transport*."""
-        if self._state == _IDLE:
-            if not HOLD_FIRST:
-                self._begin(_HOLDING)
-                transport.write(data)
-                return
-            self._begin(_HOLDING)
-        self._held.append((transport, data))
-
-    def flush_later(self, flusher: Callable[[], None]) -> None:
-        """HTTP/2: call *flusher* when this pass's output goes (once per request of it is enough)."""
-        state = self._state
-        if state == _IDLE:
-            if HOLD_FIRST:
-                self._begin(_HOLDING)
-                self._held.append((flusher, None))
-                return
-            self._begin(_FIRST)
-            self._first.append(flusher)
-        elif state == _FIRST:
-            self._first.append(flusher)
-        else:
-            self._held.append((flusher, None))
-
-    def callback_done(self) -> None:
-        """The callback that began the pass is done: what it produced goes now."""
-        if self._state == _FIRST:
-            self._state = _HOLDING
-            first, self._first = self._first, []
-            for flusher in first:
-                flusher()
-
     def _end_pass(self) -> None:
-        self._state = _IDLE
+        self._pass_open = False
         self.flush()
 
     def flush(self) -> None:
         """Send everything held, in order (also before a close, so nothing overtakes it)."""
-        if self._first:
-            first, self._first = self._first, []
-            for flusher in first:
-                flusher()
         held = self._held
         if held:
             self._held = []
