@@ -21,6 +21,7 @@ path's own p99 is tens of milliseconds of other people's work.
 
     python benches/bench_proxy.py                   # defaults: 5 s per run, 3 repeats
     python benches/bench_proxy.py --duration 3 --repeat 1 --no-h2
+    python benches/bench_proxy.py --duration 3 --repeat 5 --no-h1 --before /tmp/old/src   # HTTP/2 A/B
     python benches/bench_proxy.py --latency-only --duration 10 --repeat 3
     python benches/bench_proxy.py --metrics         # hand-written counters vs prometheus_client
     python benches/bench_proxy.py --before /tmp/old/src   # also "meshctl x1/x2 before", run from that
@@ -421,7 +422,7 @@ def bench(args) -> None:
             return r
 
         for rep in range(args.repeat):
-            for name, port, pids in ([] if args.latency_only else h1_targets):
+            for name, port, pids in ([] if args.latency_only or args.no_h1 else h1_targets):
                 host_hdr = f"127.0.0.1:{up1}"
                 if name == "meshctl x1" and rep == 0:
                     # RSS under load: sampled in the middle of a wrk run.
@@ -566,6 +567,8 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32, help="wrk connections (h2load uses a quarter, x10 streams)")
     ap.add_argument("--rate", type=int, default=1000, help="paced latency run: requests per second (default 1000)")
     ap.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 runs")
+    ap.add_argument("--no-h1", action="store_true", help="skip the HTTP/1.1 throughput runs (the paced latency "
+                    "runs, HTTP/1.1, still run)")
     ap.add_argument("--latency-only", action="store_true", help="only the paced latency runs (and RSS idle)")
     ap.add_argument("--metrics", action="store_true", help="only the metrics hot-path micro-benchmark")
     ap.add_argument("--before", metavar="SRC", help="also run meshctl x1/x2 from this source tree (the src/ of "

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,6 +103,23 @@ class Subscriber(threading.Thread):
 
     def close(self) -> None:
         self.sock.close()
+
+
+def interleaved(targets, rounds: int) -> dict[str, list[tuple[dict, float]]]:
+    """Run each target's load in turn, round after round, so a busy machine's noise falls on all alike.
+
+    *targets*: (name, pid of the proxy, load) with load() -> a wrk result; returns per name the
+    (wrk result, proxy CPU seconds) of each round.  A run with errors stops the bench.
+    """
+    results: dict[str, list[tuple[dict, float]]] = {name: [] for name, _, _ in targets}
+    for _ in range(rounds):
+        for name, pid, load in targets:
+            cpu0 = cpu_seconds(pid)
+            r = load()
+            cpu = cpu_seconds(pid) - cpu0
+            assert r["errors"] == 0, (name, r)
+            results[name].append((r, cpu))
+    return results
 
 
 def micro(n: int = 200_000) -> None:
@@ -195,15 +213,10 @@ def main() -> None:
         time.sleep(1.0)
         subscribers.append(Subscriber(targets[2][1]["control"], 100))
         subscribers.append(Subscriber(targets[3][1]["control"], 100_000))
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in targets}
-        for _ in range(args.rounds):
-            for name, ports, p in targets:
-                cpu0 = cpu_seconds(p.pid)
-                r = run_wrk(ports["outbound"], f"127.0.0.1:{up1}", connections=args.connections,
-                            duration=args.duration)
-                cpu = cpu_seconds(p.pid) - cpu0
-                assert r["errors"] == 0, (name, r)
-                results[name].append((r["rps"], r["requests"] / cpu if cpu else 0.0))
+        runs = interleaved([(name, p.pid, partial(run_wrk, ports["outbound"], f"127.0.0.1:{up1}",
+                                                   connections=args.connections, duration=args.duration))
+                            for name, ports, p in targets], args.rounds)
+        results = {name: [(r["rps"], r["requests"] / cpu if cpu else 0.0) for r, cpu in rs] for name, rs in runs.items()}
         print(f"bench_tap: {args.rounds} rounds x {args.duration:g} s, wrk -t1 -c{args.connections}, "
               f"before = {before}")
         print(f"{'proxy':<28} {'req/s (median)':>15} {'runs':>36} {'req per CPU s':>14}")

@@ -216,9 +216,16 @@ def route() -> dict:
         return (f"histogram_quantile({q}, sum(irate(route_response_latency_ms_bucket{sel}[{RATE}])) by (le, rt_route))",
                 f"p{round(q * 100)} {{{{rt_route}}}}")
 
-    # Outbound only: meshctl's proxy records route_* for the routes it sends on (the caller's
-    # ServiceProfile), not yet for the routes it receives (Linkerd's inbound route metrics).
+    # Inbound: what the deployment's proxies served, by its own ServiceProfile (every attempt a caller
+    # made reaches it, so no actual/retries here); outbound: what it called, by the callee's profile.
+    inbound = '{direction="inbound", namespace="$namespace", deployment="$deployment"}'
     return dashboard("meshctl-route", "meshctl / Route", [NS_VAR, _owner_var("deployment")], [
+        _header("Routes deploy/$deployment serves (inbound, by its own ServiceProfile)"),
+        _panel("SUCCESS RATE", [route_success("route_response_total", inbound, "{{rt_route}}")],
+               unit="percentunit", max_=1),
+        _panel("REQUEST VOLUME", [route_rps("route_request_total", inbound, "{{rt_route}}")], unit="reqps"),
+        _panel("LATENCY", [route_latency(inbound, 0.5), route_latency(inbound, 0.95),
+                           route_latency(inbound, 0.99)], unit="ms"),
         _header("Routes deploy/$deployment calls: effective (what the app saw) and actual (each attempt, "
                 "retries included)"),
         _panel("SUCCESS RATE", [route_success("route_response_total", outbound, "effective {{rt_route}}"),

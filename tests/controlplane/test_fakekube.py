@@ -189,3 +189,46 @@ def test_namespace_deletion_takes_its_contents(kube, cluster):
     gone = cluster._request("DELETE", "/api/v1/namespaces/tmp")
     assert gone["kind"] == "Namespace" and gone["status"]["phase"] == "Terminating"
     assert cluster.get("v1", "configmaps", "inside", namespace="tmp") is None
+
+
+def test_the_services_proxy_relays_a_post_and_streams_the_answer(kube, cluster):
+    """POST .../services/NAME:PORT/proxy/PATH reaches the Service with its body, and the answer comes
+    back line by line as the backend writes it (a stream must not wait for its end)."""
+    import http.server
+
+    release = threading.Event()
+
+    class Backend(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for line in (b"got " + body + b"\n", b"later\n"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+                release.wait(10)  # the second line only once the client has read the first
+            self.wfile.write(b"0\r\n\r\n")
+
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    try:
+        kube.put({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "default"},
+                  "spec": {"ports": [{"port": 80}]}})
+        kube.service_endpoints[("default", "echo", 80)] = backend.server_address
+        lines = iter(cluster.stream_lines("POST", "/api/v1/namespaces/default/services/echo:80/proxy/x", {"a": 1}))
+        assert next(lines) == b'got {"a": 1}'
+        release.set()
+        assert list(lines) == [b"later"]
+        kube.deny("create", "services/proxy", namespace="default")
+        with pytest.raises(ApiStatusError, match='403 Forbidden: services "echo" is forbidden: .* cannot create '
+                                                 'resource "services/proxy"'):
+            cluster.stream_lines("POST", "/api/v1/namespaces/default/services/echo:80/proxy/x", {})
+    finally:
+        backend.shutdown()
+        backend.server_close()

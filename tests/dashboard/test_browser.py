@@ -259,6 +259,16 @@ def test_route_metrics_show_retries_lifting_effective_success_over_actual(watche
     assert effective > actual + 0.1  # retries of the retryable route hid most of them
 
 
+def test_the_routes_a_workload_served_show_every_attempt_it_answered(watched):
+    """Inbound route metrics (Linkerd's): price-api's proxy counts what it served by its own profile, the
+    gateway's retries included, so its route shows the ~30% failures the gateway's callers never saw."""
+    page = watched.goto("/namespaces/shop/deployments/price-api")
+    row = page.locator('#routes table[data-direction="inbound"] tr[data-route="GET /api/prices"]')
+    assert row.count() == 1
+    assert row.get_attribute("data-service").startswith("price-api-svc.shop.svc.cluster.local")
+    assert 0.5 < float(row.locator('[data-field="effective-success"]').get_attribute("data-value")) < 0.9
+
+
 def test_numbers_refresh_without_a_page_reload(watched):
     page = watched.goto("/namespaces/shop")
     page.evaluate("window.__notReloaded = true")

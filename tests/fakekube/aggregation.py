@@ -147,11 +147,19 @@ def relay(handler, method: str, backend: tuple[str, int], path: str, *, context:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         sock.settimeout(None)  # a stream may be quiet for long: the backend or the client ends it
         first = sock.recv(65536)
-        if not first:
-            raise ConnectionResetError("the backend closed the connection without answering")
-        # From here the client's connection carries the backend's bytes, and ends when the backend's does.
+        while first and b"\r\n\r\n" not in first and len(first) < 65536:
+            more = sock.recv(65536)
+            if not more:
+                break
+            first += more
+        if b"\r\n\r\n" not in first:
+            raise ConnectionResetError("the backend closed the connection without a response head")
+        # From here the client's connection carries the backend's bytes, and ends when the backend's does:
+        # the head says so (Connection: close), or the client would send its next request on it.
+        head, rest = first.split(b"\r\n\r\n", 1)
+        lines = [ln for ln in head.split(b"\r\n") if not ln.lower().startswith(b"connection:")]
         handler.close_connection = True
-        data = first
+        data = b"\r\n".join(lines + [b"Connection: close"]) + b"\r\n\r\n" + rest
         client = handler.connection
         try:
             while data:

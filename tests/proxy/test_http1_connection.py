@@ -228,3 +228,23 @@ def test_a_request_refused_while_another_is_in_flight_closes_lingering_on_either
 
     run(play(b"GET /fast HTTP/1.1\r\nHost: app:80\r\n\r\n"))
     run(play(b"POST /general HTTP/1.1\r\nHost: app:80\r\nContent-Length: 1\r\n\r\nx"))
+
+
+def test_a_streamed_answer_on_the_general_path_finishes_before_the_next_pipelined_request_goes_up():
+    async def play():
+        pb = Playbook()
+        await pb.from_client(b"POST /1 HTTP/1.1\r\nHost: app:80\r\nContent-Length: 1\r\n\r\nx"
+                             b"GET /2 HTTP/1.1\r\nHost: app:80\r\n\r\n")
+        assert pb.to_upstream().startswith(b"POST /1 HTTP/1.1\r\n")
+        await pb.from_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        assert pb.to_client().endswith(b"\r\n\r\nab")
+        assert pb.server.phase is Phase.RESPONDING
+        assert pb.to_upstream() == b""  # /2 waits for /1's body to end
+        await pb.from_upstream(b"cd")
+        assert pb.to_client() == b"cd"
+        assert pb.to_upstream().startswith(b"GET /2 HTTP/1.1\r\n")
+        await pb.from_upstream(OK)
+        assert pb.to_client().startswith(b"HTTP/1.1 200 OK\r\n")
+        assert pb.server.phase is Phase.IDLE
+
+    run(play())

@@ -197,3 +197,64 @@ def test_inbound_route_series_count_against_the_series_cap(destination, start_pr
     assert metric_sum(m, "route_request_total", direction="inbound", dst="overflow") > 0
     assert metric_sum(m, "metrics_series") <= 600
     assert metric_sum(m, "metrics_series_refused_total") > 0
+
+
+class Refuser:
+    """A per-request observer that refuses every request (a policy or filter would), as the hook allows."""
+
+    def on_request(self, meta):
+        from meshctl_proxy.model import ProxyError
+
+        raise ProxyError(403, "refused by the test observer")
+
+
+async def _in_process_proxy(dst_port: int):
+    from meshctl_proxy import config
+    from meshctl_proxy.identity.mesh import Mesh
+    from meshctl_proxy.transport.server import Proxy
+
+    cfg = config.load({"MESHCTL_PROXY_OUTBOUND_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
+                       "MESHCTL_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0", "MESHCTL_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0",
+                       "MESHCTL_PROXY_DESTINATION_SVC_ADDR": f"127.0.0.1:{dst_port}",
+                       "MESHCTL_PROXY_IDENTITY_DISABLED": "true"})
+    mesh = Mesh.from_config(cfg)
+    proxy = Proxy(cfg, **mesh.seams())
+    await proxy.start()
+    mesh.attach(proxy)  # the AuthorizingRouter around the inbound router, as serve() does
+    return proxy
+
+
+async def _stop(proxy) -> None:
+    proxy.begin_shutdown()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(proxy.stopped.wait(), 5)
+
+
+@pytest.mark.parametrize("protocol", ["HTTP/1.1", "HTTP/2"])
+def test_a_request_the_hook_refuses_is_counted_once_with_its_refusal(destination, apps, loop_thread, protocol):
+    """The refusal is the answer: counted in its route once, on the fast path (bodiless), the general path
+    (a body) and whichever path the first request of an authority takes (dispatch, after the lookup)."""
+    from .conftest import parse_metrics
+
+    dst = destination()
+    proxy = loop_thread.run(_in_process_proxy(dst.port))
+    try:
+        host, port = proxy.addresses["inbound"]
+        authority = f"{FQDN}:{apps[protocol].port}"
+        with _client(protocol) as c:
+            assert c.get(f"http://{host}:{port}/items/0", headers={"Host": authority}).status_code == 200
+            proxy.observers.append(Refuser())  # from here on every request is refused, and never sent
+            before = len(apps[protocol].requests) if protocol == "HTTP/1.1" else None
+            for body in (None, b"x" * 100, None):
+                r = c.request("POST" if body else "GET", f"http://{host}:{port}/items/1", headers={"Host": authority},
+                              content=body)
+                assert r.status_code == 403
+            if before is not None:
+                assert len(apps[protocol].requests) == before
+        m = parse_metrics(proxy.metrics.render().decode())
+        assert route_counts(m, authority) == {("GET /items/{id}", "success", "200"): 1,
+                                              ("GET /items/{id}", "success", "403"): 2,
+                                              ("POST /items/{id}", "success", "403"): 1}
+        assert metric_sum(m, "route_request_total", direction="inbound") == 4
+    finally:
+        loop_thread.run(_stop(proxy))

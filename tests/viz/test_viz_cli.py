@@ -10,6 +10,7 @@ import json
 import threading
 import time
 
+import httpx
 import pytest
 
 from conftest import run_cli
@@ -87,6 +88,73 @@ def test_routes_show_actual_success_below_effective_when_retries_hide_failures(b
     (route,) = [row for row in data["deploy/product-gateway-api"] if row["route"] == "GET /api/prices"]
     assert route["actual_success"] < route["effective_success"]
     assert route["actual_rps"] > route["effective_rps"]
+
+
+def test_routes_without_to_show_the_routes_a_workload_served(busy_shop):
+    """Linkerd's inbound route metrics: each API's proxy counts what it served by its own profile's
+    routes (the caller's retries included: each attempt reaches it), [DEFAULT] for the rest."""
+    from meshctl.viz.promclient import PrometheusClient
+
+    shop, load = busy_shop
+    product = shop.run.plan.workload("product-api")
+    prom = PrometheusClient(shop.prometheus_url)
+    unmatched = ('sum(route_request_total{direction="inbound",namespace="shop",deployment="product-api",'
+                 'rt_route="[DEFAULT]"})')
+
+    def scraped(n: int) -> bool:
+        """Prometheus holds *n* (it scrapes every second; 10 s at most)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            samples = prom.query(unmatched)
+            if samples and samples[0].value == n:
+                return True
+            time.sleep(0.2)
+        return False
+
+    # Paths product-api's profile has no route for, straight to its proxy as a caller's proxy sends them:
+    # one, seen by Prometheus (a counter's first sample is not an increase), then six more.
+    with httpx.Client(base_url=f"http://{product.inbound}", headers={"Host": product.authority}, timeout=10) as c:
+        assert c.get("/no/such/route").status_code == 404
+        assert scraped(1)
+        for i in range(6):
+            assert c.get(f"/no/such/route/{i}").status_code == 404
+    assert scraped(7)  # counted once each, by the real proxy, scraped by the real Prometheus
+
+    start = time.time()
+    r = viz(shop, "routes", "deploy/product-api", "-n", "shop", "-t", f"{WINDOW_S}s", "-o", "json")
+    end = time.time()
+    assert r.returncode == 0, r.stderr
+    rows = {row["route"]: row for row in json.loads(r.stdout)["deploy/product-api"]}
+    assert set(rows) == {"GET /api/products/{productId}", "[DEFAULT]"}
+    served = rows["GET /api/products/{productId}"]
+    assert served["authority"] == "product-api-svc" and served["success"] == 1.0
+    # The gateway calls product-api once per request it serves: the load generator's own count.
+    at = (start + end) / 2
+    sent = load.between(at - WINDOW_S, at)
+    assert served["rps"] == pytest.approx(len(sent) / WINDOW_S, rel=0.10), (served, len(sent))
+    assert served["latency_ms_p50"] <= served["latency_ms_p95"] <= served["latency_ms_p99"]
+    assert rows["[DEFAULT]"]["rps"] > 0 and rows["[DEFAULT]"]["success"] == 1.0  # 404: a success (Linkerd)
+
+    # price-api served every attempt the gateway made, retries included: its route's RPS and success are
+    # the gateway's *actual* ones (not the effective ones its retries improved).  (0.5 rps and 10 points
+    # absolute: on a loaded machine the app may time out and the gateway set it aside for a while, and a
+    # few attempts then give a large ratio.)
+    served = viz(shop, "routes", "deploy/price-api", "-n", "shop", "-t", f"{WINDOW_S}s", "-o", "json")
+    sent = viz(shop, "routes", "deploy/product-gateway-api", "--to", "svc/price-api-svc", "-n", "shop",
+               "-t", f"{WINDOW_S}s", "-o", "json")
+    (prices,) = [row for row in json.loads(served.stdout)["deploy/price-api"] if row["route"] == "GET /api/prices"]
+    (calls,) = [row for row in json.loads(sent.stdout)["deploy/product-gateway-api"] if row["route"] == "GET /api/prices"]
+    assert abs(prices["rps"] - calls["actual_rps"]) <= max(0.5, 0.1 * calls["actual_rps"]), (prices, calls)
+    assert abs(prices["success"] - calls["actual_success"]) <= 0.1, (prices, calls)
+    assert prices["success"] < calls["effective_success"], (prices, calls)
+
+    # The table: linkerd's columns, the served route first, [DEFAULT] last.
+    r = viz(shop, "routes", "deploy/product-api", "-n", "shop", "-t", f"{WINDOW_S}s")
+    assert r.returncode == 0, r.stderr
+    header, *lines = r.stdout.splitlines()
+    assert header.split() == ["ROUTE", "SERVICE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"]
+    assert [line.split("  ")[0] for line in lines] == ["GET /api/products/{productId}", "[DEFAULT]"]
+    assert all(line.split()[-6] == "product-api-svc" for line in lines[:1])
 
 
 def test_edges_show_both_identities(busy_shop):

@@ -34,7 +34,7 @@ def by_kind(objs, kind, name):
 def test_every_object_validates_against_kubernetes_1_31_strict(rendered):
     import kubernetes_validate
 
-    assert len(rendered) == 22
+    assert len(rendered) == 23
     for obj in rendered:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         assert obj["metadata"]["labels"]["meshctl.io/extension"] == "viz", obj["metadata"]["name"]
@@ -135,6 +135,9 @@ def test_tap_server_apiservice_certificate_and_rbac(rendered):
     assert admin["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     delegator = by_kind(rendered, "ClusterRoleBinding", f"meshctl-{NS}-tap-auth-delegator")
     assert delegator["roleRef"]["name"] == "system:auth-delegator"
+    web = by_kind(rendered, "ClusterRoleBinding", f"meshctl-{NS}-web-admin")  # the dashboard's live calls
+    assert (web["roleRef"]["name"], web["subjects"]) == (f"meshctl-{NS}-tap-admin", [
+        {"kind": "ServiceAccount", "name": "web", "namespace": NS}])
     reader = by_kind(rendered, "RoleBinding", f"meshctl-{NS}-tap-auth-reader")
     assert (reader["metadata"]["namespace"], reader["roleRef"]["name"]) == (
         "kube-system", "extension-apiserver-authentication-reader")
@@ -216,7 +219,7 @@ def test_install_check_query_uninstall(kube, cluster, kubeconfig, shop, tmp_path
     assert r.returncode == 0, r.stderr
     gone = [d for d in yaml.safe_load_all(r.stdout) if d]
     assert [o["kind"] for o in gone][:2] == ["APIService", "RoleBinding"]  # the API server stops relaying first
-    assert sorted(o["kind"] for o in gone) == (["APIService"] + ["ClusterRole"] * 4 + ["ClusterRoleBinding"] * 4
+    assert sorted(o["kind"] for o in gone) == (["APIService"] + ["ClusterRole"] * 4 + ["ClusterRoleBinding"] * 5
                                                + ["Namespace", "RoleBinding"])
     assert kubectl_delete(kube, cluster, gone) == []
     r = _cli(kubeconfig, "viz", "check", "--wait", "1s")

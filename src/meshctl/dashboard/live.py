@@ -62,11 +62,38 @@ async def local_calls(mesh, namespace: str, name: str) -> AsyncIterator[LiveCall
         peer = resolver.peer(addr)
         return peer.pod if peer is not None else addr
 
+    async for call in _calls(tap.LocalSource(resolver, targets), name_of):
+        yield call
+
+
+async def cluster_calls(cluster, namespace: str, name: str) -> AsyncIterator[LiveCall]:
+    """Live calls of deployment *name* in a cluster, through the tap server (the tap APIService), with
+    the dashboard's own Kubernetes credentials (in the web pod: its ServiceAccount, bound to tap-admin)."""
+    from meshctl.viz import tap
+
+    pods: dict[str, str] = {}  # address -> pod, as the tap server named the ends of each request
+
+    def learn(event: dict) -> None:
+        for side in ("src", "dst"):
+            resource = event.get(f"{side}_resource")
+            if event.get(side) and isinstance(resource, dict) and resource.get("pod"):
+                pods[event[side]] = resource["pod"]
+
+    source = tap.ClusterSource(cluster, tap.Resource("deployment", name), namespace)
+    async for call in _calls(source, lambda addr: pods.get(addr or "", addr), learn):
+        yield call
+
+
+async def _calls(source, name_of, learn=lambda event: None) -> AsyncIterator[LiveCall]:
+    from meshctl.viz import tap
+
     assembler = CallAssembler(name_of)
     queue: asyncio.Queue[LiveCall] = asyncio.Queue(QUEUE_LIMIT)
     stop = asyncio.Event()
 
     def on_event(target, event: dict) -> None:
+        if event.get("event") == "req":
+            learn(event)
         call = assembler.add(target.name, target.pod, event)
         if call is None:
             return
@@ -74,8 +101,7 @@ async def local_calls(mesh, namespace: str, name: str) -> AsyncIterator[LiveCall
             queue.get_nowait()
         queue.put_nowait(call)
 
-    runner = asyncio.create_task(tap.tap_all(targets, tap.TapQuery(), resolver.credentials(), on_event=on_event,
-                                             notice=lambda msg: None, stop=stop))
+    runner = asyncio.create_task(source.run(tap.TapQuery(), on_event=on_event, notice=lambda msg: None, stop=stop))
     try:
         while True:
             getter = asyncio.ensure_future(queue.get())

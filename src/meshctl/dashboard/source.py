@@ -238,9 +238,18 @@ class LocalSource:
 
         mesh = self.mesh
         if mesh is None:
-            async def refused():
-                raise MeshctlError("live calls need the local mesh's state (mesh.json: the proxies' tap addresses "
-                                   "and credentials); start it with meshctl demo up, or give --dir")
-                yield  # pragma: no cover - makes this an async generator
-            return refused()
+            # No local mesh: a cluster's, through its tap server, when there is a cluster to ask (the web
+            # pod's in-cluster configuration, or a kubeconfig).
+            from meshctl import k8s
+
+            try:
+                cluster = k8s.Cluster()
+            except MeshctlError:
+                async def refused():
+                    raise MeshctlError("live calls need the local mesh's state (mesh.json: the proxies' tap "
+                                       "addresses and credentials) or a cluster with the viz extension; start the "
+                                       "local mesh with meshctl demo up, or give --dir")
+                    yield  # pragma: no cover - makes this an async generator
+                return refused()
+            return live.cluster_calls(cluster, ns, name)
         return live.local_calls(mesh, ns, name)

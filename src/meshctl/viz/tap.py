@@ -6,8 +6,9 @@ answered by a chunked stream of JSON lines.  This module holds
 
 - :func:`parse_resource` and :class:`LocalResolver`: which proxies a resource
   (``deploy/x``, ``pod/x``, ``ns/x``) names, from the local mesh's state
-  (``meshctl.demo.state``; in a cluster, Linkerd reaches the proxies through
-  the tap APIService, which meshctl does not have yet: docs/viz.md);
+  (``meshctl.demo.state``), tapped from here by :class:`LocalSource`; in a
+  cluster :class:`ClusterSource` asks the API server, which relays to the tap
+  server (:mod:`meshctl.viz.tapserver`, the tap APIService: docs/viz.md);
 - :func:`subscribe`: one subscription, over mTLS with the tap credentials
   when the mesh has identity (the proxy admits only the tap identity), plain
   HTTP to a loopback proxy otherwise; :func:`tap_all` runs many and says
@@ -324,7 +325,8 @@ class ClusterSource:
                 if isinstance(item, MeshctlError):
                     if stop.is_set():
                         return
-                    raise TapError(f"lost the tap server: {item}") from None
+                    detail = str(item).split(": ", 1)[-1]
+                    raise TapError(f"the tap server went away mid-stream ({detail}); run the command again") from None
                 self._deliver(item, on_event, notice)
         finally:
             stopped.cancel()

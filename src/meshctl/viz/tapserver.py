@@ -363,8 +363,9 @@ class TapServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._handle(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.LimitOverrunError, ValueError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.LimitOverrunError, ValueError,
+                asyncio.CancelledError):
+            pass  # a caller gone, a malformed request, or the server shutting down: nothing more to say
         finally:
             writer.close()
 
@@ -413,13 +414,14 @@ class TapServer:
                      b"cache-control: no-store\r\nconnection: close\r\n\r\n")
         stop = asyncio.Event()
         self.streams += 1
+        dropped = [0]
 
         def send(doc: dict) -> None:
             if writer.is_closing():
                 stop.set()
                 return
             if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
-                self.dropped += 1  # the caller reads slower than events come: never hold up the proxies
+                dropped[0] += 1  # the caller reads slower than events come: never hold up the proxies
                 return
             data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
             writer.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -446,9 +448,15 @@ class TapServer:
                               notice=lambda message: send({"event": "notice", "message": message}))
         except tap.TapError as exc:
             send({"event": "error", "message": str(exc)})
+        except asyncio.CancelledError:
+            # Shutting down (SIGTERM: a rollout, a drained node): the caller is told why its stream ends.
+            send({"event": "error", "message": "the tap server is shutting down; run the command again"})
         finally:
             watcher.cancel()
             self.streams -= 1
+            self.dropped += dropped[0]
+            log.info("tap: stream of %s in %s ended%s", req.resource, req.namespace,
+                     f"; {dropped[0]} events dropped (the caller read too slowly)" if dropped[0] else "")
         if not writer.is_closing():
             writer.write(b"0\r\n\r\n")
             try:

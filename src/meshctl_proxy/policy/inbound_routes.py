@@ -38,7 +38,7 @@ from meshctl_proxy.model import INBOUND, Endpoint, ProxyError, Request, Response
 from meshctl_proxy.policy import service_profile
 from meshctl_proxy.policy.route_policy import DEFAULT_ROUTE, CompiledProfile, RoutePolicy
 from meshctl_proxy.policy.router import InboundRouter, Upstream
-from meshctl_proxy.telemetry.metrics import RequestStats
+from meshctl_proxy.telemetry.metrics import RequestStats, ResponseStats
 from meshctl_proxy.telemetry.route_metrics import RouteMetrics
 
 _UNSEEN: object = object()
@@ -49,15 +49,35 @@ MAX_RAW_AUTHORITIES = 10_000
 class RouteTally:
     """Where requests of one (authority, route) count: the route_* series and the route's response classes."""
 
-    __slots__ = ("stats", "route")
+    __slots__ = ("stats", "route", "_by_status")
 
     def __init__(self, stats: RequestStats, route: service_profile.Route) -> None:
         self.stats = stats
         self.route = route
+        # The response series per status: a route's class follows from the status alone.
+        self._by_status: dict[int, ResponseStats] = {}
 
     def record(self, status: int, latency_ms: float) -> None:
         """The response head (or the proxy's error status) of a request counted here."""
-        self.stats.response(status, "failure" if self.route.is_failure(status) else "success", latency_ms)
+        rs = self._by_status.get(status)
+        if rs is None:
+            cls = "failure" if self.route.is_failure(status) else "success"
+            rs = self.stats.response_series(status, cls)
+            if self.stats.responses.get((status, cls, None)) is rs:  # a series the cap folded is asked again
+                self._by_status[status] = rs
+        rs.observe(latency_ms)
+
+
+def count_route_response(request: Request, status: int, latency_ms: float) -> None:
+    """Count the answer to *request* in the route its router counted it in, if any, once.
+
+    The first place that knows the answer counts it (the router's dispatch(), the exchange after a
+    shortcut, the hook's refusal) and clears ``request.route_stats``, so no path counts it twice.
+    """
+    tally = request.route_stats
+    if tally is not None:
+        request.route_stats = None
+        tally.record(status, latency_ms)
 
 
 class ServedAuthority:
@@ -132,14 +152,15 @@ class ProfiledInboundRouter(InboundRouter):
         try:
             response = await super().dispatch(request, upstream)
         except ProxyError as exc:
-            tally.record(exc.status, (time.monotonic() - start) * 1000)
+            count_route_response(request, exc.status, (time.monotonic() - start) * 1000)
             raise
-        tally.record(response.status, (time.monotonic() - start) * 1000)
+        count_route_response(request, response.status, (time.monotonic() - start) * 1000)
         return response
 
     def _count(self, request: Request, served: ServedAuthority) -> RouteTally | None:
         """Match *request* to a route of its authority's profile and count it there (Request.route_stats)."""
-        served.refresh()
+        if served.watch.resolution is not served.resolution:
+            served.refresh()
         policy = served.policy
         if policy is None:
             return None

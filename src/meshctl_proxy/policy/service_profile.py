@@ -97,17 +97,20 @@ class RequestMatch:
     any: tuple[RequestMatch, ...] | None = None
     not_: RequestMatch | None = None
     _path_re: re.Pattern | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # No all/any/not: matches() is decided by method and path alone (the common case, asked per request).
+    _leaf: bool = dataclasses.field(default=True, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.path_regex is not None:
             object.__setattr__(self, "_path_re", re.compile(self.path_regex))
+        object.__setattr__(self, "_leaf", self.all is None and self.any is None and self.not_ is None)
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and method != self.method:
             return False
         if self._path_re is not None and self._path_re.fullmatch(path) is None:
             return False
-        return _combinators_hold(self, lambda m: m.matches(method, path))
+        return self._leaf or _combinators_hold(self, lambda m: m.matches(method, path))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -141,6 +141,10 @@ class RequestStats:
             rs = self.responses[key] = ResponseStats()
         return rs
 
+    def response_series(self, status: int, classification: str) -> ResponseStats:
+        """The series a response of *status* (no grpc-status) counts in; the cap's overflow one when refused."""
+        return self._series(status, classification)
+
     def overflow(self, classification: str) -> ResponseStats:
         """The response series that counts what the series cap folded."""
         key = (OVERFLOW_STATUS, classification, None)

@@ -42,6 +42,7 @@ from typing import Any
 from meshctl_proxy.body import EMPTY, BodyError
 from meshctl_proxy.hooks import Watched
 from meshctl_proxy.model import OUTBOUND, Endpoint, Outcome, ProxyError, Request, Response
+from meshctl_proxy.policy.inbound_routes import count_route_response
 from meshctl_proxy.policy.router import mesh_identity
 
 log = logging.getLogger("meshctl_proxy.exchange")
@@ -169,7 +170,12 @@ class RequestPath:
     def announce(self, request: Request, endpoint: Endpoint | None, start: float) -> Watched | None:
         """The hook, for *request* going to *endpoint*; callers make sure it runs once per request."""
         server_id = mesh_identity(self.upstream.connector, endpoint) if self.outbound and endpoint else None
-        return self.hooks.announce(self.ctx, request, endpoint, server_id, start)
+        try:
+            return self.hooks.announce(self.ctx, request, endpoint, server_id, start)
+        except ProxyError as exc:  # refused: that is the answer its route counts (nothing was sent)
+            if request.route_stats is not None:
+                count_route_response(request, exc.status, 0.0)
+            raise
 
     def observe(self, request: Request, endpoint: Endpoint, response: Response | None, exc: BaseException | None,
                 latency: float) -> None:
@@ -179,10 +185,9 @@ class RequestPath:
         the response; a router that ``observes`` hears the outcome.  Called once per shortcut
         request, when ``observes`` (dispatch() sees its own responses).
         """
-        tally = request.route_stats
-        if tally is not None:
+        if request.route_stats is not None:
             status = response.status if exc is None and response is not None else getattr(exc, "status", 502)
-            tally.record(status, latency * 1000)
+            count_route_response(request, status, latency * 1000)
         if not self._router_observes:
             return
         if exc is not None:

@@ -4,10 +4,9 @@
 one write (each write is a syscall, the largest single cost per request on
 loopback), else the head and then the body as it comes, pausing while the
 client's socket is full (a task); either way it counts the response in its
-series, ends the hook's watches of the request and tells the connection.  Below them,
+series, ends the hook's watches of the request and tells the connection.
 :func:`framing` decides keep-alive, body or none, and chunking from the
-request head and the response (RFC 9112 sections 6 and 9.3), and
-:func:`whole_response` / :func:`stream_response` make and write the bytes.
+request head and the response (RFC 9112 sections 6 and 9.3).
 :func:`close_lingering` ends a connection after a refusal without letting a
 reset destroy it.  The connection
 (:class:`~meshctl_proxy.transport.h1_server.H1ServerConnection`, a
@@ -59,25 +58,24 @@ def write_response(conn: ResponseSink, request: Request, head: RequestHead, resp
     A body already here goes out with the head in one write, from this call;
     otherwise a task (``conn.stream_task``) writes the body as it arrives.
     """
-    keep = respond_now(conn, head, response, stats, latency_ms)
-    if keep is None:
+    keep, no_body, chunked = framing(head, response, conn.keep_alive)
+    body = response.body
+    if not no_body and not body.complete:
         conn.stream_task = conn.loop.create_task(_respond_streaming(conn, request, head, response, stats, latency_ms))
-    else:
-        conn.response_written(request, keep)
-
-
-def respond_now(conn: ResponseSink, head: RequestHead, response: Response, stats, latency_ms: float) -> bool | None:
-    """Write the whole response in one write when its body is already here, and count it: keep-alive.
-    None when it must stream."""
-    whole = whole_response(head, response, conn.keep_alive)
-    if whole is None:
-        return None
-    out, keep = whole
+        return
+    out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
+                              close=not keep)
+    if not no_body:
+        data = body.read_nowait()
+        if data:
+            out += http1.chunk(data) if chunked else data
+        if chunked:
+            out += http1.last_chunk(body.trailers)
     conn._write(out)
     stats.record(response, latency_ms)
     if conn.watched is not None:
         conn.watch_end(response)
-    return keep
+    conn.response_written(request, keep)
 
 
 async def _respond_streaming(conn: ResponseSink, request: Request, head: RequestHead, response: Response, stats,
@@ -112,23 +110,6 @@ def framing(head: RequestHead, response: Response, keep_alive: bool) -> tuple[bo
         else:
             keep = False  # HTTP/1.0 client: the body ends when we close
     return keep, no_body, chunked
-
-
-def whole_response(head: RequestHead, response: Response, keep_alive: bool) -> tuple[bytes, bool] | None:
-    """(the response's bytes, keep-alive) when its body is already here; None when it must stream."""
-    keep, no_body, chunked = framing(head, response, keep_alive)
-    body = response.body
-    if not no_body and not body.complete:
-        return None
-    out = http1.response_head(response.status, response.reason, response.headers, chunked=chunked,
-                              close=not keep)
-    if not no_body:
-        data = body.read_nowait()
-        if data:
-            out += http1.chunk(data) if chunked else data
-        if chunked:
-            out += http1.last_chunk(body.trailers)
-    return out, keep
 
 
 async def stream_response(conn: ResponseSink, head: RequestHead, response: Response, keep_alive: bool) -> bool:

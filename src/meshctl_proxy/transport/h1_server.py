@@ -99,7 +99,7 @@ class H1ServerConnection(HeldWrites):
         self.tunnel_buf: list[bytes] | None = None
         self.watched: Watched | None = None  # the hook's watches of the request in flight (meshctl_proxy.hooks)
         self._head_timer: asyncio.TimerHandle | None = None  # runs while a request head is incomplete
-        self.stream_task: asyncio.Task | None = None  # a fast exchange's connect, retry or streamed answer
+        self.stream_task: asyncio.Task | None = None  # a fast exchange's connect or retry; a streamed answer
 
     @property
     def closed(self) -> bool:

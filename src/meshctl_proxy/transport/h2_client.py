@@ -23,8 +23,9 @@ from meshctl_proxy.body import EMPTY, Body, BodyError
 from meshctl_proxy.model import Endpoint, ProxyError, Request, Response
 from meshctl_proxy.policy.router import EndpointPool
 from meshctl_proxy.telemetry.metrics import TcpStats
-from meshctl_proxy.transport.h2_connection import (CANCEL, MAX_HEADER_LIST_SIZE, PROTOCOL_ERROR,
-                                                   STREAM_WINDOW, H2Connection, Phase, StreamReset, UpstreamReset)
+from meshctl_proxy.transport.h2_connection import (CANCEL, CLOSED, DRAINING, MAX_HEADER_LIST_SIZE, OPEN,
+                                                   PROTOCOL_ERROR, STREAM_WINDOW, H2Connection, StreamReset,
+                                                   UpstreamReset)
 from meshctl_proxy.wire.h2headers import h2_fields
 
 log = logging.getLogger("meshctl_proxy.http2")
@@ -90,7 +91,7 @@ class H2ClientConnection(H2Connection):
 
     def _receive_failed(self, exc: NGH2Error) -> None:
         log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
-        self._enter(Phase.CLOSED)  # libnghttp2 will not be asked anything more
+        self._enter(CLOSED)  # libnghttp2 will not be asked anything more
         self.pool.forget(self)
         self._lost(UpstreamReset(PROTOCOL_ERROR))
         self.transport.abort()
@@ -140,7 +141,7 @@ class H2ClientConnection(H2Connection):
             elif t is GoAwayReceived:
                 # libnghttp2 closes the streams the server will not process (above last_stream_id)
                 # with REFUSED_STREAM: the exchange sends those again (once) on another connection.
-                self._enter(Phase.DRAINING)
+                self._enter(DRAINING)
                 self.pool.forget(self)
         if self.answered:
             answered, self.answered = self.answered, []
@@ -150,9 +151,9 @@ class H2ClientConnection(H2Connection):
     def _ended(self, data: bytes) -> None:
         if data:
             self._write(data)
-        if self.phase is Phase.OPEN:
+        if self.phase is OPEN:
             # libnghttp2 ended the connection (a protocol error by the server): nothing more comes.
-            self._enter(Phase.CLOSED)
+            self._enter(CLOSED)
             self.pool.forget(self)
             self._lost(UpstreamReset(PROTOCOL_ERROR))
             self.transport.close()
@@ -289,7 +290,7 @@ class H2Pool(EndpointPool):
     def usable(self, endpoint: Endpoint) -> H2ClientConnection | None:
         """A connection to *endpoint* with room for one more stream, if one is open."""
         for conn in self.conns.get(endpoint, ()):
-            if conn.phase is Phase.OPEN and len(conn.streams) < conn.max_streams:
+            if conn.phase is OPEN and len(conn.streams) < conn.max_streams:
                 conn.last_used = conn.loop.time()
                 return conn
         return None

@@ -101,6 +101,12 @@ class Phase(enum.IntEnum):
     CLOSED = 3
 
 
+# The members as module globals, which the code compares with: on CPython 3.11 ``Phase.OPEN`` is a
+# lookup through the enum's metaclass, ~0.4 us against ~0.05 for a global, and the hot paths test
+# the phase for every request.
+OPEN, DRAINING, LINGERING, CLOSED = Phase.OPEN, Phase.DRAINING, Phase.LINGERING, Phase.CLOSED
+
+
 class H2Connection(FlowControl, asyncio.Protocol):
     """One end of an HTTP/2 connection (the base of both): its phase, the shape of a read, DATA handed to
     libnghttp2 within the peer's flow-control windows, and libnghttp2's output written."""
@@ -110,7 +116,7 @@ class H2Connection(FlowControl, asyncio.Protocol):
         self.conn: ngh2.Connection = None
         self.transport: asyncio.Transport | None = None  # set by connection_made
         self.streams: dict = {}  # the open streams, by id; each end keeps its own kind
-        self.phase = Phase.OPEN
+        self.phase = OPEN
         self.last_sid = 0  # the highest stream id the peer opened (GOAWAY's last_stream_id)
         self.window_waiters: dict[int, asyncio.Future] = {}
         self.stats: TcpStats | None = None
@@ -125,7 +131,7 @@ class H2Connection(FlowControl, asyncio.Protocol):
     def _enter(self, phase: Phase) -> None:
         """The connection's phase changes here, and only here."""
         self.phase = phase
-        self.closed = phase >= Phase.LINGERING
+        self.closed = phase >= LINGERING
 
     def _open(self, transport: asyncio.Transport, settings: dict) -> None:
         """Our SETTINGS (the preface, RFC 9113 section 3.4) and the connection's receive window."""
@@ -136,7 +142,7 @@ class H2Connection(FlowControl, asyncio.Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._enter(Phase.CLOSED)
+        self._enter(CLOSED)
         self.stats.closed += 1
         self.fail_waiters(ConnectionResetError("connection lost"))
         self._gone()
@@ -187,10 +193,10 @@ class H2Connection(FlowControl, asyncio.Protocol):
 
     def _maybe_close(self) -> None:
         """DRAINING ends with its last stream (RFC 9113 section 6.8): what is queued goes out, then close."""
-        if self.phase is Phase.DRAINING and not self.streams:
+        if self.phase is DRAINING and not self.streams:
             self.flush()
             if not self.closed:
-                self._enter(Phase.CLOSED)
+                self._enter(CLOSED)
                 self.transport.close()
 
     def eof_received(self) -> bool:
@@ -210,7 +216,7 @@ class H2Connection(FlowControl, asyncio.Protocol):
         # end the connection already) gives way to the one naming our reason.
         out = without_goaway(data) + goaway_frame(self.last_sid, code, reason.encode()[:200])
         self._write(out)
-        self._enter(Phase.LINGERING)  # read nothing more from this client
+        self._enter(LINGERING)  # read nothing more from this client
         self._abort_streams()
         self._linger()
 

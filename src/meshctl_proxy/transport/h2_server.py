@@ -38,9 +38,9 @@ from ngh2 import (ConnectionClosed, DataReceived, GoAwayReceived, NGH2Error, Pin
 from meshctl_proxy.model import ConnectionContext, ProxyError
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.transport.exchange import RequestPath
-from meshctl_proxy.transport.h2_connection import (CANCEL, ENHANCE_YOUR_CALM, MAX_HEADER_LIST_SIZE, NO_ERROR,
-                                                   PROTOCOL_ERROR, REFUSED_STREAM, STREAM_WINDOW, H2Connection, Phase,
-                                                   StreamReset, UpstreamReset)
+from meshctl_proxy.transport.h2_connection import (CANCEL, CLOSED, DRAINING, ENHANCE_YOUR_CALM, LINGERING,
+                                                   MAX_HEADER_LIST_SIZE, NO_ERROR, OPEN, PROTOCOL_ERROR, REFUSED_STREAM,
+                                                   STREAM_WINDOW, H2Connection, StreamReset, UpstreamReset)
 from meshctl_proxy.transport.h2_direct import DirectPath
 from meshctl_proxy.transport.h2_stream import RequestMaker, ServerStream
 from meshctl_proxy.wire.h2headers import LoopDetected, MalformedHeaders, h2_fields
@@ -135,7 +135,7 @@ class H2ServerConnection(H2Connection):
                              data=data)
             return
         failed = closed is not None and closed.error_code
-        self._enter(Phase.LINGERING if failed else Phase.CLOSED)
+        self._enter(LINGERING if failed else CLOSED)
         if data:
             self._write(data)
         self._abort_streams()
@@ -178,7 +178,7 @@ class H2ServerConnection(H2Connection):
         elif t is PingReceived:
             self.calm(self.guard.on_ping(self.loop.time()))
         elif t is GoAwayReceived:
-            self._enter(Phase.DRAINING)  # the client said goodbye: finish what is open, then close
+            self._enter(DRAINING)  # the client said goodbye: finish what is open, then close
             self._maybe_close()
 
     def _stream_gone(self, ev, reason: str) -> ServerStream | None:
@@ -193,7 +193,7 @@ class H2ServerConnection(H2Connection):
         sid = ev.stream_id
         if sid > self.last_sid:
             self.last_sid = sid
-        if self.phase is not Phase.OPEN:  # draining: RFC 9113 section 6.8 (processed: none of it)
+        if self.phase is not OPEN:  # draining: RFC 9113 section 6.8 (processed: none of it)
             self.conn.reset_stream(sid, REFUSED_STREAM)
             return
         try:
@@ -222,7 +222,8 @@ class H2ServerConnection(H2Connection):
     def end(self, sid: int) -> None:
         """Stream *sid* is over (answered, failed or abandoned): a draining connection may be done."""
         self.streams.pop(sid, None)
-        self._maybe_close()
+        if self.phase is DRAINING:
+            self._maybe_close()
 
     def _refuse_malformed(self, sid: int, exc: MalformedHeaders) -> None:
         if isinstance(exc, LoopDetected):  # well-formed, but this side forwarded it before: answer 508
@@ -270,9 +271,9 @@ class H2ServerConnection(H2Connection):
     def drain(self) -> None:
         """Graceful shutdown (RFC 9113 section 6.8): GOAWAY naming the last stream we accept, serve those,
         then close.  A connection already draining (the client's GOAWAY) just finishes."""
-        if self.phase is not Phase.OPEN:
+        if self.phase is not OPEN:
             return
-        self._enter(Phase.DRAINING)
+        self._enter(DRAINING)
         self.conn.send_goaway(NO_ERROR, last_stream_id=self.last_sid)
         self.flush()
         self._maybe_close()
