@@ -248,3 +248,19 @@ def test_a_streamed_answer_on_the_general_path_finishes_before_the_next_pipeline
         assert pb.server.phase is Phase.IDLE
 
     run(play())
+
+
+def test_each_http1_connection_class_stays_under_300_lines():
+    """Issue 12: the connection classes stay small; a job that grows goes into its own module beside them."""
+    import ast
+    from pathlib import Path
+
+    import meshctl_proxy.transport as transport
+
+    sizes = {}
+    for path in Path(transport.__file__).parent.glob("h1_*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                sizes[node.name] = node.end_lineno - node.lineno + 1
+    assert {"H1ServerConnection", "H1ClientConnection", "FastPath", "GeneralPath"} <= set(sizes)
+    assert max(sizes.values()) < 300, sizes

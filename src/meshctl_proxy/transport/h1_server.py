@@ -222,6 +222,7 @@ class H1ServerConnection(HeldWrites):
     # -- no more requests: a drain, the client's EOF, a refusal ---------------------------
     def drain(self) -> None:
         """Graceful shutdown: finish the response in flight, then close."""
+        self.keep_alive = False
         if self.transport is not None:
             self._no_more_requests()
 

@@ -91,9 +91,7 @@ class H2ClientConnection(H2Connection):
 
     def _receive_failed(self, exc: NGH2Error) -> None:
         log.info("h2 upstream %s: protocol error: %s", self.endpoint.addr, exc)
-        self._enter(CLOSED)  # libnghttp2 will not be asked anything more
-        self.pool.forget(self)
-        self._lost(UpstreamReset(PROTOCOL_ERROR))
+        self._fail(UpstreamReset(PROTOCOL_ERROR))  # libnghttp2 will not be asked anything more
         self.transport.abort()
 
     def _on_events(self, events: list) -> None:
@@ -153,9 +151,7 @@ class H2ClientConnection(H2Connection):
             self._write(data)
         if self.phase is OPEN:
             # libnghttp2 ended the connection (a protocol error by the server): nothing more comes.
-            self._enter(CLOSED)
-            self.pool.forget(self)
-            self._lost(UpstreamReset(PROTOCOL_ERROR))
+            self._fail(UpstreamReset(PROTOCOL_ERROR))
             self.transport.close()
 
     def _on_closed(self, st: _ClientStream, ev) -> None:
@@ -199,7 +195,10 @@ class H2ClientConnection(H2Connection):
         if st.body_task is not None and not st.body_task.done():
             st.body_task.cancel()
 
-    def _lost(self, exc: ProxyError) -> None:
+    def _fail(self, exc: ProxyError) -> None:
+        """The connection carries nothing more: CLOSED, out of the pool, and every open stream fails with *exc*."""
+        self._enter(CLOSED)
+        self.pool.forget(self)
         streams = list(self.streams.values())
         self.streams.clear()
         tasks, self.body_tasks = self.body_tasks, {}
@@ -212,8 +211,7 @@ class H2ClientConnection(H2Connection):
                 st.body_task.cancel()
 
     def _gone(self) -> None:
-        self.pool.forget(self)
-        self._lost(ProxyError(502, "upstream connection lost"))
+        self._fail(ProxyError(502, "upstream connection lost"))
 
     @staticmethod
     def _head(request: Request) -> list[tuple[bytes, bytes]]:

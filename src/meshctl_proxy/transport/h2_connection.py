@@ -1,4 +1,4 @@
-"""What both ends of an HTTP/2 connection share: flow control, writes, stream errors.
+"""What both ends of an HTTP/2 connection share: the phase, the shape of a read, flow control, writes.
 
 Flow control holds end to end: libnghttp2's automatic WINDOW_UPDATEs are off,
 DATA from one side is acknowledged only when the other side has taken it
@@ -230,7 +230,7 @@ class H2Connection(FlowControl, asyncio.Protocol):
             transport.close()
 
     def _abort_streams(self) -> None:
-        """The connection ends with streams open: each fails (the server's; the client's fail in _gone)."""
+        """A connection error with streams open (_close_with): each ends (the server's; a client fails its own, _fail)."""
         raise NotImplementedError
 
     def reset(self, stream_id: int, code: int) -> None:
