@@ -47,7 +47,6 @@ class H1ClientConnection(HeldWrites):
         self.transport = None
         self.reader = http1.ResponseReader()
         self.closed = False
-        self.tls = "no_identity"
         self.request: Request | None = None
         self.body: Body | None = None
         self.response: Response | None = None
@@ -66,8 +65,6 @@ class H1ClientConnection(HeldWrites):
         self.loop = asyncio.get_running_loop()
         self._outbox = outbox(self.loop)
         self._pause, self._resume = transport.pause_reading, transport.resume_reading  # each body's backpressure
-        if transport.get_extra_info("ssl_object") is not None:
-            self.tls = "true"
         self.stats.opened += 1
 
     def data_received(self, data: bytes) -> None:
