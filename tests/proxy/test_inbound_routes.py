@@ -258,3 +258,39 @@ def test_a_request_the_hook_refuses_is_counted_once_with_its_refusal(destination
         assert metric_sum(m, "route_request_total", direction="inbound") == 4
     finally:
         loop_thread.run(_stop(proxy))
+
+
+def test_a_watch_the_client_evicted_is_watched_again_and_the_profile_kept(destination, apps, loop_thread):
+    """The destination client closes the least recently used watch when it needs room (max_watches):
+    the next request of that authority watches again, counted by the profile it had meanwhile."""
+    from meshctl_proxy.discovery.client import DestinationClient
+    from meshctl_proxy.model import ConnectionContext, Endpoint, Request
+    from meshctl_proxy.policy.inbound_routes import ProfiledInboundRouter
+    from meshctl_proxy.telemetry.route_metrics import RouteMetrics
+
+    dst = destination()
+
+    async def run():
+        client = DestinationClient(("127.0.0.1", dst.port), max_watches=1)
+        router = ProfiledInboundRouter("127.0.0.1", client, RouteMetrics())
+        first, second = f"{FQDN}:{apps['HTTP/1.1'].port}", f"{FQDN}:{apps['HTTP/2'].port}"
+        try:
+            endpoint = Endpoint("127.0.0.1", apps["HTTP/1.1"].port)
+            ctx = ConnectionContext("inbound", ("127.0.0.1", 1), ("127.0.0.1", 2), None)
+            requests = [Request(b"GET", b"/items/1", first, [], context=ctx) for _ in range(3)]
+            served = await router._look_up(first)
+            evicted = served.watch
+            router.commit(requests[0], endpoint)  # the profile applied, as by every request
+            await router._look_up(second)  # no room for two watches: the first is closed
+            assert evicted.closed
+            router.commit(requests[1], endpoint)  # watched again; counted by the profile it had
+            assert served.watch is not evicted and not served.watch.closed
+            await served.watch.wait_changed(0, timeout=5)
+            router.commit(requests[2], endpoint)  # and by the new watch's answer
+            return [r.route for r in requests], router.metrics.render()
+        finally:
+            await client.aclose()
+
+    routes, text = loop_thread.run(run())
+    assert routes == ["GET /items/{id}"] * 3
+    assert f'route_request_total{{direction="inbound",dst="{FQDN}:{apps["HTTP/1.1"].port}",rt_route="GET /items/{{id}}"}} 3' in text

@@ -96,10 +96,10 @@ class ServedAuthority:
     def refresh(self) -> None:
         """Apply the watch's latest resolution, if it changed since the last request."""
         res = self.watch.resolution
-        if res is self.resolution:
+        if res is self.resolution or res is None:  # (None: a new watch that has not answered yet)
             return
         self.resolution = res
-        if res is None or not res.known:
+        if not res.known:
             self.policy = None
             self.tallies = {}
         elif self.profile.update(res.profile) or self.policy is None:
@@ -159,7 +159,11 @@ class ProfiledInboundRouter(InboundRouter):
 
     def _count(self, request: Request, served: ServedAuthority) -> RouteTally | None:
         """Match *request* to a route of its authority's profile and count it there (Request.route_stats)."""
-        if served.watch.resolution is not served.resolution:
+        watch = served.watch
+        if watch.closed:  # evicted by the client to make room: watch again (the policy so far stays meanwhile)
+            watch = served.watch = self.client.watch(served.authority)
+        watch.last_used = time.monotonic()  # in use: the client evicts the least recently used watches first
+        if watch.resolution is not served.resolution:
             served.refresh()
         policy = served.policy
         if policy is None:
