@@ -9,10 +9,15 @@ Targets, each fronting the same nginx (one worker, a 12-byte response):
 
 Measured per target: closed-loop throughput with wrk (HTTP/1.1) and h2load
 (HTTP/2, prior knowledge), requests per second per proxy core (requests /
-proxy CPU seconds, from /proc), latency at a fixed 1,000 req/s (a paced
-open-loop client: wrk2 is not in Debian, h2load --rps prints no
-percentiles; the targets take turns in 1 s slices so machine noise
-falls on all alike), and proxy RSS idle and under load.
+proxy CPU seconds, from /proc), latency at a fixed 1,000 req/s over HTTP/1.1
+and over HTTP/2 (a paced open-loop client of our own, httptools or libnghttp2
+through ngh2: wrk2 is not in Debian, h2load --rps prints no percentiles; the
+targets take turns in 1 s slices so machine noise falls on all alike), and
+proxy RSS idle and under load.  On a machine others are loading, run the
+latency alone under SCHED_FIFO (``chrt -f 10 python benches/bench_proxy.py
+--latency-only``: every process it starts inherits the policy; the paced
+load sleeps between requests, so nothing else starves), or the direct
+path's own p99 is tens of milliseconds of other people's work.
 
     python benches/bench_proxy.py                   # defaults: 5 s per run, 3 repeats
     python benches/bench_proxy.py --duration 3 --repeat 1 --no-h2
@@ -279,6 +284,78 @@ def run_paced(port: int, host: str, *, rate: int, duration: float, conns: int = 
     return uvloop.run(_paced(port, host, rate, duration, conns))
 
 
+async def _paced_h2(port: int, authority: str, rate: int, duration: float, conns: int) -> list[float]:
+    """The paced client over HTTP/2 (prior knowledge, libnghttp2 through ngh2): requests start on a
+    fixed schedule, spread over *conns* connections as streams; latency from send to END_STREAM, in ms."""
+    import ngh2
+    from ngh2 import DataReceived, ResponseReceived, Role, StreamReset
+
+    loop = asyncio.get_running_loop()
+    head = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", authority.encode()), (b":path", b"/")]
+    latencies: list[float] = []
+
+    class Client(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.conn = ngh2.Connection(Role.CLIENT)
+            self.started: dict[int, float] = {}
+            self.transport = None
+
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            self.conn.initiate_connection({ngh2.Setting.ENABLE_PUSH: 0})
+            transport.write(self.conn.data_to_send())
+
+        def data_received(self, data: bytes) -> None:
+            conn = self.conn
+            conn.receive_data(data)
+            now = time.perf_counter()
+            for ev in conn.events():
+                t = type(ev)
+                if (t is DataReceived or t is ResponseReceived) and ev.end_stream or t is StreamReset:
+                    sent = self.started.pop(ev.stream_id, None)
+                    if sent is not None:
+                        latencies.append((now - sent) * 1000)
+            out = conn.data_to_send()
+            if out:
+                self.transport.write(out)
+
+        def send(self) -> None:
+            sid = self.conn.send_request(head, end_stream=True)
+            self.started[sid] = time.perf_counter()
+            self.transport.write(self.conn.data_to_send())
+
+    clients = []
+    for _ in range(conns):
+        _t, c = await loop.create_connection(Client, "127.0.0.1", port)
+        clients.append(c)
+    for i in range(50):  # warm the path (pools, caches)
+        clients[i % conns].send()
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)
+    latencies.clear()
+    total = int(rate * duration)
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        while sent < due:
+            clients[sent % conns].send()
+            sent += 1
+        await asyncio.sleep(0.0005)
+    deadline = time.perf_counter() + 5
+    while len(latencies) < total and time.perf_counter() < deadline:
+        await asyncio.sleep(0.005)
+    for c in clients:
+        c.transport.close()
+    return latencies
+
+
+def run_paced_h2(port: int, authority: str, *, rate: int, duration: float, conns: int = 4) -> list[float]:
+    import uvloop
+
+    return uvloop.run(_paced_h2(port, authority, rate, duration, conns))
+
+
 def latency_summary(lat: list[float]) -> dict:
     q = statistics.quantiles(sorted(lat), n=100, method="inclusive")
     return {"p50": q[49], "p99": q[98], "n": len(lat)}
@@ -370,6 +447,14 @@ def bench(args) -> None:
                                               duration=args.duration / slices)
             for name, lat in pooled.items():
                 results.setdefault(("paced", name), []).append(latency_summary(lat))
+            if not args.no_h2:
+                pooled = {name: [] for name, _p, _ in h2_targets}
+                for _ in range(slices):
+                    for name, port, _pids in h2_targets:
+                        pooled[name] += run_paced_h2(port, f"127.0.0.1:{up2}", rate=args.rate,
+                                                     duration=args.duration / slices)
+                for name, lat in pooled.items():
+                    results.setdefault(("paced-h2", name), []).append(latency_summary(lat))
         report(results, idle_rss, load_rss, args)
     finally:
         procs.stop()
@@ -416,22 +501,26 @@ def report(results: dict, idle_rss: float, load_rss: list[float], args) -> None:
         mesh_rps = statistics.median([r["rps"] for r in results[(kind, "meshctl x1")]])
         ha_rps = statistics.median([r["rps"] for r in results[(kind, "haproxy")]])
         print(f"\nmeshctl / haproxy: req/s per core {mesh / ha:.0%}, req/s {mesh_rps / ha_rps:.0%}\n")
-    print(f"## latency at {args.rate} req/s (paced client, HTTP/1.1; ms)\n")
-    print("| target | p50 | p99 | added p50 | added p99 | added p99 per hop |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    base50 = statistics.median([r["p50"] for r in results[("paced", "direct")]])
-    base99 = statistics.median([r["p99"] for r in results[("paced", "direct")]])
-    for name in NAMES:
-        hops = HOPS[name]
-        runs = results.get(("paced", name))
-        if not runs:
+    for kind, proto in (("paced", "HTTP/1.1"), ("paced-h2", "HTTP/2")):
+        if (kind, "direct") not in results:
             continue
-        p50 = statistics.median([r["p50"] for r in runs])
-        p99 = statistics.median([r["p99"] for r in runs])
-        per_hop = f"{(p99 - base99) / hops:.3f}" if hops else "-"
-        print(f"| {name} | {_fmt_runs([r['p50'] for r in runs], '{:.3f}')} | "
-              f"{_fmt_runs([r['p99'] for r in runs], '{:.3f}')} | {p50 - base50:+.3f} | {p99 - base99:+.3f} | "
-              f"{per_hop} |")
+        print(f"## latency at {args.rate} req/s (paced client, {proto}; ms)\n")
+        print("| target | p50 | p99 | added p50 | added p99 | added p99 per hop |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        base50 = statistics.median([r["p50"] for r in results[(kind, "direct")]])
+        base99 = statistics.median([r["p99"] for r in results[(kind, "direct")]])
+        for name in NAMES:
+            hops = HOPS[name]
+            runs = results.get((kind, name))
+            if not runs:
+                continue
+            p50 = statistics.median([r["p50"] for r in runs])
+            p99 = statistics.median([r["p99"] for r in runs])
+            per_hop = f"{(p99 - base99) / hops:.3f}" if hops else "-"
+            print(f"| {name} | {_fmt_runs([r['p50'] for r in runs], '{:.3f}')} | "
+                  f"{_fmt_runs([r['p99'] for r in runs], '{:.3f}')} | {p50 - base50:+.3f} | {p99 - base99:+.3f} | "
+                  f"{per_hop} |")
+        print()
     print(f"\n## memory (meshctl x1)\n\nRSS idle {idle_rss:.1f} MiB; under load "
           f"{max(load_rss) if load_rss else float('nan'):.1f} MiB\n")
 

@@ -12,8 +12,8 @@ from meshctl_proxy.transport.outbox import Outbox
 
 
 class HeldWrites(FlowControl, asyncio.Protocol):
-    """Both ends write through the loop's outbox (meshctl_proxy.transport.outbox): a pass's first write
-    goes at once, the rest at the end of the pass.
+    """Both ends write through the loop's outbox (meshctl_proxy.transport.outbox): at the end of the
+    pass, with HTTP/2's output.
 
     Every close, abort and hand-over flushes first, so nothing written before
     it goes after it.  ``connection_made`` sets ``_outbox``.

@@ -22,6 +22,7 @@ from meshctl_proxy.body import Body, BodyError
 from meshctl_proxy.model import ProxyError
 from meshctl_proxy.telemetry.metrics import TcpStats
 from meshctl_proxy.transport.connection import FlowControl
+from meshctl_proxy.transport.outbox import outbox
 from meshctl_proxy.wire.h2headers import h2_fields
 
 
@@ -124,6 +125,8 @@ class H2Connection(FlowControl, asyncio.Protocol):
         self.flush_scheduled = False
         self.pending = 0  # DATA bytes handed to libnghttp2 since the last flush (not yet off its windows)
         self.loop = asyncio.get_running_loop()
+        self.outbox = outbox(self.loop)
+        self._flusher = self._scheduled_flush  # one bound method, handed to the outbox per pass
 
     def _enter(self, phase: Phase) -> None:
         """The connection's phase changes here, and only here."""
@@ -261,11 +264,12 @@ class H2Connection(FlowControl, asyncio.Protocol):
         raise NotImplementedError
 
     def flush_soon(self) -> None:
-        """Write what libnghttp2 has queued at the end of this loop pass: streams answered together
-        share one write (a syscall per frame was the largest cost per request)."""
+        """Write what libnghttp2 has queued when the loop's outbox sends this pass's output
+        (meshctl_proxy.transport.outbox): streams answered together share one write (a syscall
+        per frame was the largest cost per request)."""
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.loop.call_soon(self._scheduled_flush)
+            self.outbox.flush_later(self._flusher)
 
     def _scheduled_flush(self) -> None:
         self.flush_scheduled = False
