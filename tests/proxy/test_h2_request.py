@@ -58,10 +58,10 @@ def test_the_authority_comes_from_host_when_the_request_has_no_authority():
 def test_a_request_with_a_body_streams_it_with_its_declared_length_and_the_credit_callback():
     (ev,) = received((head(method=b"POST", extra=[(b"content-length", b"5")]), False))
     consumed = []
-    request = RequestMaker(CTX, MARKER).request(ev, consumed.append)
+    request = RequestMaker(CTX, MARKER).request(ev, lambda sid, n: consumed.append((sid, n)))
     assert request.body is not EMPTY and request.body.length == 5
     request.body.feed(b"hello")
-    assert request.body.read_nowait() == b"hello" and consumed == [5]
+    assert request.body.read_nowait() == b"hello" and consumed == [(ev.stream_id, 5)]
 
 
 def test_connect_is_not_offered():

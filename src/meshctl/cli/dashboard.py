@@ -60,7 +60,8 @@ def register(app: typer.Typer) -> None:
                                  prometheus_url=prometheus_url, grafana_url=grafana_url, demo_dir=demo_dir,
                                  enforced_host=enforced_host)
         # One rule for every command that may read a cluster or the local mesh (meshctl viz stat's).
-        from meshctl.cli.viz import _kubeconfig_present
+        from meshctl.cli.viz import reads_cluster
 
         opts = _common.global_options(ctx)
-        launch.main(options, opts, cluster_configured=_kubeconfig_present(opts), out=typer.echo, report=_common.report)
+        launch.main(options, opts, cluster_configured=reads_cluster(opts, demo_dir), out=typer.echo,
+                    report=_common.report)

@@ -6,9 +6,9 @@ check), each exposing ``register_viz(viz_app)`` (and a no-op ``register(app)`` f
 root's loop): adding a viz command is adding a file.
 
 ``stat``, ``routes`` and ``edges`` read golden metrics from a Prometheus:
-``--prometheus-url``; else, with a kubeconfig, the viz Prometheus through the
-Kubernetes API server's service proxy (as ``linkerd viz`` reaches it); else the
-local mesh of ``meshctl demo up`` (its ``mesh.json``).
+``--prometheus-url``; else, in a cluster (:func:`reads_cluster`), the viz
+Prometheus through the Kubernetes API server's service proxy (as ``linkerd viz``
+reaches it); else the local mesh of ``meshctl demo up`` (its ``mesh.json``).
 """
 
 from __future__ import annotations
@@ -55,9 +55,24 @@ class MetricsSource:
         self.client.close()
 
 
-def _kubeconfig_present(opts) -> bool:
-    if opts.kubeconfig:
+def reads_cluster(opts, demo_dir: str | None) -> bool:
+    """Whether a viz command (stat, routes, edges, tap, top, dashboard) reads a cluster, else the local mesh.
+
+    What is named wins over what is merely found: ``--demo-dir`` or ``$MESHCTL_DEMO_DIR``
+    names the local mesh; ``--kubeconfig``, ``--context`` or ``$KUBECONFIG`` names a cluster.
+    Otherwise a local mesh that is up (its ``mesh.json`` in the default state directory)
+    wins over a kubeconfig that is only there (``~/.kube/config``, or running in a pod):
+    ``meshctl demo up`` then ``meshctl viz stat`` must show the demo on a laptop that also
+    has a cluster configured (docs/walkthrough.md says they find the local mesh themselves).
+    """
+    from meshctl.demo import state
+
+    if demo_dir or os.environ.get(state.ENV_DIR):
+        return False
+    if opts.kubeconfig or opts.context or os.environ.get("KUBECONFIG"):
         return True
+    if (state.state_dir() / state.STATE_FILE).is_file():
+        return False
     return (Path.home() / ".kube" / "config").is_file() or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
@@ -70,7 +85,7 @@ def metrics_source(ctx: typer.Context, prometheus_url: str | None, demo_dir: str
         source = MetricsSource(PrometheusClient(prometheus_url), default_namespace="default")
         _add_local_identities(source, demo_dir, prometheus_url)
         return source
-    if _kubeconfig_present(opts) and not demo_dir:
+    if reads_cluster(opts, demo_dir):
         from meshctl import k8s
 
         from meshctl_proxy.config import VIZ_NAMESPACE

@@ -63,16 +63,16 @@ def _max_rps(value: float) -> float:
 
 def _setup(ctx: typer.Context, resource: str, namespace: Optional[str], demo_dir: Optional[str], *,
            to: Optional[str] = None, to_namespace: Optional[str] = None):
-    """Usage errors first; then where the proxies are: in a cluster (a kubeconfig, and no --demo-dir:
-    the rule of viz stat), through the tap server; else the local mesh, subscribed to directly."""
+    """Usage errors first; then where the proxies are: in a cluster (viz.reads_cluster, the rule of
+    viz stat), through the tap server; else the local mesh, subscribed to directly."""
     from meshctl.viz import tap
 
     res = tap.parse_resource(resource)
     to_res = tap.parse_resource(to, flag="--to") if to else None
-    from meshctl.cli.viz import _kubeconfig_present
+    from meshctl.cli.viz import reads_cluster
 
     opts = _common.global_options(ctx)
-    if _kubeconfig_present(opts) and not demo_dir:
+    if reads_cluster(opts, demo_dir):
         from meshctl import k8s
 
         cluster = k8s.Cluster.from_options(opts)

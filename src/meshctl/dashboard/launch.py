@@ -42,8 +42,8 @@ def local_mesh_dir(options: Options, *, must_exist: bool) -> Path | None:
 
 
 def wants_local(options: Options, *, cluster_configured: bool) -> bool:
-    """As ``meshctl viz stat``: --prometheus-url or --demo-dir, else a cluster when a kubeconfig is there,
-    else the local mesh."""
+    """As ``meshctl viz stat``: --prometheus-url or --demo-dir, else a cluster when the command reads one
+    (*cluster_configured*: ``meshctl.cli.viz.reads_cluster``), else the local mesh."""
     return bool(options.prometheus_url or options.demo_dir) or not cluster_configured
 
 

@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 class DirectPath:
     """The direct path of one server connection."""
 
-    __slots__ = ("server", "path", "loop")
+    __slots__ = ("server", "path", "upstream", "loop")
 
     def __init__(self, server: H2ServerConnection) -> None:
         self.server = server
         self.path = server.path
+        self.upstream = server.path.upstream
         self.loop = server.loop
 
     def start(self, st: ServerStream) -> bool:
@@ -52,7 +53,7 @@ class DirectPath:
             except ProxyError as exc:
                 self._answer(st, stats, exc.response(), None, 0.0, start)
                 return True
-        pool = path.upstream.h2
+        pool = self.upstream.h2
         conn = pool.usable(endpoint) if pool is not None else None
         usid = conn.start(request, partial(self._done, st, endpoint, stats, start)) if conn is not None else None
         if usid is None:  # no stream room: the general path sends it to the same endpoint

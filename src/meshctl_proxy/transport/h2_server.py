@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 from typing import cast
 
 import ngh2
@@ -197,7 +196,7 @@ class H2ServerConnection(H2Connection):
             self.conn.reset_stream(sid, REFUSED_STREAM)
             return
         try:
-            request = self.requests.request(ev, partial(self.ack, sid))
+            request = self.requests.request(ev, self.ack)
         except MalformedHeaders as exc:
             self._refuse_malformed(sid, exc)
             return

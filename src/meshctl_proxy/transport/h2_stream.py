@@ -11,6 +11,7 @@ hands over to ``serve`` when it cannot.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ngh2 import NGH2Error
@@ -43,8 +44,9 @@ class RequestMaker:
         self.via = (b"via", marker.entry("h2"))  # added to every request forwarded (wire.loop_marker)
         self._authority = (b"", "")  # the last :authority and its str: clients repeat it on every stream
 
-    def request(self, ev, on_consumed) -> Request | None:
-        """The request of the HEADERS event *ev*; None for a method not offered (CONNECT).  Raises
+    def request(self, ev, ack) -> Request | None:
+        """The request of the HEADERS event *ev*; None for a method not offered (CONNECT).  A body gives
+        its flow-control credit back through ``ack(stream_id, n)`` as it is read.  Raises
         MalformedHeaders (RFC 9113 section 8.1.1) or LoopDetected (wire.loop_marker)."""
         pseudo, headers = request_fields(ev.headers, self.markers)
         method = pseudo[b":method"]
@@ -63,8 +65,8 @@ class RequestMaker:
             body = EMPTY
         else:
             length = next((v for k, v in headers if k == b"content-length"), None)
-            body = Body(int(length) if length and length.isdigit() else None, on_consumed=on_consumed,
-                        high_water=STREAM_WINDOW)
+            body = Body(int(length) if length and length.isdigit() else None,
+                        on_consumed=partial(ack, ev.stream_id), high_water=STREAM_WINDOW)
         headers.append(self.via)  # request_fields() made a list of its own
         return Request(method, pseudo[b":path"], host, headers, body, pseudo[b":scheme"], "h2", self.ctx)
 
