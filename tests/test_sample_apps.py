@@ -14,30 +14,33 @@ from conftest import ROOT
 SHOP = ROOT / "samples" / "apps" / "shop.py"
 
 
-def start(*args: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, str(SHOP), *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-    assert m, line
-    return proc, int(m.group(1))
+@pytest.fixture
+def start():
+    """start(*args, env=None) runs one sample API on an ephemeral port and returns the port; all stop at teardown."""
+    procs: list[subprocess.Popen] = []
+
+    def run(*args: str, env: dict | None = None) -> int:
+        proc = subprocess.Popen([sys.executable, str(SHOP), *args, "--port", "0"], stderr=subprocess.PIPE, text=True,
+                                env=env)
+        procs.append(proc)
+        line = proc.stderr.readline()
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        return int(m.group(1))
+
+    yield run
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
 
 
 @pytest.fixture
-def shop():
-    procs = []
-    try:
-        product, product_port = start("product")
-        procs.append(product)
-        price, price_port = start("price")
-        procs.append(price)
-        gateway, gateway_port = start("gateway", "--product-api", f"http://127.0.0.1:{product_port}",
-                                      "--price-api", f"http://127.0.0.1:{price_port}")
-        procs.append(gateway)
-        yield {"gateway": gateway_port, "product": product_port, "price": price_port}
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=10)
+def shop(start):
+    product_port = start("product")
+    price_port = start("price")
+    gateway_port = start("gateway", "--product-api", f"http://127.0.0.1:{product_port}",
+                         "--price-api", f"http://127.0.0.1:{price_port}")
+    return {"gateway": gateway_port, "product": product_port, "price": price_port}
 
 
 def test_gateway_aggregates_product_and_price(shop):
@@ -56,37 +59,22 @@ def test_price_api_validates_query(shop):
         assert client.get("/api/prices", params={"productId": "x"}).status_code == 400
 
 
-def test_failure_rate_knob_fails_requests():
-    proc, port = start("price", "--failure-rate", "1.0")
-    try:
-        r = httpx.get(f"http://127.0.0.1:{port}/api/prices?productId=1")
-        assert r.status_code == 500
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def test_failure_rate_knob_fails_requests(start):
+    port = start("price", "--failure-rate", "1.0")
+    r = httpx.get(f"http://127.0.0.1:{port}/api/prices?productId=1")
+    assert r.status_code == 500
 
 
-def test_gateway_reads_the_walkthroughs_environment():
+def test_gateway_reads_the_walkthroughs_environment(start):
     # samples/shop/deployments.yaml (and the walkthrough) give the gateway its upstreams as
     # Product_API_Host and Price_API_Host.
     import os
 
-    procs = []
-    try:
-        product, product_port = start("product")
-        procs.append(product)
-        price, price_port = start("price")
-        procs.append(price)
-        env = {**os.environ, "Product_API_Host": f"http://127.0.0.1:{product_port}",
-               "Price_API_Host": f"http://127.0.0.1:{price_port}"}
-        gateway = subprocess.Popen([sys.executable, str(SHOP), "gateway", "--port", "0"], stderr=subprocess.PIPE,
-                                   text=True, env=env)
-        procs.append(gateway)
-        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", gateway.stderr.readline()).group(1))
-        body = httpx.get(f"http://127.0.0.1:{port}/api/products/3", timeout=5).json()
-        assert body == {"productId": 3, "name": "Milk jug", "description": "A 600 ml stainless steel milk frothing jug.",
-                        "price": 19.9}
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=10)
+    product_port = start("product")
+    price_port = start("price")
+    env = {**os.environ, "Product_API_Host": f"http://127.0.0.1:{product_port}",
+           "Price_API_Host": f"http://127.0.0.1:{price_port}"}
+    port = start("gateway", env=env)
+    body = httpx.get(f"http://127.0.0.1:{port}/api/products/3", timeout=5).json()
+    assert body == {"productId": 3, "name": "Milk jug", "description": "A 600 ml stainless steel milk frothing jug.",
+                    "price": 19.9}
