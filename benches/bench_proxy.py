@@ -262,20 +262,26 @@ async def _paced(port: int, host: str, rate: int, duration: float, conns: int) -
         c.send()
         while not idle:
             await asyncio.sleep(0.001)
+    await _on_schedule(rate, duration, latencies, lambda _i: idle.pop() if idle else None)
+    return latencies
+
+
+async def _on_schedule(rate: int, duration: float, latencies: list[float], client_for) -> None:
+    """Start ``rate * duration`` requests on a fixed schedule (open loop), then wait up to 5 s for
+    their latencies.  ``client_for(i)``: the client to send request *i* on, None if none is free now."""
     latencies.clear()
     total = int(rate * duration)
     start = time.perf_counter()
     sent = 0
     while sent < total:
         due = min(total, int((time.perf_counter() - start) * rate) + 1)
-        while sent < due and idle:
-            idle.pop().send()
+        while sent < due and (client := client_for(sent)) is not None:
+            client.send()
             sent += 1
         await asyncio.sleep(0.0005)
     deadline = time.perf_counter() + 5
     while len(latencies) < total and time.perf_counter() < deadline:
         await asyncio.sleep(0.005)
-    return latencies
 
 
 def run_paced(port: int, host: str, *, rate: int, duration: float, conns: int = 16) -> list[float]:
@@ -332,19 +338,7 @@ async def _paced_h2(port: int, authority: str, rate: int, duration: float, conns
         clients[i % conns].send()
         await asyncio.sleep(0.001)
     await asyncio.sleep(0.05)
-    latencies.clear()
-    total = int(rate * duration)
-    start = time.perf_counter()
-    sent = 0
-    while sent < total:
-        due = min(total, int((time.perf_counter() - start) * rate) + 1)
-        while sent < due:
-            clients[sent % conns].send()
-            sent += 1
-        await asyncio.sleep(0.0005)
-    deadline = time.perf_counter() + 5
-    while len(latencies) < total and time.perf_counter() < deadline:
-        await asyncio.sleep(0.005)
+    await _on_schedule(rate, duration, latencies, lambda i: clients[i % conns])
     for c in clients:
         c.transport.close()
     return latencies
@@ -521,8 +515,8 @@ def report(results: dict, idle_rss: float, load_rss: list[float], args) -> None:
                   f"{_fmt_runs([r['p99'] for r in runs], '{:.3f}')} | {p50 - base50:+.3f} | {p99 - base99:+.3f} | "
                   f"{per_hop} |")
         print()
-    print(f"\n## memory (meshctl x1)\n\nRSS idle {idle_rss:.1f} MiB; under load "
-          f"{max(load_rss) if load_rss else float('nan'):.1f} MiB\n")
+    loaded = f"{max(load_rss):.1f} MiB" if load_rss else "not measured (no throughput run)"
+    print(f"\n## memory (meshctl x1)\n\nRSS idle {idle_rss:.1f} MiB; under load {loaded}\n")
 
 
 def bench_metrics() -> None:
